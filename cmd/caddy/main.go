@@ -1,0 +1,16 @@
+// Command caddy is Caddy with the standard modules, the inject_token module
+// and the prelude_sandbox module, so `go run ./cmd/caddy run --config
+// Caddyfile.example` works without xcaddy.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/tokenwarden/caddy-inject-token"
+)
+
+func main() {
+	caddycmd.Main()
+}

@@ -1,0 +1,139 @@
+package dpop
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Claims is the payload of a DPoP proof.
+type Claims struct {
+	// JTI is a unique identifier for this proof (≥ 96 random bits).
+	JTI string `json:"jti"`
+	// HTM is the HTTP method of the request.
+	HTM string `json:"htm"`
+	// HTU is the normalised target URI, without query and fragment.
+	HTU string `json:"htu"`
+	// IAT is the creation time in Unix seconds.
+	IAT int64 `json:"iat"`
+	// Nonce is the latest DPoP-Nonce the server sent, if any.
+	Nonce string `json:"nonce,omitempty"`
+	// ATH is base64url(SHA-256(access token)) when a token is presented.
+	ATH string `json:"ath,omitempty"`
+}
+
+// ProofOptions are the optional inputs of a proof.
+type ProofOptions struct {
+	// Nonce is the server-provided nonce to include.
+	Nonce string
+	// AccessToken, when set, is hashed into the "ath" claim.
+	AccessToken string
+	// Now is the proof's issue time; zero means time.Now(). Callers that
+	// know the server's clock skew pass a corrected time here.
+	Now time.Time
+}
+
+// Proof signs a DPoP proof for a request with the given method and target
+// URL. The URL is normalised as RFC 9449 requires (see NormalizeHTU).
+func (k *Key) Proof(method, target string, opts ProofOptions) (string, error) {
+	u, err := url.Parse(target)
+	if err != nil {
+		return "", fmt.Errorf("dpop: bad target URL: %w", err)
+	}
+	return k.ProofForURL(method, u, opts)
+}
+
+// ProofForURL is Proof for an already parsed URL; it avoids re-parsing on
+// hot paths such as a reverse-proxy transport.
+func (k *Key) ProofForURL(method string, u *url.URL, opts ProofOptions) (string, error) {
+	htu, err := NormalizeHTU(u)
+	if err != nil {
+		return "", err
+	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	claims := Claims{
+		JTI:   NewJTI(),
+		HTM:   method,
+		HTU:   htu,
+		IAT:   now.Unix(),
+		Nonce: opts.Nonce,
+	}
+	if opts.AccessToken != "" {
+		claims.ATH = AccessTokenHash(opts.AccessToken)
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return "", fmt.Errorf("dpop: encoding claims: %w", err)
+	}
+	jws, err := k.signer.Sign(payload)
+	if err != nil {
+		return "", fmt.Errorf("dpop: signing proof: %w", err)
+	}
+	return jws.CompactSerialize()
+}
+
+// NewJTI returns 128 random bits, base64url encoded.
+func NewJTI() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// AccessTokenHash returns the "ath" value for an access token:
+// base64url(SHA-256(ASCII token)).
+func AccessTokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// NormalizeHTU returns the "htu" form of u: scheme and host lowercased, the
+// scheme's default port dropped, query and fragment removed, and the path as
+// sent on the wire (percent-encoding kept; "/" when empty). It fails for
+// URLs that are not absolute http(s) URLs.
+func NormalizeHTU(u *url.URL) (string, error) {
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return "", fmt.Errorf("dpop: htu needs an absolute http(s) URL, got scheme %q", u.Scheme)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("dpop: htu needs a host")
+	}
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	return scheme + "://" + NormalizeAuthority(scheme, u.Host) + path, nil
+}
+
+// NormalizeAuthority lowercases host and drops the port when it is the
+// scheme's default (80 for http, 443 for https).
+func NormalizeAuthority(scheme, hostport string) string {
+	hostport = strings.ToLower(hostport)
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return hostport // no port
+	}
+	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
+		if strings.Contains(host, ":") {
+			return "[" + host + "]"
+		}
+		return host
+	}
+	return hostport
+}
+
+// Origin returns scheme://authority of u, normalised like NormalizeHTU. It
+// keys nonce stores: nonces are per server.
+func Origin(u *url.URL) string {
+	scheme := strings.ToLower(u.Scheme)
+	return scheme + "://" + NormalizeAuthority(scheme, u.Host)
+}
