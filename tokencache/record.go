@@ -1,0 +1,174 @@
+package tokencache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+)
+
+// Session states.
+const (
+	// StateActive means the session holds a refresh token (or can fetch
+	// tokens without one) and is kept fresh.
+	StateActive = "active"
+	// StateLoggedOut means there is no usable session: never logged in,
+	// logged out, revoked, or lost. A still-valid access token may keep
+	// serving until it expires.
+	StateLoggedOut = "logged_out"
+)
+
+// StoragePrefix is where every key this package writes lives.
+const StoragePrefix = "inject_token"
+
+// record is the durable state of a session, stored as one JSON document so
+// that each write is atomic: a crash leaves either the old or the new state,
+// never a mix (certmagic storages write whole values).
+type record struct {
+	State         string    `json:"state"`
+	Reason        string    `json:"reason,omitempty"`
+	NoAutoLogin   bool      `json:"no_auto_login,omitempty"`
+	KeyThumbprint string    `json:"key_thumbprint,omitempty"`
+	RefreshToken  string    `json:"refresh_token,omitempty"`
+	RefreshExpiry time.Time `json:"refresh_expiry,omitzero"`
+	AccessToken   string    `json:"access_token,omitempty"`
+	TokenType     string    `json:"token_type,omitempty"`
+	Expiry        time.Time `json:"expiry,omitzero"`
+	IssuedAt      time.Time `json:"issued_at,omitzero"`
+	// Intent is the hash of a refresh token that was about to be presented.
+	// It is written before the request and cleared once the outcome is
+	// known, so a crash or a lost response is detected on the next attempt
+	// and the possibly spent token is never presented twice.
+	Intent     string    `json:"intent,omitempty"`
+	Generation int64     `json:"generation"`
+	UpdatedAt  time.Time `json:"updated_at,omitzero"`
+}
+
+func tokenHash(tok string) string {
+	if tok == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
+// store wraps a certmagic.Storage with this session's key layout.
+type store struct {
+	s    certmagic.Storage
+	name string
+}
+
+func (st store) dir() string       { return StoragePrefix + "/" + certmagic.StorageKeys.Safe(st.name) }
+func (st store) recordKey() string { return st.dir() + "/state.json" }
+func (st store) keyKey(thumbprint string) string {
+	return st.dir() + "/keys/" + certmagic.StorageKeys.Safe(thumbprint) + ".pem"
+}
+func (st store) lockName() string { return StoragePrefix + "_" + certmagic.StorageKeys.Safe(st.name) }
+
+// load returns the stored record; a missing record is a fresh logged-out
+// one. A record that cannot be decoded is an error and is left untouched.
+func (st store) load(ctx context.Context) (*record, error) {
+	data, err := st.s.Load(ctx, st.recordKey())
+	if errors.Is(err, fs.ErrNotExist) {
+		return &record{State: StateLoggedOut, Reason: "not logged in"}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading session state: %w", err)
+	}
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("session state in storage is unreadable (%s): %v", st.recordKey(), redactJSONError(err))
+	}
+	if r.State != StateActive && r.State != StateLoggedOut {
+		return nil, fmt.Errorf("session state in storage has unknown state %q", r.State)
+	}
+	return &r, nil
+}
+
+func (st store) save(ctx context.Context, r *record) error {
+	r.UpdatedAt = time.Now().UTC()
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := st.s.Store(ctx, st.recordKey(), data); err != nil {
+		return fmt.Errorf("storing session state: %w", err)
+	}
+	return nil
+}
+
+func (st store) loadKey(ctx context.Context, thumbprint string) (*dpop.Key, error) {
+	data, err := st.s.Load(ctx, st.keyKey(thumbprint))
+	if err != nil {
+		return nil, fmt.Errorf("loading DPoP key %s: %w", thumbprint, err)
+	}
+	k, err := dpop.ParseKeyPEM(data)
+	if err != nil {
+		return nil, err
+	}
+	if k.Thumbprint() != thumbprint {
+		return nil, fmt.Errorf("stored DPoP key does not match thumbprint %s", thumbprint)
+	}
+	return k, nil
+}
+
+func (st store) saveKey(ctx context.Context, k *dpop.Key) error {
+	pem, err := k.MarshalPEM()
+	if err != nil {
+		return err
+	}
+	if err := st.s.Store(ctx, st.keyKey(k.Thumbprint()), pem); err != nil {
+		return fmt.Errorf("storing DPoP key: %w", err)
+	}
+	return nil
+}
+
+func (st store) deleteKey(ctx context.Context, thumbprint string) {
+	if thumbprint != "" {
+		_ = st.s.Delete(ctx, st.keyKey(thumbprint))
+	}
+}
+
+// redactJSONError keeps a JSON decoding error from quoting stored secrets:
+// syntax errors carry only offsets, but type errors may echo values.
+func redactJSONError(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("invalid JSON at offset %d", se.Offset)
+	}
+	msg := err.Error()
+	if i := strings.Index(msg, ":"); i > 0 {
+		return msg[:i]
+	}
+	return "invalid JSON"
+}
+
+// decodeJWT returns a JWT's header and claims without verifying it, for
+// display and for sub/sid placeholders. Non-JWT tokens give nil maps.
+func decodeJWT(tok string) (header, claims map[string]any) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return nil, nil
+	}
+	dec := func(s string) map[string]any {
+		b, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil {
+			return nil
+		}
+		var m map[string]any
+		if json.Unmarshal(b, &m) != nil {
+			return nil
+		}
+		return m
+	}
+	return dec(parts[0]), dec(parts[1])
+}
