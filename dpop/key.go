@@ -38,11 +38,16 @@ const (
 // GoString methods never print private material.
 type Key struct {
 	alg        Algorithm
-	private    crypto.Signer
+	private    *privateKey
 	public     jose.JSONWebKey
 	thumbprint string
 	signer     jose.Signer
 }
+
+// privateKey boxes the private key so that fmt prints only its address even
+// when a Key is formatted by value (or sits, by value, in a struct): an
+// ed25519.PrivateKey is a byte slice that fmt would otherwise print in full.
+type privateKey struct{ crypto.Signer }
 
 // GenerateKey creates a new key pair for alg (ES256 when alg is empty).
 func GenerateKey(alg Algorithm) (*Key, error) {
@@ -100,7 +105,7 @@ func newKey(alg Algorithm, priv crypto.Signer) (*Key, error) {
 	}
 	return &Key{
 		alg:        alg,
-		private:    priv,
+		private:    &privateKey{priv},
 		public:     pub,
 		thumbprint: base64.RawURLEncoding.EncodeToString(tp),
 		signer:     signer,
@@ -110,7 +115,7 @@ func newKey(alg Algorithm, priv crypto.Signer) (*Key, error) {
 // MarshalPEM encodes the private key as a PKCS#8 "PRIVATE KEY" PEM block.
 // Store it with mode 0600.
 func (k *Key) MarshalPEM() ([]byte, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(k.private)
+	der, err := x509.MarshalPKCS8PrivateKey(k.private.Signer)
 	if err != nil {
 		return nil, fmt.Errorf("dpop: encoding key: %w", err)
 	}
