@@ -1,0 +1,220 @@
+package prelude
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+)
+
+// Paths of the frontend API, newest forms only (see the package comment).
+const (
+	pathOTP           = "/v1/session/otp"
+	pathOTPCheck      = "/v1/session/otp/check"
+	pathLoginPassword = "/v1/session/login/email/password"
+	pathFinalize      = "/v1/session/login/finalize"
+	pathRefresh       = "/v1/session/refresh"
+	pathRevoke        = "/v1/session/revoke"
+	pathListSessions  = "/v1/session/me/list"
+	pathRevokeTarget  = "/v1/session/me/revoke"
+)
+
+// Header names of the non-browser transport.
+const (
+	headerRefreshToken          = "X-Refresh-Token"
+	headerRefreshTokenExpiresAt = "X-Refresh-Token-Expires-At"
+	headerVerificationToken     = "X-Verification-Token"
+)
+
+// Identifier is who a one-time code is sent to.
+type Identifier struct {
+	// Type is "email_address" or "phone_number".
+	Type string `json:"type"`
+	// Value is the address, or the number in E.164 form.
+	Value string `json:"value"`
+}
+
+// EmailIdentifier returns the Identifier for an email address.
+func EmailIdentifier(v string) Identifier { return Identifier{Type: "email_address", Value: v} }
+
+// PhoneIdentifier returns the Identifier for an E.164 phone number.
+func PhoneIdentifier(v string) Identifier { return Identifier{Type: "phone_number", Value: v} }
+
+// StartOTP asks the server to send a one-time code to id and returns the
+// verification token that CheckOTP must present. The server answers 204
+// even for identifiers with no account, so success does not prove one
+// exists.
+func (cl *Client) StartOTP(ctx context.Context, id Identifier) (verificationToken string, err error) {
+	c := &call{op: "start_otp", method: http.MethodPost, path: pathOTP,
+		body: map[string]Identifier{"identifier": id}}
+	if (id.Type != "email_address" && id.Type != "phone_number") || id.Value == "" {
+		return "", c.refuse("identifier needs type email_address or phone_number and a value")
+	}
+	rep, err := cl.do(ctx, c)
+	if err != nil {
+		return "", err
+	}
+	tok := rep.header.Get(headerVerificationToken)
+	if tok == "" {
+		return "", c.malformed(rep, "no "+headerVerificationToken+" header")
+	}
+	return tok, nil
+}
+
+// CheckOTP submits the code the user received and returns the challenge
+// token to pass to Finalize.
+func (cl *Client) CheckOTP(ctx context.Context, verificationToken, code string) (challengeToken string, err error) {
+	c := &call{op: "check_otp", method: http.MethodPost, path: pathOTPCheck,
+		body:    map[string]string{"code": code},
+		header:  http.Header{headerVerificationToken: {verificationToken}},
+		secrets: []string{verificationToken, code}}
+	if verificationToken == "" || code == "" {
+		return "", c.refuse("verification token and code are required")
+	}
+	return cl.challenge(ctx, c)
+}
+
+// LoginPassword checks an email and password and returns the challenge
+// token to pass to Finalize. Wrong credentials are a KindDead error.
+func (cl *Client) LoginPassword(ctx context.Context, email, password string) (challengeToken string, err error) {
+	c := &call{op: "login_password", method: http.MethodPost, path: pathLoginPassword,
+		body:    map[string]string{"identifier": email, "password": password},
+		secrets: []string{password}}
+	if email == "" || password == "" {
+		return "", c.refuse("email and password are required")
+	}
+	return cl.challenge(ctx, c)
+}
+
+// challenge runs a login step whose answer is {"challenge_token": …}.
+func (cl *Client) challenge(ctx context.Context, c *call) (string, error) {
+	rep, err := cl.do(ctx, c)
+	if err != nil {
+		return "", err
+	}
+	var body struct {
+		ChallengeToken string `json:"challenge_token"`
+	}
+	if err := c.decode(rep, &body); err != nil {
+		return "", err
+	}
+	if body.ChallengeToken == "" {
+		return "", c.malformed(rep, "no challenge_token")
+	}
+	return body.ChallengeToken, nil
+}
+
+// Finalize exchanges a challenge token for a new session bound to key (the
+// key's thumbprint is pinned server-side; every later Refresh and Revoke
+// must be signed with it). previousRefreshToken, when not empty, is the
+// refresh token of the session being replaced: the server revokes that
+// session once the new one exists, so re-logins do not pile up sessions.
+func (cl *Client) Finalize(ctx context.Context, key *dpop.Key, challengeToken, previousRefreshToken string) (*Tokens, error) {
+	c := &call{op: "finalize", method: http.MethodPost, path: pathFinalize, key: key,
+		body:    map[string]string{"challenge_token": challengeToken},
+		header:  http.Header{},
+		secrets: []string{challengeToken, previousRefreshToken}}
+	if previousRefreshToken != "" {
+		c.header.Set(headerRefreshToken, previousRefreshToken)
+	}
+	if key == nil || challengeToken == "" {
+		return nil, c.refuse("key and challenge token are required")
+	}
+	return cl.tokens(ctx, c)
+}
+
+// Refresh spends refreshToken and returns a new access token and the
+// rotated refresh token. The old refresh token is dead once this succeeds,
+// and must be treated as dead when the error is KindUnknownOutcome.
+func (cl *Client) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*Tokens, error) {
+	c := &call{op: "refresh", method: http.MethodPost, path: pathRefresh, key: key,
+		header:  http.Header{headerRefreshToken: {refreshToken}},
+		secrets: []string{refreshToken}}
+	if key == nil || refreshToken == "" {
+		return nil, c.refuse("key and refresh token are required")
+	}
+	return cl.tokens(ctx, c)
+}
+
+// Revoke ends the session of refreshToken (logout). A session that is
+// already gone answers 401, which is returned as a KindDead error: callers
+// logging out may treat that as success.
+func (cl *Client) Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error {
+	c := &call{op: "revoke", method: http.MethodPost, path: pathRevoke, key: key,
+		header:  http.Header{headerRefreshToken: {refreshToken}},
+		secrets: []string{refreshToken}}
+	if key == nil || refreshToken == "" {
+		return c.refuse("key and refresh token are required")
+	}
+	_, err := cl.do(ctx, c)
+	return err
+}
+
+// ListSessions lists the active sessions of the access token's user.
+// limit and offset are sent only when positive (the server defaults to 10
+// and 0; it rejects limits above 100).
+func (cl *Client) ListSessions(ctx context.Context, accessToken string, limit, offset int) (*SessionList, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if offset > 0 {
+		q.Set("offset", strconv.Itoa(offset))
+	}
+	c := bearerCall("list_sessions", http.MethodGet, pathListSessions, q, accessToken)
+	if accessToken == "" || limit < 0 || offset < 0 {
+		return nil, c.refuse("access token required; limit and offset must not be negative")
+	}
+	rep, err := cl.do(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	list := new(SessionList)
+	if err := c.decode(rep, list); err != nil {
+		return nil, err
+	}
+	if list.Sessions == nil {
+		list.Sessions = []SessionInfo{}
+	}
+	return list, nil
+}
+
+// Targets of RevokeSessions.
+const (
+	TargetAll     = "all"     // every session of the user, the caller's included
+	TargetOthers  = "others"  // every session except the caller's
+	TargetMine    = "mine"    // only the caller's session
+	TargetSession = "session" // the session named by sessionID
+)
+
+// RevokeSessions revokes sessions of the access token's user. target is
+// one of the Target constants; sessionID is required for TargetSession
+// and must be empty otherwise. Arguments are checked before sending so a
+// typo cannot turn into a wider revocation than intended.
+func (cl *Client) RevokeSessions(ctx context.Context, accessToken, target, sessionID string) error {
+	q := url.Values{"target": {target}}
+	if sessionID != "" {
+		q.Set("session_id", sessionID)
+	}
+	c := bearerCall("revoke_sessions", http.MethodPost, pathRevokeTarget, q, accessToken)
+	switch {
+	case accessToken == "":
+		return c.refuse("access token required")
+	case target != TargetAll && target != TargetOthers && target != TargetMine && target != TargetSession:
+		return c.refuse("target must be all, others, mine or session")
+	case (target == TargetSession) != (sessionID != ""):
+		return c.refuse("session_id is required with target=session and only then")
+	}
+	_, err := cl.do(ctx, c)
+	return err
+}
+
+// bearerCall is a call authenticated by an access token only. Like the iOS
+// SDK, no DPoP proof is sent: Prelude access tokens are plain bearer tokens.
+func bearerCall(op, method, path string, q url.Values, accessToken string) *call {
+	return &call{op: op, method: method, path: path, query: q,
+		header:  http.Header{"Authorization": {"Bearer " + accessToken}},
+		secrets: []string{accessToken}}
+}

@@ -1,0 +1,321 @@
+package prelude
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+)
+
+// Defaults applied by New for zero Options fields.
+const (
+	DefaultTimeout          = 10 * time.Second
+	DefaultMaxResponseBytes = 1 << 20
+	DefaultUserAgent        = "caddy-inject-token-prelude/1"
+)
+
+// Options configure a Client. The zero value is usable.
+type Options struct {
+	// HTTPClient sends the requests. nil means a client with a 10 s overall
+	// timeout. Whatever client is given, New uses a copy that never follows
+	// a redirect of a non-GET request: a redirected POST would either be
+	// re-sent as a GET or re-sent with its refresh token to another URL.
+	HTTPClient *http.Client
+	// UserAgent is sent on every request; "" means DefaultUserAgent.
+	UserAgent string
+	// Nonces remembers DPoP nonces per origin. Share one store between
+	// clients (and restarts, if persisted) so the first proof after a
+	// restart does not cost a use_dpop_nonce round trip. nil means a new
+	// store owned by this client.
+	Nonces *dpop.NonceStore
+	// MaxResponseBytes bounds every response body read; a longer body is an
+	// error. ≤ 0 means DefaultMaxResponseBytes.
+	MaxResponseBytes int64
+}
+
+// Client talks to one Prelude Session frontend (one app). It is safe for
+// concurrent use; it holds no session state except DPoP nonces and the
+// last observed server clock skew, both of which are per server rather than
+// per session.
+type Client struct {
+	base    *url.URL // path without trailing slash
+	hc      *http.Client
+	ua      string
+	nonces  *dpop.NonceStore
+	maxBody int64
+	skew    atomic.Int64 // localNow − serverDate in ns; 0 when under 1 s
+}
+
+// New returns a client for the frontend API at baseURL, e.g.
+// "https://<app>.session.prelude.dev" or a custom domain. baseURL must be an
+// absolute http(s) URL without query, fragment or user info; a path prefix
+// and a trailing slash are allowed.
+func New(baseURL string, opts Options) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return nil, errors.New("prelude: base URL does not parse")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("prelude: base URL scheme must be http or https, got %q", u.Scheme)
+	case u.Host == "":
+		return nil, errors.New("prelude: base URL has no host")
+	case u.User != nil:
+		// Credentials in the URL would end up in every transport error.
+		return nil, errors.New("prelude: base URL must not contain user info")
+	case u.RawQuery != "" || u.ForceQuery:
+		return nil, errors.New("prelude: base URL must not have a query")
+	case u.Fragment != "" || strings.Contains(baseURL, "#"):
+		return nil, errors.New("prelude: base URL must not have a fragment")
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = strings.TrimRight(u.RawPath, "/")
+
+	c := &Client{
+		base:    u,
+		hc:      noPostRedirects(opts.HTTPClient),
+		ua:      opts.UserAgent,
+		nonces:  opts.Nonces,
+		maxBody: opts.MaxResponseBytes,
+	}
+	if c.ua == "" {
+		c.ua = DefaultUserAgent
+	}
+	if c.nonces == nil {
+		c.nonces = new(dpop.NonceStore)
+	}
+	if c.maxBody <= 0 {
+		c.maxBody = DefaultMaxResponseBytes
+	}
+	return c, nil
+}
+
+// noPostRedirects returns a copy of hc (or a default client) whose redirect
+// policy stops at the first redirect of a non-GET request, handing the 3xx
+// back as the response.
+func noPostRedirects(hc *http.Client) *http.Client {
+	var cp http.Client
+	if hc != nil {
+		cp = *hc
+	} else {
+		cp.Timeout = DefaultTimeout
+	}
+	inner := cp.CheckRedirect
+	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if via[0].Method != http.MethodGet {
+			return http.ErrUseLastResponse
+		}
+		if inner != nil {
+			return inner(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cp
+}
+
+// call describes one API request.
+type call struct {
+	op     string
+	method string
+	path   string // below the base URL, e.g. "/v1/session/refresh"
+	query  url.Values
+	body   any         // JSON-encoded when non-nil
+	key    *dpop.Key   // when set, a DPoP proof is attached
+	header http.Header // credentials: X-Refresh-Token, Authorization, …
+	// secrets are scrubbed from any server text copied into errors.
+	secrets []string
+}
+
+// reply is a received response with its body read (bounded).
+type reply struct {
+	status  int
+	header  http.Header
+	body    []byte
+	bodyErr error         // reading failed or the body was too long
+	skew    time.Duration // localNow − serverDate, 0 when under 1 s or unknown
+}
+
+// fail builds an Error for c; cause may be nil.
+func (c *call) fail(kind Kind, status int, cause error) *Error {
+	e := &Error{Op: c.op, Status: status, Kind: kind, err: cause}
+	if cause != nil {
+		e.detail = scrub(cause.Error(), c.secrets)
+	}
+	return e
+}
+
+// refuse is the error for arguments rejected before anything is sent.
+func (c *call) refuse(msg string) *Error {
+	return c.fail(KindCaller, 0, errors.New(msg))
+}
+
+// afterWrite is the Kind for a request that reached the server without a
+// usable answer: only a GET is known to have no effect.
+func (c *call) afterWrite() Kind {
+	if c.method == http.MethodGet {
+		return KindTransient
+	}
+	return KindUnknownOutcome
+}
+
+// malformed is the error for a 2xx response whose content cannot be used.
+// The server accepted the request, so whatever it changed (a rotated refresh
+// token, a new session) may have happened.
+func (c *call) malformed(rep *reply, what string) *Error {
+	return c.fail(c.afterWrite(), rep.status, errors.New("malformed response: "+what))
+}
+
+// do sends c, retrying exactly once when a DPoP-signed request is answered
+// with use_dpop_nonce and a fresh nonce. It returns the 2xx reply or an
+// *Error.
+func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
+	var payload []byte
+	if c.body != nil {
+		var err error
+		if payload, err = json.Marshal(c.body); err != nil {
+			return nil, c.fail(KindCaller, 0, err)
+		}
+	}
+	u := cl.endpoint(c.path, c.query)
+	for attempt := 0; ; attempt++ {
+		rep, err := cl.send(ctx, c, u, payload)
+		if err != nil {
+			return nil, err
+		}
+		if rep.status >= 200 && rep.status < 300 {
+			return rep, nil
+		}
+		var code, msg string
+		if rep.bodyErr == nil {
+			code, msg = envelope(rep.body)
+		}
+		if code == codeUseNonce && c.key != nil && attempt == 0 && rep.header.Get("DPoP-Nonce") != "" {
+			continue // send already stored the nonce; the new proof uses it
+		}
+		e := c.fail(classify(rep.status, code), rep.status, nil)
+		e.Code = scrub(code, c.secrets)
+		e.Message = scrub(msg, c.secrets)
+		if rep.status == http.StatusTooManyRequests || rep.status == http.StatusServiceUnavailable {
+			e.RetryDelay = retryAfter(rep.header, time.Now())
+		}
+		return nil, e
+	}
+}
+
+// endpoint returns the absolute URL for path below the base URL.
+func (cl *Client) endpoint(path string, query url.Values) *url.URL {
+	u := *cl.base
+	u.Path += path
+	if u.RawPath != "" {
+		u.RawPath += path // path is plain ASCII: its escaped form is itself
+	}
+	u.RawQuery = query.Encode()
+	return &u
+}
+
+// send performs one HTTP exchange. Errors are classified by whether the
+// request was fully written (httptrace WroteRequest): before that the server
+// cannot have acted on it.
+func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte) (*reply, error) {
+	var body io.Reader
+	if payload != nil {
+		body = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, c.method, u.String(), body)
+	if err != nil {
+		return nil, c.fail(KindCaller, 0, err)
+	}
+	for k, vs := range c.header {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", cl.ua)
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.key != nil {
+		// A fresh proof (new jti) per attempt, over the exact URL sent, with
+		// the newest nonce for this origin and iat on the server's clock.
+		proof, err := c.key.ProofForURL(c.method, u, dpop.ProofOptions{
+			Nonce: cl.nonces.Get(u),
+			Now:   time.Now().Add(-time.Duration(cl.skew.Load())),
+		})
+		if err != nil {
+			return nil, c.fail(KindCaller, 0, err)
+		}
+		req.Header.Set("DPoP", proof)
+	}
+
+	var wrote atomic.Bool
+	trace := &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
+		if i.Err == nil {
+			wrote.Store(true)
+		}
+	}}
+	req = req.WithContext(httptrace.WithClientTrace(ctx, trace))
+
+	resp, err := cl.hc.Do(req)
+	if err != nil {
+		kind := KindTransient
+		if wrote.Load() {
+			kind = c.afterWrite()
+		}
+		return nil, c.fail(kind, 0, err)
+	}
+	defer resp.Body.Close()
+	localNow := time.Now()
+	cl.nonces.Observe(resp)
+
+	rep := &reply{status: resp.StatusCode, header: resp.Header}
+	if date, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		rep.skew = localNow.Sub(date)
+		if rep.skew.Abs() < time.Second {
+			// Date has one-second resolution: smaller differences are
+			// rounding, not skew.
+			rep.skew = 0
+		}
+		cl.skew.Store(int64(rep.skew))
+	}
+	rep.body, rep.bodyErr = readBounded(resp.Body, cl.maxBody)
+	return rep, nil
+}
+
+// errTooLarge is the body error for a response over MaxResponseBytes.
+var errTooLarge = errors.New("response body exceeds MaxResponseBytes")
+
+// readBounded reads at most limit bytes; one byte more is an error, so a
+// huge or endless body never gets buffered.
+func readBounded(r io.Reader, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, errTooLarge
+	}
+	return b, nil
+}
+
+// decode unmarshals a 2xx JSON body into v.
+func (c *call) decode(rep *reply, v any) error {
+	if rep.bodyErr != nil {
+		return c.fail(c.afterWrite(), rep.status, rep.bodyErr)
+	}
+	if err := json.Unmarshal(rep.body, v); err != nil {
+		return c.malformed(rep, "body is not the expected JSON")
+	}
+	return nil
+}
