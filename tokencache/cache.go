@@ -137,6 +137,7 @@ type Cache struct {
 	pending     *record // refreshed but not yet durable; written before anything else
 	waits       atomic.Int64
 
+	jitter float64 // in [0,1): this instance's share of the refresh window
 	wake   chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -181,7 +182,7 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(2*time.Minute, cfg.MinBackoff)
 	}
-	c := &Cache{cfg: cfg, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &Cache{cfg: cfg, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64()}
 	c.st.Store(&store{s: cfg.Storage, name: cfg.Name})
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -262,7 +263,12 @@ func (c *Cache) newSnapshot(rec *record, key *dpop.Key) *snapshot {
 	// in flight: 5 s, or a tenth of the lifetime for short-lived tokens.
 	s.usable = rec.Expiry.Add(-min(5*time.Second, life/10))
 	if rec.State == StateActive {
-		s.refreshAt = refreshAt(rec.IssuedAt, rec.Expiry, c.cfg.RefreshBefore)
+		at := refreshAt(rec.IssuedAt, rec.Expiry, c.cfg.RefreshBefore)
+		// Instances sharing storage see the same record; a per-instance
+		// delay of up to a fifth of the remaining window lets the first one
+		// refresh and the others adopt its result without queueing on the
+		// storage lock (file storage polls a held lock once a second).
+		s.refreshAt = at.Add(time.Duration(c.jitter * float64(rec.Expiry.Sub(at)) / 5))
 	}
 	return s
 }
