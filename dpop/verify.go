@@ -120,10 +120,28 @@ type Verified struct {
 	Claims Claims
 }
 
+// proofHeader holds the header members Verify checks itself.
 type proofHeader struct {
-	Typ string          `json:"typ"`
-	Alg string          `json:"alg"`
-	JWK json.RawMessage `json:"jwk"`
+	Typ string
+	Alg string
+	JWK json.RawMessage
+}
+
+// parseProofHeader reads typ, alg and jwk by their exact names. (Decoding
+// into a struct would not do: encoding/json matches field names
+// case-insensitively, so {"TYP":"dpop+jwt"} would pass the typ check while
+// go-jose, which matches names exactly, sees no typ at all.) A typ or alg
+// that is not a string reads as "".
+func parseProofHeader(raw []byte) (proofHeader, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return proofHeader{}, err
+	}
+	var h proofHeader
+	_ = json.Unmarshal(m["typ"], &h.Typ)
+	_ = json.Unmarshal(m["alg"], &h.Alg)
+	h.JWK = m["jwk"]
+	return h, nil
 }
 
 // privateMembers are JWK members that only private keys have (RFC 7518 §6).
@@ -141,8 +159,8 @@ func (v *Verifier) Verify(proof string, exp Expect) (*Verified, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: header is not base64url", ErrMalformed)
 	}
-	var hdr proofHeader
-	if err := json.Unmarshal(rawHeader, &hdr); err != nil {
+	hdr, err := parseProofHeader(rawHeader)
+	if err != nil {
 		return nil, fmt.Errorf("%w: header is not JSON", ErrMalformed)
 	}
 	if hdr.Typ != "dpop+jwt" {
