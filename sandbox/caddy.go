@@ -1,0 +1,195 @@
+package sandbox
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("prelude_sandbox", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("prelude_sandbox", httpcaddyfile.Before, "respond")
+}
+
+// registry holds the running sandboxes by name. Users, sessions and the
+// signing key must outlive a config reload, or every reload would log the
+// demo's clients out.
+var registry = caddy.NewUsagePool()
+
+// pooled adapts a Sandbox to the pool, which wants a Destructor; a Sandbox
+// holds nothing that needs releasing.
+type pooled struct{ *Sandbox }
+
+func (pooled) Destruct() error { return nil }
+
+// Lookup returns the sandbox a running Caddy config serves under name
+// ("default" when the Caddyfile gave none), so a test driving Caddy can use
+// the knobs and Stats.
+func Lookup(name string) (*Sandbox, bool) {
+	var found *Sandbox
+	registry.Range(func(key, value any) bool {
+		if key == name {
+			found = value.(pooled).Sandbox
+			return false
+		}
+		return true
+	})
+	return found, found != nil
+}
+
+// Handler is the http.handlers.prelude_sandbox module: it serves the
+// sandbox routes and passes every other path outside /v1/session/ to the
+// next handler.
+type Handler struct {
+	// Name selects the sandbox state to serve; handlers with the same name
+	// share users, sessions and keys. Default "default".
+	Name string `json:"name,omitempty"`
+	// AccessTokenTTL is the access-token lifetime; at least 1s. Default 60s.
+	AccessTokenTTL caddy.Duration `json:"access_token_ttl,omitempty"`
+	// RequireNonce turns on DPoP nonce mode.
+	RequireNonce bool `json:"require_nonce,omitempty"`
+
+	sb       *Sandbox
+	attached bool // this handler holds a pool reference to release
+	logger   *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.prelude_sandbox",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+func (h *Handler) poolKey() string {
+	if h.Name == "" {
+		return "default"
+	}
+	return h.Name
+}
+
+// Provision attaches to the named sandbox, creating it on first use. An
+// existing one takes this config's settings: the newest config wins.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	opts := Options{AccessTokenTTL: time.Duration(h.AccessTokenTTL), RequireNonce: h.RequireNonce}
+	v, loaded, err := registry.LoadOrNew(h.poolKey(), func() (caddy.Destructor, error) {
+		sb, err := New(opts)
+		return pooled{sb}, err
+	})
+	if err != nil {
+		return err
+	}
+	h.sb, h.attached = v.(pooled).Sandbox, true
+	if loaded {
+		h.sb.SetAccessTokenTTL(opts.AccessTokenTTL)
+		h.sb.SetRequireNonce(opts.RequireNonce)
+	}
+	h.logger.Info("prelude sandbox ready", zap.String("name", h.poolKey()), zap.Bool("reused", loaded),
+		zap.String("demo_user", DemoEmail), zap.String("otp_code", DefaultOTPCode))
+	return nil
+}
+
+// Validate rejects settings the sandbox cannot honour.
+func (h *Handler) Validate() error {
+	if ttl := time.Duration(h.AccessTokenTTL); ttl != 0 && ttl < time.Second {
+		return fmt.Errorf("prelude_sandbox: access_token_ttl %v is below 1s", ttl)
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the sandbox. Provision may have
+// failed before attaching, in which case there is nothing to release.
+func (h *Handler) Cleanup() error {
+	if !h.attached {
+		return nil
+	}
+	// h.sb stays set: requests still draining from the old config use it.
+	h.attached = false
+	_, err := registry.Delete(h.poolKey())
+	return err
+}
+
+// ServeHTTP serves sandbox routes and passes other paths on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.sb.serve(w, r) {
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	prelude_sandbox [<matcher>] {
+//	    name             <name>
+//	    access_token_ttl <duration>
+//	    require_nonce
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("%s already specified", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "name":
+			if !d.AllArgs(&h.Name) {
+				return d.ArgErr()
+			}
+		case "access_token_ttl":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			ttl, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("invalid access_token_ttl %q: %v", v, err)
+			}
+			h.AccessTokenTTL = caddy.Duration(ttl)
+		case "require_nonce":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.RequireNonce = true
+		default:
+			return d.Errf("unrecognized subdirective %q", sub)
+		}
+	}
+	if err := h.Validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(helper.Dispenser)
+	return h, err
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+	_ http.Handler                = (*Sandbox)(nil)
+)
