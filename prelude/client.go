@@ -53,7 +53,7 @@ type Client struct {
 	ua      string
 	nonces  *dpop.NonceStore
 	maxBody int64
-	skew    atomic.Int64 // localNow − serverDate in ns; 0 when under 1 s
+	skew    atomic.Int64 // latest clockSkew, ns; dates DPoP proofs on the server's clock
 }
 
 // New returns a client for the frontend API at baseURL, e.g.
@@ -145,7 +145,7 @@ type reply struct {
 	header  http.Header
 	body    []byte
 	bodyErr error         // reading failed or the body was too long
-	skew    time.Duration // localNow − serverDate, 0 when under 1 s or unknown
+	skew    time.Duration // localNow − serverNow (see clockSkew); 0 if unknown
 }
 
 // fail builds an Error for c; cause may be nil.
@@ -281,16 +281,25 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte)
 
 	rep := &reply{status: resp.StatusCode, header: resp.Header}
 	if date, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
-		rep.skew = localNow.Sub(date)
-		if rep.skew.Abs() < time.Second {
-			// Date has one-second resolution: smaller differences are
-			// rounding, not skew.
-			rep.skew = 0
-		}
+		rep.skew = clockSkew(localNow, date)
 		cl.skew.Store(int64(rep.skew))
 	}
 	rep.body, rep.bodyErr = readBounded(resp.Body, cl.maxBody)
 	return rep, nil
+}
+
+// clockSkew estimates localNow − serverNow from a response's Date header.
+// Date is truncated to the second, so when it was generated the server's
+// clock read somewhere in [date, date+1s): the estimate uses the middle of
+// that window, which makes agreeing clocks come out within ±0.5 s (plus
+// transit time). Estimates under 1 s are reported as 0: they are below what
+// the header can resolve, and correcting by them would only add noise.
+func clockSkew(localNow, date time.Time) time.Duration {
+	skew := localNow.Sub(date.Add(500 * time.Millisecond))
+	if skew.Abs() < time.Second {
+		return 0
+	}
+	return skew
 }
 
 // errTooLarge is the body error for a response over MaxResponseBytes.
