@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 // t0 is the fixed clock of most tests: proofs are issued at t0 and
@@ -146,4 +148,14 @@ func proofHeaderFor(k *Key) map[string]any {
 // claimsAt is a complete claim set for method and htu issued at t0.
 func claimsAt(method, htu string) map[string]any {
 	return map[string]any{"jti": NewJTI(), "htm": method, "htu": htu, "iat": t0.Unix()}
+}
+
+// privateJWK is k as a JWK with its private members.
+func privateJWK(tb testing.TB, k *Key) json.RawMessage {
+	tb.Helper()
+	raw, err := jose.JSONWebKey{Key: k.private.Signer}.MarshalJSON()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return raw
 }

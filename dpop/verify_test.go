@@ -3,7 +3,6 @@ package dpop
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -172,13 +171,6 @@ func TestVerifyRejects(t *testing.T) {
 	rawHeader := func(members string) func(t *testing.T) string {
 		return func(t *testing.T) string { return f.sign(t, "{"+members+`,"jwk":`+string(jwkJSON)+"}", f.claims()) }
 	}
-	privateJWK := func(k *Key) any {
-		raw, err := jose.JSONWebKey{Key: k.private.Signer}.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return json.RawMessage(raw)
-	}
 	ed := mustKey(t, EdDSA)
 
 	for _, tc := range []struct {
@@ -226,14 +218,13 @@ func TestVerifyRejects(t *testing.T) {
 		{name: "alg ES256K", proof: withHeader(map[string]any{"alg": "ES256K"}), want: ErrBadAlgorithm},
 		{name: "alg lowercase", proof: withHeader(map[string]any{"alg": "es256"}), want: ErrBadAlgorithm},
 
-		{name: "private EC jwk", proof: withHeader(map[string]any{"jwk": privateJWK(f.key)}), want: ErrPrivateKey},
+		{name: "private EC jwk", proof: withHeader(map[string]any{"jwk": privateJWK(t, f.key)}), want: ErrPrivateKey},
 		{name: "private Ed25519 jwk", proof: func(t *testing.T) string {
-			h := map[string]any{"typ": "dpop+jwt", "alg": "EdDSA", "jwk": privateJWK(ed)}
+			h := map[string]any{"typ": "dpop+jwt", "alg": "EdDSA", "jwk": privateJWK(t, ed)}
 			return handSign(t, ed.private.Signer, h, f.claims())
 		}, want: ErrPrivateKey},
 		{name: "private jwk next to JWK", proof: func(t *testing.T) string {
-			priv, _ := json.Marshal(privateJWK(f.key))
-			return f.sign(t, `{"typ":"dpop+jwt","alg":"ES256","jwk":`+string(priv)+`,"JWK":`+string(jwkJSON)+`}`, f.claims())
+			return f.sign(t, `{"typ":"dpop+jwt","alg":"ES256","jwk":`+string(privateJWK(t, f.key))+`,"JWK":`+string(jwkJSON)+`}`, f.claims())
 		}, want: ErrPrivateKey},
 		{name: "symmetric jwk", proof: withHeader(map[string]any{"jwk": map[string]string{"kty": "oct", "k": "c2VjcmV0"}}), want: ErrPrivateKey},
 
