@@ -178,9 +178,14 @@ func (c *call) malformed(rep *reply, what string) *Error {
 	return c.fail(c.afterWrite(), rep.status, errors.New("malformed response: "+what))
 }
 
-// do sends c, retrying exactly once when a DPoP-signed request is answered
-// with use_dpop_nonce and a fresh nonce. It returns the 2xx reply or an
-// *Error.
+// do sends c and returns the 2xx reply or an *Error. A DPoP-signed request
+// is re-sent with a fresh proof at most once for each of two reasons the
+// server gives before acting on it:
+//   - use_dpop_nonce with a DPoP-Nonce header: the new proof carries it;
+//   - invalid_dpop_proof while the response's Date shows a clock skew
+//     different from the one the proof's iat was corrected by: the new
+//     proof is dated on the server's clock (what the official SDKs do, so a
+//     clock jump does not kill the session).
 func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 	var payload []byte
 	if c.body != nil {
@@ -190,8 +195,10 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 		}
 	}
 	u := cl.endpoint(c.path, c.query)
-	for attempt := 0; ; attempt++ {
-		rep, err := cl.send(ctx, c, u, payload)
+	var nonceRetried, skewRetried bool
+	for {
+		skew := time.Duration(cl.skew.Load())
+		rep, err := cl.send(ctx, c, u, payload, skew)
 		if err != nil {
 			return nil, err
 		}
@@ -202,8 +209,15 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 		if rep.bodyErr == nil {
 			code, msg = envelope(rep.body)
 		}
-		if code == codeUseNonce && c.key != nil && attempt == 0 && rep.header.Get("DPoP-Nonce") != "" {
-			continue // send already stored the nonce; the new proof uses it
+		if c.key != nil {
+			switch {
+			case code == codeUseNonce && !nonceRetried && rep.header.Get("DPoP-Nonce") != "":
+				nonceRetried = true // send stored the nonce; the new proof uses it
+				continue
+			case code == "invalid_dpop_proof" && !skewRetried && time.Duration(cl.skew.Load()) != skew:
+				skewRetried = true
+				continue
+			}
 		}
 		e := c.fail(classify(rep.status, code), rep.status, nil)
 		e.Code = scrub(code, c.secrets)
@@ -229,7 +243,8 @@ func (cl *Client) endpoint(path string, query url.Values) *url.URL {
 // send performs one HTTP exchange. Errors are classified by whether the
 // request was fully written (httptrace WroteRequest): before that the server
 // cannot have acted on it.
-func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte) (*reply, error) {
+// skew (localNow − serverNow) dates the DPoP proof on the server's clock.
+func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte, skew time.Duration) (*reply, error) {
 	var body io.Reader
 	if payload != nil {
 		body = bytes.NewReader(payload)
@@ -251,7 +266,7 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte)
 		// the newest nonce for this origin and iat on the server's clock.
 		proof, err := c.key.ProofForURL(c.method, u, dpop.ProofOptions{
 			Nonce: cl.nonces.Get(u),
-			Now:   time.Now().Add(-time.Duration(cl.skew.Load())),
+			Now:   time.Now().Add(-skew),
 		})
 		if err != nil {
 			return nil, c.fail(KindCaller, 0, err)

@@ -797,3 +797,46 @@ func TestClockSkewEstimate(t *testing.T) {
 		}
 	}
 }
+
+// TestSkewRetry: a server an hour behind rejects the first proof's iat; the
+// response's Date reveals the skew and one re-dated proof gets through.
+func TestSkewRetry(t *testing.T) {
+	c, n := misbehaving(t, func(w http.ResponseWriter, r *http.Request) {
+		serverNow := time.Now().Add(-time.Hour)
+		w.Header().Set("Date", serverNow.UTC().Format(http.TimeFormat))
+		if d := time.Unix(proofIAT(r), 0).Sub(serverNow); d.Abs() > 5*time.Second {
+			writeError(w, 401, "invalid_dpop_proof", "iat outside the accepted window")
+			return
+		}
+		writeTokens(w, "a", serverNow.Add(time.Minute).Unix(), testRotated)
+	})
+	if _, err := c.Refresh(context.Background(), newKey(t), testRefresh); err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 2 {
+		t.Errorf("requests = %d, want 2 (one re-dated retry)", n.Load())
+	}
+}
+
+// TestSkewRetryOnlyWhenSkewChanged: a proof rejected while the clocks agree
+// is not retried (the key really is wrong), and a server whose Date keeps
+// jumping gets one retry only.
+func TestSkewRetryOnlyWhenSkewChanged(t *testing.T) {
+	c, n := misbehaving(t, func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, 401, "invalid_dpop_proof", "")
+	})
+	_, err := c.Refresh(context.Background(), newKey(t), testRefresh)
+	if asError(t, err, KindDead); n.Load() != 1 {
+		t.Errorf("requests = %d, want 1", n.Load())
+	}
+
+	var jump atomic.Int64
+	c, n = misbehaving(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Date", time.Now().Add(time.Duration(jump.Add(1))*time.Hour).UTC().Format(http.TimeFormat))
+		writeError(w, 401, "invalid_dpop_proof", "")
+	})
+	_, err = c.Refresh(context.Background(), newKey(t), testRefresh)
+	if asError(t, err, KindDead); n.Load() != 2 {
+		t.Errorf("requests = %d, want 2", n.Load())
+	}
+}
