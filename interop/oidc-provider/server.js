@@ -1,0 +1,164 @@
+// A real OAuth 2.0 authorization server for interop tests: panva's
+// oidc-provider (an OpenID-certified implementation), configured for the
+// machine-to-machine flows this project's oauth package speaks —
+// client_credentials and refresh_token grants, DPoP (RFC 9449) with
+// switchable nonce enforcement, resource indicators (RFC 8707) that yield
+// JWT access tokens carrying cnf.jkt, revocation (RFC 7009) and
+// introspection (RFC 7662).
+//
+// Usage: node server.js [config.json | '{"port":0,...}']
+// or set INTEROP_CONFIG to the JSON. Config (all optional):
+//
+//   port           TCP port on 127.0.0.1; 0 (default) picks a free one
+//   requireNonce   true: every DPoP proof must carry a server nonce
+//   clients        oidc-provider client metadata objects (client_id,
+//                  client_secret, token_endpoint_auth_method, jwks,
+//                  grant_types, scope, ...); response_types default to []
+//                  and grant_types to client_credentials + refresh_token
+//   resources      { "<resource indicator>": { scope, accessTokenTTL } }:
+//                  each becomes a resource server whose access tokens are
+//                  ES256-signed JWTs with aud = the indicator
+//   accessTokenTTL seconds, for tokens without a resource (default 600)
+//   refreshTokenTTL seconds (default 86400)
+//
+// It listens on loopback only and prints "READY <issuer>" on stdout once it
+// accepts connections (the Go helper in ../ waits for that line). The issuer
+// is http://127.0.0.1:<port>, so endpoints are <issuer>/token,
+// <issuer>/token/revocation, <issuer>/token/introspection, <issuer>/jwks.
+//
+// Test-only endpoint (there is no user interaction to obtain a refresh
+// token the normal way): POST /__test/refresh_token with JSON
+// {"client_id": "...", "scope": "openid offline_access"} mints a refresh
+// token for account "test-user" and answers {"refresh_token": "..."}.
+
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+function loadConfig() {
+  const raw = process.argv[2] ?? process.env.INTEROP_CONFIG ?? '{}';
+  const text = raw.trim().startsWith('{') ? raw : fs.readFileSync(raw, 'utf8');
+  return JSON.parse(text);
+}
+
+const cfg = loadConfig();
+
+function signingKeys() {
+  // Fresh keys per run: tests fetch them from /jwks like any resource server.
+  const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  return [
+    { ...ec, kid: `ec-${crypto.randomUUID()}`, alg: 'ES256', use: 'sig' },
+    // id_token default algorithm is RS256, so the keystore must hold one.
+    { ...rsa, kid: `rsa-${crypto.randomUUID()}`, alg: 'RS256', use: 'sig' },
+  ];
+}
+
+function clientMetadata(c) {
+  return {
+    response_types: [],
+    redirect_uris: [],
+    grant_types: ['client_credentials', 'refresh_token'],
+    ...c,
+  };
+}
+
+const resources = cfg.resources ?? { 'http://api.test': { scope: 'api:read api:write' } };
+
+const server = http.createServer();
+server.listen(cfg.port ?? 0, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+
+  const provider = new Provider(issuer, {
+    clients: (cfg.clients ?? []).map(clientMetadata),
+    jwks: { keys: signingKeys() },
+    findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+    // Rotate on every use so clients must persist the new refresh token and
+    // reuse is detected (invalid_grant, grant revoked).
+    rotateRefreshToken: true,
+    ttl: {
+      AccessToken: cfg.accessTokenTTL ?? 600,
+      ClientCredentials: cfg.accessTokenTTL ?? 600,
+      RefreshToken: cfg.refreshTokenTTL ?? 86400,
+      Grant: cfg.refreshTokenTTL ?? 86400,
+    },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      revocation: { enabled: true },
+      introspection: { enabled: true },
+      dPoP: {
+        enabled: true,
+        // A nonce secret makes the server hand out DPoP-Nonce values (on
+        // successes too); requireNonce decides whether they are enforced.
+        nonceSecret: crypto.randomBytes(32),
+        requireNonce: () => cfg.requireNonce === true,
+      },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (_ctx, _client, oneOf) => oneOf,
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (_ctx, indicator) => {
+          const rs = resources[indicator];
+          if (!rs) {
+            throw new Provider.errors.InvalidTarget(`unknown resource ${indicator}`);
+          }
+          return {
+            scope: rs.scope ?? 'api:read',
+            audience: indicator,
+            accessTokenTTL: rs.accessTokenTTL ?? cfg.accessTokenTTL ?? 600,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'ES256' } },
+          };
+        },
+      },
+    },
+  });
+
+  const callback = provider.callback();
+  server.on('request', (req, res) => {
+    if (req.method === 'POST' && req.url === '/__test/refresh_token') {
+      mintRefreshToken(provider, req, res);
+      return;
+    }
+    callback(req, res);
+  });
+
+  process.stdout.write(`READY ${issuer}\n`);
+});
+
+// mintRefreshToken stands in for an authorization-code login (which would
+// need a browser): it creates a grant and a refresh token exactly as the
+// provider would after consent.
+function mintRefreshToken(provider, req, res) {
+  let body = '';
+  req.on('data', (chunk) => { body += chunk; });
+  req.on('end', async () => {
+    try {
+      const { client_id: clientId, scope = 'openid offline_access' } = JSON.parse(body || '{}');
+      const client = await provider.Client.find(clientId);
+      if (!client) throw new Error('unknown client');
+      const accountId = 'test-user';
+      const grant = new provider.Grant({ accountId, clientId });
+      grant.addOIDCScope(scope);
+      const grantId = await grant.save();
+      const rt = new provider.RefreshToken({
+        accountId, client, grantId, scope, gty: 'authorization_code',
+      });
+      const value = await rt.save();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ refresh_token: value }));
+    } catch (err) {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: String(err.message ?? err) }));
+    }
+  });
+}
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => process.exit(0));
+}
