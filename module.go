@@ -2,3 +2,390 @@
 // DPoP key and a refresh token), keeps a fresh access token cached, and
 // injects it into upstream requests.
 package injecttoken
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/tokenwarden/caddy-inject-token/prelude"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults.
+const (
+	// DefaultSession is the session name used when none is configured.
+	DefaultSession = "default"
+	// DefaultRefreshBefore is how long before expiry a token is refreshed.
+	DefaultRefreshBefore = 60 * time.Second
+	// maxReplayBody is the largest request body buffered so that a request
+	// answered 401 can be retried with a fresh token.
+	maxReplayBody = 64 << 10
+)
+
+// Handler injects the access token of a logged-in Prelude session into
+// every request it handles, as "Authorization: Bearer <token>". Put it in
+// front of reverse_proxy.
+//
+// Before anything else it removes the client's own Authorization and DPoP
+// headers (and any listed in strip_headers), so a client can never choose
+// the credentials sent upstream. The token comes from a cache that is
+// refreshed in the background ahead of expiry; reading it takes no lock.
+// When there is no valid token (logged out, or refreshing has failed past
+// expiry) the request is not forwarded: the answer is 503 with Retry-After
+// and a JSON body {"error", "session", "state"}, or, if the server has
+// error routes (handle_errors), an error with status 503 for them to shape.
+//
+// If the upstream answers 401, the token is marked rejected and a fresh one
+// is fetched. Requests without a body, or with one of at most 64 KiB (which
+// is buffered for this), are retried once with it; others get the 401,
+// and the next request uses a fresh token.
+//
+// Sessions are shared by name: handlers (in any site, and across config
+// reloads) naming the same session share one token, and Caddy instances
+// sharing storage share one session. A reload does not log out or refresh.
+//
+// The session can be inspected and managed through the admin API under
+// /inject_token/ (status, refresh, login, logout, Prelude session listing
+// and revocation).
+//
+// This handler sets these placeholders:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.inject_token.session}` | The session name
+// `{http.inject_token.sub}` | The token's subject (user ID)
+// `{http.inject_token.sid}` | The token's Prelude session ID
+// `{http.inject_token.state}` | The session state (`active` or `logged_out`)
+type Handler struct {
+	// Session names the session: its key in storage and in the admin API.
+	// Letters, digits, '.', '_' and '-', at most 64. Default: "default".
+	Session string `json:"session,omitempty"`
+
+	// Prelude is the base URL of the Prelude Session frontend API, e.g.
+	// "https://acme.session.prelude.dev": absolute http or https, without
+	// query or fragment. Global placeholders such as {env.PRELUDE_URL}
+	// are resolved when the config is loaded. Required.
+	Prelude string `json:"prelude,omitempty"`
+
+	// Login, when set, logs the session in automatically: at first start
+	// and whenever the session ends (revoked, expired), except after an
+	// operator's logout through the admin API. Without it the session is
+	// logged in through the admin API.
+	Login *Login `json:"login,omitempty"`
+
+	// RefreshBefore is how long before expiry the token is refreshed.
+	// A token is never refreshed before half its lifetime. Default: 60s.
+	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
+
+	// StripHeaders are more client request headers to remove before the
+	// request goes on (Authorization and DPoP always are).
+	StripHeaders []string `json:"strip_headers,omitempty"`
+
+	sess     *session
+	acquired bool
+	owner    context.Context // the config's context, identifying its binding
+	logger   *zap.Logger
+}
+
+// Login configures automatic login.
+type Login struct {
+	// Method is the login method; only "password" is supported.
+	Method string `json:"method"`
+
+	// Email is the account's email address. Placeholders such as
+	// {env.SVC_EMAIL} are resolved when the config is loaded.
+	Email string `json:"email,omitempty"`
+
+	// Password is the account's password. Use a placeholder such as
+	// {env.SVC_PASSWORD} or {file./run/secrets/pw}: it is resolved when
+	// the config is loaded and kept only in memory, whereas a literal (or
+	// a Caddyfile {$VAR}) ends up in the JSON config.
+	Password string `json:"password,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.inject_token",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// sessionNameRE is what a session name may look like.
+var sessionNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// Provision resolves placeholders, validates the configuration and binds
+// the handler to its session, creating it from storage if needed. It does
+// no network I/O.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Session == "" {
+		h.Session = DefaultSession
+	}
+	if !sessionNameRE.MatchString(h.Session) {
+		return fmt.Errorf("invalid session name %q: use 1-64 letters, digits, '.', '_' or '-'", h.Session)
+	}
+	if h.RefreshBefore < 0 {
+		return fmt.Errorf("refresh_before must not be negative")
+	}
+	if h.RefreshBefore == 0 {
+		h.RefreshBefore = caddy.Duration(DefaultRefreshBefore)
+	}
+	set, err := h.resolve()
+	if err != nil {
+		return err
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		h.logger.Warn("metrics unavailable", zap.Error(err))
+	}
+	s, err := acquireSession(ctx, h.Session, set, h.logger)
+	if err != nil {
+		return err
+	}
+	h.sess, h.acquired, h.owner = s, true, ctx.Context
+	return nil
+}
+
+// resolve turns the configuration into settings, resolving global
+// placeholders ({env.*}, {file.*}). Errors never quote resolved values.
+func (h *Handler) resolve() (*settings, error) {
+	repl := caddy.NewReplacer()
+	base, err := repl.ReplaceOrErr(h.Prelude, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("prelude: %v", err)
+	}
+	if err := checkBaseURL(base); err != nil {
+		return nil, fmt.Errorf("prelude: %v", err)
+	}
+	client, err := prelude.New(base, prelude.Options{})
+	if err != nil {
+		return nil, err
+	}
+	set := &settings{baseURL: base, client: client, refreshBefore: time.Duration(h.RefreshBefore)}
+	if h.Login != nil {
+		if h.Login.Method != "password" {
+			return nil, fmt.Errorf("login: unsupported method %q (want \"password\")", h.Login.Method)
+		}
+		if set.email, err = repl.ReplaceOrErr(h.Login.Email, true, true); err != nil {
+			return nil, fmt.Errorf("login email: %v", err)
+		}
+		if set.password, err = repl.ReplaceOrErr(h.Login.Password, true, true); err != nil {
+			return nil, fmt.Errorf("login password: %v", err)
+		}
+	}
+	return set, nil
+}
+
+// checkBaseURL accepts absolute http(s) URLs without query, fragment or
+// user info.
+func checkBaseURL(s string) error {
+	if s == "" {
+		return errors.New("a base URL is required")
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return errors.New("base URL does not parse")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("base URL must start with http:// or https://, got %q", s)
+	case u.Host == "":
+		return fmt.Errorf("base URL %q has no host", s)
+	case u.User != nil:
+		return errors.New("base URL must not contain user info")
+	case u.RawQuery != "" || u.ForceQuery:
+		return fmt.Errorf("base URL %q must not have a query", s)
+	case u.Fragment != "" || u.RawFragment != "":
+		return fmt.Errorf("base URL %q must not have a fragment", s)
+	}
+	return nil
+}
+
+// Cleanup releases the session; the last config using it stops its
+// refresher.
+func (h *Handler) Cleanup() error {
+	if h.acquired {
+		h.acquired = false
+		releaseSession(h.sess, h.owner)
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	r.Header.Del("Authorization")
+	r.Header.Del("DPoP")
+	for _, name := range h.StripHeaders {
+		r.Header.Del(name)
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	cache := h.sess.cache()
+	repl.Set("http.inject_token.session", h.Session)
+	repl.Map(func(key string) (any, bool) {
+		if key == "http.inject_token.state" {
+			return cache.Status().State, true
+		}
+		return nil, false
+	})
+
+	tok, err := cache.Token(r.Context())
+	if err != nil {
+		return h.unavailable(w, r, err)
+	}
+	setToken(r, repl, tok)
+	countRequest(h.Session, resultInjected)
+
+	body, replayable, err := bufferBody(r)
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, err)
+	}
+	if !replayable {
+		rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+		err := next.ServeHTTP(rec, r)
+		h.rejected(cache, tok, rec.Status())
+		return err
+	}
+
+	// First attempt: a 401 is held back (only the status and headers; the
+	// header map is shared with w) so it can be replaced by a retry; every
+	// other response streams as usual.
+	saved := w.Header().Clone()
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
+		return status == http.StatusUnauthorized
+	})
+	err = next.ServeHTTP(rec, r)
+	if rec.Status() != http.StatusUnauthorized || !rec.Buffered() || err != nil {
+		return err
+	}
+	h.rejected(cache, tok, http.StatusUnauthorized)
+	fresh, terr := cache.Token(r.Context())
+	if terr != nil || fresh.Value == tok.Value {
+		return rec.WriteResponse()
+	}
+
+	clear(w.Header())
+	for k, v := range saved {
+		w.Header()[k] = v
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	setToken(r, repl, fresh)
+	countRequest(h.Session, resultRetried401)
+	rec = caddyhttp.NewResponseRecorder(w, nil, nil)
+	err = next.ServeHTTP(rec, r)
+	h.rejected(cache, fresh, rec.Status())
+	return err
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// setToken puts tok on the request and in the placeholders.
+func setToken(r *http.Request, repl *caddy.Replacer, tok *tokencache.Token) {
+	r.Header.Set("Authorization", "Bearer "+tok.Value)
+	repl.Set("http.inject_token.sub", tok.Subject)
+	repl.Set("http.inject_token.sid", tok.SessionID)
+}
+
+// rejected marks tok as refused when the upstream answered 401, so the
+// next request gets a fresh token.
+func (h *Handler) rejected(cache *tokencache.Cache, tok *tokencache.Token, status int) {
+	if status != http.StatusUnauthorized {
+		return
+	}
+	cache.Invalidate(tok.Value)
+	if c := h.logger.Check(zapcore.DebugLevel, "upstream rejected token; invalidated"); c != nil {
+		c.Write(zap.String("session", h.Session), zap.String("sid", tok.SessionID))
+	}
+}
+
+// bufferBody reads a small request body into memory so that the request
+// can be sent twice. It returns the body and whether the request can be
+// replayed; a large body is left to stream (and is not replayable).
+func bufferBody(r *http.Request) ([]byte, bool, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true, nil
+	}
+	if r.ContentLength > maxReplayBody {
+		return nil, false, nil
+	}
+	orig := r.Body
+	body, err := io.ReadAll(io.LimitReader(orig, maxReplayBody+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("reading request body: %w", err)
+	}
+	if len(body) > maxReplayBody {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(body), orig), orig}
+		return nil, false, nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return body, true, nil
+}
+
+// unavailableBody is the JSON answer when there is no token.
+type unavailableBody struct {
+	Error   string `json:"error"`
+	Session string `json:"session"`
+	State   string `json:"state"`
+}
+
+// unavailable answers a request for which no valid token exists: 503 with
+// Retry-After, through the server's error routes if it has any.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	countRequest(h.Session, resultUnavailable)
+	var state string
+	retry := time.Second
+	var ue *tokencache.UnavailableError
+	if errors.As(err, &ue) {
+		state, retry = ue.State, ue.RetryAfter
+	} else {
+		state = h.sess.cache().Status().State
+	}
+	secs := max(int64((retry+time.Second-1)/time.Second), 1)
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	if c := h.logger.Check(zapcore.DebugLevel, "no valid token; not forwarding"); c != nil {
+		c.Write(zap.String("session", h.Session), zap.String("state", state), zap.Error(err))
+	}
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
+		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_ = json.NewEncoder(w).Encode(unavailableBody{
+		Error:   fmt.Sprintf("no valid access token for session %q", h.Session),
+		Session: h.Session,
+		State:   state,
+	})
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

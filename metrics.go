@@ -1,0 +1,87 @@
+package injecttoken
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Request results counted by caddy_inject_token_requests_total.
+const (
+	resultInjected    = "injected"    // a token was injected and the request forwarded
+	resultUnavailable = "unavailable" // no valid token: answered 503
+	resultRetried401  = "retried_401" // upstream said 401; retried once with a fresh token
+)
+
+// The collectors are created once and registered with every config's
+// registry (caddy-craft §5), so their values survive reloads. Labels are
+// session names and fixed outcome strings only.
+var (
+	refreshTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "inject_token",
+		Name:      "refresh_total",
+		Help:      "Token refresh and login attempts by session and outcome (refreshed, adopted, logged_in, transient, dead, lost, login_fail, logged_out).",
+	}, []string{"session", "outcome"})
+
+	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "inject_token",
+		Name:      "requests_total",
+		Help:      "Requests handled by inject_token by session and result (injected, unavailable, retried_401).",
+	}, []string{"session", "result"})
+
+	expiryDesc = prometheus.NewDesc(
+		"caddy_inject_token_token_expiry_timestamp_seconds",
+		"Unix time at which the session's current access token expires (absent when it has none).",
+		[]string{"session"}, nil)
+
+	expiry = expiryCollector{}
+)
+
+// expiryCollector reports the expiry of every live session's token at
+// scrape time, so the gauge is never stale and disappears with the session.
+type expiryCollector struct{}
+
+func (expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
+
+func (expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range allSessions() {
+		st := s.cache().Status()
+		if st.ExpiresAt == nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue,
+			float64(st.ExpiresAt.UnixNano())/1e9, s.name)
+	}
+}
+
+// registerMetrics registers the collectors with reg, tolerating the
+// collectors already being there (another handler of the same config).
+func registerMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{refreshTotal, requestsTotal, expiry} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// observeRefresh is the tokencache Observe hook of a session.
+func observeRefresh(name string) func(outcome string, d time.Duration) {
+	return func(outcome string, _ time.Duration) {
+		refreshTotal.WithLabelValues(name, outcome).Inc()
+	}
+}
+
+// countRequest counts one request's result.
+func countRequest(session, result string) {
+	requestsTotal.WithLabelValues(session, result).Inc()
+}

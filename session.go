@@ -1,0 +1,336 @@
+package injecttoken
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/prelude"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+// sessions holds one *session per session name. It lives at package level
+// so that a session (its token cache, background refresher and pending OTP
+// login) survives config reloads, and so the admin API can find it.
+var sessions = caddy.NewUsagePool()
+
+// otpLifetime is how long a started OTP login waits for its code.
+const otpLifetime = 10 * time.Minute
+
+// settings are what one config says about a session. The secrets in it
+// were resolved from placeholders at Provision and exist only in memory.
+type settings struct {
+	baseURL       string
+	client        *prelude.Client
+	email         string
+	password      string
+	refreshBefore time.Duration
+}
+
+// same reports whether two configs describe the session identically.
+func (s *settings) same(o *settings) bool {
+	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password &&
+		s.refreshBefore == o.refreshBefore
+}
+
+// hasLogin reports whether automatic (password) login is configured.
+func (s *settings) hasLogin() bool { return s.email != "" }
+
+// binding is what one live config contributes to a session: its settings,
+// storage and logger. The newest live binding is in force; when a config
+// goes away (reload done, or a new config that failed to start), its
+// binding is removed and the next newest takes over again, so the session
+// never keeps using a closed storage or stale settings.
+type binding struct {
+	owner   context.Context // the config's context, compared by identity
+	refs    int             // handlers of that config using the session
+	set     *settings
+	storage certmagic.Storage
+	logger  *zap.Logger
+}
+
+// pendingOTP is an OTP login started through the admin API and waiting for
+// its code.
+type pendingOTP struct {
+	verificationToken string
+	client            *prelude.Client
+	expires           time.Time
+}
+
+// session is the pooled state of one named session. It owns a
+// tokencache.Cache whose Backend and Login read the settings in force
+// through an atomic pointer, so a reload can change the Prelude URL or the
+// password without logging out.
+type session struct {
+	name string
+	set  atomic.Pointer[settings]
+	tc   atomic.Pointer[tokencache.Cache]
+
+	mu       sync.Mutex // guards the fields below
+	bindings []*binding // oldest first
+	built    builtWith  // what the current cache was built with
+	otp      *pendingOTP
+}
+
+// builtWith are the settings a tokencache.Cache fixes when it is created.
+// Changing them builds a new cache from storage (no network I/O, no
+// logout, no refresh); everything else is updated in place.
+type builtWith struct {
+	refreshBefore time.Duration
+	autoLogin     bool
+}
+
+// cache returns the session's token cache.
+func (s *session) cache() *tokencache.Cache { return s.tc.Load() }
+
+// settings returns the settings in force.
+func (s *session) settings() *settings { return s.set.Load() }
+
+// Destruct stops the background refresher once no config uses the session.
+func (s *session) Destruct() error {
+	if c := s.tc.Load(); c != nil {
+		c.Close()
+	}
+	return nil
+}
+
+// acquireSession takes a reference on the named session for the config of
+// ctx, creating it (from storage, without network I/O) if no config has
+// it, or binding the new settings to it if one does. On success the caller
+// must call releaseSession exactly once.
+func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.Logger) (*session, error) {
+	b := &binding{owner: ctx.Context, refs: 1, set: set, storage: ctx.Storage(), logger: logger}
+	val, loaded, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
+		s := &session{name: name}
+		s.bindings = []*binding{b}
+		if err := s.applyLocked(); err != nil {
+			return nil, err
+		}
+		return s, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := val.(*session)
+	if !loaded {
+		return s, nil
+	}
+	if err := s.bind(b); err != nil {
+		_, _ = sessions.Delete(name)
+		return nil, err
+	}
+	return s, nil
+}
+
+// releaseSession undoes acquireSession for the config of owner.
+func releaseSession(s *session, owner context.Context) {
+	s.unbind(owner)
+	if _, err := sessions.Delete(s.name); err != nil {
+		s.logger().Error("releasing session", zap.String("session", s.name), zap.Error(err))
+	}
+}
+
+// bind adds a config's binding, or counts one more handler of a config
+// already bound. Two handlers of one config must agree on the settings:
+// there is one token per session, so they could not both be honoured.
+func (s *session) bind(b *binding) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, have := range s.bindings {
+		if have.owner == b.owner {
+			if !have.set.same(b.set) {
+				return fmt.Errorf("session %q is configured more than once with different settings; "+
+					"sites sharing a session must configure it identically", s.name)
+			}
+			have.refs++
+			return nil
+		}
+	}
+	s.bindings = append(s.bindings, b)
+	return s.applyLocked()
+}
+
+// unbind drops one handler's reference to the binding of owner and, when
+// the config no longer uses the session, falls back to the newest other
+// binding.
+func (s *session) unbind(owner context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.IndexFunc(s.bindings, func(b *binding) bool { return b.owner == owner })
+	if i < 0 {
+		return
+	}
+	if s.bindings[i].refs--; s.bindings[i].refs > 0 {
+		return
+	}
+	s.bindings = slices.Delete(s.bindings, i, i+1)
+	if len(s.bindings) > 0 {
+		if err := s.applyLocked(); err != nil {
+			s.logger().Error("restoring previous session settings", zap.String("session", s.name), zap.Error(err))
+		}
+	}
+}
+
+// applyLocked puts the newest binding in force: settings, storage and
+// logger are swapped in place; a change to what the cache fixes at creation
+// (refresh_before, whether automatic login exists) builds a new cache from
+// storage. s.mu must be held (or s not yet shared).
+func (s *session) applyLocked() error {
+	b := s.bindings[len(s.bindings)-1]
+	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin()}
+	s.set.Store(b.set)
+	old := s.tc.Load()
+	if old != nil && s.built == want {
+		old.SetStorage(b.storage)
+		old.SetLogger(b.logger)
+		return nil
+	}
+	cfg := tokencache.Config{
+		Name:          s.name,
+		Storage:       b.storage,
+		Backend:       sessionBackend{s},
+		RefreshBefore: want.refreshBefore,
+		Logger:        b.logger,
+		Observe:       observeRefresh(s.name),
+	}
+	if want.autoLogin {
+		cfg.Login = s.passwordLogin
+	}
+	c, err := tokencache.New(cfg)
+	if err != nil {
+		return err
+	}
+	s.tc.Store(c)
+	s.built = want
+	if old != nil {
+		// Backend calls are detached from the cache's context (see
+		// detach), so closing cannot abort a refresh that is in flight
+		// and lose its rotated refresh token.
+		old.Close()
+	}
+	return nil
+}
+
+func (s *session) logger() *zap.Logger {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.bindings) == 0 {
+		return zap.NewNop()
+	}
+	return s.bindings[len(s.bindings)-1].logger
+}
+
+// passwordLogin is the cache's automatic login: the configured email and
+// password, read at call time so a reload can change them.
+func (s *session) passwordLogin(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
+	set := s.settings()
+	if !set.hasLogin() {
+		return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
+	}
+	ctx, cancel := detach(ctx)
+	defer cancel()
+	return prelude.PasswordLogin(set.client, set.email, set.password)(ctx, key, prev)
+}
+
+// startOTP remembers a started OTP login.
+func (s *session) startOTP(vt string, client *prelude.Client) {
+	s.mu.Lock()
+	s.otp = &pendingOTP{verificationToken: vt, client: client, expires: time.Now().Add(otpLifetime)}
+	s.mu.Unlock()
+}
+
+// pendingOTP returns the OTP login waiting for its code, if any.
+func (s *session) pendingOTP() *pendingOTP {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.otp != nil && time.Now().After(s.otp.expires) {
+		s.otp = nil
+	}
+	return s.otp
+}
+
+// finishOTP forgets the OTP login p once it has been used.
+func (s *session) finishOTP(p *pendingOTP) {
+	s.mu.Lock()
+	if s.otp == p {
+		s.otp = nil
+	}
+	s.mu.Unlock()
+}
+
+// lookupSession returns the live session called name.
+func lookupSession(name string) (*session, bool) {
+	var found *session
+	sessions.Range(func(key, val any) bool {
+		if key == name {
+			found = val.(*session)
+			return false
+		}
+		return true
+	})
+	return found, found != nil
+}
+
+// allSessions returns every live session, sorted by name.
+func allSessions() []*session {
+	var all []*session
+	sessions.Range(func(_, val any) bool {
+		all = append(all, val.(*session))
+		return true
+	})
+	slices.SortFunc(all, func(a, b *session) int {
+		switch {
+		case a.name < b.name:
+			return -1
+		case a.name > b.name:
+			return 1
+		}
+		return 0
+	})
+	return all
+}
+
+// sessionBackend is the tokencache.Backend of a session: a prelude.Backend
+// on the client in force at call time.
+type sessionBackend struct{ s *session }
+
+func (b sessionBackend) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
+	ctx, cancel := detach(ctx)
+	defer cancel()
+	return prelude.Backend{Client: b.s.settings().client}.Refresh(ctx, key, refreshToken)
+}
+
+func (b sessionBackend) Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error {
+	ctx, cancel := detach(ctx)
+	defer cancel()
+	return prelude.Backend{Client: b.s.settings().client}.Revoke(ctx, key, refreshToken)
+}
+
+// detach keeps ctx's deadline but not its cancellation: a refresh that was
+// sent must get its answer (a rotated refresh token) even if the cache that
+// sent it is being replaced, or the session would be lost.
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := prelude.DefaultTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		d = time.Until(dl)
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
+// errNoSession is returned for a session name no config uses.
+var errNoSession = errors.New("unknown session")
+
+// Interface guards
+var (
+	_ caddy.Destructor   = (*session)(nil)
+	_ tokencache.Backend = sessionBackend{}
+)
