@@ -9,6 +9,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/tokenwarden/caddy-inject-token"
+	_ "github.com/tokenwarden/caddy-inject-token/cli"
 	_ "github.com/tokenwarden/caddy-inject-token/sandbox"
 )
 

@@ -1,0 +1,347 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// DefaultAddress is the admin address used when neither --address nor the
+// CADDY_ADMIN environment variable names one (Caddy's own default).
+const DefaultAddress = "localhost:2019"
+
+// ResolveAddress picks the admin address the way Caddy does: the explicit
+// value, else $CADDY_ADMIN, else localhost:2019.
+func ResolveAddress(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if env := os.Getenv("CADDY_ADMIN"); env != "" {
+		return env
+	}
+	return DefaultAddress
+}
+
+// Status is one session as GET /inject_token/sessions/{name} reports it. It
+// never holds a token, a refresh token or a private key.
+type Status struct {
+	Session      string         `json:"session"`
+	State        string         `json:"state"`
+	Reason       string         `json:"reason,omitempty"`
+	AutoLogin    bool           `json:"auto_login"`
+	Subject      string         `json:"sub,omitempty"`
+	SessionID    string         `json:"sid,omitempty"`
+	Scopes       []string       `json:"scopes,omitempty"`
+	TokenType    string         `json:"token_type,omitempty"`
+	ExpiresAt    *time.Time     `json:"expires_at,omitempty"`
+	SecondsLeft  int64          `json:"seconds_left"`
+	NextRefresh  *time.Time     `json:"next_refresh,omitempty"`
+	LastRefresh  *time.Time     `json:"last_refresh,omitempty"`
+	LastOutcome  string         `json:"last_outcome,omitempty"`
+	RefreshCount int64          `json:"refresh_count"`
+	AdoptCount   int64          `json:"adopt_count"`
+	WaitCount    int64          `json:"wait_count"`
+	LastError    string         `json:"last_error,omitempty"`
+	DPoPJKT      string         `json:"dpop_jkt,omitempty"`
+	DPoPAlg      string         `json:"dpop_alg,omitempty"`
+	TokenHeader  map[string]any `json:"token_header,omitempty"`
+	TokenClaims  map[string]any `json:"token_claims,omitempty"`
+	Backend      string         `json:"backend,omitempty"`
+	BaseURL      string         `json:"base_url,omitempty"`
+}
+
+// Device is one server-side session of the logged-in user, as listed by
+// GET /inject_token/sessions/{name}/list.
+type Device struct {
+	ID          string `json:"id"`
+	DeviceType  string `json:"device_type,omitempty"`
+	DeviceModel string `json:"device_model,omitempty"`
+	OSVersion   string `json:"os_version,omitempty"`
+	CountryCode string `json:"country_code,omitempty"`
+	CreatedAt   string `json:"created_at,omitempty"`
+	LastSeenAt  string `json:"last_seen_at,omitempty"`
+	ExpiresAt   string `json:"expires_at,omitempty"`
+	Current     bool   `json:"current"`
+}
+
+// DeviceList is a page of Devices.
+type DeviceList struct {
+	Sessions []Device `json:"sessions"`
+	Total    int      `json:"total"`
+	Limit    int      `json:"limit"`
+	Offset   int      `json:"offset"`
+}
+
+// RevokeResult is the answer to POST /inject_token/sessions/{name}/revoke.
+type RevokeResult struct {
+	Target       string `json:"target"`
+	LocalCleared bool   `json:"local_cleared"`
+}
+
+// APIError is a non-2xx answer from the admin API.
+type APIError struct {
+	// HTTPStatus is the response status code.
+	HTTPStatus int
+	// Message is the server's "error" field (or the body, if not JSON).
+	Message string
+	// Code is the server's machine-readable "code" field, if any.
+	Code string
+	// RetryAfter is the Retry-After header, if any.
+	RetryAfter string
+}
+
+func (e *APIError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.HTTPStatus)
+	}
+	var extra []string
+	if e.Code != "" {
+		extra = append(extra, "code "+e.Code)
+	}
+	extra = append(extra, "HTTP "+strconv.Itoa(e.HTTPStatus))
+	if e.RetryAfter != "" {
+		extra = append(extra, "retry after "+e.RetryAfter+"s")
+	}
+	return msg + " (" + strings.Join(extra, ", ") + ")"
+}
+
+// Client talks to the inject_token routes of a Caddy admin endpoint. The
+// zero value is not usable; use NewClient.
+type Client struct {
+	address string
+	origin  string // scheme://host used in request URLs and the Origin header
+	setOrig bool   // send Origin (TCP only, as `caddy reload` does)
+	http    *http.Client
+}
+
+// NewClient returns a client for the admin endpoint at address, in Caddy's
+// network-address form: "localhost:2019", "127.0.0.1:2019",
+// "unix//run/caddy-admin.sock", or a URL such as "http://localhost:2019".
+func NewClient(address string) (*Client, error) {
+	addr := strings.TrimSpace(address)
+	if addr == "" {
+		addr = DefaultAddress
+	}
+	if u, err := url.Parse(addr); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
+		if u.Scheme == "https" {
+			return nil, fmt.Errorf("admin address %s: the local admin endpoint speaks plain HTTP", address)
+		}
+		addr = u.Host
+	}
+	na, err := caddy.ParseNetworkAddress(addr)
+	if err != nil {
+		return nil, fmt.Errorf("invalid admin address %q: %v", address, err)
+	}
+	if na.PortRangeSize() > 1 {
+		return nil, fmt.Errorf("invalid admin address %q: a port range is not an address", address)
+	}
+	c := &Client{address: addr}
+	dialNet, dialAddr := na.Network, na.JoinHostPort(0)
+	switch {
+	case na.IsUnixNetwork():
+		// Strip optional socket permission bits ("unix//path|0200").
+		path, _, _ := strings.Cut(na.Host, "|")
+		dialAddr = path
+		c.origin = "http://127.0.0.1"
+	case na.IsFdNetwork():
+		return nil, fmt.Errorf("admin address %q: a file descriptor cannot be dialled from another process", address)
+	default:
+		c.origin, c.setOrig = "http://"+dialAddr, true
+	}
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	c.http = &http.Client{
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, dialNet, dialAddr)
+			},
+		},
+		// Logins make network calls to the token server; give them room
+		// but never hang forever.
+		Timeout: 2 * time.Minute,
+	}
+	return c, nil
+}
+
+// Address is the admin address the client dials.
+func (c *Client) Address() string { return c.address }
+
+// Do sends one request to the admin API and returns the raw response body
+// of a 2xx answer. A non-2xx answer becomes an *APIError. body, if not nil,
+// is sent as JSON.
+func (c *Client) Do(ctx context.Context, method, path string, body any) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.origin+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.setOrig {
+		req.Header.Set("Origin", c.origin)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("cannot reach the Caddy admin API at %s: %w (is Caddy running? set --address or CADDY_ADMIN)", c.address, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return nil, fmt.Errorf("reading admin API response: %w", err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, decodeAPIError(resp, data)
+	}
+	return data, nil
+}
+
+func decodeAPIError(resp *http.Response, data []byte) *APIError {
+	e := &APIError{HTTPStatus: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	var body struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}
+	if json.Unmarshal(data, &body) == nil && (body.Error != "" || body.Code != "") {
+		e.Message, e.Code = body.Error, body.Code
+		return e
+	}
+	e.Message = strings.TrimSpace(string(data))
+	if len(e.Message) > 300 {
+		e.Message = e.Message[:300] + "…"
+	}
+	if e.HTTPStatus == http.StatusNotFound && e.Message == "" {
+		e.Message = "not found (is the inject_token module compiled into this Caddy?)"
+	}
+	return e
+}
+
+func (c *Client) doJSON(ctx context.Context, method, path string, body, out any) ([]byte, error) {
+	data, err := c.Do(ctx, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return data, fmt.Errorf("decoding admin API response from %s: %w", path, err)
+		}
+	}
+	return data, nil
+}
+
+func sessionPath(name, suffix string) string {
+	return "/inject_token/sessions/" + url.PathEscape(name) + suffix
+}
+
+// Sessions returns every configured session.
+func (c *Client) Sessions(ctx context.Context) ([]Status, []byte, error) {
+	var out struct {
+		Sessions []Status `json:"sessions"`
+	}
+	raw, err := c.doJSON(ctx, http.MethodGet, "/inject_token/sessions", nil, &out)
+	return out.Sessions, raw, err
+}
+
+// Status returns one session.
+func (c *Client) Status(ctx context.Context, session string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodGet, sessionPath(session, ""), nil, &st)
+	return &st, raw, err
+}
+
+// Refresh forces a refresh (or adopts one another instance just made).
+func (c *Client) Refresh(ctx context.Context, session string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/refresh"), nil, &st)
+	return &st, raw, err
+}
+
+// Logout ends the session at the server and locally; it stays logged out
+// (no automatic login) until the next explicit login.
+func (c *Client) Logout(ctx context.Context, session string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/logout"), nil, &st)
+	return &st, raw, err
+}
+
+// StartOTP asks the server to send a one-time code to an email address or
+// a phone number (exactly one must be set).
+func (c *Client) StartOTP(ctx context.Context, session, email, phone string) ([]byte, error) {
+	body := map[string]string{}
+	if email != "" {
+		body["email_address"] = email
+	}
+	if phone != "" {
+		body["phone_number"] = phone
+	}
+	return c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/otp"), body, nil)
+}
+
+// CheckOTP completes an OTP login with the received code.
+func (c *Client) CheckOTP(ctx context.Context, session, code string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/otp/check"), map[string]string{"code": code}, &st)
+	return &st, raw, err
+}
+
+// LoginPassword logs in with an email address and password.
+func (c *Client) LoginPassword(ctx context.Context, session, email, password string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/password"),
+		map[string]string{"email": email, "password": password}, &st)
+	return &st, raw, err
+}
+
+// List returns the logged-in user's server-side sessions (devices).
+func (c *Client) List(ctx context.Context, session string, limit, offset int) (*DeviceList, []byte, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if offset > 0 {
+		q.Set("offset", strconv.Itoa(offset))
+	}
+	path := sessionPath(session, "/list")
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out DeviceList
+	raw, err := c.doJSON(ctx, http.MethodGet, path, nil, &out)
+	return &out, raw, err
+}
+
+// Revoke ends server-side sessions: target is all, others, mine, or
+// session (then sessionID names it).
+func (c *Client) Revoke(ctx context.Context, session, target, sessionID string) (*RevokeResult, []byte, error) {
+	body := map[string]string{"target": target}
+	if sessionID != "" {
+		body["session_id"] = sessionID
+	}
+	var out RevokeResult
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/revoke"), body, &out)
+	return &out, raw, err
+}
