@@ -1,0 +1,415 @@
+package oauth
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+)
+
+// Defaults applied by New for zero Config fields.
+const (
+	DefaultTimeout          = 10 * time.Second
+	DefaultMaxResponseBytes = 1 << 20
+	// DefaultExpiresIn is assumed when a token response has no expires_in
+	// and the access token is not a JWT with an exp claim. RFC 6749 makes
+	// expires_in only RECOMMENDED; a short guess costs an extra token
+	// request now and then, while a long one would keep presenting a token
+	// the resource server already rejects.
+	DefaultExpiresIn = 5 * time.Minute
+	DefaultUserAgent = "caddy-inject-token-oauth/1"
+)
+
+// Client authentication methods (RFC 6749 §2.3, RFC 7523 §2.2).
+const (
+	AuthBasic         = "basic"           // client_secret_basic
+	AuthPost          = "post"            // client_secret_post
+	AuthPrivateKeyJWT = "private_key_jwt" // RFC 7523 client assertion
+	AuthNone          = "none"            // public client: client_id only
+)
+
+// Grant types this client can request.
+const (
+	GrantClientCredentials = "client_credentials"
+	GrantRefreshToken      = "refresh_token"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Endpoint is the token endpoint URL, or an issuer URL. Discover probes
+	// the issuer's metadata (RFC 8414 /.well-known/oauth-authorization-server,
+	// then OpenID Connect /.well-known/openid-configuration); when neither
+	// exists Endpoint is used as the token endpoint itself.
+	Endpoint string
+	// ClientID identifies the client; required.
+	ClientID string
+	// ClientSecret is the shared secret for AuthBasic and AuthPost.
+	ClientSecret string
+	// Auth is the client authentication method: AuthBasic, AuthPost,
+	// AuthPrivateKeyJWT or AuthNone. "" picks AuthBasic when ClientSecret
+	// is set, AuthPrivateKeyJWT when a client key is, else AuthNone.
+	Auth string
+	// ClientKey signs private_key_jwt client assertions (ECDSA P-256/384,
+	// Ed25519 or RSA ≥ 2048 bits). ClientKeyPEM is the same as a PEM block
+	// (PKCS#8, SEC 1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY").
+	ClientKey    crypto.Signer
+	ClientKeyPEM []byte
+	// ClientKeyID is the "kid" put in assertion headers, so a server with
+	// several registered keys knows which one to use.
+	ClientKeyID string
+	// AssertionAudience is the assertion's "aud": "" means the token
+	// endpoint URL (what most servers accept), "issuer" the discovered
+	// issuer identifier (what draft-ietf-oauth-rfc7523bis asks for), any
+	// other value is used as is.
+	AssertionAudience string
+	// Grant is GrantClientCredentials ("", the default) or
+	// GrantRefreshToken.
+	Grant string
+	// Scopes are sent space-separated as "scope" when non-empty.
+	Scopes []string
+	// Resource is the RFC 8707 resource indicator, sent when non-empty.
+	Resource string
+	// Params are extra token request parameters (e.g. "audience"). They
+	// cannot replace the parameters this package sets itself.
+	Params map[string]string
+	// DPoP sends a DPoP proof (RFC 9449) with every token and revocation
+	// request, signed with the key Token, Refresh or Revoke is given.
+	DPoP bool
+	// DefaultExpiresIn replaces DefaultExpiresIn when > 0.
+	DefaultExpiresIn time.Duration
+	// HTTPClient sends the requests. nil means a client with a 10 s overall
+	// timeout. Whatever client is given, a copy is used that never follows
+	// a redirect of a POST: a redirected token request would either turn
+	// into a GET or carry its credentials to another URL.
+	HTTPClient *http.Client
+	// Nonces remembers DPoP nonces per origin; share one store between the
+	// clients of a process. nil means a store owned by this client.
+	Nonces *dpop.NonceStore
+	// MaxResponseBytes bounds every response body read; a longer body is
+	// an error. ≤ 0 means DefaultMaxResponseBytes.
+	MaxResponseBytes int64
+	// UserAgent is sent on every request; "" means DefaultUserAgent.
+	UserAgent string
+}
+
+// Client requests tokens from one OAuth 2.0 authorization server for one
+// client registration. It is safe for concurrent use and holds no session
+// state: refresh tokens and DPoP keys are passed in by the caller (the
+// token cache), nonces live in the shared NonceStore.
+type Client struct {
+	cfg      Config // validated copy; never printed (it holds the secret)
+	endpoint *url.URL
+	hc       *http.Client
+	nonces   *dpop.NonceStore
+	maxBody  int64
+	assert   *assertionSigner // nil unless AuthPrivateKeyJWT
+	skew     atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
+
+	mu   sync.Mutex
+	meta *metadata // nil until Discover succeeded
+}
+
+// reservedParams are set by the client itself; Config.Params may not
+// override them (a stray "client_id" or "grant_type" would make requests
+// ambiguous or defeat client authentication).
+var reservedParams = map[string]bool{
+	"grant_type": true, "client_id": true, "client_secret": true,
+	"client_assertion": true, "client_assertion_type": true,
+	"refresh_token": true, "scope": true, "resource": true,
+}
+
+// New validates cfg and returns a Client. It does no network I/O.
+func New(cfg Config) (*Client, error) {
+	u, err := checkURL(cfg.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("oauth: Endpoint: %w", err)
+	}
+	if cfg.ClientID == "" {
+		return nil, errors.New("oauth: ClientID is required")
+	}
+	switch cfg.Grant {
+	case "":
+		cfg.Grant = GrantClientCredentials
+	case GrantClientCredentials, GrantRefreshToken:
+	default:
+		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken)
+	}
+	for k := range cfg.Params {
+		if reservedParams[k] {
+			return nil, fmt.Errorf("oauth: Params may not set %q", k)
+		}
+	}
+	hasKey := cfg.ClientKey != nil || len(cfg.ClientKeyPEM) > 0
+	if cfg.Auth == "" {
+		switch {
+		case cfg.ClientSecret != "":
+			cfg.Auth = AuthBasic
+		case hasKey:
+			cfg.Auth = AuthPrivateKeyJWT
+		default:
+			cfg.Auth = AuthNone
+		}
+	}
+	c := &Client{endpoint: u, hc: noPostRedirects(cfg.HTTPClient), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes}
+	switch cfg.Auth {
+	case AuthBasic, AuthPost:
+		if cfg.ClientSecret == "" {
+			return nil, fmt.Errorf("oauth: Auth %q needs ClientSecret", cfg.Auth)
+		}
+	case AuthPrivateKeyJWT:
+		if c.assert, err = newAssertionSigner(cfg); err != nil {
+			return nil, err
+		}
+	case AuthNone:
+		if cfg.ClientSecret != "" || hasKey {
+			return nil, errors.New("oauth: Auth \"none\" must not be given a ClientSecret or client key")
+		}
+	default:
+		return nil, fmt.Errorf("oauth: unsupported Auth %q (want basic, post, private_key_jwt or none)", cfg.Auth)
+	}
+	if c.nonces == nil {
+		c.nonces = new(dpop.NonceStore)
+	}
+	if c.maxBody <= 0 {
+		c.maxBody = DefaultMaxResponseBytes
+	}
+	if cfg.DefaultExpiresIn <= 0 {
+		cfg.DefaultExpiresIn = DefaultExpiresIn
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = DefaultUserAgent
+	}
+	cfg.Scopes = append([]string(nil), cfg.Scopes...)
+	params := make(map[string]string, len(cfg.Params))
+	for k, v := range cfg.Params {
+		params[k] = v
+	}
+	cfg.Params = params
+	c.cfg = cfg
+	return c, nil
+}
+
+// checkURL accepts an absolute http(s) URL without user info or fragment.
+func checkURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return nil, errors.New("does not parse")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("scheme must be http or https, got %q", u.Scheme)
+	case u.Host == "":
+		return nil, errors.New("has no host")
+	case u.User != nil:
+		// Credentials in the URL would end up in every transport error.
+		return nil, errors.New("must not contain user info")
+	case u.Fragment != "" || strings.Contains(raw, "#"):
+		return nil, errors.New("must not have a fragment")
+	}
+	return u, nil
+}
+
+// String identifies the client without its credentials.
+func (c *Client) String() string {
+	return fmt.Sprintf("oauth.Client(%s, client_id=%s, auth=%s, grant=%s)", c.endpoint.Redacted(), c.cfg.ClientID, c.cfg.Auth, c.cfg.Grant)
+}
+
+// GoString is String, so %#v cannot print the secret.
+func (c *Client) GoString() string { return c.String() }
+
+// noPostRedirects returns a copy of hc (or a default client) that hands a
+// redirect of a non-GET request back as the response instead of following
+// it.
+func noPostRedirects(hc *http.Client) *http.Client {
+	cp := http.Client{Timeout: DefaultTimeout}
+	if hc != nil {
+		cp = *hc
+	}
+	next := cp.CheckRedirect
+	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		switch {
+		case via[0].Method != http.MethodGet:
+			return http.ErrUseLastResponse
+		case next != nil:
+			return next(req, via)
+		case len(via) >= 10:
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cp
+}
+
+// exchange is one POST to the token or revocation endpoint.
+type exchange struct {
+	op     string
+	target *url.URL
+	form   func() (url.Values, http.Header, error) // rebuilt per attempt: fresh assertion jti
+	key    *dpop.Key                               // non-nil: attach a proof
+	// spends is true when the request presents a one-time credential (a
+	// refresh token): a lost answer then means the credential may be gone.
+	spends  bool
+	secrets []string
+}
+
+// response is a received response with its body read (bounded).
+type response struct {
+	status  int
+	header  http.Header
+	body    []byte
+	bodyErr error
+	sentAt  time.Time     // when the request was started, local clock
+	skew    time.Duration // localNow − serverDate; 0 when under 1 s or unknown
+}
+
+// fail builds an Error for x; cause may be nil.
+func (x *exchange) fail(kind Kind, status int, cause error) *Error {
+	e := &Error{Op: x.op, Status: status, Kind: kind, err: cause}
+	if cause != nil {
+		e.detail = sanitize(cause.Error(), x.secrets)
+	}
+	return e
+}
+
+// lost is the Kind for a request that was written but got no usable answer.
+func (x *exchange) lost() Kind {
+	if x.spends {
+		return KindUnknownOutcome
+	}
+	return KindTransient
+}
+
+// do sends x, retrying exactly once when the server answers
+// use_dpop_nonce with a new DPoP-Nonce (RFC 9449 §8). It returns the 2xx
+// response or an *Error.
+func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := c.send(ctx, x)
+		if err != nil {
+			return nil, err
+		}
+		if resp.status >= 200 && resp.status < 300 {
+			return resp, nil
+		}
+		var code, desc string
+		if resp.bodyErr == nil {
+			code, desc = errorBody(resp.body)
+		}
+		if code == codeUseDPoPNonce && x.key != nil && attempt == 0 && resp.header.Get("DPoP-Nonce") != "" {
+			continue // send stored the nonce; the next proof carries it
+		}
+		e := x.fail(classify(resp.status, code), resp.status, nil)
+		e.Code = sanitize(code, x.secrets)
+		e.Description = sanitize(desc, x.secrets)
+		if resp.status >= 300 && resp.status < 400 {
+			e.detail = "unexpected redirect (not followed for a POST)"
+		}
+		if resp.status == http.StatusTooManyRequests || resp.status == http.StatusServiceUnavailable {
+			e.RetryDelay = parseRetryAfter(resp.header, time.Now())
+		}
+		return nil, e
+	}
+}
+
+// send performs one HTTP exchange. Transport errors are classified by
+// whether the request was fully written (httptrace WroteRequest): before
+// that the server cannot have acted on it.
+func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
+	form, header, err := x.form()
+	if err != nil {
+		return nil, x.fail(KindConfig, 0, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, x.target.String(), strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, x.fail(KindConfig, 0, err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.cfg.UserAgent)
+	if x.key != nil {
+		// A fresh proof (new jti) per attempt, over the exact URL posted
+		// to, with the newest nonce for its origin and iat on the server's
+		// clock.
+		proof, err := x.key.ProofForURL(http.MethodPost, x.target, dpop.ProofOptions{
+			Nonce: c.nonces.Get(x.target),
+			Now:   c.serverNow(),
+		})
+		if err != nil {
+			return nil, x.fail(KindConfig, 0, err)
+		}
+		req.Header.Set("DPoP", proof)
+	}
+
+	var wrote atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) {
+			if i.Err == nil {
+				wrote.Store(true) // sticky: a later failed write does not unsend it
+			}
+		},
+	}))
+	sentAt := time.Now()
+	hr, err := c.hc.Do(req)
+	if err != nil {
+		kind := KindTransient
+		if wrote.Load() {
+			kind = x.lost()
+		}
+		return nil, x.fail(kind, 0, err)
+	}
+	defer hr.Body.Close()
+	c.nonces.Observe(hr)
+	resp := &response{status: hr.StatusCode, header: hr.Header, sentAt: sentAt, skew: c.observeDate(hr.Header)}
+	resp.body, resp.bodyErr = readLimited(hr.Body, c.maxBody)
+	return resp, nil
+}
+
+// observeDate records the server's clock offset from its Date header and
+// returns it (0 when absent or under a second: Date has one-second
+// resolution, so smaller differences are rounding).
+func (c *Client) observeDate(h http.Header) time.Duration {
+	date, err := http.ParseTime(h.Get("Date"))
+	if err != nil {
+		return 0
+	}
+	skew := time.Since(date)
+	if skew.Abs() < time.Second {
+		skew = 0
+	}
+	c.skew.Store(int64(skew))
+	return skew
+}
+
+// serverNow is the local time corrected to the server's clock, for proof
+// and assertion iat.
+func (c *Client) serverNow() time.Time {
+	return time.Now().Add(-time.Duration(c.skew.Load()))
+}
+
+// errBodyTooLarge is the body error for a response over MaxResponseBytes.
+var errBodyTooLarge = errors.New("response body exceeds MaxResponseBytes")
+
+// readLimited reads at most limit bytes; one byte more is an error, so a
+// huge or endless body is never buffered.
+func readLimited(r io.Reader, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	switch {
+	case err != nil:
+		return nil, err
+	case int64(len(b)) > limit:
+		return nil, errBodyTooLarge
+	}
+	return b, nil
+}

@@ -1,0 +1,239 @@
+package oauth
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+// Kind says what a caller should do about an Error. It is decided once,
+// where the HTTP exchange is understood, so callers never interpret status
+// codes or OAuth error codes themselves.
+type Kind int
+
+const (
+	// KindTransient: nothing was spent (network failure, 5xx, 429, or any
+	// failure of a client_credentials request, which holds no one-time
+	// credential). Retry later, honouring Error.RetryAfter.
+	KindTransient Kind = iota + 1
+	// KindDead: the grant is gone (invalid_grant: the refresh token is
+	// invalid, expired, revoked or was reused). Log in again.
+	KindDead
+	// KindConfig: the server rejected the client itself (invalid_client,
+	// unauthorized_client, unsupported_grant_type, invalid_scope,
+	// invalid_target, HTTP 401) or this package refused the configuration.
+	// Retrying without an operator changing something will fail the same
+	// way, so it also counts as dead for the token cache.
+	KindConfig
+	// KindRejected: the server refused this particular request (any other
+	// 4xx: invalid_request, invalid_dpop_proof, a second use_dpop_nonce,
+	// an unexpected redirect). Nothing was spent; a later attempt with a
+	// fresh proof may succeed, so the token cache backs off and retries.
+	KindRejected
+	// KindUnknownOutcome: a refresh_token request was fully written but no
+	// usable answer came back. The server may have rotated the refresh
+	// token, so it must be treated as spent.
+	KindUnknownOutcome
+)
+
+// String returns a short lower-case label, used in Error.Error.
+func (k Kind) String() string {
+	switch k {
+	case KindTransient:
+		return "transient"
+	case KindDead:
+		return "grant dead"
+	case KindConfig:
+		return "client configuration"
+	case KindRejected:
+		return "rejected"
+	case KindUnknownOutcome:
+		return "outcome unknown"
+	default:
+		return "unclassified"
+	}
+}
+
+// ErrClientConfig is matched (errors.Is) by every KindConfig error, so a
+// caller can tell "fix the configuration" apart from "log in again".
+var ErrClientConfig = errors.New("oauth client configuration rejected")
+
+// Error is the only error type the Client returns from network operations.
+// Its text never contains the client secret, a client assertion, a refresh
+// or access token: server text is scrubbed of every secret the request
+// carried before it is stored.
+//
+// Error matches the tokencache sentinels through its Is method:
+// KindDead and KindConfig match tokencache.ErrSessionDead, and
+// KindUnknownOutcome matches tokencache.ErrOutcomeUnknown. Its RetryAfter
+// method makes it a tokencache.RetryAfterError.
+type Error struct {
+	// Op is "token", "revoke" or "discover".
+	Op string
+	// Status is the HTTP status, or 0 when no response was received.
+	Status int
+	// Code is the OAuth "error" value ("" when the body was not an OAuth
+	// error object, e.g. a proxy's HTML page).
+	Code string
+	// Description is the server's error_description, sanitised and
+	// truncated.
+	Description string
+	// RetryDelay is the server's Retry-After hint on 429 and 503 (0 when
+	// absent); see RetryAfter.
+	RetryDelay time.Duration
+	// Kind classifies the failure.
+	Kind Kind
+
+	detail string // scrubbed description of the cause, for Error()
+	err    error  // cause, for errors.Is / errors.As (never holds secrets)
+}
+
+// Error formats as "oauth: <op>: HTTP <status> <code>: <description>:
+// <cause> (<kind>)", leaving out parts that are empty.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("oauth: " + e.Op)
+	if e.Status != 0 {
+		fmt.Fprintf(&b, ": HTTP %d", e.Status)
+	}
+	if e.Code != "" {
+		b.WriteString(" " + e.Code)
+	}
+	for _, s := range []string{e.Description, e.detail} {
+		if s != "" {
+			b.WriteString(": " + s)
+		}
+	}
+	if e.RetryDelay > 0 {
+		fmt.Fprintf(&b, " (retry after %s)", e.RetryDelay)
+	}
+	fmt.Fprintf(&b, " (%s)", e.Kind)
+	return b.String()
+}
+
+// Unwrap returns the underlying cause (a transport, context or decoding
+// error), so errors.Is(err, context.DeadlineExceeded) works.
+func (e *Error) Unwrap() error { return e.err }
+
+// Is maps Kind onto the token cache's error classes and ErrClientConfig.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case tokencache.ErrSessionDead:
+		return e.Kind == KindDead || e.Kind == KindConfig
+	case tokencache.ErrOutcomeUnknown:
+		return e.Kind == KindUnknownOutcome
+	case ErrClientConfig:
+		return e.Kind == KindConfig
+	}
+	return false
+}
+
+// RetryAfter returns RetryDelay; it makes *Error a
+// tokencache.RetryAfterError.
+func (e *Error) RetryAfter() time.Duration { return e.RetryDelay }
+
+// OAuth error codes (RFC 6749 §5.2, RFC 8707 §2, RFC 9449 §7.1) that
+// decide a Kind.
+const (
+	codeInvalidGrant  = "invalid_grant"
+	codeUseDPoPNonce  = "use_dpop_nonce"
+	codeInvalidClient = "invalid_client"
+)
+
+// configCodes are answers about the client registration, not the request:
+// no retry helps until someone changes the configuration.
+var configCodes = map[string]bool{
+	codeInvalidClient:        true,
+	"unauthorized_client":    true,
+	"unsupported_grant_type": true,
+	"invalid_scope":          true,
+	"invalid_target":         true,
+}
+
+// classify maps a non-2xx token or revocation response to a Kind.
+func classify(status int, code string) Kind {
+	switch {
+	case code == codeInvalidGrant:
+		return KindDead
+	case configCodes[code] || status == http.StatusUnauthorized:
+		// RFC 6749 §5.2 lets invalid_client come as a bare 401.
+		return KindConfig
+	case status == http.StatusTooManyRequests || status >= 500:
+		return KindTransient
+	default:
+		return KindRejected
+	}
+}
+
+// errorBody extracts error and error_description from an OAuth error
+// response. Anything that is not a JSON object yields empty strings.
+func errorBody(body []byte) (code, description string) {
+	var m struct {
+		Error       any `json:"error"`
+		Description any `json:"error_description"`
+	}
+	if json.Unmarshal(body, &m) != nil {
+		return "", ""
+	}
+	code, _ = m.Error.(string)
+	description, _ = m.Description.(string)
+	return code, description
+}
+
+// maxTextRunes bounds server text copied into errors (and so into logs).
+const maxTextRunes = 200
+
+// sanitize makes server- or library-provided text safe for an error string
+// and a log line: each secret is replaced, control characters (log
+// injection) become spaces, and the result is truncated.
+func sanitize(s string, secrets []string) string {
+	for _, sec := range secrets {
+		if sec != "" {
+			s = strings.ReplaceAll(s, sec, "[redacted]")
+		}
+	}
+	out := make([]rune, 0, min(len(s), maxTextRunes+1))
+	for _, r := range s {
+		if len(out) == maxTextRunes {
+			out = append(out, '…')
+			break
+		}
+		if unicode.IsControl(r) {
+			r = ' '
+		}
+		out = append(out, r)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// retryAfterCap keeps a garbage Retry-After from parking a session for
+// years (or overflowing a Duration).
+const retryAfterCap = time.Hour
+
+// parseRetryAfter reads Retry-After as delay-seconds or an HTTP-date
+// (measured against the server's Date header when present, so local clock
+// skew does not distort it). Absent or garbage yields 0.
+func parseRetryAfter(h http.Header, localNow time.Time) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
+		return min(time.Duration(secs)*time.Second, retryAfterCap)
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	if date, err := http.ParseTime(h.Get("Date")); err == nil {
+		localNow = date
+	}
+	return min(max(at.Sub(localNow), 0), retryAfterCap)
+}

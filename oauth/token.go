@@ -1,0 +1,199 @@
+package oauth
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+// Token runs the configured grant and returns the new grant: for
+// GrantClientCredentials refreshToken is ignored; for GrantRefreshToken it
+// is the token to spend (required). With Config.DPoP the request carries a
+// proof signed with key (required then); the server's token_type decides
+// how the token is presented ("DPoP" or "Bearer": a server that ignores
+// DPoP answers Bearer, and that is what the Grant says).
+//
+// Expiry is measured from when the request was sent, so it is never later
+// than the server meant. A response without expires_in falls back to the
+// access token's JWT exp claim (corrected for the server's clock skew from
+// its Date header), then to Config.DefaultExpiresIn.
+//
+// Errors are *Error; see Kind for what each class means.
+func (c *Client) Token(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
+	x := &exchange{op: "token", spends: c.cfg.Grant == GrantRefreshToken}
+	x.secrets = c.secrets(refreshToken)
+	if x.spends && refreshToken == "" {
+		return nil, x.fail(KindDead, 0, errors.New("refresh_token grant without a refresh token: log in with one"))
+	}
+	if c.cfg.DPoP {
+		if key == nil {
+			return nil, x.fail(KindConfig, 0, errors.New("DPoP is enabled but no key was given"))
+		}
+		x.key = key
+	}
+	m, err := c.metadata(ctx)
+	if err != nil {
+		return nil, err
+	}
+	x.target = m.token
+	x.form = func() (url.Values, http.Header, error) {
+		f := url.Values{"grant_type": {c.cfg.Grant}}
+		if x.spends {
+			f.Set("refresh_token", refreshToken)
+		}
+		if len(c.cfg.Scopes) > 0 {
+			f.Set("scope", strings.Join(c.cfg.Scopes, " "))
+		}
+		if c.cfg.Resource != "" {
+			f.Set("resource", c.cfg.Resource)
+		}
+		for k, v := range c.cfg.Params {
+			f.Set(k, v)
+		}
+		h, err := c.authenticate(f, m, x)
+		return f, h, err
+	}
+	resp, err := c.do(ctx, x)
+	if err != nil {
+		return nil, err
+	}
+	return c.parseToken(x, resp)
+}
+
+// secrets lists what must never appear in an error built for a request
+// carrying extra (refresh or access tokens).
+func (c *Client) secrets(extra ...string) []string {
+	return append([]string{c.cfg.ClientSecret}, extra...)
+}
+
+// authenticate adds client authentication to form (or returns the header
+// that carries it), per Config.Auth. A private_key_jwt assertion is made
+// anew on every call and added to x.secrets.
+func (c *Client) authenticate(form url.Values, m *metadata, x *exchange) (http.Header, error) {
+	switch c.cfg.Auth {
+	case AuthBasic:
+		// RFC 6749 §2.3.1: both parts are form-urlencoded before joining.
+		cred := url.QueryEscape(c.cfg.ClientID) + ":" + url.QueryEscape(c.cfg.ClientSecret)
+		return http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(cred))}}, nil
+	case AuthPost:
+		form.Set("client_id", c.cfg.ClientID)
+		form.Set("client_secret", c.cfg.ClientSecret)
+	case AuthPrivateKeyJWT:
+		aud := c.cfg.AssertionAudience
+		switch aud {
+		case "":
+			aud = m.token.String()
+		case "issuer":
+			if m.issuer == "" {
+				return nil, errors.New(`AssertionAudience "issuer" needs an Endpoint with discoverable metadata`)
+			}
+			aud = m.issuer
+		}
+		jwt, err := c.assert.sign(c.cfg.ClientID, aud, c.serverNow())
+		if err != nil {
+			return nil, err
+		}
+		x.secrets = append(x.secrets, jwt)
+		form.Set("client_id", c.cfg.ClientID)
+		form.Set("client_assertion_type", assertionType)
+		form.Set("client_assertion", jwt)
+	case AuthNone:
+		form.Set("client_id", c.cfg.ClientID)
+	}
+	return nil, nil
+}
+
+// tokenResponse is RFC 6749 §5.1, plus refresh_expires_in, which Keycloak
+// and others send for the refresh token's lifetime.
+type tokenResponse struct {
+	AccessToken      string          `json:"access_token"`
+	TokenType        string          `json:"token_type"`
+	ExpiresIn        json.RawMessage `json:"expires_in"`
+	RefreshToken     string          `json:"refresh_token"`
+	RefreshExpiresIn json.RawMessage `json:"refresh_expires_in"`
+}
+
+// parseToken turns a 2xx token response into a Grant. A response that
+// cannot be used is, for a refresh_token grant, an unknown outcome: the
+// server accepted the request and may have rotated the refresh token.
+func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, error) {
+	bad := func(what string) error {
+		return x.fail(x.lost(), resp.status, errors.New("malformed token response: "+what))
+	}
+	if resp.bodyErr != nil {
+		return nil, x.fail(x.lost(), resp.status, resp.bodyErr)
+	}
+	var tr tokenResponse
+	if err := json.Unmarshal(resp.body, &tr); err != nil {
+		return nil, bad("body is not a JSON object")
+	}
+	x.secrets = append(x.secrets, tr.AccessToken, tr.RefreshToken)
+	if tr.AccessToken == "" {
+		return nil, bad("no access_token")
+	}
+	g := &tokencache.Grant{AccessToken: tr.AccessToken, RefreshToken: tr.RefreshToken}
+	switch strings.ToLower(tr.TokenType) {
+	case "dpop":
+		g.TokenType = "DPoP"
+	case "bearer":
+		g.TokenType = "Bearer"
+	default:
+		// An unknown or missing type cannot be presented correctly: a
+		// DPoP-bound token sent as Bearer is rejected, and vice versa.
+		return nil, bad("token_type " + sanitize(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
+	}
+	if d, ok := seconds(tr.ExpiresIn); ok {
+		g.Expiry = resp.sentAt.Add(d)
+	} else if exp, ok := jwtExp(tr.AccessToken); ok {
+		g.Expiry = exp.Add(resp.skew)
+	} else {
+		g.Expiry = resp.sentAt.Add(c.cfg.DefaultExpiresIn)
+	}
+	if d, ok := seconds(tr.RefreshExpiresIn); ok && tr.RefreshToken != "" {
+		g.RefreshExpiry = resp.sentAt.Add(d)
+	}
+	return g, nil
+}
+
+// seconds reads a positive lifetime in seconds, as a JSON number or (as
+// some servers send it) a numeric string. Zero, negative, absurd (over ten
+// years) and non-numeric values are not ok.
+func seconds(raw json.RawMessage) (time.Duration, bool) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		raw = json.RawMessage(s)
+	}
+	var f float64
+	if json.Unmarshal(raw, &f) != nil || !(f > 0 && f < 10*365*24*3600) {
+		return 0, false
+	}
+	return time.Duration(f * float64(time.Second)), true
+}
+
+// jwtExp reads the exp claim of a JWT without verifying it: it only
+// schedules the next refresh and is never trusted for anything else.
+func jwtExp(token string) (time.Time, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp float64 `json:"exp"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || !(claims.Exp > 0 && claims.Exp < 1e11) {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(claims.Exp), 0), true
+}
