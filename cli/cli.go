@@ -10,6 +10,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -122,17 +123,22 @@ func (o *opts) emit(w io.Writer, raw []byte, human func(io.Writer)) error {
 }
 
 func writeJSON(w io.Writer, raw []byte) error {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
+	// Indent keeps the server's field order; anything that is not JSON is
+	// passed through untouched.
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, bytes.TrimSpace(raw), "", "  "); err != nil {
 		_, err = w.Write(raw)
 		return err
 	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	buf.WriteByte('\n')
+	_, err := buf.WriteTo(w)
 	return err
+}
+
+// isTerminal reports whether r is an interactive terminal.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func sessionFlag(cmd *cobra.Command, p *string) {
@@ -203,6 +209,10 @@ because command lines are visible to other users in ps.`,
 			if code == "" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "A code was sent to %s. Enter it: ", to)
 				code, err = readLine(cmd.InOrStdin())
+				if !isTerminal(cmd.InOrStdin()) {
+					// The answer came from a pipe: end the prompt's line.
+					fmt.Fprintln(cmd.ErrOrStderr())
+				}
 				if err != nil {
 					return fmt.Errorf("reading the code: %w", err)
 				}
@@ -253,7 +263,8 @@ func readPassword(in io.Reader, prompt io.Writer) (string, error) {
 	if pw, ok := os.LookupEnv(PasswordEnv); ok && pw != "" {
 		return pw, nil
 	}
-	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if isTerminal(in) {
+		f := in.(*os.File)
 		fmt.Fprint(prompt, "Password: ")
 		b, err := term.ReadPassword(int(f.Fd()))
 		fmt.Fprintln(prompt)

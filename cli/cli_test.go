@@ -33,8 +33,12 @@ func TestMain(m *testing.M) {
 		caddycmd.Main()
 		os.Exit(0)
 	}
+	now = func() time.Time { return testNow }
 	os.Exit(m.Run())
 }
+
+// testNow is the clock of relative times in the tests' output.
+var testNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 // call is one request the fake admin endpoint received.
 type call struct {
@@ -65,10 +69,10 @@ var demoStatus = map[string]any{
 	"sid":           "ses_01current",
 	"scopes":        []string{"profile"},
 	"token_type":    "Bearer",
-	"expires_at":    time.Now().Add(42 * time.Second).UTC().Format(time.RFC3339),
+	"expires_at":    testNow.Add(42 * time.Second).UTC().Format(time.RFC3339),
 	"seconds_left":  42,
-	"next_refresh":  time.Now().Add(22 * time.Second).UTC().Format(time.RFC3339),
-	"last_refresh":  time.Now().Add(-18 * time.Second).UTC().Format(time.RFC3339),
+	"next_refresh":  testNow.Add(22 * time.Second).UTC().Format(time.RFC3339),
+	"last_refresh":  testNow.Add(-18 * time.Second).UTC().Format(time.RFC3339),
 	"last_outcome":  "refreshed",
 	"refresh_count": 3,
 	"adopt_count":   1,

@@ -60,6 +60,7 @@ type Status struct {
 	TokenClaims  map[string]any `json:"token_claims,omitempty"`
 	Backend      string         `json:"backend,omitempty"`
 	BaseURL      string         `json:"base_url,omitempty"`
+	OTPPending   bool           `json:"otp_pending,omitempty"`
 }
 
 // Device is one server-side session of the logged-in user, as listed by

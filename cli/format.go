@@ -91,6 +91,9 @@ func printStatus(w io.Writer, st *Status) {
 		row("last error", st.LastError)
 	}
 	row("auto login", yesNo(st.AutoLogin))
+	if st.OTPPending {
+		row("otp login", "code sent, waiting for it (login --code)")
+	}
 	if st.DPoPJKT != "" {
 		row("dpop key", st.DPoPAlg+" jkt="+st.DPoPJKT)
 	}
