@@ -1,0 +1,268 @@
+package oauth_test
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/interop"
+	"github.com/tokenwarden/caddy-inject-token/oauth"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+// These tests run against panva's oidc-provider, a certified server; see
+// package interop for how it is started.
+
+func TestInteropClientCredentialsDPoP(t *testing.T) {
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+		Clients: []interop.Client{{ID: "basic", Secret: secretBasic}},
+	})
+	cnt := newCounter()
+	nonces := new(dpop.NonceStore)
+	c := newClient(t, oauth.Config{
+		Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+		Scopes: []string{"api:read"}, Resource: interop.DefaultResource,
+		DPoP: true, HTTPClient: cnt.client(), Nonces: nonces,
+	})
+	key := newKey(t)
+	before := time.Now()
+	g, err := c.Token(context.Background(), key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.TokenType != "DPoP" {
+		t.Errorf("TokenType = %q, want DPoP", g.TokenType)
+	}
+	if got := jkt(t, g.AccessToken); got != key.Thumbprint() {
+		t.Errorf("cnf.jkt = %q, want our thumbprint %q", got, key.Thumbprint())
+	}
+	cl := claims(t, g.AccessToken)
+	if cl["aud"] != interop.DefaultResource || cl["scope"] != "api:read" || cl["client_id"] != "basic" {
+		t.Errorf("claims = %v", cl)
+	}
+	// The provider's default lifetime is 600 s; Expiry counts from the send.
+	if d := g.Expiry.Sub(before); d < 595*time.Second || d > 601*time.Second {
+		t.Errorf("Expiry is %s after the request, want ≈600s", d)
+	}
+	if n := cnt.get("/token"); n != 1 {
+		t.Errorf("%d token requests, want 1 (no nonce required)", n)
+	}
+	// The provider hands out a nonce on success; it must be remembered so
+	// the next proof carries it.
+	tokenURL, _ := url.Parse(p.TokenEndpoint)
+	if nonces.Get(tokenURL) == "" {
+		t.Error("DPoP-Nonce from a 2xx response was not stored")
+	}
+}
+
+func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
+	signer, jwks := clientKey(t)
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+		RequireNonce: true,
+		Clients: []interop.Client{
+			{ID: "basic", Secret: secretBasic},
+			{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks},
+		},
+	})
+	for _, tc := range []struct {
+		name string
+		cfg  oauth.Config
+	}{
+		{"client_secret_basic", oauth.Config{ClientID: "basic", ClientSecret: secretBasic}},
+		// The provider remembers assertion jti values: a retry that reused
+		// the first assertion would fail with invalid_client.
+		{"private_key_jwt", oauth.Config{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cnt := newCounter()
+			cfg := tc.cfg
+			cfg.Endpoint, cfg.DPoP, cfg.HTTPClient = p.TokenEndpoint, true, cnt.client()
+			cfg.Resource = interop.DefaultResource
+			c := newClient(t, cfg)
+			key := newKey(t)
+			g, err := c.Token(context.Background(), key, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := cnt.get("/token"); n != 2 {
+				t.Errorf("first token: %d requests, want 2 (challenge + one retry)", n)
+			}
+			if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() {
+				t.Errorf("grant not bound to our key: %s, jkt %q", g.TokenType, jkt(t, g.AccessToken))
+			}
+			if _, err := c.Token(context.Background(), key, ""); err != nil {
+				t.Fatal(err)
+			}
+			if n := cnt.get("/token"); n != 3 {
+				t.Errorf("second token: %d requests in all, want 3 (nonce remembered, no new challenge)", n)
+			}
+		})
+	}
+}
+
+func TestInteropAuthMethods(t *testing.T) {
+	signer, jwks := clientKey(t)
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+		Clients: []interop.Client{
+			{ID: "basic", Secret: secretBasic, AuthMethod: "client_secret_basic"},
+			{ID: "post", Secret: secretPost, AuthMethod: "client_secret_post"},
+			{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks},
+		},
+	})
+	ok := []oauth.Config{
+		{ClientID: "basic", ClientSecret: secretBasic, Auth: oauth.AuthBasic},
+		{ClientID: "post", ClientSecret: secretPost, Auth: oauth.AuthPost},
+		{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1"},
+		{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1", AssertionAudience: "issuer", Endpoint: p.Issuer},
+	}
+	for _, cfg := range ok {
+		t.Run(cfg.ClientID+"/"+cfg.Auth+cfg.AssertionAudience, func(t *testing.T) {
+			if cfg.Endpoint == "" {
+				cfg.Endpoint = p.TokenEndpoint
+			}
+			cfg.DPoP = true
+			g, err := newClient(t, cfg).Token(context.Background(), newKey(t), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.AccessToken == "" || g.TokenType != "DPoP" {
+				t.Errorf("grant %q/%q", g.TokenType, g.AccessToken)
+			}
+		})
+	}
+	// The server enforces the registered method family (it treats basic and
+	// post as one): a secret for a private_key_jwt client, or no
+	// authentication for a confidential one, must fail as a config error.
+	for _, cfg := range []oauth.Config{
+		{ClientID: "pkjwt", ClientSecret: secretBasic},
+		{ClientID: "basic", Auth: oauth.AuthNone},
+	} {
+		t.Run("mismatch "+cfg.ClientID, func(t *testing.T) {
+			cfg.Endpoint = p.TokenEndpoint
+			_, err := newClient(t, cfg).Token(context.Background(), nil, "")
+			if e := asError(t, err, oauth.KindConfig); e.Code != "invalid_client" {
+				t.Errorf("code = %q, want invalid_client", e.Code)
+			}
+		})
+	}
+}
+
+func TestInteropBearerWithoutDPoP(t *testing.T) {
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
+	cnt := newCounter()
+	c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+		Resource: interop.DefaultResource, HTTPClient: cnt.client()})
+	g, err := c.Token(context.Background(), newKey(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.TokenType != "Bearer" {
+		t.Errorf("TokenType = %q, want Bearer", g.TokenType)
+	}
+	if j := jkt(t, g.AccessToken); j != "" {
+		t.Errorf("Bearer token is bound to %q: a proof was sent with DPoP off", j)
+	}
+}
+
+func TestInteropDiscovery(t *testing.T) {
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
+	t.Run("issuer", func(t *testing.T) {
+		c := newClient(t, oauth.Config{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic, DPoP: true})
+		tok, rev, err := c.Endpoints(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok != p.TokenEndpoint || rev != p.RevocationEndpoint {
+			t.Errorf("endpoints = %q, %q; want %q, %q", tok, rev, p.TokenEndpoint, p.RevocationEndpoint)
+		}
+		if _, err := c.Token(context.Background(), newKey(t), ""); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("token endpoint given directly", func(t *testing.T) {
+		cnt := newCounter()
+		c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic, HTTPClient: cnt.client()})
+		for range 2 {
+			tok, rev, err := c.Endpoints(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tok != p.TokenEndpoint || rev != "" {
+				t.Errorf("endpoints = %q, %q; want the token endpoint and no revocation", tok, rev)
+			}
+		}
+		if n := cnt.get("/.well-known/oauth-authorization-server/token") + cnt.get("/token/.well-known/openid-configuration"); n != 2 {
+			t.Errorf("%d probes, want 2 (one per well-known form, then cached)", n)
+		}
+	})
+}
+
+func TestInteropInvalidSecretIsConfigError(t *testing.T) {
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
+	cnt := newCounter()
+	c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretWrong, DPoP: true, HTTPClient: cnt.client()})
+	_, err := c.Refresh(context.Background(), newKey(t), "")
+	e := asError(t, err, oauth.KindConfig)
+	if e.Code != "invalid_client" {
+		t.Errorf("code = %q, want invalid_client", e.Code)
+	}
+	if !errors.Is(err, tokencache.ErrSessionDead) || !errors.Is(err, oauth.ErrClientConfig) {
+		t.Errorf("invalid_client must match ErrSessionDead and ErrClientConfig: %v", err)
+	}
+	if n := cnt.get("/token"); n != 1 {
+		t.Errorf("%d token requests, want exactly 1 (no retry of a rejected client)", n)
+	}
+}
+
+func TestInteropRefreshTokenGrant(t *testing.T) {
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+		RequireNonce: true,
+		Clients:      []interop.Client{{ID: "basic", Secret: secretBasic}},
+	})
+	c := newClient(t, oauth.Config{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
+		Grant: oauth.GrantRefreshToken, DPoP: true})
+	key := newKey(t)
+	ctx := context.Background()
+	rt0 := p.MintRefreshToken(t, "basic")
+
+	g1, err := c.LoginWithRefreshToken(rt0)(ctx, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g1.RefreshToken == "" || g1.RefreshToken == rt0 {
+		t.Fatalf("refresh token not rotated (server rotates on every use)")
+	}
+	if g1.TokenType != "DPoP" {
+		t.Errorf("TokenType = %q", g1.TokenType)
+	}
+	g2, err := c.Refresh(ctx, key, g1.RefreshToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Reusing a spent refresh token is invalid_grant: the session is dead
+	// (and the provider revokes the whole grant, as RFC 9700 advises).
+	_, err = c.Refresh(ctx, key, rt0)
+	asError(t, err, oauth.KindDead, rt0, g1.RefreshToken, g2.RefreshToken)
+	if !errors.Is(err, tokencache.ErrSessionDead) || errors.Is(err, oauth.ErrClientConfig) {
+		t.Errorf("reuse must be ErrSessionDead but not a config error: %v", err)
+	}
+
+	// Revocation: a fresh grant, revoked, cannot be refreshed afterwards.
+	g3, err := c.Login()(ctx, key, p.MintRefreshToken(t, "basic"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Revoke(ctx, key, g3.RefreshToken); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Refresh(ctx, key, g3.RefreshToken)
+	asError(t, err, oauth.KindDead, g3.RefreshToken)
+
+	// The refresh_token grant's Login has nothing to spend without a
+	// handed-in token: dead, not retried.
+	_, err = c.Login()(ctx, key, "")
+	asError(t, err, oauth.KindDead)
+}
