@@ -325,44 +325,37 @@ func statusCmd(o *opts) *cobra.Command {
 }
 
 func refreshCmd(o *opts) *cobra.Command {
-	var session string
-	cmd := &cobra.Command{
-		Use:   "refresh",
-		Short: "Refresh the session's access token now",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			st, raw, err := c.Refresh(cmd.Context(), session)
-			if err != nil {
-				return fmt.Errorf("refresh %q: %w", session, err)
-			}
-			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printStatus(w, st) })
-		},
-	}
-	sessionFlag(cmd, &session)
-	return cmd
+	return sessionActionCmd(o, "refresh", "Refresh the session's access token now", (*Client).Refresh, "")
 }
 
 func logoutCmd(o *opts) *cobra.Command {
+	return sessionActionCmd(o, "logout", "Log the session out (no automatic login until the next login)",
+		(*Client).Logout, "Session %q logged out.\n")
+}
+
+// sessionActionCmd is a command that POSTs to one session and prints the
+// resulting status, after headline (a format taking the session name) if
+// one is given.
+func sessionActionCmd(o *opts, name, short string,
+	action func(*Client, context.Context, string) (*Status, []byte, error), headline string) *cobra.Command {
 	var session string
 	cmd := &cobra.Command{
-		Use:   "logout",
-		Short: "Log the session out (no automatic login until the next login)",
+		Use:   name,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
-			st, raw, err := c.Logout(cmd.Context(), session)
+			st, raw, err := action(c, cmd.Context(), session)
 			if err != nil {
-				return fmt.Errorf("logout %q: %w", session, err)
+				return fmt.Errorf("%s %q: %w", name, session, err)
 			}
 			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
-				fmt.Fprintf(w, "Session %q logged out.\n", st.Session)
+				if headline != "" {
+					fmt.Fprintf(w, headline, st.Session)
+				}
 				printStatus(w, st)
 			})
 		},
