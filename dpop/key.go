@@ -15,6 +15,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -41,7 +42,9 @@ type Key struct {
 	private    *privateKey
 	public     jose.JSONWebKey
 	thumbprint string
-	signer     jose.Signer
+	// header is the proof's JOSE header, base64url encoded, plus the ".":
+	// it is the same for every proof, so it is encoded once.
+	header string
 }
 
 // privateKey boxes the private key so that fmt prints only its address even
@@ -98,17 +101,22 @@ func newKey(alg Algorithm, priv crypto.Signer) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dpop: thumbprint: %w", err)
 	}
-	opts := (&jose.SignerOptions{EmbedJWK: true}).WithType("dpop+jwt")
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: priv}, opts)
+	// The header members go-jose's signer would write with EmbedJWK: the
+	// jwk carries no alg or kid.
+	hdr, err := json.Marshal(struct {
+		Alg string          `json:"alg"`
+		JWK jose.JSONWebKey `json:"jwk"`
+		Typ string          `json:"typ"`
+	}{string(alg), jose.JSONWebKey{Key: priv.Public()}, "dpop+jwt"})
 	if err != nil {
-		return nil, fmt.Errorf("dpop: signer: %w", err)
+		return nil, fmt.Errorf("dpop: encoding header: %w", err)
 	}
 	return &Key{
 		alg:        alg,
 		private:    &privateKey{priv},
 		public:     pub,
 		thumbprint: base64.RawURLEncoding.EncodeToString(tp),
-		signer:     signer,
+		header:     base64.RawURLEncoding.EncodeToString(hdr) + ".",
 	}, nil
 }
 

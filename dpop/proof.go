@@ -1,6 +1,8 @@
 package dpop
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -74,11 +76,42 @@ func (k *Key) ProofForURL(method string, u *url.URL, opts ProofOptions) (string,
 	if err != nil {
 		return "", fmt.Errorf("dpop: encoding claims: %w", err)
 	}
-	jws, err := k.signer.Sign(payload)
-	if err != nil {
-		return "", fmt.Errorf("dpop: signing proof: %w", err)
+	return k.sign(payload)
+}
+
+// sign returns the compact JWS of payload under the key's fixed header.
+//
+// It signs directly rather than through a go-jose Signer, which re-encodes
+// the embedded JWK and the whole header through reflection for every
+// signature. Measured (bench_test.go, CPU time per op): a go-jose proof
+// cost ~2x a bare ES256 signature and ~3x a bare Ed25519 one, with 216 and
+// 110 allocations; signing here costs ~1.2x, with 74 and 11 (the ECDSA
+// signature itself makes 59). Verification still goes through go-jose, and
+// the tests check that go-jose accepts these proofs.
+func (k *Key) sign(payload []byte) (string, error) {
+	enc := base64.RawURLEncoding
+	buf := make([]byte, 0, len(k.header)+enc.EncodedLen(len(payload))+1+enc.EncodedLen(64))
+	buf = append(buf, k.header...)
+	buf = enc.AppendEncode(buf, payload)
+	var sig []byte
+	switch priv := k.private.Signer.(type) {
+	case *ecdsa.PrivateKey:
+		digest := sha256.Sum256(buf)
+		r, s, err := ecdsa.Sign(rand.Reader, priv, digest[:])
+		if err != nil {
+			return "", fmt.Errorf("dpop: signing proof: %w", err)
+		}
+		// RFC 7518 §3.4: R and S as fixed 32-byte big-endian integers.
+		sig = make([]byte, 64)
+		r.FillBytes(sig[:32])
+		s.FillBytes(sig[32:])
+	case ed25519.PrivateKey:
+		sig = ed25519.Sign(priv, buf)
+	default:
+		return "", fmt.Errorf("dpop: signing proof: unsupported key %T", priv)
 	}
-	return jws.CompactSerialize()
+	buf = append(buf, '.')
+	return string(enc.AppendEncode(buf, sig)), nil
 }
 
 // NewJTI returns 128 random bits, base64url encoded.

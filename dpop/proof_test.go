@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 func TestProofHeader(t *testing.T) {
@@ -143,6 +145,22 @@ func TestProofSignatureFormat(t *testing.T) {
 			t.Fatalf("%s signature is %d bytes, want 64", alg, len(sig))
 		}
 		input := p[:strings.LastIndexByte(p, '.')]
+		// go-jose, on its own, parses the proof and verifies it with the
+		// key from its embedded jwk header.
+		jws, err := jose.ParseSignedCompact(p, []jose.SignatureAlgorithm{jose.ES256, jose.EdDSA})
+		if err != nil {
+			t.Fatalf("%s: go-jose parse: %v", alg, err)
+		}
+		got, err := jws.Verify(jws.Signatures[0].Header.JSONWebKey)
+		if err != nil {
+			t.Fatalf("%s: go-jose verify: %v", alg, err)
+		}
+		if b64.EncodeToString(got) != strings.Split(p, ".")[1] {
+			t.Errorf("%s: go-jose verified payload %s", alg, got)
+		}
+		if jws.Signatures[0].Header.ExtraHeaders[jose.HeaderType] != "dpop+jwt" {
+			t.Errorf("%s: go-jose sees typ %v", alg, jws.Signatures[0].Header.ExtraHeaders[jose.HeaderType])
+		}
 		switch pub := k.private.Signer.Public().(type) {
 		case *ecdsa.PublicKey:
 			digest := sha256.Sum256([]byte(input))
