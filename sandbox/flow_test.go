@@ -246,7 +246,9 @@ func TestTokenConfusion(t *testing.T) {
 	srv := NewServer(t, Options{})
 	cl := newClient(t, srv.URL)
 	r := call(t, "POST", srv.URL+"/v1/session/login/email/password", nil, `{"identifier":"demo@example.com","password":"demo-password"}`)
-	var ch struct{ ChallengeToken string `json:"challenge_token"` }
+	var ch struct {
+		ChallengeToken string `json:"challenge_token"`
+	}
 	r.decode(t, &ch)
 	expect(t, call(t, "GET", srv.URL+"/whoami", bearer(ch.ChallengeToken), ""), http.StatusUnauthorized, "unauthorized")
 	_, access := cl.finalize(ch.ChallengeToken, "")

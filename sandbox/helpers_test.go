@@ -160,7 +160,9 @@ func (c *client) login(email string, previousRefresh string) (refresh, access st
 	}
 	r = call(c.t, "POST", c.base+"/v1/session/otp/check", http.Header{"X-Verification-Token": {vt}}, `{"code":"123456"}`)
 	expect(c.t, r, http.StatusOK, "")
-	var ch struct{ ChallengeToken string `json:"challenge_token"` }
+	var ch struct {
+		ChallengeToken string `json:"challenge_token"`
+	}
 	r.decode(c.t, &ch)
 	return c.finalize(ch.ChallengeToken, previousRefresh)
 }

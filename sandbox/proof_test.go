@@ -250,7 +250,9 @@ func TestFinalizeProofChecks(t *testing.T) {
 	cl := newClient(t, srv.URL)
 	r := call(t, "POST", srv.URL+"/v1/session/login/email/password", nil, `{"identifier":"DEMO@example.com","password":"demo-password"}`)
 	expect(t, r, http.StatusOK, "")
-	var ch struct{ ChallengeToken string `json:"challenge_token"` }
+	var ch struct {
+		ChallengeToken string `json:"challenge_token"`
+	}
 	r.decode(t, &ch)
 	body := `{"challenge_token":"` + ch.ChallengeToken + `"}`
 	url := srv.URL + "/v1/session/login/finalize"
