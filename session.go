@@ -2,7 +2,6 @@ package injecttoken
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -325,9 +324,6 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	}
 	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
-
-// errNoSession is returned for a session name no config uses.
-var errNoSession = errors.New("unknown session")
 
 // Interface guards
 var (
