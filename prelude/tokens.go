@@ -54,9 +54,10 @@ func redacted(s string) string {
 // {"access_token", "expires_at"} in the body, the rotated refresh token in
 // X-Refresh-Token and its expiry in X-Refresh-Token-Expires-At.
 //
-// A 2xx without an access token or without a refresh token is KindUnknownOutcome (via
-// call.malformed): the server has probably rotated, so the refresh token
-// that was sent may already be spent and must not be presented again.
+// A 2xx without an access token or a rotated refresh token is
+// KindUnknownOutcome (call.malformed): the server has probably rotated, so
+// the refresh token that was sent may already be spent and must not be
+// presented again.
 func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 	rep, err := cl.do(ctx, c)
 	if err != nil {
