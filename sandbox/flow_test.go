@@ -245,14 +245,10 @@ func flip(s string) string {
 func TestTokenConfusion(t *testing.T) {
 	srv := NewServer(t, Options{})
 	cl := newClient(t, srv.URL)
-	r := call(t, "POST", srv.URL+"/v1/session/login/email/password", nil, `{"identifier":"demo@example.com","password":"demo-password"}`)
-	var ch struct {
-		ChallengeToken string `json:"challenge_token"`
-	}
-	r.decode(t, &ch)
-	expect(t, call(t, "GET", srv.URL+"/whoami", bearer(ch.ChallengeToken), ""), http.StatusUnauthorized, "unauthorized")
-	_, access := cl.finalize(ch.ChallengeToken, "")
-	r = cl.dpopCall("POST", "/v1/session/login/finalize", nil, `{"challenge_token":"`+access+`"}`)
+	challenge := demoChallenge(t, srv.URL)
+	expect(t, call(t, "GET", srv.URL+"/whoami", bearer(challenge), ""), http.StatusUnauthorized, "unauthorized")
+	_, access := cl.finalize(challenge, "")
+	r := cl.dpopCall("POST", "/v1/session/login/finalize", nil, `{"challenge_token":"`+access+`"}`)
 	expect(t, r, http.StatusUnauthorized, "invalid_challenge_token")
 }
 

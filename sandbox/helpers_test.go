@@ -159,12 +159,27 @@ func (c *client) login(email string, previousRefresh string) (refresh, access st
 		c.t.Fatal("no X-Verification-Token")
 	}
 	r = call(c.t, "POST", c.base+"/v1/session/otp/check", http.Header{"X-Verification-Token": {vt}}, `{"code":"123456"}`)
-	expect(c.t, r, http.StatusOK, "")
+	return c.finalize(challengeFrom(c.t, r), previousRefresh)
+}
+
+// challengeFrom reads the challenge token out of a successful first factor.
+func challengeFrom(t testing.TB, r reply) string {
+	t.Helper()
+	expect(t, r, http.StatusOK, "")
 	var ch struct {
 		ChallengeToken string `json:"challenge_token"`
 	}
-	r.decode(c.t, &ch)
-	return c.finalize(ch.ChallengeToken, previousRefresh)
+	r.decode(t, &ch)
+	if ch.ChallengeToken == "" {
+		t.Fatalf("no challenge_token in %v", r)
+	}
+	return ch.ChallengeToken
+}
+
+// demoChallenge logs the seeded demo user in with its password.
+func demoChallenge(t testing.TB, base string) string {
+	t.Helper()
+	return challengeFrom(t, call(t, "POST", base+"/v1/session/login/email/password", nil, `{"identifier":"demo@example.com","password":"demo-password"}`))
 }
 
 func (c *client) finalize(challenge, previousRefresh string) (refresh, access string) {

@@ -248,24 +248,19 @@ func TestRefreshIgnoresRequestQuery(t *testing.T) {
 func TestFinalizeProofChecks(t *testing.T) {
 	srv := NewServer(t, Options{})
 	cl := newClient(t, srv.URL)
-	r := call(t, "POST", srv.URL+"/v1/session/login/email/password", nil, `{"identifier":"DEMO@example.com","password":"demo-password"}`)
-	expect(t, r, http.StatusOK, "")
-	var ch struct {
-		ChallengeToken string `json:"challenge_token"`
-	}
-	r.decode(t, &ch)
-	body := `{"challenge_token":"` + ch.ChallengeToken + `"}`
+	challenge := challengeFrom(t, call(t, "POST", srv.URL+"/v1/session/login/email/password", nil, `{"identifier":"DEMO@example.com","password":"demo-password"}`))
+	body := `{"challenge_token":"` + challenge + `"}`
 	url := srv.URL + "/v1/session/login/finalize"
 
 	expect(t, call(t, "POST", url, nil, body), 401, "missing_dpop_proof")
 	wrongHTU := proofFor(t, cl.key, "POST", srv.URL+"/v1/session/refresh", dpop.ProofOptions{})
 	expect(t, call(t, "POST", url, http.Header{"DPoP": {wrongHTU}}, body), 401, "invalid_dpop_proof")
 
-	refresh, _ := cl.finalize(ch.ChallengeToken, "")
+	refresh, _ := cl.finalize(challenge, "")
 	if got := srv.Stats().Rejections; got["missing_dpop_proof"] != 1 || got["htu_mismatch"] != 1 {
 		t.Errorf("rejections = %v", got)
 	}
-	r = call(t, "POST", url, http.Header{"DPoP": {proofFor(t, cl.key, "POST", url, dpop.ProofOptions{})}}, body)
+	r := call(t, "POST", url, http.Header{"DPoP": {proofFor(t, cl.key, "POST", url, dpop.ProofOptions{})}}, body)
 	expect(t, r, http.StatusConflict, "token_reused")
 
 	// The session is pinned to cl.key: another key cannot refresh it.
