@@ -416,3 +416,31 @@ func TestSandboxClockJump(t *testing.T) {
 		t.Errorf("iat rejections = %d, want 1", n)
 	}
 }
+
+// TestSandboxConcurrentSessions: one Client shared by many sessions at
+// once (run with -race).
+func TestSandboxConcurrentSessions(t *testing.T) {
+	srv, c := sandboxClient(t, sandbox.Options{})
+	const sessions, rounds = 8, 5
+	errs := make(chan error, sessions)
+	for range sessions {
+		key, tok := login(t, c)
+		go func() {
+			var err error
+			for range rounds {
+				if tok, err = c.Refresh(context.Background(), key, tok.RefreshToken); err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range sessions {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if st := srv.Stats(); st.RefreshSuccesses != sessions*rounds || st.ReuseEvents != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
