@@ -330,6 +330,8 @@ func (c *Cache) slowToken(ctx context.Context) (*Token, error) {
 func (c *Cache) unavailable(s *snapshot, retry time.Duration, err error) error {
 	if err == nil {
 		err = ErrLoggedOut
+	} else if s.rec.State == StateLoggedOut && !errors.Is(err, ErrLoggedOut) {
+		err = fmt.Errorf("%w: %w", ErrLoggedOut, err)
 	}
 	return &UnavailableError{Session: c.cfg.Name, State: s.rec.State, RetryAfter: max(retry, time.Second), Err: err}
 }

@@ -1,0 +1,56 @@
+package tokencache_test
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+// intentFor mirrors the cache's refresh-intent hash (first 12 bytes of
+// SHA-256, base64url) so a test can fake a crash mid-refresh.
+func intentFor(t *testing.T, rt string) string {
+	t.Helper()
+	sum := sha256.Sum256([]byte(rt))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
+func containsAny(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if sub != "" && strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// validAt checks that tok was valid at the moment it was asked for: the
+// sandbox accepts its signature and its exp lies after asked. Checking exp
+// against the time of the request, not of this check, keeps a busy test
+// machine from failing a token that was fine when handed out.
+func validAt(srv *sandbox.Server, tok *tokencache.Token, asked time.Time) error {
+	if _, err := srv.VerifyAccessToken(tok.Value); err == nil {
+		return nil
+	} else if !strings.Contains(err.Error(), "expired") {
+		return err
+	}
+	parts := strings.Split(tok.Value, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return err
+	}
+	var c struct{ Exp int64 }
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return err
+	}
+	if !time.Unix(c.Exp, 0).After(asked) {
+		return fmt.Errorf("token expired at %d was handed out at %s", c.Exp, asked.Format(time.StampMilli))
+	}
+	return nil
+}
