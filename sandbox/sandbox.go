@@ -197,41 +197,31 @@ func (s *Sandbox) SetAccessTokenTTL(d time.Duration) {
 	if d <= 0 {
 		d = DefaultAccessTokenTTL
 	}
-	s.mu.Lock()
-	s.ttl = d
-	s.mu.Unlock()
+	locked(&s.mu, &s.ttl, d)
 }
 
 // SetRequireNonce turns nonce mode on or off.
 func (s *Sandbox) SetRequireNonce(on bool) {
-	s.mu.Lock()
-	s.requireNonce = on
-	s.mu.Unlock()
+	locked(&s.mu, &s.requireNonce, on)
 }
 
 // SetRefreshLatency delays every /refresh by d while it counts as in
 // flight, which widens the window in which uncoalesced refreshes overlap.
 func (s *Sandbox) SetRefreshLatency(d time.Duration) {
-	s.mu.Lock()
-	s.latency = d
-	s.mu.Unlock()
+	locked(&s.mu, &s.latency, d)
 }
 
 // FailRefreshes makes the next n well-formed /refresh calls answer 500
 // {"code":"internal"} without rotating; n < 0 fails until FailRefreshes(0).
 func (s *Sandbox) FailRefreshes(n int) {
-	s.mu.Lock()
-	s.failRefreshes = n
-	s.mu.Unlock()
+	locked(&s.mu, &s.failRefreshes, n)
 }
 
 // DropAfterRotate makes the next n successful refreshes rotate the token
 // and then drop the connection unanswered, so the client never learns the
 // new token: the outcome-unknown case a client must survive.
 func (s *Sandbox) DropAfterRotate(n int) {
-	s.mu.Lock()
-	s.dropAfter = n
-	s.mu.Unlock()
+	locked(&s.mu, &s.dropAfter, n)
 }
 
 // AdvanceClock moves the sandbox clock forward by d, so a test can expire
@@ -239,6 +229,13 @@ func (s *Sandbox) DropAfterRotate(n int) {
 // clients that correct for skew from the Date header keep working.
 func (s *Sandbox) AdvanceClock(d time.Duration) {
 	s.offset.Add(int64(d))
+}
+
+// locked sets one knob under mu.
+func locked[T any](mu *sync.Mutex, p *T, v T) {
+	mu.Lock()
+	*p = v
+	mu.Unlock()
 }
 
 // RevokeSession ends a session server-side, as an admin or another device
