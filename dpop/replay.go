@@ -6,8 +6,11 @@ import (
 )
 
 // ReplayCache remembers recently seen jti values until they expire, holding
-// at most a fixed number of entries. When full, the entry closest to expiry
-// is dropped first; size it for (proofs per second × iat window).
+// at most a fixed number of entries. When full, the oldest insertion is
+// dropped first even if it has not expired, so a flood beyond capacity
+// within one iat window could replay an evicted jti: size it for (proofs per
+// second × iat window), which bounds memory instead of letting an attacker
+// grow it.
 type ReplayCache struct {
 	mu    sync.Mutex
 	cap   int

@@ -250,6 +250,9 @@ func (v *Verifier) checkClaims(c *Claims, exp Expect) error {
 	if c.HTM != exp.Method {
 		return fmt.Errorf("%w: proof %q, request %q", ErrMethod, c.HTM, exp.Method)
 	}
+	if exp.URL == nil {
+		return fmt.Errorf("%w: no request URL to compare with", ErrURL)
+	}
 	want, err := NormalizeHTU(exp.URL)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrURL, err)
