@@ -46,10 +46,10 @@ const (
 
 // Config configures a Client.
 type Config struct {
-	// Endpoint is the token endpoint URL, or an issuer URL. Discover probes
-	// the issuer's metadata (RFC 8414 /.well-known/oauth-authorization-server,
-	// then OpenID Connect /.well-known/openid-configuration); when neither
-	// exists Endpoint is used as the token endpoint itself.
+	// Endpoint is the token endpoint URL, or an issuer URL whose metadata
+	// names the token and revocation endpoints. A URL whose last path
+	// segment contains "token" is used as the token endpoint without any
+	// discovery; see Client.Discover for the rest.
 	Endpoint string
 	// ClientID identifies the client; required.
 	ClientID string

@@ -18,17 +18,25 @@ type metadata struct {
 	revocation *url.URL // nil when not advertised
 }
 
-// Discover resolves the token and revocation endpoints. When Endpoint is an
-// issuer it fetches the issuer's metadata: RFC 8414
-// (/.well-known/oauth-authorization-server, inserted before the issuer's
-// path) first, then OpenID Connect Discovery (/.well-known/openid-configuration
-// appended). The metadata's "issuer" must equal Endpoint (RFC 8414 §3.3,
-// mix-up protection). When both documents are absent (404 or another 4xx),
-// Endpoint is taken to be the token endpoint itself, without revocation.
+// Discover resolves the token and revocation endpoints.
 //
-// A success is cached for the life of the Client; a failure is not, so a
-// later call (Token and Revoke call Discover first) tries again. Errors
-// are *Error with Op "discover".
+// An Endpoint whose last path segment contains "token" (…/token,
+// …/oauth2/v2.0/token, …/access_token) or that has a query is taken to be
+// the token endpoint as it is, without any request: probing a token
+// endpoint's neighbourhood costs round trips and can be fooled by servers
+// that answer 200 to every path.
+//
+// Any other Endpoint is treated as an issuer: Discover fetches RFC 8414
+// metadata (/.well-known/oauth-authorization-server, inserted before the
+// issuer's path), then OpenID Connect Discovery metadata
+// (/.well-known/openid-configuration, appended). The first document that
+// is a JSON object with a token_endpoint wins, and its "issuer" must equal
+// Endpoint (RFC 8414 §3.3, mix-up protection). When neither is such a
+// document, Endpoint is used as the token endpoint, without revocation.
+//
+// A result is cached for the life of the Client; a failure (network, 5xx,
+// an issuer mismatch) is not, so a later call tries again — Token and
+// Revoke call Discover first. Errors are *Error with Op "discover".
 func (c *Client) Discover(ctx context.Context) error {
 	_, err := c.metadata(ctx)
 	return err
@@ -85,9 +93,7 @@ func (c *Client) discover(ctx context.Context) (*metadata, error) {
 	fail := func(kind Kind, status int, cause error) *Error {
 		return &Error{Op: "discover", Status: status, Kind: kind, err: cause, detail: sanitize(cause.Error(), nil)}
 	}
-	if c.endpoint.RawQuery != "" {
-		// An issuer identifier has no query (RFC 8414 §2): this is a token
-		// endpoint.
+	if looksLikeTokenEndpoint(c.endpoint) {
 		return &metadata{token: c.endpoint}, nil
 	}
 	for _, u := range wellKnown(c.endpoint) {
@@ -101,6 +107,9 @@ func (c *Client) discover(ctx context.Context) (*metadata, error) {
 			continue // no such document: try the next, or fall back
 		}
 		m, err := c.parseMetadata(body)
+		if errors.Is(err, errNotMetadata) {
+			continue // a catch-all page, not metadata
+		}
 		if err != nil {
 			return nil, fail(KindConfig, status, fmt.Errorf("%s: %w", u.Redacted(), err))
 		}
@@ -108,6 +117,18 @@ func (c *Client) discover(ctx context.Context) (*metadata, error) {
 	}
 	return &metadata{token: c.endpoint}, nil
 }
+
+// looksLikeTokenEndpoint reports whether u is evidently a token endpoint
+// rather than an issuer (see Discover).
+func looksLikeTokenEndpoint(u *url.URL) bool {
+	path := strings.TrimRight(u.Path, "/")
+	last := path[strings.LastIndex(path, "/")+1:]
+	return u.RawQuery != "" || strings.Contains(strings.ToLower(last), "token")
+}
+
+// errNotMetadata marks a 200 document that is not authorization server
+// metadata at all.
+var errNotMetadata = errors.New("not authorization server metadata")
 
 // get fetches a metadata document (bounded).
 func (c *Client) get(ctx context.Context, u *url.URL) ([]byte, int, error) {
@@ -136,8 +157,8 @@ func (c *Client) parseMetadata(body []byte) (*metadata, error) {
 		Token      string `json:"token_endpoint"`
 		Revocation string `json:"revocation_endpoint"`
 	}
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, errors.New("metadata is not a JSON object")
+	if err := json.Unmarshal(body, &doc); err != nil || doc.Token == "" {
+		return nil, errNotMetadata
 	}
 	if strings.TrimRight(doc.Issuer, "/") != strings.TrimRight(c.cfg.Endpoint, "/") {
 		return nil, fmt.Errorf("metadata issuer %q does not match %q", sanitize(doc.Issuer, nil), c.endpoint.Redacted())

@@ -47,13 +47,10 @@ const cfg = loadConfig();
 
 function signingKeys() {
   // Fresh keys per run: tests fetch them from /jwks like any resource server.
+  // ES256 only (RSA key generation would slow every start); clients
+  // default to ES256 id tokens accordingly.
   const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
-  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
-  return [
-    { ...ec, kid: `ec-${crypto.randomUUID()}`, alg: 'ES256', use: 'sig' },
-    // id_token default algorithm is RS256, so the keystore must hold one.
-    { ...rsa, kid: `rsa-${crypto.randomUUID()}`, alg: 'RS256', use: 'sig' },
-  ];
+  return [{ ...ec, kid: `ec-${crypto.randomUUID()}`, alg: 'ES256', use: 'sig' }];
 }
 
 function clientMetadata(c) {
@@ -75,6 +72,11 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
   const provider = new Provider(issuer, {
     clients: (cfg.clients ?? []).map(clientMetadata),
     jwks: { keys: signingKeys() },
+    clientDefaults: {
+      grant_types: ['client_credentials', 'refresh_token'],
+      id_token_signed_response_alg: 'ES256',
+      response_types: [],
+    },
     findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
     scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
     // Rotate on every use so clients must persist the new refresh token and
