@@ -144,6 +144,27 @@ func parseProofHeader(raw []byte) (proofHeader, error) {
 	return h, nil
 }
 
+// parseClaims reads the proof claims by their exact names, for the same
+// reason as parseProofHeader: {"HTM":"POST"} must not count as htm. A claim
+// of the wrong JSON type reads as its zero value and fails as missing.
+func parseClaims(raw []byte) (Claims, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return Claims{}, err
+	}
+	var c Claims
+	_ = json.Unmarshal(m["jti"], &c.JTI)
+	_ = json.Unmarshal(m["htm"], &c.HTM)
+	_ = json.Unmarshal(m["htu"], &c.HTU)
+	var iat float64 // NumericDate may carry a fraction
+	if json.Unmarshal(m["iat"], &iat) == nil {
+		c.IAT = int64(iat)
+	}
+	_ = json.Unmarshal(m["nonce"], &c.Nonce)
+	_ = json.Unmarshal(m["ath"], &c.ATH)
+	return c, nil
+}
+
 // privateMembers are JWK members that only private keys have (RFC 7518 §6).
 var privateMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
@@ -196,9 +217,9 @@ func (v *Verifier) Verify(proof string, exp Expect) (*Verified, error) {
 	if err != nil {
 		return nil, ErrBadSignature
 	}
-	var c Claims
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return nil, fmt.Errorf("%w: claims are not JSON", ErrMalformed)
+	c, err := parseClaims(payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: claims are not a JSON object", ErrMalformed)
 	}
 	if err := v.checkClaims(&c, exp); err != nil {
 		return nil, err

@@ -366,3 +366,18 @@ func TestReasonUnknown(t *testing.T) {
 		seen[r] = true
 	}
 }
+
+// Claim names are matched exactly: an upper-case twin must not stand in for
+// the real claim (encoding/json alone would accept it).
+func TestVerifyClaimNamesAreExact(t *testing.T) {
+	k := mustKey(t, ES256)
+	_, claims, _ := splitProof(t, mustProof(t, k, "POST", "https://as.example/token", ProofOptions{Now: t0}))
+	hdr, _, _ := splitProof(t, mustProof(t, k, "POST", "https://as.example/token", ProofOptions{Now: t0}))
+	claims["HTM"] = claims["htm"]
+	delete(claims, "htm")
+	proof := handSign(t, k.private.Signer, hdr, claims)
+	_, err := verifierAt(t0).Verify(proof, Expect{Method: "POST", URL: mustURL(t, "https://as.example/token")})
+	if !errors.Is(err, ErrMissingClaim) {
+		t.Fatalf("err = %v, want ErrMissingClaim", err)
+	}
+}
