@@ -47,6 +47,7 @@ type ProviderOptions struct {
 
 // Client is one client registration at the provider.
 type Client struct {
+	// ID is the client_id.
 	ID string
 	// Secret is required for client_secret_basic and client_secret_post.
 	Secret string

@@ -175,26 +175,36 @@ type tokenClaims struct {
 func (rs *ResourceServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 	token = strings.TrimSpace(token)
+	bearer := strings.EqualFold(scheme, "Bearer")
 	switch {
 	case token == "":
 		rs.reject(w, ReasonMissingToken, "", "")
 		return
-	case strings.EqualFold(scheme, "Bearer"):
-		rs.serveBearer(w, r, token)
+	case bearer && !rs.opts.AllowBearer:
+		rs.reject(w, ReasonBearerNotAllowed, "invalid_token", "DPoP-bound token required")
 		return
-	case !strings.EqualFold(scheme, "DPoP"):
+	case !bearer && !strings.EqualFold(scheme, "DPoP"):
 		rs.reject(w, ReasonBadScheme, "invalid_token", "unsupported authorization scheme")
 		return
 	}
 	claims, err := rs.verifyToken(r.Context(), token)
-	if err != nil {
+	switch {
+	case err != nil:
 		rs.reject(w, ReasonInvalidToken, "invalid_token", err.Error())
-		return
-	}
-	if claims.Cnf.JKT == "" {
+	case bearer && claims.Cnf.JKT != "":
+		// RFC 9449 §7.2: a stolen bound token must not work without its key.
+		rs.reject(w, ReasonBoundAsBearer, "invalid_token", "DPoP-bound token presented as Bearer")
+	case bearer:
+		rs.accept(w, r, claims, "")
+	case claims.Cnf.JKT == "":
 		rs.reject(w, ReasonUnboundToken, "invalid_token", "token is not DPoP-bound")
-		return
+	default:
+		rs.serveDPoP(w, r, token, claims)
 	}
+}
+
+// serveDPoP checks the proof of a request whose bound token verified.
+func (rs *ResourceServer) serveDPoP(w http.ResponseWriter, r *http.Request, token string, claims *tokenClaims) {
 	proofs := r.Header.Values("DPoP")
 	if len(proofs) != 1 {
 		rs.reject(w, ReasonProofCount, "invalid_dpop_proof", "exactly one DPoP header is required")
@@ -214,31 +224,11 @@ func (rs *ResourceServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, dpop.ErrNonceMissing) || errors.Is(err, dpop.ErrNonceInvalid):
 		w.Header().Set("DPoP-Nonce", rs.newNonce())
 		rs.reject(w, ReasonNonceChallenge, "use_dpop_nonce", "resource server requires a nonce")
-		return
 	case err != nil:
 		rs.reject(w, dpop.Reason(err), "invalid_dpop_proof", err.Error())
-		return
+	default:
+		rs.accept(w, r, claims, v.Claims.HTU)
 	}
-	rs.accept(w, r, claims, v.Claims.HTU)
-}
-
-// serveBearer handles "Authorization: Bearer".
-func (rs *ResourceServer) serveBearer(w http.ResponseWriter, r *http.Request, token string) {
-	if !rs.opts.AllowBearer {
-		rs.reject(w, ReasonBearerNotAllowed, "invalid_token", "DPoP-bound token required")
-		return
-	}
-	claims, err := rs.verifyToken(r.Context(), token)
-	if err != nil {
-		rs.reject(w, ReasonInvalidToken, "invalid_token", err.Error())
-		return
-	}
-	if claims.Cnf.JKT != "" {
-		// A stolen bound token must not work without its key.
-		rs.reject(w, ReasonBoundAsBearer, "invalid_token", "DPoP-bound token presented as Bearer")
-		return
-	}
-	rs.accept(w, r, claims, "")
 }
 
 // accept writes the 200 echo.
