@@ -60,6 +60,24 @@ http://localhost:9080 {
 `, g.storage, g.block, rewrite, g.upstream, g.extra)
 }
 
+// start loads g into the in-process Caddy and, when the test ends (before
+// its temp dirs are removed), unloads it so no session keeps writing there.
+func (g gateway) start(t *testing.T) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(g.String(), "caddyfile")
+	t.Cleanup(func() {
+		resp, err := http.Post(adminURL+"/load", "application/json",
+			strings.NewReader(`{"admin":{"listen":"localhost:2999"}}`))
+		if err != nil {
+			t.Errorf("unloading config: %v", err)
+			return
+		}
+		resp.Body.Close()
+	})
+	return tester
+}
+
 // whoami is the sandbox's /whoami answer.
 type whoami struct {
 	Claims  map[string]any    `json:"claims"`
@@ -208,8 +226,7 @@ http://localhost:9081 {
 	}
 	rewrite * /whoami
 	reverse_proxy %s`, block, srv.URL)}
-	tester := caddytest.NewTester(t)
-	tester.InitServer(g.String(), "caddyfile")
+	tester := g.start(t)
 
 	w := getWhoami(t, tester,
 		"Authorization", "Bearer client-token",
@@ -259,8 +276,7 @@ func TestLoggedOutAnswers503(t *testing.T) {
 	srv := sandbox.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
 	g := gateway{storage: dir, block: "session out-1\nprelude " + srv.URL, upstream: srv.URL, rewrite: "/whoami"}
-	tester := caddytest.NewTester(t)
-	tester.InitServer(g.String(), "caddyfile")
+	tester := g.start(t)
 	assertUnavailable(t, tester, "out-1")
 
 	g.extra = `handle_errors {
@@ -310,8 +326,7 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 	g := gateway{storage: dir, upstream: upstream.URL, block: fmt.Sprintf(`session retry-1
 		prelude %s
 		login password %s %s`, srv.URL, sandbox.DemoEmail, sandbox.DemoPassword)}
-	tester := caddytest.NewTester(t)
-	tester.InitServer(g.String(), "caddyfile")
+	tester := g.start(t)
 
 	status, _, body := do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil)
 	if status != http.StatusOK {
@@ -386,8 +401,7 @@ http://localhost:9081 {
 		prelude %s
 	}
 	respond "b"`, srv.URL)}
-	tester := caddytest.NewTester(t)
-	tester.InitServer(g.String(), "caddyfile")
+	tester := g.start(t)
 	a := &adminClient{t: t}
 
 	// Status of a session never logged in.
@@ -533,8 +547,7 @@ func TestReloadKeepsSession(t *testing.T) {
 		prelude %s
 		login password %s %s
 		refresh_before 20s`, srv.URL, sandbox.DemoEmail, sandbox.DemoPassword)}
-	tester := caddytest.NewTester(t)
-	tester.InitServer(g.String(), "caddyfile")
+	tester := g.start(t)
 	sid := getWhoami(t, tester).Claims["sid"]
 
 	g.block = strings.Replace(g.block, "refresh_before 20s", "refresh_before 10s\n\t\tstrip_header X-Foo", 1)
@@ -547,6 +560,10 @@ func TestReloadKeepsSession(t *testing.T) {
 	getWhoami(t, tester)
 	if st := srv.Stats(); st.Logins != 1 || st.RefreshCalls != 0 {
 		t.Errorf("after reloads: logins %d, refreshes %d; want 1, 0", st.Logins, st.RefreshCalls)
+	}
+	// The replaced configs released their references: one handler, one ref.
+	if n, ok := sessions.References("reload-1"); !ok || n != 1 {
+		t.Errorf("pool references = %d, %t; want 1", n, ok)
 	}
 	st := (&adminClient{t: t}).call("GET", "/inject_token/sessions/reload-1", "", 200)
 	if st["state"] != "active" || st["sid"] != sid {
@@ -625,4 +642,29 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLoadErrors: configs that must not load, with errors that say why and
+// never quote a resolved secret.
+func TestLoadErrors(t *testing.T) {
+	srv := sandbox.NewServer(t, sandbox.Options{})
+	dir := t.TempDir()
+	conflict := gateway{storage: dir, upstream: srv.URL, block: "session conflict-1\nprelude " + srv.URL,
+		extra: fmt.Sprintf(`}
+http://localhost:9081 {
+	inject_token {
+		session conflict-1
+		prelude %s
+		refresh_before 5s
+	}
+	respond "b"`, srv.URL)}
+	caddytest.AssertLoadError(t, conflict.String(), "caddyfile", "configured more than once with different settings")
+
+	t.Setenv("IT_TEST_SECRET_PW", "s3cret-value")
+	unset := gateway{storage: dir, upstream: srv.URL, block: "session unset-1\nprelude " + srv.URL +
+		"\nlogin password {env.IT_TEST_UNSET_EMAIL} {env.IT_TEST_SECRET_PW}"}
+	caddytest.AssertLoadError(t, unset.String(), "caddyfile", "login email: evaluated placeholder {env.IT_TEST_UNSET_EMAIL} is empty")
+
+	badURL := gateway{storage: dir, upstream: srv.URL, block: "session url-1\nprelude {env.IT_TEST_SECRET_PW}"}
+	caddytest.AssertLoadError(t, badURL.String(), "caddyfile", "must start with http:// or https://")
 }

@@ -5,7 +5,6 @@ package injecttoken
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -102,7 +101,7 @@ type Handler struct {
 
 	sess     *session
 	acquired bool
-	owner    context.Context // the config's context, identifying its binding
+	owner    configID
 	logger   *zap.Logger
 }
 
@@ -161,7 +160,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.sess, h.acquired, h.owner = s, true, ctx.Context
+	h.sess, h.acquired, h.owner = s, true, configOf(ctx)
 	return nil
 }
 

@@ -50,12 +50,20 @@ func (s *settings) hasLogin() bool { return s.email != "" }
 // binding is removed and the next newest takes over again, so the session
 // never keeps using a closed storage or stale settings.
 type binding struct {
-	owner   context.Context // the config's context, compared by identity
-	refs    int             // handlers of that config using the session
+	owner   configID
+	refs    int // handlers of that config using the session
 	set     *settings
 	storage certmagic.Storage
 	logger  *zap.Logger
 }
+
+// configID identifies one loaded config. Modules of a config get contexts
+// derived (with values: the http app adds one per server) from the
+// config's cancellable context, and every derived context shares its Done
+// channel, which is therefore unique to the config.
+type configID <-chan struct{}
+
+func configOf(ctx caddy.Context) configID { return ctx.Done() }
 
 // pendingOTP is an OTP login started through the admin API and waiting for
 // its code.
@@ -107,7 +115,7 @@ func (s *session) Destruct() error {
 // it, or binding the new settings to it if one does. On success the caller
 // must call releaseSession exactly once.
 func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.Logger) (*session, error) {
-	b := &binding{owner: ctx.Context, refs: 1, set: set, storage: ctx.Storage(), logger: logger}
+	b := &binding{owner: configOf(ctx), refs: 1, set: set, storage: ctx.Storage(), logger: logger}
 	val, loaded, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
 		s := &session{name: name}
 		s.bindings = []*binding{b}
@@ -131,7 +139,7 @@ func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.L
 }
 
 // releaseSession undoes acquireSession for the config of owner.
-func releaseSession(s *session, owner context.Context) {
+func releaseSession(s *session, owner configID) {
 	s.unbind(owner)
 	if _, err := sessions.Delete(s.name); err != nil {
 		s.logger().Error("releasing session", zap.String("session", s.name), zap.Error(err))
@@ -161,7 +169,7 @@ func (s *session) bind(b *binding) error {
 // unbind drops one handler's reference to the binding of owner and, when
 // the config no longer uses the session, falls back to the newest other
 // binding.
-func (s *session) unbind(owner context.Context) {
+func (s *session) unbind(owner configID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i := slices.IndexFunc(s.bindings, func(b *binding) bool { return b.owner == owner })
