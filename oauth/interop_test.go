@@ -2,10 +2,18 @@ package oauth_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/interop"
@@ -108,11 +116,22 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 func TestInteropAuthMethods(t *testing.T) {
 	t.Parallel()
 	signer, jwks := clientKey(t)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)})
+	publicJWKS := func(pub crypto.PublicKey) *jose.JSONWebKeySet {
+		return &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: pub, Use: "sig"}}}
+	}
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 		Clients: []interop.Client{
 			{ID: "basic", Secret: secretBasic, AuthMethod: "client_secret_basic"},
 			{ID: "post", Secret: secretPost, AuthMethod: "client_secret_post"},
 			{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks},
+			{ID: "pkjwt-ed", AuthMethod: "private_key_jwt", JWKS: publicJWKS(edKey.Public())},
+			{ID: "pkjwt-rsa", AuthMethod: "private_key_jwt", JWKS: publicJWKS(rsaKey.Public())},
 		},
 	})
 	ok := []oauth.Config{
@@ -120,6 +139,8 @@ func TestInteropAuthMethods(t *testing.T) {
 		{ClientID: "post", ClientSecret: secretPost, Auth: oauth.AuthPost},
 		{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1"},
 		{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1", AssertionAudience: "issuer", Endpoint: p.Issuer},
+		{ClientID: "pkjwt-ed", ClientKey: edKey},
+		{ClientID: "pkjwt-rsa", ClientKeyPEM: rsaPEM},
 	}
 	for _, cfg := range ok {
 		t.Run(cfg.ClientID+"/"+cfg.Auth+cfg.AssertionAudience, func(t *testing.T) {
