@@ -63,6 +63,7 @@ type apiError struct {
 	status int
 	msg    string
 	code   string
+	allow  string // the method to use, for 405
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -134,7 +135,9 @@ func dispatch(r *http.Request) (any, error) {
 }
 
 func methodNotAllowed(r *http.Request, want string) error {
-	return errorf(http.StatusMethodNotAllowed, "method %s not allowed; use %s", r.Method, want)
+	e := errorf(http.StatusMethodNotAllowed, "method %s not allowed; use %s", r.Method, want)
+	e.allow = want
+	return e
 }
 
 // sessionStatus is a session's status as the admin API shows it.
@@ -411,6 +414,9 @@ func writeError(w http.ResponseWriter, err error) {
 	ae, ok := err.(*apiError)
 	if !ok {
 		ae = &apiError{status: http.StatusInternalServerError, msg: err.Error()}
+	}
+	if ae.allow != "" {
+		w.Header().Set("Allow", ae.allow)
 	}
 	body := map[string]string{"error": ae.msg}
 	if ae.code != "" {
