@@ -474,10 +474,13 @@ func (c *Cache) refreshLocked(ctx context.Context) (*snapshot, error) {
 		return c.kill(ctx, rec, "an earlier refresh was interrupted after sending; its refresh token may be spent and is not presented again", true, start)
 	}
 	// Write-ahead: record that this refresh token is about to be presented.
-	intent := *rec
-	intent.Intent = tokenHash(rec.RefreshToken)
-	if err := st.save(ctx, &intent); err != nil {
-		return nil, c.fail(OutcomeTransient, start, err)
+	// Grants without one (client_credentials) spend nothing and skip it.
+	if rec.RefreshToken != "" {
+		intent := *rec
+		intent.Intent = tokenHash(rec.RefreshToken)
+		if err := st.save(ctx, &intent); err != nil {
+			return nil, c.fail(OutcomeTransient, start, err)
+		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	grant, err := c.cfg.Backend.Refresh(cctx, key, rec.RefreshToken)
