@@ -322,17 +322,20 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 		mu.Unlock()
 	}
 
+	// Metrics are process-wide and survive the session: a fresh name per
+	// run keeps the counts exact under -count.
+	name := fmt.Sprintf("retry-%d", time.Now().UnixNano())
 	dir := t.TempDir()
-	g := gateway{storage: dir, upstream: upstream.URL, block: fmt.Sprintf(`session retry-1
+	g := gateway{storage: dir, upstream: upstream.URL, block: fmt.Sprintf(`session %s
 		prelude %s
-		login password %s %s`, srv.URL, sandbox.DemoEmail, sandbox.DemoPassword)}
+		login password %s %s`, name, srv.URL, sandbox.DemoEmail, sandbox.DemoPassword)}
 	tester := g.start(t)
 
 	status, _, body := do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil)
 	if status != http.StatusOK {
 		t.Fatalf("first request: %d %s", status, body)
 	}
-	tok1 := storedString(t, dir, "retry-1", "access_token")
+	tok1 := storedString(t, dir, name, "access_token")
 	reject(tok1)
 
 	small := []byte("small body that must be replayed")
@@ -358,7 +361,7 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 	}
 
 	// A body over 64 KiB is not buffered: the 401 passes through.
-	tok2 := storedString(t, dir, "retry-1", "access_token")
+	tok2 := storedString(t, dir, name, "access_token")
 	reject(tok2)
 	big := bytes.Repeat([]byte("x"), 70<<10)
 	status, _, body = do(t, tester.Client, http.MethodPost, "http://localhost:9080/", big)
@@ -375,11 +378,11 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 
 	_, _, metrics := do(t, http.DefaultClient, http.MethodGet, adminURL+"/metrics", nil)
 	for _, want := range []string{
-		`caddy_inject_token_requests_total{result="retried_401",session="retry-1"} 1`,
-		`caddy_inject_token_requests_total{result="injected",session="retry-1"} 4`,
-		`caddy_inject_token_refresh_total{outcome="refreshed",session="retry-1"} 2`,
-		`caddy_inject_token_refresh_total{outcome="logged_in",session="retry-1"} 1`,
-		`caddy_inject_token_token_expiry_timestamp_seconds{session="retry-1"}`,
+		`caddy_inject_token_requests_total{result="retried_401",session="`+name+`"} 1`,
+		`caddy_inject_token_requests_total{result="injected",session="`+name+`"} 4`,
+		`caddy_inject_token_refresh_total{outcome="refreshed",session="`+name+`"} 2`,
+		`caddy_inject_token_refresh_total{outcome="logged_in",session="`+name+`"} 1`,
+		`caddy_inject_token_token_expiry_timestamp_seconds{session="`+name+`"}`,
 	} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("metrics lack %s", want)
