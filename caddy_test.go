@@ -378,11 +378,11 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 
 	_, _, metrics := do(t, http.DefaultClient, http.MethodGet, adminURL+"/metrics", nil)
 	for _, want := range []string{
-		`caddy_inject_token_requests_total{result="retried_401",session="`+name+`"} 1`,
-		`caddy_inject_token_requests_total{result="injected",session="`+name+`"} 4`,
-		`caddy_inject_token_refresh_total{outcome="refreshed",session="`+name+`"} 2`,
-		`caddy_inject_token_refresh_total{outcome="logged_in",session="`+name+`"} 1`,
-		`caddy_inject_token_token_expiry_timestamp_seconds{session="`+name+`"}`,
+		`caddy_inject_token_requests_total{result="retried_401",session="` + name + `"} 1`,
+		`caddy_inject_token_requests_total{result="injected",session="` + name + `"} 4`,
+		`caddy_inject_token_refresh_total{outcome="refreshed",session="` + name + `"} 2`,
+		`caddy_inject_token_refresh_total{outcome="logged_in",session="` + name + `"} 1`,
+		`caddy_inject_token_token_expiry_timestamp_seconds{session="` + name + `"}`,
 	} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("metrics lack %s", want)
