@@ -39,6 +39,7 @@ const maxAdminBody = 64 << 10
 //	POST /inject_token/sessions/{name}/login/otp         {"email_address"|"phone_number"}: send a code
 //	POST /inject_token/sessions/{name}/login/otp/check   {"code"}: finish the OTP login
 //	POST /inject_token/sessions/{name}/login/password    {"email","password"}
+//	POST /inject_token/sessions/{name}/login/refresh-token  {"refresh_token"} (oauth2)
 //	GET  /inject_token/sessions/{name}/list?limit=&offset=  the user's Prelude sessions
 //	POST /inject_token/sessions/{name}/revoke            {"target","session_id"}
 //
@@ -74,21 +75,23 @@ func errorf(status int, format string, args ...any) *apiError {
 
 // adminRoute is one route below /inject_token/sessions/{name}.
 type adminRoute struct {
-	method string
-	handle func(ctx context.Context, s *session, r *http.Request) (any, error)
+	method  string
+	handle  func(ctx context.Context, s *session, r *http.Request) (any, error)
+	backend string // "" for every backend, else the only one it serves
 }
 
 // sessionRoutes maps the path after /inject_token/sessions/{name} to its
 // route.
 var sessionRoutes = map[string]adminRoute{
-	"":                 {http.MethodGet, handleStatus},
-	"/refresh":         {http.MethodPost, handleRefresh},
-	"/logout":          {http.MethodPost, handleLogout},
-	"/login/otp":       {http.MethodPost, handleOTPStart},
-	"/login/otp/check": {http.MethodPost, handleOTPCheck},
-	"/login/password":  {http.MethodPost, handlePassword},
-	"/list":            {http.MethodGet, handleList},
-	"/revoke":          {http.MethodPost, handleRevoke},
+	"":                     {http.MethodGet, handleStatus, ""},
+	"/refresh":             {http.MethodPost, handleRefresh, ""},
+	"/logout":              {http.MethodPost, handleLogout, ""},
+	"/login/otp":           {http.MethodPost, handleOTPStart, "prelude"},
+	"/login/otp/check":     {http.MethodPost, handleOTPCheck, "prelude"},
+	"/login/password":      {http.MethodPost, handlePassword, "prelude"},
+	"/login/refresh-token": {http.MethodPost, handleRefreshToken, "oauth2"},
+	"/list":                {http.MethodGet, handleList, "prelude"},
+	"/revoke":              {http.MethodPost, handleRevoke, "prelude"},
 }
 
 func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -131,6 +134,10 @@ func dispatch(r *http.Request) (any, error) {
 	if r.Method != route.method {
 		return nil, methodNotAllowed(r, route.method)
 	}
+	if b := s.settings().backend(); route.backend != "" && route.backend != b {
+		return nil, errorf(http.StatusBadRequest, "%s is not available for session %q: it uses the %s backend, this route is for %s",
+			sub, s.name, b, route.backend)
+	}
 	return route.handle(r.Context(), s, r)
 }
 
@@ -151,7 +158,7 @@ type sessionStatus struct {
 func statusOf(s *session) sessionStatus {
 	return sessionStatus{
 		Status:     s.cache().Status(),
-		Backend:    "prelude",
+		Backend:    s.settings().backend(),
 		BaseURL:    s.settings().baseURL,
 		OTPPending: s.pendingOTP() != nil,
 	}
@@ -228,6 +235,25 @@ func handleOTPCheck(ctx context.Context, s *session, r *http.Request) (any, erro
 		return t.Grant(), nil
 	})
 	if err != nil {
+		return nil, cacheError(s, "login", err)
+	}
+	return statusOf(s), nil
+}
+
+// handleRefreshToken starts an oauth2 refresh_token session from a refresh
+// token obtained elsewhere: the first refresh spends it, and the rotated
+// ones are kept like any other session's.
+func handleRefreshToken(ctx context.Context, s *session, r *http.Request) (any, error) {
+	var body struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := decodeBody(r, &body); err != nil {
+		return nil, err
+	}
+	if body.RefreshToken == "" {
+		return nil, errorf(http.StatusBadRequest, `expected {"refresh_token": "..."}`)
+	}
+	if err := s.cache().Login(ctx, s.settings().oauth.LoginWithRefreshToken(body.RefreshToken)); err != nil {
 		return nil, cacheError(s, "login", err)
 	}
 	return statusOf(s), nil

@@ -64,8 +64,15 @@ http://localhost:9080 {
 // its temp dirs are removed), unloads it so no session keeps writing there.
 func (g gateway) start(t *testing.T) *caddytest.Tester {
 	t.Helper()
+	return startConfig(t, g.String())
+}
+
+// startConfig loads a Caddyfile into the in-process Caddy and unloads it
+// when the test ends.
+func startConfig(t *testing.T, caddyfile string) *caddytest.Tester {
+	t.Helper()
 	tester := caddytest.NewTester(t)
-	tester.InitServer(g.String(), "caddyfile")
+	tester.InitServer(caddyfile, "caddyfile")
 	t.Cleanup(func() {
 		resp, err := http.Post(adminURL+"/load", "application/json",
 			strings.NewReader(`{"admin":{"listen":"localhost:2999"}}`))
@@ -620,7 +627,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"session two args", "inject_token {\n session a b\n prelude https://a.b\n}", "session: expected exactly one name", 2},
 		{"session bad name", "inject_token {\n session a/b\n prelude https://a.b\n}", "invalid session name 'a/b'", 2},
 		{"session too long", "inject_token {\n session " + strings.Repeat("a", 65) + "\n prelude https://a.b\n}", "invalid session name", 2},
-		{"no prelude", "inject_token {\n session a\n}", "prelude subdirective", 3},
+		{"no prelude", "inject_token {\n session a\n}", "a backend is required", 3},
 		{"prelude no arg", "inject_token {\n prelude\n}", "prelude: expected exactly one base URL", 2},
 		{"prelude relative", "inject_token {\n prelude acme.session.prelude.dev\n}", "must start with http:// or https://, got \"acme.session.prelude.dev\"", 2},
 		{"prelude ftp", "inject_token {\n prelude ftp://a.b\n}", "must start with http:// or https://", 2},
@@ -633,6 +640,16 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"duration dup", "inject_token {\n prelude https://a.b\n refresh_before 1s\n refresh_before 2s\n}", "refresh_before already specified", 4},
 		{"strip none", "inject_token {\n prelude https://a.b\n strip_header\n}", "strip_header: expected at least one header name", 3},
 		{"strip bad", "inject_token {\n prelude https://a.b\n strip_header X:Y\n}", "strip_header: invalid header name 'X:Y'", 3},
+		{"two backends", "inject_token {\n prelude https://a.b\n oauth2 https://as.b {\n  client_id c\n }\n}", "prelude and oauth2 cannot both be set", 6},
+		{"oauth2 no url", "inject_token {\n oauth2 {\n  client_id c\n }\n}", "oauth2: expected the token endpoint or issuer URL", 2},
+		{"oauth2 no client", "inject_token {\n oauth2 https://as.b {\n  scope a\n }\n}", "oauth2: client_id is required", 4},
+		{"oauth2 bad auth", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  auth magic\n }\n}", "oauth2 auth: 'magic' is not one of basic, post, private_key_jwt, none", 4},
+		{"oauth2 bad grant", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  grant password\n }\n}", "oauth2 grant: 'password' is not one of", 4},
+		{"oauth2 unknown", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  audience x\n }\n}", "oauth2: unrecognized option 'audience'", 4},
+		{"oauth2 param", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  param audience\n }\n}", "oauth2 param: expected 'param <name> <value>'", 4},
+		{"oauth2 login", "inject_token {\n oauth2 https://as.b {\n  client_id c\n }\n login password a b\n}", "login password is for the prelude backend", 6},
+		{"dpop value", "inject_token {\n prelude https://a.b\n dpop RS256\n}", "dpop: expected one of ES256, EdDSA or off", 3},
+		{"dpop off prelude", "inject_token {\n prelude https://a.b\n dpop off\n}", "dpop off is for oauth2", 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

@@ -1,6 +1,7 @@
 package injecttoken
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -31,9 +32,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		login password <email> <password>
 //		refresh_before <duration>
 //		strip_header   <name...>
+//		oauth2 <token_endpoint | issuer_url> {
+//			client_id     <id>
+//			client_secret <secret>
+//			client_key    <pem>
+//			auth          basic|post|private_key_jwt|none
+//			grant         client_credentials|refresh_token
+//			scope         <scopes...>
+//			resource      <uri>
+//			param         <name> <value>
+//		}
+//		dpop ES256|EdDSA|off
 //	}
 //
-// prelude is required. session defaults to "default"; refresh_before to
+// Exactly one of prelude and oauth2 is required. session defaults to
+// "default"; refresh_before to
 // 60s. strip_header may be repeated. Secrets should be given as runtime
 // placeholders ({env.SVC_PASSWORD}, {file./run/secrets/pw}), which are
 // resolved when the config loads and never written to the JSON config.
@@ -109,14 +122,105 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.StripHeaders = append(h.StripHeaders, names...)
 
+		case "oauth2":
+			o, err := parseOAuth2(d)
+			if err != nil {
+				return err
+			}
+			h.OAuth2 = o
+
+		case "dpop":
+			var v string
+			if !d.AllArgs(&v) || (v != "ES256" && v != "EdDSA" && v != "off") {
+				return d.Errf("dpop: expected one of ES256, EdDSA or off")
+			}
+			h.DPoP = v
+
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, login, refresh_before or strip_header)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header or dpop)", sub)
 		}
 	}
-	if h.Prelude == "" {
-		return d.Err("inject_token: the prelude subdirective (base URL of the Prelude Session API) is required")
+	switch {
+	case h.Prelude == "" && h.OAuth2 == nil:
+		return d.Err("inject_token: a backend is required: 'prelude <base_url>' or 'oauth2 <token_endpoint> { ... }'")
+	case h.Prelude != "" && h.OAuth2 != nil:
+		return d.Err("inject_token: prelude and oauth2 cannot both be set; a session has one backend")
+	case h.OAuth2 != nil && h.Login != nil:
+		return d.Err("inject_token: login password is for the prelude backend; oauth2 logs in with its grant")
+	case h.Prelude != "" && h.DPoP == "off":
+		return d.Err("inject_token: dpop off is for oauth2; Prelude always binds sessions to a DPoP key")
 	}
 	return nil
+}
+
+// parseOAuth2 reads an oauth2 block; the dispenser is on "oauth2".
+func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
+	o := &OAuth2{}
+	if !d.NextArg() {
+		return nil, d.Errf("oauth2: expected the token endpoint or issuer URL, e.g. 'oauth2 https://as.example.com { ... }'")
+	}
+	o.Endpoint = d.Val()
+	if !strings.Contains(o.Endpoint, "{") {
+		if err := checkBaseURL(o.Endpoint); err != nil {
+			return nil, d.Errf("oauth2: %v", err)
+		}
+	}
+	if d.NextArg() {
+		return nil, d.Errf("oauth2: unexpected '%s' after the URL; options go in a block", d.Val())
+	}
+	one := func(name string, dst *string, allowed ...string) error {
+		if *dst != "" {
+			return d.Errf("oauth2 %s already specified", name)
+		}
+		if !d.AllArgs(dst) {
+			return d.Errf("oauth2 %s: expected exactly one value", name)
+		}
+		if len(allowed) > 0 && !slices.Contains(allowed, *dst) {
+			return d.Errf("oauth2 %s: '%s' is not one of %s", name, *dst, strings.Join(allowed, ", "))
+		}
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch opt := d.Val(); opt {
+		case "client_id":
+			err = one(opt, &o.ClientID)
+		case "client_secret":
+			err = one(opt, &o.ClientSecret)
+		case "client_key":
+			err = one(opt, &o.ClientKey)
+		case "auth":
+			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "none")
+		case "grant":
+			err = one(opt, &o.Grant, "client_credentials", "refresh_token")
+		case "resource":
+			err = one(opt, &o.Resource)
+		case "scope":
+			scopes := d.RemainingArgs()
+			if len(scopes) == 0 {
+				return nil, d.Errf("oauth2 scope: expected at least one scope")
+			}
+			o.Scopes = append(o.Scopes, scopes...)
+		case "param":
+			var name, value string
+			if !d.AllArgs(&name, &value) {
+				return nil, d.Errf("oauth2 param: expected 'param <name> <value>'")
+			}
+			if o.Params == nil {
+				o.Params = map[string]string{}
+			}
+			o.Params[name] = value
+		default:
+			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, grant, scope, resource or param)", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if o.ClientID == "" {
+		return nil, d.Errf("oauth2: client_id is required")
+	}
+	return o, nil
 }
 
 // validHeaderName reports whether s is an HTTP field name (RFC 9110 token).

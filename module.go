@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,8 +22,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
+
+	_ "github.com/tokenwarden/caddy-inject-token/cli" // caddy inject-token …
 )
 
 func init() {
@@ -82,7 +86,8 @@ type Handler struct {
 	// Prelude is the base URL of the Prelude Session frontend API, e.g.
 	// "https://acme.session.prelude.dev": absolute http or https, without
 	// query or fragment. Global placeholders such as {env.PRELUDE_URL}
-	// are resolved when the config is loaded. Required.
+	// are resolved when the config is loaded. Exactly one of Prelude and
+	// OAuth2 is required.
 	Prelude string `json:"prelude,omitempty"`
 
 	// Login, when set, logs the session in automatically: at first start
@@ -98,6 +103,16 @@ type Handler struct {
 	// StripHeaders are more client request headers to remove before the
 	// request goes on (Authorization and DPoP always are).
 	StripHeaders []string `json:"strip_headers,omitempty"`
+
+	// OAuth2 gets tokens from any OAuth 2.0 authorization server instead
+	// of Prelude. Exactly one of Prelude and OAuth2 is set.
+	OAuth2 *OAuth2 `json:"oauth2,omitempty"`
+
+	// DPoP is the DPoP key type: "ES256" (default), "EdDSA", or "off"
+	// (oauth2 only: plain Bearer tokens). A DPoP-bound token (token_type
+	// DPoP) needs "transport inject_token" in reverse_proxy, which signs a
+	// proof for each request as the upstream receives it.
+	DPoP string `json:"dpop,omitempty"`
 
 	sess     *session
 	acquired bool
@@ -168,6 +183,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // placeholders ({env.*}, {file.*}). Errors never quote resolved values.
 func (h *Handler) resolve() (*settings, error) {
 	repl := caddy.NewReplacer()
+	if (h.Prelude == "") == (h.OAuth2 == nil) {
+		return nil, errors.New("exactly one of prelude and oauth2 must be configured")
+	}
+	set := &settings{refreshBefore: time.Duration(h.RefreshBefore)}
+	switch h.DPoP {
+	case "", string(dpop.ES256), string(dpop.EdDSA):
+		set.dpopAlg = dpop.Algorithm(h.DPoP)
+	case "off":
+		if h.OAuth2 == nil {
+			return nil, errors.New("dpop off: Prelude always binds its sessions to a DPoP key")
+		}
+	default:
+		return nil, fmt.Errorf("dpop: unsupported value %q (want ES256, EdDSA or off)", h.DPoP)
+	}
+	if h.OAuth2 != nil {
+		if h.Login != nil {
+			return nil, errors.New("login password is for the prelude backend; oauth2 logs in with its grant")
+		}
+		return set, h.OAuth2.resolve(repl, set, h.DPoP != "off")
+	}
 	base, err := repl.ReplaceOrErr(h.Prelude, true, true)
 	if err != nil {
 		return nil, fmt.Errorf("prelude: %v", err)
@@ -175,11 +210,10 @@ func (h *Handler) resolve() (*settings, error) {
 	if err := checkBaseURL(base); err != nil {
 		return nil, fmt.Errorf("prelude: %v", err)
 	}
-	client, err := prelude.New(base, prelude.Options{})
-	if err != nil {
+	if set.client, err = prelude.New(base, prelude.Options{}); err != nil {
 		return nil, err
 	}
-	set := &settings{baseURL: base, client: client, refreshBefore: time.Duration(h.RefreshBefore)}
+	set.baseURL = base
 	if h.Login != nil {
 		if h.Login.Method != "password" {
 			return nil, fmt.Errorf("login: unsupported method %q (want \"password\")", h.Login.Method)
@@ -249,7 +283,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.unavailable(w, r, err)
 	}
-	setToken(r, repl, tok)
+	if err := h.setToken(r, repl, cache, tok); err != nil {
+		return err
+	}
 	countRequest(h.Session, resultInjected)
 
 	body, replayable, err := bufferBody(r)
@@ -259,7 +295,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !replayable {
 		rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 		err := next.ServeHTTP(rec, r)
-		h.rejected(cache, tok, rec.Status())
+		h.rejected(r, w, cache, tok, rec.Status())
 		return err
 	}
 
@@ -275,11 +311,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	})
 	err = next.ServeHTTP(rec, r)
 	if rec.Status() != http.StatusUnauthorized || !rec.Buffered() || err != nil {
+		h.unsigned(r)
 		return err
 	}
-	h.rejected(cache, tok, http.StatusUnauthorized)
+	h.rejected(r, w, cache, tok, http.StatusUnauthorized)
+	// The transport retries a nonce challenge itself when there is no body;
+	// with a buffered body the retry is ours, with the same token.
+	nonceRetry := len(body) > 0 && strings.Contains(w.Header().Get("WWW-Authenticate"), "use_dpop_nonce")
 	fresh, terr := cache.Token(r.Context())
-	if terr != nil || fresh.Value == tok.Value {
+	if terr != nil || (fresh.Value == tok.Value && !nonceRetry) {
 		return rec.WriteResponse()
 	}
 
@@ -288,27 +328,60 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header()[k] = v
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	setToken(r, repl, fresh)
+	if err := h.setToken(r, repl, cache, fresh); err != nil {
+		return err
+	}
 	countRequest(h.Session, resultRetried401)
 	rec = caddyhttp.NewResponseRecorder(w, nil, nil)
 	err = next.ServeHTTP(rec, r)
-	h.rejected(cache, fresh, rec.Status())
+	h.rejected(r, w, cache, fresh, rec.Status())
 	return err
 }
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// setToken puts tok on the request and in the placeholders.
-func setToken(r *http.Request, repl *caddy.Replacer, tok *tokencache.Token) {
-	r.Header.Set("Authorization", "Bearer "+tok.Value)
+// setToken puts tok on the request and in the placeholders. A Bearer token
+// goes into Authorization here; a DPoP-bound one is handed to the
+// inject_token transport, which alone can sign a proof for the request as
+// the upstream receives it. Without such a transport the request is refused
+// rather than sent with a token the upstream must reject.
+func (h *Handler) setToken(r *http.Request, repl *caddy.Replacer, cache *tokencache.Cache, tok *tokencache.Token) error {
 	repl.Set("http.inject_token.sub", tok.Subject)
 	repl.Set("http.inject_token.sid", tok.SessionID)
+	caddyhttp.SetVar(r.Context(), credVar, &credential{session: h.Session, tok: tok, key: cache.Key(), nonces: &h.sess.rsNonces})
+	if !isDPoP(tok) {
+		r.Header.Set("Authorization", "Bearer "+tok.Value)
+		return nil
+	}
+	r.Header.Del("Authorization")
+	if liveTransports.Load() == 0 {
+		h.logger.Error("DPoP-bound token but no 'transport inject_token' in any reverse_proxy; refusing to forward",
+			zap.String("session", h.Session))
+		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("session %q has a DPoP-bound token: "+
+			"reverse_proxy needs 'transport inject_token' to sign proofs", h.Session))
+	}
+	return nil
 }
 
+// unsigned reports (loudly, in the log) a DPoP-bound token that no
+// transport presented: a reverse_proxy in this route lacks the transport.
+func (h *Handler) unsigned(r *http.Request) {
+	c, ok := caddyhttp.GetVar(r.Context(), credVar).(*credential)
+	if ok && isDPoP(c.tok) && !c.signed.Load() {
+		h.logger.Error("DPoP-bound token was not presented: the reverse_proxy that handled this request "+
+			"has no 'transport inject_token'", zap.String("session", h.Session), zap.String("uri", r.RequestURI))
+	}
+}
+
+func isDPoP(tok *tokencache.Token) bool { return strings.EqualFold(tok.Type, "DPoP") }
+
 // rejected marks tok as refused when the upstream answered 401, so the
-// next request gets a fresh token.
-func (h *Handler) rejected(cache *tokencache.Cache, tok *tokencache.Token, status int) {
-	if status != http.StatusUnauthorized {
+// next request (or the retry) gets a fresh token. A DPoP nonce challenge is
+// not a rejection of the token: the transport has stored the nonce and the
+// retry presents the same token with it.
+func (h *Handler) rejected(r *http.Request, w http.ResponseWriter, cache *tokencache.Cache, tok *tokencache.Token, status int) {
+	h.unsigned(r)
+	if status != http.StatusUnauthorized || strings.Contains(w.Header().Get("WWW-Authenticate"), "use_dpop_nonce") {
 		return
 	}
 	cache.Invalidate(tok.Value)

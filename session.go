@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -27,9 +28,14 @@ const otpLifetime = 10 * time.Minute
 
 // settings are what one config says about a session. The secrets in it
 // were resolved from placeholders at Provision and exist only in memory.
+// Exactly one of client (Prelude) and oauth (any OAuth 2.0 server) is set.
 type settings struct {
-	baseURL       string
+	baseURL       string // Prelude base URL or OAuth token endpoint / issuer
 	client        *prelude.Client
+	oauth         *oauth.Client
+	oauthKey      string // the resolved oauth2 settings, to compare configs
+	oauthLogin    bool   // the grant fetches tokens by itself (client_credentials)
+	dpopAlg       dpop.Algorithm
 	email         string
 	password      string
 	refreshBefore time.Duration
@@ -38,11 +44,19 @@ type settings struct {
 // same reports whether two configs describe the session identically.
 func (s *settings) same(o *settings) bool {
 	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password &&
-		s.refreshBefore == o.refreshBefore
+		s.refreshBefore == o.refreshBefore && s.oauthKey == o.oauthKey && s.dpopAlg == o.dpopAlg
 }
 
-// hasLogin reports whether automatic (password) login is configured.
-func (s *settings) hasLogin() bool { return s.email != "" }
+// backend names the kind of token server, for the admin API.
+func (s *settings) backend() string {
+	if s.oauth != nil {
+		return "oauth2"
+	}
+	return "prelude"
+}
+
+// hasLogin reports whether the session can log in by itself.
+func (s *settings) hasLogin() bool { return s.email != "" || s.oauthLogin }
 
 // binding is what one live config contributes to a session: its settings,
 // storage and logger. The newest live binding is in force; when a config
@@ -81,6 +95,9 @@ type session struct {
 	name string
 	set  atomic.Pointer[settings]
 	tc   atomic.Pointer[tokencache.Cache]
+	// rsNonces are the DPoP nonces resource servers sent, per origin; they
+	// outlive the cache so a rebuild keeps them.
+	rsNonces dpop.NonceStore
 
 	mu       sync.Mutex // guards the fields below
 	bindings []*binding // oldest first
@@ -94,6 +111,7 @@ type session struct {
 type builtWith struct {
 	refreshBefore time.Duration
 	autoLogin     bool
+	keyAlg        dpop.Algorithm
 }
 
 // cache returns the session's token cache.
@@ -193,7 +211,7 @@ func (s *session) unbind(owner configID) {
 // storage. s.mu must be held (or s not yet shared).
 func (s *session) applyLocked() error {
 	b := s.bindings[len(s.bindings)-1]
-	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin()}
+	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin(), keyAlg: b.set.dpopAlg}
 	s.set.Store(b.set)
 	old := s.tc.Load()
 	if old != nil && s.built == want {
@@ -206,11 +224,12 @@ func (s *session) applyLocked() error {
 		Storage:       b.storage,
 		Backend:       sessionBackend{s},
 		RefreshBefore: want.refreshBefore,
+		KeyAlgorithm:  want.keyAlg,
 		Logger:        b.logger,
 		Observe:       observeRefresh(s.name),
 	}
 	if want.autoLogin {
-		cfg.Login = s.passwordLogin
+		cfg.Login = s.autoLogin
 	}
 	c, err := tokencache.New(cfg)
 	if err != nil {
@@ -236,16 +255,20 @@ func (s *session) logger() *zap.Logger {
 	return s.bindings[len(s.bindings)-1].logger
 }
 
-// passwordLogin is the cache's automatic login: the configured email and
-// password, read at call time so a reload can change them.
-func (s *session) passwordLogin(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
+// autoLogin is the cache's automatic login: the configured email and
+// password, or an OAuth client_credentials token request, read at call
+// time so a reload can change them.
+func (s *session) autoLogin(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
 	set := s.settings()
-	if !set.hasLogin() {
-		return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
-	}
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	return prelude.PasswordLogin(set.client, set.email, set.password)(ctx, key, prev)
+	switch {
+	case set.oauthLogin:
+		return set.oauth.Login()(ctx, key, prev)
+	case set.email != "":
+		return prelude.PasswordLogin(set.client, set.email, set.password)(ctx, key, prev)
+	}
+	return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
 }
 
 // startOTP remembers a started OTP login.
@@ -306,20 +329,28 @@ func allSessions() []*session {
 	return all
 }
 
-// sessionBackend is the tokencache.Backend of a session: a prelude.Backend
-// on the client in force at call time.
+// sessionBackend is the tokencache.Backend of a session: the Prelude or
+// OAuth client in force at call time.
 type sessionBackend struct{ s *session }
+
+func (b sessionBackend) current() tokencache.Backend {
+	set := b.s.settings()
+	if set.oauth != nil {
+		return set.oauth
+	}
+	return prelude.Backend{Client: set.client}
+}
 
 func (b sessionBackend) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	return prelude.Backend{Client: b.s.settings().client}.Refresh(ctx, key, refreshToken)
+	return b.current().Refresh(ctx, key, refreshToken)
 }
 
 func (b sessionBackend) Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error {
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	return prelude.Backend{Client: b.s.settings().client}.Revoke(ctx, key, refreshToken)
+	return b.current().Revoke(ctx, key, refreshToken)
 }
 
 // detach keeps ctx's deadline but not its cancellation: a refresh that was

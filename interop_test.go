@@ -1,0 +1,218 @@
+package injecttoken
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/tokenwarden/caddy-inject-token/interop"
+)
+
+// These tests put a real Caddy with inject_token (oauth2 backend) and the
+// inject_token transport in front of resource servers that verify DPoP
+// exactly as RFC 9449 asks, with tokens from panva's oidc-provider.
+
+const itSecret = "gateway-secret-0123456789abcdef"
+
+// oauthGateway is a Caddy config with an oauth2 session and a
+// reverse_proxy to upstreams through the inject_token transport.
+type oauthGateway struct {
+	storage, session, issuer string
+	dpop                     string // dpop subdirective value, "" for default
+	upstreams                []string
+	transport                bool
+	requireRSNonce           bool
+}
+
+func (g oauthGateway) String() string {
+	dpop := ""
+	if g.dpop != "" {
+		dpop = "dpop " + g.dpop
+	}
+	transport := ""
+	if g.transport {
+		transport = "transport inject_token"
+	}
+	hosts := make([]string, len(g.upstreams))
+	for i, u := range g.upstreams {
+		hosts[i] = strings.TrimPrefix(u, "http://")
+	}
+	return fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	skip_install_trust
+	storage file_system %s
+}
+http://localhost:9080 {
+	inject_token {
+		session %s
+		oauth2 %s {
+			client_id gateway
+			client_secret {env.IT_CLIENT_SECRET}
+			scope api:read
+			resource %s
+		}
+		%s
+	}
+	rewrite * /api{uri}
+	reverse_proxy %s {
+		lb_policy round_robin
+		%s
+	}
+}
+`, g.storage, g.session, g.issuer, interop.DefaultResource, dpop, strings.Join(hosts, " "), transport)
+}
+
+func startOAuthGateway(t *testing.T, g oauthGateway) *caddytest.Tester {
+	t.Helper()
+	t.Setenv("IT_CLIENT_SECRET", itSecret)
+	return startConfig(t, g.String())
+}
+
+// rsAnswer is what interop.ResourceServer echoes for an accepted request.
+type rsAnswer struct {
+	HTU      string              `json:"htu"`
+	Method   string              `json:"method"`
+	Path     string              `json:"path"`
+	ClientID string              `json:"client_id"`
+	Headers  map[string][]string `json:"headers"`
+}
+
+func getRS(t *testing.T, tester *caddytest.Tester, method, path, body string, hdr ...string) (int, rsAnswer) {
+	t.Helper()
+	var b []byte
+	if body != "" {
+		b = []byte(body)
+	}
+	status, _, out := do(t, tester.Client, method, "http://localhost:9080"+path, b, hdr...)
+	var a rsAnswer
+	if status == http.StatusOK {
+		if err := json.Unmarshal(out, &a); err != nil {
+			t.Fatalf("resource server answer: %v: %s", err, out)
+		}
+	}
+	return status, a
+}
+
+func rsOptions(p *interop.Provider) interop.ResourceServerOptions {
+	return interop.ResourceServerOptions{JWKSURL: p.JWKSURL, Issuer: p.Issuer, Audience: interop.DefaultResource}
+}
+
+func provider(t *testing.T, requireNonce bool) *interop.Provider {
+	return interop.StartOIDCProvider(t, interop.ProviderOptions{
+		RequireNonce: requireNonce,
+		Clients:      []interop.Client{{ID: "gateway", Secret: itSecret}},
+	})
+}
+
+// TestDPoPThroughTransport: client_credentials with DPoP, a path rewrite and
+// two upstreams. Each resource server checks htu against its own view of
+// the request (scheme, Host it received, path), so a proof signed for the
+// dial address, the client-facing path or a reused jti would be refused.
+func TestDPoPThroughTransport(t *testing.T) {
+	for _, nonce := range []bool{false, true} {
+		t.Run(fmt.Sprintf("server nonce %v", nonce), func(t *testing.T) {
+			p := provider(t, nonce)
+			rs1 := interop.StartResourceServer(t, rsOptions(p))
+			rs2 := interop.StartResourceServer(t, rsOptions(p))
+			tester := startOAuthGateway(t, oauthGateway{
+				storage: t.TempDir(), session: fmt.Sprintf("dpop-nonce-%v", nonce), issuer: p.Issuer,
+				upstreams: []string{rs1.URL, rs2.URL}, transport: true,
+			})
+			for i := range 6 {
+				status, a := getRS(t, tester, http.MethodGet, fmt.Sprintf("/items/%d?q=x", i), "",
+					"Authorization", "Bearer client-supplied", "DPoP", "client-proof")
+				if status != http.StatusOK {
+					t.Fatalf("request %d: status %d; rs1 %v rs2 %v", i, status, rs1.Stats(), rs2.Stats())
+				}
+				if a.Path != fmt.Sprintf("/api/items/%d", i) || a.HTU != "http://localhost:9080"+a.Path || a.ClientID != "gateway" {
+					t.Fatalf("upstream saw %+v", a)
+				}
+				if a.Headers["Authorization"][0] != "DPoP" {
+					t.Fatalf("Authorization scheme upstream = %v", a.Headers["Authorization"])
+				}
+			}
+			s1, s2 := rs1.Stats(), rs2.Stats()
+			if s1[interop.ReasonAccepted] != 3 || s2[interop.ReasonAccepted] != 3 {
+				t.Fatalf("accepted: rs1 %v, rs2 %v (want 3 each: round robin)", s1, s2)
+			}
+			for _, s := range []map[string]int64{s1, s2} {
+				for reason, n := range s {
+					if reason != interop.ReasonAccepted && n > 0 {
+						t.Errorf("resource server rejected %d requests: %s", n, reason)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestResourceServerNonce: the upstream demands DPoP nonces (401
+// WWW-Authenticate: DPoP error="use_dpop_nonce"); a bodiless request is
+// retried by the transport, one with a small body by the handler, and the
+// nonce is then remembered so later requests need no retry.
+func TestResourceServerNonce(t *testing.T) {
+	p := provider(t, false)
+	opts := rsOptions(p)
+	opts.RequireNonce = true
+	rs := interop.StartResourceServer(t, opts)
+	tester := startOAuthGateway(t, oauthGateway{
+		storage: t.TempDir(), session: "rs-nonce", issuer: p.Issuer,
+		upstreams: []string{rs.URL}, transport: true,
+	})
+	if status, _ := getRS(t, tester, http.MethodGet, "/first", ""); status != http.StatusOK {
+		t.Fatalf("GET: status %d, stats %v", status, rs.Stats())
+	}
+	if got := rs.Stats()[interop.ReasonNonceChallenge]; got != 1 {
+		t.Fatalf("nonce challenges = %d, want 1", got)
+	}
+	if status, a := getRS(t, tester, http.MethodPost, "/second", `{"a":1}`); status != http.StatusOK || a.Method != http.MethodPost {
+		t.Fatalf("POST: status %d, stats %v", status, rs.Stats())
+	}
+	if got := rs.Stats()[interop.ReasonNonceChallenge]; got != 1 {
+		t.Fatalf("nonce challenges = %d after the nonce was learned, want still 1", got)
+	}
+	if got := rs.Stats()[interop.ReasonAccepted]; got != 2 {
+		t.Fatalf("accepted = %d, want 2", got)
+	}
+}
+
+// TestBearerFromSameServer: with dpop off the same server issues Bearer
+// tokens, injected as today (the transport is optional then).
+func TestBearerFromSameServer(t *testing.T) {
+	p := provider(t, false)
+	opts := rsOptions(p)
+	opts.AllowBearer = true
+	rs := interop.StartResourceServer(t, opts)
+	tester := startOAuthGateway(t, oauthGateway{
+		storage: t.TempDir(), session: "bearer", issuer: p.Issuer, dpop: "off",
+		upstreams: []string{rs.URL},
+	})
+	status, a := getRS(t, tester, http.MethodGet, "/x", "", "DPoP", "client-proof")
+	if status != http.StatusOK || a.Headers["Authorization"][0] != "Bearer" || a.Headers["Dpop"] != nil {
+		t.Fatalf("status %d, upstream saw %+v, stats %v", status, a, rs.Stats())
+	}
+}
+
+// TestDPoPWithoutTransportFailsLoudly: a DPoP-bound token with no transport
+// to sign proofs is refused at the gateway (502) instead of being sent
+// upstream where it could only fail.
+func TestDPoPWithoutTransportFailsLoudly(t *testing.T) {
+	p := provider(t, false)
+	rs := interop.StartResourceServer(t, rsOptions(p))
+	tester := startOAuthGateway(t, oauthGateway{
+		storage: t.TempDir(), session: "no-transport", issuer: p.Issuer,
+		upstreams: []string{rs.URL},
+	})
+	if status, _ := getRS(t, tester, http.MethodGet, "/x", ""); status != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", status)
+	}
+	if n := len(rs.Stats()); n != 0 {
+		t.Fatalf("the upstream was reached: %v", rs.Stats())
+	}
+}
