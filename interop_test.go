@@ -1,6 +1,8 @@
 package injecttoken
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 )
 
@@ -23,6 +26,7 @@ const itSecret = "gateway-secret-0123456789abcdef"
 type oauthGateway struct {
 	storage, session, issuer string
 	dpop                     string // dpop subdirective value, "" for default
+	grant                    string // oauth2 grant, "" for client_credentials
 	upstreams                []string
 	transport                bool
 	requireRSNonce           bool
@@ -36,6 +40,11 @@ func (g oauthGateway) String() string {
 	transport := ""
 	if g.transport {
 		transport = "transport inject_token"
+	}
+	grant := "scope api:read"
+	if g.grant != "" {
+		// A refresh token keeps the scopes it was granted with.
+		grant = "grant " + g.grant
 	}
 	hosts := make([]string, len(g.upstreams))
 	for i, u := range g.upstreams {
@@ -54,8 +63,8 @@ http://localhost:9080 {
 		oauth2 %s {
 			client_id gateway
 			client_secret {env.IT_CLIENT_SECRET}
-			scope api:read
 			resource %s
+			%s
 		}
 		%s
 	}
@@ -65,7 +74,7 @@ http://localhost:9080 {
 		%s
 	}
 }
-`, g.storage, g.session, g.issuer, interop.DefaultResource, dpop, strings.Join(hosts, " "), transport)
+`, g.storage, g.session, g.issuer, interop.DefaultResource, grant, dpop, strings.Join(hosts, " "), transport)
 }
 
 func startOAuthGateway(t *testing.T, g oauthGateway) *caddytest.Tester {
@@ -214,5 +223,50 @@ func TestDPoPWithoutTransportFailsLoudly(t *testing.T) {
 	}
 	if n := len(rs.Stats()); n != 0 {
 		t.Fatalf("the upstream was reached: %v", rs.Stats())
+	}
+}
+
+// TestRefreshTokenGrantThroughCLI: an oauth2 session with grant
+// refresh_token is logged in by handing it a refresh token with the CLI
+// (read from the environment, never a flag); requests then carry DPoP-bound
+// tokens, and a forced refresh rotates the refresh token without reuse.
+func TestRefreshTokenGrantThroughCLI(t *testing.T) {
+	p := provider(t, true)
+	rs := interop.StartResourceServer(t, rsOptions(p))
+	tester := startOAuthGateway(t, oauthGateway{
+		storage: t.TempDir(), session: "rt-grant", issuer: p.Issuer, grant: "refresh_token",
+		upstreams: []string{rs.URL}, transport: true,
+	})
+	if status, _ := getRS(t, tester, http.MethodGet, "/before", ""); status != http.StatusServiceUnavailable {
+		t.Fatalf("before login: status %d, want 503", status)
+	}
+	rt := p.MintRefreshToken(t, "gateway")
+	t.Setenv(cli.RefreshTokenEnv, rt)
+	var out bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"login", "refresh-token", "--session", "rt-grant", "--address", "localhost:2999"}, strings.NewReader(""), &out); err != nil {
+		t.Fatalf("cli login refresh-token: %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), rt) {
+		t.Fatal("the CLI printed the refresh token")
+	}
+	for i := range 2 {
+		if status, a := getRS(t, tester, http.MethodGet, "/after", ""); status != http.StatusOK || a.Headers["Authorization"][0] != "DPoP" {
+			t.Fatalf("request %d after login: status %d, stats %v", i, status, rs.Stats())
+		}
+		// Force a refresh between the requests: it spends the rotated
+		// refresh token, never the one handed in.
+		status, _, body := do(t, tester.Client, http.MethodPost, adminURL+"/inject_token/sessions/rt-grant/refresh", nil)
+		if status != http.StatusOK || bytes.Contains(body, []byte(rt)) {
+			t.Fatalf("admin refresh %d: %s", status, body)
+		}
+	}
+	var st struct {
+		Backend string `json:"backend"`
+		State   string `json:"state"`
+		Count   int    `json:"refresh_count"`
+	}
+	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/rt-grant", nil)
+	if err := json.Unmarshal(body, &st); err != nil || st.Backend != "oauth2" || st.State != "active" || st.Count != 2 {
+		t.Fatalf("status %s", body)
 	}
 }

@@ -149,7 +149,7 @@ func loginCmd(o *opts) *cobra.Command {
 	var session, email, phone, code string
 	var password bool
 	cmd := &cobra.Command{
-		Use:   "login (--email <address> | --phone <number>) [--code <code>] | --password --email <address>",
+		Use:   "login (--email <address> | --phone <number>) [--code <code>] | --password --email <address> | refresh-token",
 		Short: "Log a session in with a one-time code or a password",
 		Long: `Logs the session in and stores it in Caddy's storage; the running gateway
 uses it immediately.
@@ -160,11 +160,19 @@ it when prompted (it is read as one line from stdin).
 Password: --password --email <address>. The password is taken from the
 ` + PasswordEnv + ` environment variable if set, else from the first line of
 stdin (not echoed on a terminal). It is never accepted as a flag value,
-because command lines are visible to other users in ps.`,
+because command lines are visible to other users in ps.
+
+Refresh token (oauth2 sessions with grant refresh_token): "login
+refresh-token" reads the initial refresh token from $` + RefreshTokenEnv + ` or the
+first line of stdin, for the same reason.`,
 		Example: `  caddy inject-token login --session demo --email demo@example.com
   caddy inject-token login --session demo --phone +33612345678 --code 123456
-  printf '%s\n' "$PASSWORD" | caddy inject-token login --session demo --password --email demo@example.com`,
+  printf '%s\n' "$PASSWORD" | caddy inject-token login --session demo --password --email demo@example.com
+  printf '%s\n' "$RT" | caddy inject-token login --session api refresh-token`,
 		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 1 && args[0] == "refresh-token" {
+				return nil
+			}
 			if len(args) > 0 {
 				// Do not echo the argument: it may be a password typed as
 				// "--password secret".
@@ -172,7 +180,13 @@ because command lines are visible to other users in ps.`,
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				if email != "" || phone != "" || password || code != "" {
+					return errors.New("login refresh-token takes no --email, --phone, --password or --code")
+				}
+				return loginRefreshToken(cmd, o, session)
+			}
 			switch {
 			case email != "" && phone != "":
 				return errors.New("give either --email or --phone, not both")
@@ -260,29 +274,57 @@ func readLine(in io.Reader) (string, error) {
 // from in: without echo when in is a terminal, else the first line as is
 // (only the line ending is removed; spaces may belong to the password).
 func readPassword(in io.Reader, prompt io.Writer) (string, error) {
-	if pw, ok := os.LookupEnv(PasswordEnv); ok && pw != "" {
-		return pw, nil
+	return readSecret(in, prompt, PasswordEnv, "password")
+}
+
+// RefreshTokenEnv is the environment variable `login refresh-token` reads
+// the refresh token from; without it the token is the first line of stdin.
+const RefreshTokenEnv = "INJECT_TOKEN_REFRESH_TOKEN"
+
+// loginRefreshToken hands an initial refresh token to an oauth2 session.
+func loginRefreshToken(cmd *cobra.Command, o *opts, session string) error {
+	rt, err := readSecret(cmd.InOrStdin(), cmd.ErrOrStderr(), RefreshTokenEnv, "refresh token")
+	if err != nil {
+		return err
+	}
+	c, err := o.client()
+	if err != nil {
+		return err
+	}
+	st, raw, err := c.LoginRefreshToken(cmd.Context(), session, rt)
+	if err != nil {
+		return fmt.Errorf("login %q: %w", session, err)
+	}
+	return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printLoggedIn(w, st) })
+}
+
+// readSecret returns $env if set, else reads a line from in: without echo
+// when in is a terminal, else the first line as is (only the line ending
+// is removed; spaces may belong to the secret).
+func readSecret(in io.Reader, prompt io.Writer, env, what string) (string, error) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		return v, nil
 	}
 	if isTerminal(in) {
 		f := in.(*os.File)
-		fmt.Fprint(prompt, "Password: ")
+		fmt.Fprintf(prompt, "%s%s: ", strings.ToUpper(what[:1]), what[1:])
 		b, err := term.ReadPassword(int(f.Fd()))
 		fmt.Fprintln(prompt)
 		if err != nil {
-			return "", fmt.Errorf("reading the password: %w", err)
+			return "", fmt.Errorf("reading the %s: %w", what, err)
 		}
 		if len(b) == 0 {
-			return "", errors.New("empty password")
+			return "", fmt.Errorf("empty %s", what)
 		}
 		return string(b), nil
 	}
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("reading the password from stdin: %w", err)
+		return "", fmt.Errorf("reading the %s from stdin: %w", what, err)
 	}
 	line = strings.TrimRight(line, "\r\n")
 	if line == "" {
-		return "", errors.New("no password: pipe it on stdin or set $" + PasswordEnv)
+		return "", fmt.Errorf("no %s: pipe it on stdin or set $%s", what, env)
 	}
 	return line, nil
 }

@@ -317,6 +317,15 @@ func (c *Client) LoginPassword(ctx context.Context, session, email, password str
 	return &st, raw, err
 }
 
+// LoginRefreshToken starts an oauth2 refresh_token session from a refresh
+// token obtained elsewhere.
+func (c *Client) LoginRefreshToken(ctx context.Context, session, refreshToken string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/refresh-token"),
+		map[string]string{"refresh_token": refreshToken}, &st)
+	return &st, raw, err
+}
+
 // List returns the logged-in user's server-side sessions (devices).
 func (c *Client) List(ctx context.Context, session string, limit, offset int) (*DeviceList, []byte, error) {
 	q := url.Values{}

@@ -146,22 +146,22 @@ func parseProofHeader(raw []byte) (proofHeader, error) {
 
 // parseClaims reads the proof claims by their exact names, for the same
 // reason as parseProofHeader: {"HTM":"POST"} must not count as htm. A claim
-// of the wrong JSON type reads as its zero value and fails as missing.
+// of the wrong JSON type is an error (malformed); null counts as absent.
 func parseClaims(raw []byte) (Claims, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return Claims{}, err
 	}
 	var c Claims
-	_ = json.Unmarshal(m["jti"], &c.JTI)
-	_ = json.Unmarshal(m["htm"], &c.HTM)
-	_ = json.Unmarshal(m["htu"], &c.HTU)
 	var iat float64 // NumericDate may carry a fraction
-	if json.Unmarshal(m["iat"], &iat) == nil {
-		c.IAT = int64(iat)
+	for name, dst := range map[string]any{"jti": &c.JTI, "htm": &c.HTM, "htu": &c.HTU, "iat": &iat, "nonce": &c.Nonce, "ath": &c.ATH} {
+		if v, ok := m[name]; ok {
+			if err := json.Unmarshal(v, dst); err != nil {
+				return Claims{}, fmt.Errorf("claim %s has the wrong type", name)
+			}
+		}
 	}
-	_ = json.Unmarshal(m["nonce"], &c.Nonce)
-	_ = json.Unmarshal(m["ath"], &c.ATH)
+	c.IAT = int64(iat)
 	return c, nil
 }
 

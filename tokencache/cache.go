@@ -236,11 +236,18 @@ func (c *Cache) signalWake() {
 }
 func (c *Cache) current() *snapshot { return c.snap.Load() }
 
-// Close stops the background refresher and waits for it.
+// Close stops the background refresher, waits for it and for an operation
+// in progress (so a refresh that was sent still stores its rotated token),
+// and makes later operations fail at once without touching storage.
 func (c *Cache) Close() {
 	c.cancel()
 	<-c.done
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
 }
+
+// errClosed is returned by operations on a closed cache.
+var errClosed = errors.New("tokencache: cache closed")
 
 func (c *Cache) newSnapshot(rec *record, key *dpop.Key) *snapshot {
 	s := &snapshot{rec: *rec, key: key}
@@ -361,7 +368,12 @@ func (c *Cache) startFlightLocked() *call {
 func (c *Cache) runOp(op func(ctx context.Context) (*snapshot, error)) (*snapshot, error) {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.LockTimeout+2*c.cfg.CallTimeout)
+	if c.ctx.Err() != nil {
+		return nil, errClosed
+	}
+	// Not cancelled by Close: Close waits for this op instead, so a refresh
+	// that was sent always gets to store its rotated refresh token.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), c.cfg.LockTimeout+2*c.cfg.CallTimeout)
 	defer cancel()
 	return op(ctx)
 }
@@ -833,6 +845,9 @@ func (c *Cache) forgetLocked(ctx context.Context, rec *record, reason string) (*
 func (c *Cache) runOpCtx(ctx context.Context, op func(ctx context.Context) (*snapshot, error)) (*snapshot, error) {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
+	if c.ctx.Err() != nil {
+		return nil, errClosed
+	}
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LockTimeout+2*c.cfg.CallTimeout)
 	defer cancel()
 	return op(octx)

@@ -147,9 +147,15 @@ function mintRefreshToken(provider, req, res) {
       const accountId = 'test-user';
       const grant = new provider.Grant({ accountId, clientId });
       grant.addOIDCScope(scope);
+      // Consent to every resource server, as a login with resource
+      // indicators would, so refresh requests may name one.
+      for (const [resource, { scope: rscope }] of Object.entries(resources)) {
+        grant.addResourceScope(resource, rscope);
+      }
       const grantId = await grant.save();
       const rt = new provider.RefreshToken({
         accountId, client, grantId, scope, gty: 'authorization_code',
+        resource: Object.keys(resources).length === 1 ? Object.keys(resources)[0] : Object.keys(resources),
       });
       const value = await rt.save();
       res.writeHead(200, { 'content-type': 'application/json' });
