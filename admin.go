@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -147,13 +148,9 @@ func methodNotAllowed(r *http.Request, want string) error {
 	return e
 }
 
-// sessionStatus is a session's status as the admin API shows it.
-type sessionStatus struct {
-	tokencache.Status
-	Backend    string `json:"backend"`
-	BaseURL    string `json:"base_url"`
-	OTPPending bool   `json:"otp_pending,omitempty"`
-}
+// sessionStatus is a session's status as the admin API shows it; the type
+// lives with the CLI, the API's client, so both sides share one contract.
+type sessionStatus = cli.Status
 
 func statusOf(s *session) sessionStatus {
 	return sessionStatus{

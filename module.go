@@ -25,8 +25,6 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
-
-	_ "github.com/tokenwarden/caddy-inject-token/cli" // caddy inject-token …
 )
 
 func init() {

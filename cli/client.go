@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // DefaultAddress is the admin address used when neither --address nor the
@@ -34,33 +36,14 @@ func ResolveAddress(flagValue string) string {
 	return DefaultAddress
 }
 
-// Status is one session as GET /inject_token/sessions/{name} reports it. It
-// never holds a token, a refresh token or a private key.
+// Status is one session as GET /inject_token/sessions/{name} reports it:
+// the engine's status plus what the admin API adds. It never holds a
+// token, a refresh token or a private key.
 type Status struct {
-	Session      string         `json:"session"`
-	State        string         `json:"state"`
-	Reason       string         `json:"reason,omitempty"`
-	AutoLogin    bool           `json:"auto_login"`
-	Subject      string         `json:"sub,omitempty"`
-	SessionID    string         `json:"sid,omitempty"`
-	Scopes       []string       `json:"scopes,omitempty"`
-	TokenType    string         `json:"token_type,omitempty"`
-	ExpiresAt    *time.Time     `json:"expires_at,omitempty"`
-	SecondsLeft  int64          `json:"seconds_left"`
-	NextRefresh  *time.Time     `json:"next_refresh,omitempty"`
-	LastRefresh  *time.Time     `json:"last_refresh,omitempty"`
-	LastOutcome  string         `json:"last_outcome,omitempty"`
-	RefreshCount int64          `json:"refresh_count"`
-	AdoptCount   int64          `json:"adopt_count"`
-	WaitCount    int64          `json:"wait_count"`
-	LastError    string         `json:"last_error,omitempty"`
-	DPoPJKT      string         `json:"dpop_jkt,omitempty"`
-	DPoPAlg      string         `json:"dpop_alg,omitempty"`
-	TokenHeader  map[string]any `json:"token_header,omitempty"`
-	TokenClaims  map[string]any `json:"token_claims,omitempty"`
-	Backend      string         `json:"backend,omitempty"`
-	BaseURL      string         `json:"base_url,omitempty"`
-	OTPPending   bool           `json:"otp_pending,omitempty"`
+	tokencache.Status
+	Backend    string `json:"backend,omitempty"`
+	BaseURL    string `json:"base_url,omitempty"`
+	OTPPending bool   `json:"otp_pending,omitempty"`
 }
 
 // Device is one server-side session of the logged-in user, as listed by

@@ -94,8 +94,8 @@ func printStatus(w io.Writer, st *Status) {
 	if st.OTPPending {
 		row("otp login", "code sent, waiting for it (login --code)")
 	}
-	if st.DPoPJKT != "" {
-		row("dpop key", st.DPoPAlg+" jkt="+st.DPoPJKT)
+	if st.KeyThumbprint != "" {
+		row("dpop key", st.KeyAlgorithm+" jkt="+st.KeyThumbprint)
 	}
 	if st.Backend != "" || st.BaseURL != "" {
 		row("backend", strings.TrimSpace(st.Backend+" "+st.BaseURL))
@@ -121,7 +121,7 @@ func printStatusTable(w io.Writer, all []Status) {
 	for i := range all {
 		st := &all[i]
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", st.Session, orDash(st.State), orDash(st.Subject),
-			expires(st), lastRefresh(st), shortJKT(st.DPoPJKT))
+			expires(st), lastRefresh(st), shortJKT(st.KeyThumbprint))
 	}
 	tw.Flush()
 	for i := range all {

@@ -765,34 +765,20 @@ func (c *Cache) nextWake() (time.Time, bool) {
 // through the admin API), replacing the current one. It clears an
 // operator's logout.
 func (c *Cache) Login(ctx context.Context, login LoginFunc) error {
-	_, err := c.runOpCtx(ctx, func(ctx context.Context) (*snapshot, error) {
-		start := time.Now()
-		unlock, err := c.lock(ctx)
+	return c.lockedOp(ctx, func(ctx context.Context, rec *record, err error) (*snapshot, error) {
 		if err != nil {
-			return nil, err
-		}
-		defer unlock()
-		rec, err := c.store().load(ctx)
-		if err != nil {
-			rec = &record{State: StateLoggedOut}
+			rec = &record{State: StateLoggedOut} // a login replaces unreadable state
 		}
 		c.pending = nil
-		return c.loginLocked(ctx, rec, login, start)
+		return c.loginLocked(ctx, rec, login, time.Now())
 	})
-	return err
 }
 
 // Logout revokes the session at the server and clears local state. Automatic
 // login stays off until the next explicit Login. If the server cannot be
 // reached the local state is kept so the logout can be retried.
 func (c *Cache) Logout(ctx context.Context) error {
-	_, err := c.runOpCtx(ctx, func(ctx context.Context) (*snapshot, error) {
-		unlock, err := c.lock(ctx)
-		if err != nil {
-			return nil, err
-		}
-		defer unlock()
-		rec, err := c.store().load(ctx)
+	return c.lockedOp(ctx, func(ctx context.Context, rec *record, err error) (*snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
@@ -809,13 +795,23 @@ func (c *Cache) Logout(ctx context.Context) error {
 		}
 		return c.forgetLocked(ctx, rec, "logged out by operator")
 	})
-	return err
 }
 
 // Forget clears local state without calling the server (the session was
 // revoked by other means, e.g. /me/revoke target=mine). Automatic login
 // stays off until the next explicit Login.
 func (c *Cache) Forget(ctx context.Context, reason string) error {
+	return c.lockedOp(ctx, func(ctx context.Context, rec *record, err error) (*snapshot, error) {
+		if err != nil {
+			rec = &record{}
+		}
+		return c.forgetLocked(ctx, rec, reason)
+	})
+}
+
+// lockedOp runs an operator's operation: in-process op lock, storage lock,
+// then op with the stored record (or the error reading it).
+func (c *Cache) lockedOp(ctx context.Context, op func(ctx context.Context, rec *record, loadErr error) (*snapshot, error)) error {
 	_, err := c.runOpCtx(ctx, func(ctx context.Context) (*snapshot, error) {
 		unlock, err := c.lock(ctx)
 		if err != nil {
@@ -823,10 +819,7 @@ func (c *Cache) Forget(ctx context.Context, reason string) error {
 		}
 		defer unlock()
 		rec, err := c.store().load(ctx)
-		if err != nil {
-			rec = &record{}
-		}
-		return c.forgetLocked(ctx, rec, reason)
+		return op(ctx, rec, err)
 	})
 	return err
 }
