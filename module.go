@@ -169,6 +169,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		h.logger.Warn("metrics unavailable", zap.Error(err))
 	}
+	// Loading the app makes Caddy start it with this config, which starts
+	// the background refresher; validation never starts apps.
+	if _, err := ctx.App("inject_token"); err != nil {
+		return err
+	}
 	s, err := acquireSession(ctx, h.Session, set, h.logger)
 	if err != nil {
 		return err

@@ -114,6 +114,13 @@ type builtWith struct {
 	keyAlg        dpop.Algorithm
 }
 
+// start starts the session's background refresher (see App).
+func (s *session) start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cache().Start()
+}
+
 // cache returns the session's token cache.
 func (s *session) cache() *tokencache.Cache { return s.tc.Load() }
 
@@ -234,6 +241,9 @@ func (s *session) applyLocked() error {
 	c, err := tokencache.New(cfg)
 	if err != nil {
 		return err
+	}
+	if old != nil && old.Started() {
+		c.Start()
 	}
 	s.tc.Store(c)
 	s.built = want

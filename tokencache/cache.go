@@ -142,6 +142,9 @@ type Cache struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	startOnce sync.Once
+	started   atomic.Bool
 }
 
 // snapshot is an immutable view of the session for lock-free readers.
@@ -161,8 +164,8 @@ type call struct {
 	err  error
 }
 
-// New loads the session from storage (no network calls) and starts the
-// background refresher. Close stops it.
+// New loads the session from storage (no network calls). Start starts the
+// background refresher; Close stops it.
 func New(cfg Config) (*Cache, error) {
 	if cfg.Name == "" || cfg.Storage == nil || cfg.Backend == nil {
 		return nil, errors.New("tokencache: Name, Storage and Backend are required")
@@ -204,9 +207,22 @@ func New(cfg Config) (*Cache, error) {
 		}
 	}
 	c.snap.Store(c.newSnapshot(rec, key))
-	go c.loop()
 	return c, nil
 }
+
+// Start starts the background refresher (and automatic login). Until then
+// tokens are still refreshed, but only when a caller finds them expired.
+// Separate from New so that loading a config only to validate it never
+// talks to the token server. Start is idempotent.
+func (c *Cache) Start() {
+	c.startOnce.Do(func() {
+		c.started.Store(true)
+		go c.loop()
+	})
+}
+
+// Started reports whether Start was called.
+func (c *Cache) Started() bool { return c.started.Load() }
 
 // SetStorage points the cache at a new storage (a config reload hands out a
 // new instance; the old one may be closed).
@@ -241,7 +257,10 @@ func (c *Cache) current() *snapshot { return c.snap.Load() }
 // and makes later operations fail at once without touching storage.
 func (c *Cache) Close() {
 	c.cancel()
-	<-c.done
+	c.startOnce.Do(func() { close(c.done) }) // never started: nothing to wait for
+	if c.started.Load() {
+		<-c.done
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 }

@@ -60,6 +60,7 @@ func (e *env) cache(mod func(*tokencache.Config)) *tokencache.Cache {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	c.Start()
 	e.t.Cleanup(c.Close)
 	return c
 }

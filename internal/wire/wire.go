@@ -1,0 +1,228 @@
+// Package wire is the HTTP exchange plumbing shared by the token-server
+// clients (package prelude and package oauth): sending one request while
+// noting whether it was fully written, reading the answer with a bounded
+// body, the HTTP client that never follows a redirected POST, and turning
+// what came back into safe error text and hints (Retry-After, a JWT's
+// claims).
+//
+// It knows nothing about either protocol: which status or error code means
+// what, when to retry, and how the Date header corrects clocks stay with
+// each client, because those differ.
+package wire
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+)
+
+// NoPostRedirects returns a copy of hc (or, when hc is nil, a client with
+// the given overall timeout) whose redirect policy hands the first redirect
+// of a non-GET request back as the response instead of following it: a
+// redirected POST would either be re-sent as a GET or carry its credentials
+// to another URL. GET redirects are followed as hc would (at most 10 when
+// hc has no policy of its own).
+func NoPostRedirects(hc *http.Client, timeout time.Duration) *http.Client {
+	cp := http.Client{Timeout: timeout}
+	if hc != nil {
+		cp = *hc
+	}
+	next := cp.CheckRedirect
+	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		switch {
+		case via[0].Method != http.MethodGet:
+			return http.ErrUseLastResponse
+		case next != nil:
+			return next(req, via)
+		case len(via) >= 10:
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cp
+}
+
+// Reply is a received response with its body already read and closed.
+type Reply struct {
+	Status int
+	Header http.Header
+	// Body is the whole body, or nil when BodyErr is set.
+	Body []byte
+	// BodyErr is the error reading the body, ErrTooLarge for one over the
+	// limit. The status and headers are still valid.
+	BodyErr error
+	// SentAt is the local time just before the request was sent; ReceivedAt
+	// the local time its response headers had arrived.
+	SentAt, ReceivedAt time.Time
+	// Date is the response's Date header, zero when absent or unparseable.
+	Date time.Time
+}
+
+// Do sends req with hc and reads the response body, at most limit bytes.
+// observe, when non-nil, sees the response before its body is read (e.g.
+// dpop.NonceStore.Observe).
+//
+// When hc fails, Do returns the error unchanged and written reports whether
+// the request had been fully written (httptrace WroteRequest) before the
+// failure: if not, the server cannot have acted on it; if so, it may have.
+// written is sticky: a later failed write does not unsend the request. On
+// success written is true.
+func Do(hc *http.Client, req *http.Request, limit int64, observe func(*http.Response)) (rep *Reply, written bool, err error) {
+	var wrote atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) {
+			if i.Err == nil {
+				wrote.Store(true)
+			}
+		},
+	}))
+	sentAt := time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, wrote.Load(), err
+	}
+	defer resp.Body.Close()
+	rep = &Reply{Status: resp.StatusCode, Header: resp.Header, SentAt: sentAt, ReceivedAt: time.Now()}
+	if date, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		rep.Date = date
+	}
+	if observe != nil {
+		observe(resp)
+	}
+	rep.Body, rep.BodyErr = readBounded(resp.Body, limit)
+	return rep, true, nil
+}
+
+// ErrTooLarge is Reply.BodyErr for a body over the limit. Both clients
+// call their limit option MaxResponseBytes.
+var ErrTooLarge = errors.New("response body exceeds MaxResponseBytes")
+
+// readBounded reads at most limit bytes; one byte more is ErrTooLarge, so a
+// huge or endless body never gets buffered.
+func readBounded(r io.Reader, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	switch {
+	case err != nil:
+		return nil, err
+	case int64(len(b)) > limit:
+		return nil, ErrTooLarge
+	}
+	return b, nil
+}
+
+// MaxTextRunes bounds server text copied into errors (and so into logs).
+const MaxTextRunes = 200
+
+// Scrub makes server- or library-provided text safe for an error string and
+// a log line: every non-empty secret is replaced by "[redacted]", control
+// characters (log injection) become spaces, the result is cut to
+// MaxTextRunes runes (marked by "…") and trimmed.
+func Scrub(s string, secrets []string) string {
+	for _, sec := range secrets {
+		if sec != "" {
+			s = strings.ReplaceAll(s, sec, "[redacted]")
+		}
+	}
+	out := make([]rune, 0, min(len(s), MaxTextRunes+1))
+	for _, r := range s {
+		if len(out) == MaxTextRunes {
+			out = append(out, '…')
+			break
+		}
+		if unicode.IsControl(r) {
+			r = ' '
+		}
+		out = append(out, r)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// RetryAfter reads a Retry-After header as delay-seconds or an HTTP-date.
+// An HTTP-date is measured against the server's own Date header when
+// present (else localNow), so local clock skew does not distort it. The
+// result is capped at limit, so a garbage value cannot park a caller for
+// years or overflow a Duration; absent, negative or unparseable values and
+// dates in the past yield 0.
+func RetryAfter(h http.Header, localNow time.Time, limit time.Duration) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0
+		}
+		if secs > int64(limit/time.Second) {
+			return limit
+		}
+		d = time.Duration(secs) * time.Second
+	} else if at, err := http.ParseTime(v); err == nil {
+		ref := localNow
+		if date, err := http.ParseTime(h.Get("Date")); err == nil {
+			ref = date
+		}
+		d = at.Sub(ref)
+	}
+	return min(max(d, 0), limit)
+}
+
+// JWTClaims decodes the payload of a compact JWS (three dot-separated
+// parts) into claims, WITHOUT verifying anything: it is for scheduling
+// (reading exp to know when to refresh), never for trusting a token. It
+// reports whether the payload was base64url JSON that unmarshalled into
+// claims.
+func JWTClaims(token string, claims any) bool {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return false
+	}
+	return json.Unmarshal(payload, claims) == nil
+}
+
+// ErrorText is the text of a client's error, formatted by String as
+// "<Pkg>: <Op>: HTTP <Status> <Code>: <Texts…> (retry after <Retry>)
+// (<Kind>)", leaving out a zero Status, an empty Code, empty Texts and a
+// zero Retry. Every part must already be scrubbed.
+type ErrorText struct {
+	Pkg, Op string
+	Status  int
+	Code    string
+	Texts   []string
+	Retry   time.Duration
+	Kind    string
+}
+
+func (t ErrorText) String() string {
+	var b strings.Builder
+	b.WriteString(t.Pkg + ": " + t.Op)
+	if t.Status != 0 {
+		fmt.Fprintf(&b, ": HTTP %d", t.Status)
+	}
+	if t.Code != "" {
+		b.WriteString(" " + t.Code)
+	}
+	for _, s := range t.Texts {
+		if s != "" {
+			b.WriteString(": " + s)
+		}
+	}
+	if t.Retry > 0 {
+		fmt.Fprintf(&b, " (retry after %s)", t.Retry)
+	}
+	fmt.Fprintf(&b, " (%s)", t.Kind)
+	return b.String()
+}
