@@ -56,7 +56,7 @@ func (cl *Client) StartOTP(ctx context.Context, id Identifier) (verificationToke
 	if err != nil {
 		return "", err
 	}
-	tok := rep.header.Get(headerVerificationToken)
+	tok := rep.Header.Get(headerVerificationToken)
 	if tok == "" {
 		return "", c.malformed(rep, "no "+headerVerificationToken+" header")
 	}

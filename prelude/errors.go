@@ -2,12 +2,10 @@ package prelude
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"time"
-	"unicode"
+
+	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 )
 
 // Kind says what a caller should do about an Error. It is decided once,
@@ -80,27 +78,14 @@ type Error struct {
 }
 
 // Error formats as "prelude: <op>: HTTP <status> <code>: <message>: <cause>
-// (<kind>)", leaving out parts that are empty.
+// (<kind>)", leaving out parts that are empty. The code is shown only with
+// a status.
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("prelude: ")
-	b.WriteString(e.Op)
+	t := wire.ErrorText{Pkg: "prelude", Op: e.Op, Status: e.Status, Texts: []string{e.Message, e.detail}, Retry: e.RetryDelay, Kind: e.Kind.String()}
 	if e.Status != 0 {
-		fmt.Fprintf(&b, ": HTTP %d", e.Status)
-		if e.Code != "" {
-			b.WriteString(" " + e.Code)
-		}
+		t.Code = e.Code
 	}
-	for _, s := range []string{e.Message, e.detail} {
-		if s != "" {
-			b.WriteString(": " + s)
-		}
-	}
-	if e.RetryDelay > 0 {
-		fmt.Fprintf(&b, " (retry after %s)", e.RetryDelay)
-	}
-	fmt.Fprintf(&b, " (%s)", e.Kind)
-	return b.String()
+	return t.String()
 }
 
 // Unwrap returns the underlying cause (a transport, context or decoding
@@ -147,7 +132,8 @@ func classify(status int, code string) Kind {
 // envelope extracts code and message from an error body. Prelude sends
 // {"code","message"}; one SDK fixture uses "display_message"; RFC 6749
 // style {"error","error_description"} is accepted as a fallback. Anything
-// that is not a JSON object yields empty strings.
+// that is not a JSON object yields empty strings. (oauth's errorBody reads
+// only the RFC 6749 names, so the two are kept apart.)
 func envelope(body []byte) (code, message string) {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(body, &m) != nil {
@@ -165,61 +151,6 @@ func envelope(body []byte) (code, message string) {
 	return pick("code", "error"), pick("message", "display_message", "error_description")
 }
 
-// maxMessageRunes bounds server text copied into errors (and so into logs).
-const maxMessageRunes = 200
-
-// scrub makes server- or library-provided text safe for an error string:
-// every secret the request carried is replaced, control characters (log
-// injection) are dropped, and the result is truncated.
-func scrub(s string, secrets []string) string {
-	for _, sec := range secrets {
-		if sec != "" {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	var b strings.Builder
-	n := 0
-	for _, r := range s {
-		if n == maxMessageRunes {
-			b.WriteString("…")
-			break
-		}
-		if unicode.IsControl(r) {
-			r = ' '
-		}
-		b.WriteRune(r)
-		n++
-	}
-	return strings.TrimSpace(b.String())
-}
-
 // maxRetryAfter caps a server's Retry-After so a garbage value cannot park
 // a caller for years (or overflow a Duration).
 const maxRetryAfter = 24 * time.Hour
-
-// retryAfter parses Retry-After as delay-seconds or an HTTP-date. An
-// HTTP-date is measured against the server's own Date header when present,
-// so local clock skew does not distort it. Garbage yields 0.
-func retryAfter(h http.Header, localNow time.Time) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	var d time.Duration
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs < 0 {
-			return 0
-		}
-		if secs > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		d = time.Duration(secs) * time.Second
-	} else if at, err := http.ParseTime(v); err == nil {
-		ref := localNow
-		if date, err := http.ParseTime(h.Get("Date")); err == nil {
-			ref = date
-		}
-		d = at.Sub(ref)
-	}
-	return min(max(d, 0), maxRetryAfter)
-}

@@ -2,12 +2,13 @@ package prelude
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 )
 
 // Tokens is the result of Finalize and Refresh. Its String, GoString and
@@ -70,7 +71,7 @@ func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 	if err := c.decode(rep, &body); err != nil {
 		return nil, err
 	}
-	t := &Tokens{AccessToken: body.AccessToken, RefreshToken: rep.header.Get(headerRefreshToken)}
+	t := &Tokens{AccessToken: body.AccessToken, RefreshToken: rep.Header.Get(headerRefreshToken)}
 	if t.AccessToken == "" {
 		return nil, c.malformed(rep, "no access_token")
 	}
@@ -87,7 +88,7 @@ func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 		}
 	}
 	t.ExpiresAt = exp.Add(rep.skew)
-	if rexp, ok := parseTimeString(rep.header.Get(headerRefreshTokenExpiresAt)); ok {
+	if rexp, ok := parseTimeString(rep.Header.Get(headerRefreshTokenExpiresAt)); ok {
 		t.RefreshExpiresAt = rexp.Add(rep.skew)
 	}
 	return t, nil
@@ -122,20 +123,13 @@ func parseTimeString(s string) (time.Time, bool) {
 }
 
 // jwtExpiry reads the exp claim of a JWT without verifying it: it is used
-// only to schedule the next refresh, never to trust the token.
+// only to schedule the next refresh, never to trust the token. exp may be
+// in any form parseTimestamp accepts (oauth's jwtExp takes only a number).
 func jwtExpiry(token string) (time.Time, bool) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
 	var claims struct {
 		Exp json.RawMessage `json:"exp"`
 	}
-	if json.Unmarshal(payload, &claims) != nil {
+	if !wire.JWTClaims(token, &claims) {
 		return time.Time{}, false
 	}
 	return parseTimestamp(claims.Exp)
