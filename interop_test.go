@@ -189,6 +189,17 @@ func TestResourceServerNonce(t *testing.T) {
 	if got := rs.Stats()[interop.ReasonAccepted]; got != 2 {
 		t.Fatalf("accepted = %d, want 2", got)
 	}
+	// GET: first proof + the transport's nonce retry; POST: the proof that
+	// used the learned nonce. Every attempt had a proof of its own.
+	_, _, metrics := do(t, http.DefaultClient, http.MethodGet, adminURL+"/metrics", nil)
+	for _, want := range []string{
+		`caddy_inject_token_dpop_proofs_total{kind="first",session="rs-nonce"} 2`,
+		`caddy_inject_token_dpop_proofs_total{kind="nonce_retry",session="rs-nonce"} 1`,
+	} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }
 
 // TestBearerFromSameServer: with dpop off the same server issues Bearer
@@ -268,5 +279,32 @@ func TestRefreshTokenGrantThroughCLI(t *testing.T) {
 	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/rt-grant", nil)
 	if err := json.Unmarshal(body, &st); err != nil || st.Backend != "oauth2" || st.State != "active" || st.Count != 2 {
 		t.Fatalf("status %s", body)
+	}
+}
+
+// TestResourceServerNonceOnBody: the first request to a nonce-demanding
+// upstream has a body, which the transport cannot replay; the handler,
+// which buffered it, retries once with the same token and the learned nonce.
+func TestResourceServerNonceOnBody(t *testing.T) {
+	p := provider(t, false)
+	opts := rsOptions(p)
+	opts.RequireNonce = true
+	rs := interop.StartResourceServer(t, opts)
+	tester := startOAuthGateway(t, oauthGateway{
+		storage: t.TempDir(), session: "rs-nonce-body", issuer: p.Issuer,
+		upstreams: []string{rs.URL}, transport: true,
+	})
+	status, a := getRS(t, tester, http.MethodPost, "/create", `{"name":"x"}`)
+	if status != http.StatusOK || a.Method != http.MethodPost {
+		t.Fatalf("POST: status %d, stats %v", status, rs.Stats())
+	}
+	st := rs.Stats()
+	if st[interop.ReasonNonceChallenge] != 1 || st[interop.ReasonAccepted] != 1 || len(st) != 2 {
+		t.Fatalf("resource server saw %v, want one nonce challenge then one accepted request", st)
+	}
+	// The nonce challenge is not a token rejection: no refresh happened.
+	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/rs-nonce-body", nil)
+	if !bytes.Contains(body, []byte(`"refresh_count":0`)) {
+		t.Fatalf("status after a nonce challenge: %s", body)
 	}
 }

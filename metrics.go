@@ -32,6 +32,13 @@ var (
 		Help:      "Requests handled by inject_token by session and result (injected, unavailable, retried_401).",
 	}, []string{"session", "result"})
 
+	proofsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "inject_token",
+		Name:      "dpop_proofs_total",
+		Help:      "DPoP proofs signed by the inject_token transport for upstream requests, by session and kind (first, nonce_retry).",
+	}, []string{"session", "kind"})
+
 	expiryDesc = prometheus.NewDesc(
 		"caddy_inject_token_token_expiry_timestamp_seconds",
 		"Unix time at which the session's current access token expires (absent when it has none).",
@@ -63,7 +70,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{refreshTotal, requestsTotal, expiry} {
+	for _, c := range []prometheus.Collector{refreshTotal, requestsTotal, proofsTotal, expiry} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -84,4 +91,9 @@ func observeRefresh(name string) func(outcome string, d time.Duration) {
 // countRequest counts one request's result.
 func countRequest(session, result string) {
 	requestsTotal.WithLabelValues(session, result).Inc()
+}
+
+// countProof counts one DPoP proof the transport signed.
+func countProof(session, kind string) {
+	proofsTotal.WithLabelValues(session, kind).Inc()
 }

@@ -131,18 +131,18 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Header.Set("Authorization", "Bearer "+cred.tok.Value)
 		return t.HTTPTransport.RoundTrip(out)
 	}
-	resp, err := t.attempt(req, cred)
+	resp, err := t.attempt(req, cred, "first")
 	if err != nil || !nonceChallenge(resp) || !bodiless(req) {
 		return resp, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	return t.attempt(req, cred)
+	return t.attempt(req, cred, "nonce_retry")
 }
 
 // attempt signs a fresh proof for req as it will be sent and sends a copy
 // (the RoundTripper contract forbids changing the caller's request).
-func (t *Transport) attempt(req *http.Request, cred *credential) (*http.Response, error) {
+func (t *Transport) attempt(req *http.Request, cred *credential, kind string) (*http.Response, error) {
 	htu := t.htu(req)
 	proof, err := cred.key.ProofForURL(req.Method, htu, dpop.ProofOptions{
 		AccessToken: cred.tok.Value,
@@ -155,6 +155,7 @@ func (t *Transport) attempt(req *http.Request, cred *credential) (*http.Response
 	out.Header.Set("Authorization", "DPoP "+cred.tok.Value)
 	out.Header.Set("DPoP", proof)
 	cred.signed.Store(true)
+	countProof(cred.session, kind)
 	resp, err := t.HTTPTransport.RoundTrip(out)
 	if resp != nil {
 		cred.nonces.Set(htu, resp.Header.Get("DPoP-Nonce"))

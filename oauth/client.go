@@ -5,9 +5,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 )
 
 // Defaults applied by New for zero Config fields.
@@ -160,7 +159,7 @@ func New(cfg Config) (*Client, error) {
 			cfg.Auth = AuthNone
 		}
 	}
-	c := &Client{endpoint: u, hc: noPostRedirects(cfg.HTTPClient), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes}
+	c := &Client{endpoint: u, hc: wire.NoPostRedirects(cfg.HTTPClient, DefaultTimeout), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes}
 	switch cfg.Auth {
 	case AuthBasic, AuthPost:
 		if cfg.ClientSecret == "" {
@@ -226,29 +225,6 @@ func (c *Client) String() string {
 // GoString is String, so %#v cannot print the secret.
 func (c *Client) GoString() string { return c.String() }
 
-// noPostRedirects returns a copy of hc (or a default client) that hands a
-// redirect of a non-GET request back as the response instead of following
-// it.
-func noPostRedirects(hc *http.Client) *http.Client {
-	cp := http.Client{Timeout: DefaultTimeout}
-	if hc != nil {
-		cp = *hc
-	}
-	next := cp.CheckRedirect
-	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		switch {
-		case via[0].Method != http.MethodGet:
-			return http.ErrUseLastResponse
-		case next != nil:
-			return next(req, via)
-		case len(via) >= 10:
-			return errors.New("stopped after 10 redirects")
-		}
-		return nil
-	}
-	return &cp
-}
-
 // exchange is one POST to the token or revocation endpoint.
 type exchange struct {
 	op     string
@@ -261,21 +237,18 @@ type exchange struct {
 	secrets []string
 }
 
-// response is a received response with its body read (bounded).
+// response is a received response with its body read (bounded); SentAt
+// is when the request was started, on the local clock.
 type response struct {
-	status  int
-	header  http.Header
-	body    []byte
-	bodyErr error
-	sentAt  time.Time     // when the request was started, local clock
-	skew    time.Duration // localNow − serverDate; 0 when under 1 s or unknown
+	*wire.Reply
+	skew time.Duration // localNow − serverDate; 0 when under 1 s or unknown
 }
 
 // fail builds an Error for x; cause may be nil.
 func (x *exchange) fail(kind Kind, status int, cause error) *Error {
 	e := &Error{Op: x.op, Status: status, Kind: kind, err: cause}
 	if cause != nil {
-		e.detail = sanitize(cause.Error(), x.secrets)
+		e.detail = wire.Scrub(cause.Error(), x.secrets)
 	}
 	return e
 }
@@ -297,32 +270,32 @@ func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
-		if resp.status >= 200 && resp.status < 300 {
+		if resp.Status >= 200 && resp.Status < 300 {
 			return resp, nil
 		}
 		var code, desc string
-		if resp.bodyErr == nil {
-			code, desc = errorBody(resp.body)
+		if resp.BodyErr == nil {
+			code, desc = errorBody(resp.Body)
 		}
-		if code == codeUseDPoPNonce && x.key != nil && attempt == 0 && resp.header.Get("DPoP-Nonce") != "" {
+		if code == codeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
 			continue // send stored the nonce; the next proof carries it
 		}
-		e := x.fail(classify(resp.status, code), resp.status, nil)
-		e.Code = sanitize(code, x.secrets)
-		e.Description = sanitize(desc, x.secrets)
-		if resp.status >= 300 && resp.status < 400 {
+		e := x.fail(classify(resp.Status, code), resp.Status, nil)
+		e.Code = wire.Scrub(code, x.secrets)
+		e.Description = wire.Scrub(desc, x.secrets)
+		if resp.Status >= 300 && resp.Status < 400 {
 			e.detail = "unexpected redirect (not followed for a POST)"
 		}
-		if resp.status == http.StatusTooManyRequests || resp.status == http.StatusServiceUnavailable {
-			e.RetryDelay = parseRetryAfter(resp.header, time.Now())
+		if resp.Status == http.StatusTooManyRequests || resp.Status == http.StatusServiceUnavailable {
+			e.RetryDelay = wire.RetryAfter(resp.Header, time.Now(), retryAfterCap)
 		}
 		return nil, e
 	}
 }
 
 // send performs one HTTP exchange. Transport errors are classified by
-// whether the request was fully written (httptrace WroteRequest): before
-// that the server cannot have acted on it.
+// whether the request was fully written (see wire.Do): before that the
+// server cannot have acted on it.
 func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 	form, header, err := x.form()
 	if err != nil {
@@ -352,39 +325,31 @@ func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 		req.Header.Set("DPoP", proof)
 	}
 
-	var wrote atomic.Bool
-	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		WroteRequest: func(i httptrace.WroteRequestInfo) {
-			if i.Err == nil {
-				wrote.Store(true) // sticky: a later failed write does not unsend it
-			}
-		},
-	}))
-	sentAt := time.Now()
-	hr, err := c.hc.Do(req)
+	r, written, err := wire.Do(c.hc, req, c.maxBody, c.nonces.Observe)
 	if err != nil {
 		kind := KindTransient
-		if wrote.Load() {
+		if written {
 			kind = x.lost()
 		}
 		return nil, x.fail(kind, 0, err)
 	}
-	defer hr.Body.Close()
-	c.nonces.Observe(hr)
-	resp := &response{status: hr.StatusCode, header: hr.Header, sentAt: sentAt, skew: c.observeDate(hr.Header)}
-	resp.body, resp.bodyErr = readLimited(hr.Body, c.maxBody)
-	return resp, nil
+	return &response{Reply: r, skew: c.observeDate(r)}, nil
 }
 
 // observeDate records the server's clock offset from its Date header and
 // returns it (0 when absent or under a second: Date has one-second
 // resolution, so smaller differences are rounding).
-func (c *Client) observeDate(h http.Header) time.Duration {
-	date, err := http.ParseTime(h.Get("Date"))
-	if err != nil {
+//
+// This is deliberately not prelude's clockSkew, which centres the estimate
+// in Date's one-second window: the two differ by about half a second (and
+// so near the 1 s cut-off), and sharing one would move this client's proof
+// iat and JWT-based expiries. Unifying them is a behaviour change, not a
+// refactoring.
+func (c *Client) observeDate(r *wire.Reply) time.Duration {
+	if r.Date.IsZero() {
 		return 0
 	}
-	skew := time.Since(date)
+	skew := r.ReceivedAt.Sub(r.Date)
 	if skew.Abs() < time.Second {
 		skew = 0
 	}
@@ -396,20 +361,4 @@ func (c *Client) observeDate(h http.Header) time.Duration {
 // and assertion iat.
 func (c *Client) serverNow() time.Time {
 	return time.Now().Add(-time.Duration(c.skew.Load()))
-}
-
-// errBodyTooLarge is the body error for a response over MaxResponseBytes.
-var errBodyTooLarge = errors.New("response body exceeds MaxResponseBytes")
-
-// readLimited reads at most limit bytes; one byte more is an error, so a
-// huge or endless body is never buffered.
-func readLimited(r io.Reader, limit int64) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, limit+1))
-	switch {
-	case err != nil:
-		return nil, err
-	case int64(len(b)) > limit:
-		return nil, errBodyTooLarge
-	}
-	return b, nil
 }

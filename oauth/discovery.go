@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 )
 
 // metadata is the part of the authorization server metadata (RFC 8414
@@ -91,7 +93,7 @@ func wellKnown(u *url.URL) []*url.URL {
 
 func (c *Client) discover(ctx context.Context) (*metadata, error) {
 	fail := func(kind Kind, status int, cause error) *Error {
-		return &Error{Op: "discover", Status: status, Kind: kind, err: cause, detail: sanitize(cause.Error(), nil)}
+		return &Error{Op: "discover", Status: status, Kind: kind, err: cause, detail: wire.Scrub(cause.Error(), nil)}
 	}
 	if looksLikeTokenEndpoint(c.endpoint) {
 		return &metadata{token: c.endpoint}, nil
@@ -138,17 +140,15 @@ func (c *Client) get(ctx context.Context, u *url.URL) ([]byte, int, error) {
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.cfg.UserAgent)
-	resp, err := c.hc.Do(req)
+	// Nothing is spent by a GET, so whether it was written does not matter.
+	rep, _, err := wire.Do(c.hc, req, c.maxBody, c.nonces.Observe)
 	if err != nil {
 		return nil, 0, err
 	}
-	defer resp.Body.Close()
-	c.nonces.Observe(resp)
-	body, err := readLimited(resp.Body, c.maxBody)
-	if err != nil && resp.StatusCode == http.StatusOK {
-		return nil, resp.StatusCode, err
+	if rep.BodyErr != nil && rep.Status == http.StatusOK {
+		return nil, rep.Status, rep.BodyErr
 	}
-	return body, resp.StatusCode, nil
+	return rep.Body, rep.Status, nil
 }
 
 func (c *Client) parseMetadata(body []byte) (*metadata, error) {
@@ -161,7 +161,7 @@ func (c *Client) parseMetadata(body []byte) (*metadata, error) {
 		return nil, errNotMetadata
 	}
 	if strings.TrimRight(doc.Issuer, "/") != strings.TrimRight(c.cfg.Endpoint, "/") {
-		return nil, fmt.Errorf("metadata issuer %q does not match %q", sanitize(doc.Issuer, nil), c.endpoint.Redacted())
+		return nil, fmt.Errorf("metadata issuer %q does not match %q", wire.Scrub(doc.Issuer, nil), c.endpoint.Redacted())
 	}
 	m := &metadata{issuer: doc.Issuer}
 	var err error

@@ -3,13 +3,10 @@ package oauth
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"time"
-	"unicode"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -98,24 +95,7 @@ type Error struct {
 // Error formats as "oauth: <op>: HTTP <status> <code>: <description>:
 // <cause> (<kind>)", leaving out parts that are empty.
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("oauth: " + e.Op)
-	if e.Status != 0 {
-		fmt.Fprintf(&b, ": HTTP %d", e.Status)
-	}
-	if e.Code != "" {
-		b.WriteString(" " + e.Code)
-	}
-	for _, s := range []string{e.Description, e.detail} {
-		if s != "" {
-			b.WriteString(": " + s)
-		}
-	}
-	if e.RetryDelay > 0 {
-		fmt.Fprintf(&b, " (retry after %s)", e.RetryDelay)
-	}
-	fmt.Fprintf(&b, " (%s)", e.Kind)
-	return b.String()
+	return wire.ErrorText{Pkg: "oauth", Op: e.Op, Status: e.Status, Code: e.Code, Texts: []string{e.Description, e.detail}, Retry: e.RetryDelay, Kind: e.Kind.String()}.String()
 }
 
 // Unwrap returns the underlying cause (a transport, context or decoding
@@ -174,6 +154,8 @@ func classify(status int, code string) Kind {
 
 // errorBody extracts error and error_description from an OAuth error
 // response. Anything that is not a JSON object yields empty strings.
+// (prelude's envelope also reads Prelude's own names, so the two are kept
+// apart.)
 func errorBody(body []byte) (code, description string) {
 	var m struct {
 		Error       any `json:"error"`
@@ -187,53 +169,6 @@ func errorBody(body []byte) (code, description string) {
 	return code, description
 }
 
-// maxTextRunes bounds server text copied into errors (and so into logs).
-const maxTextRunes = 200
-
-// sanitize makes server- or library-provided text safe for an error string
-// and a log line: each secret is replaced, control characters (log
-// injection) become spaces, and the result is truncated.
-func sanitize(s string, secrets []string) string {
-	for _, sec := range secrets {
-		if sec != "" {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	out := make([]rune, 0, min(len(s), maxTextRunes+1))
-	for _, r := range s {
-		if len(out) == maxTextRunes {
-			out = append(out, '…')
-			break
-		}
-		if unicode.IsControl(r) {
-			r = ' '
-		}
-		out = append(out, r)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // retryAfterCap keeps a garbage Retry-After from parking a session for
 // years (or overflowing a Duration).
 const retryAfterCap = time.Hour
-
-// parseRetryAfter reads Retry-After as delay-seconds or an HTTP-date
-// (measured against the server's Date header when present, so local clock
-// skew does not distort it). Absent or garbage yields 0.
-func parseRetryAfter(h http.Header, localNow time.Time) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
-		return min(time.Duration(secs)*time.Second, retryAfterCap)
-	}
-	at, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	if date, err := http.ParseTime(h.Get("Date")); err == nil {
-		localNow = date
-	}
-	return min(max(at.Sub(localNow), 0), retryAfterCap)
-}

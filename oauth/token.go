@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -126,13 +127,13 @@ type tokenResponse struct {
 // server accepted the request and may have rotated the refresh token.
 func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, error) {
 	bad := func(what string) error {
-		return x.fail(x.lost(), resp.status, errors.New("malformed token response: "+what))
+		return x.fail(x.lost(), resp.Status, errors.New("malformed token response: "+what))
 	}
-	if resp.bodyErr != nil {
-		return nil, x.fail(x.lost(), resp.status, resp.bodyErr)
+	if resp.BodyErr != nil {
+		return nil, x.fail(x.lost(), resp.Status, resp.BodyErr)
 	}
 	var tr tokenResponse
-	if err := json.Unmarshal(resp.body, &tr); err != nil {
+	if err := json.Unmarshal(resp.Body, &tr); err != nil {
 		return nil, bad("body is not a JSON object")
 	}
 	x.secrets = append(x.secrets, tr.AccessToken, tr.RefreshToken)
@@ -148,17 +149,17 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, err
 	default:
 		// An unknown or missing type cannot be presented correctly: a
 		// DPoP-bound token sent as Bearer is rejected, and vice versa.
-		return nil, bad("token_type " + sanitize(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
+		return nil, bad("token_type " + wire.Scrub(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
 	}
 	if d, ok := seconds(tr.ExpiresIn); ok {
-		g.Expiry = resp.sentAt.Add(d)
+		g.Expiry = resp.SentAt.Add(d)
 	} else if exp, ok := jwtExp(tr.AccessToken); ok {
 		g.Expiry = exp.Add(resp.skew)
 	} else {
-		g.Expiry = resp.sentAt.Add(c.cfg.DefaultExpiresIn)
+		g.Expiry = resp.SentAt.Add(c.cfg.DefaultExpiresIn)
 	}
 	if d, ok := seconds(tr.RefreshExpiresIn); ok && tr.RefreshToken != "" {
-		g.RefreshExpiry = resp.sentAt.Add(d)
+		g.RefreshExpiry = resp.SentAt.Add(d)
 	}
 	return g, nil
 }
@@ -179,20 +180,14 @@ func seconds(raw json.RawMessage) (time.Duration, bool) {
 }
 
 // jwtExp reads the exp claim of a JWT without verifying it: it only
-// schedules the next refresh and is never trusted for anything else.
+// schedules the next refresh and is never trusted for anything else. exp
+// must be a JSON number (prelude's jwtExpiry also takes strings, as
+// Prelude's API once sent them) and is truncated to the second.
 func jwtExp(token string) (time.Time, bool) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
 	var claims struct {
 		Exp float64 `json:"exp"`
 	}
-	if json.Unmarshal(payload, &claims) != nil || !(claims.Exp > 0 && claims.Exp < 1e11) {
+	if !wire.JWTClaims(token, &claims) || !(claims.Exp > 0 && claims.Exp < 1e11) {
 		return time.Time{}, false
 	}
 	return time.Unix(int64(claims.Exp), 0), true
