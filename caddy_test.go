@@ -583,15 +583,19 @@ func TestReloadKeepsSession(t *testing.T) {
 
 // TestCaddyfileAdapt compares the adapted JSON with testdata.
 func TestCaddyfileAdapt(t *testing.T) {
-	in, err := os.ReadFile("testdata/adapt.caddyfile")
-	if err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"adapt", "adapt_oauth2"} {
+		t.Run(name, func(t *testing.T) {
+			in, err := os.ReadFile("testdata/" + name + ".caddyfile")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile("testdata/" + name + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			caddytest.AssertAdapt(t, string(in), "caddyfile", strings.TrimRight(string(want), "\n"))
+		})
 	}
-	want, err := os.ReadFile("testdata/adapt.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	caddytest.AssertAdapt(t, string(in), "caddyfile", strings.TrimRight(string(want), "\n"))
 }
 
 // TestUnmarshalCaddyfile: the parsed fields, and errors that name the line
