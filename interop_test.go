@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/interop"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // These tests put a real Caddy with inject_token (oauth2 backend) and the
@@ -306,5 +307,16 @@ func TestResourceServerNonceOnBody(t *testing.T) {
 	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/rs-nonce-body", nil)
 	if !bytes.Contains(body, []byte(`"refresh_count":0`)) {
 		t.Fatalf("status after a nonce challenge: %s", body)
+	}
+}
+
+// The request variable that carries the token to the transport prints
+// without the token, whatever a config does with {http.vars.*}.
+func TestCredentialPrintsNoSecret(t *testing.T) {
+	c := &credential{session: "s", tok: &tokencache.Token{Value: "secret-token-value", Type: "DPoP"}}
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c)} {
+		if strings.Contains(s, "secret-token-value") {
+			t.Fatalf("credential printed its token: %s", s)
+		}
 	}
 }

@@ -37,6 +37,15 @@ type credential struct {
 	signed  atomic.Bool
 }
 
+// String keeps the token out of anything that prints the credential, such
+// as a {http.vars.*} placeholder or a debug log of request variables.
+func (c *credential) String() string {
+	return "inject_token credential (session " + c.session + ", " + c.tok.Type + ")"
+}
+
+// GoString is like String.
+func (c *credential) GoString() string { return c.String() }
+
 // liveTransports counts provisioned inject_token transports, so the handler
 // can refuse a DPoP-bound token when no transport could sign for it.
 var liveTransports atomic.Int64

@@ -301,30 +301,18 @@ func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 	if err != nil {
 		return nil, x.fail(KindConfig, 0, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, x.target.String(), strings.NewReader(form.Encode()))
+	// With x.key, a fresh proof (new jti) per attempt, over the exact URL
+	// posted to, with the newest nonce for its origin and iat on the
+	// server's clock.
+	req, err := (&wire.Request{
+		Method: http.MethodPost, URL: x.target,
+		Body: []byte(form.Encode()), ContentType: "application/x-www-form-urlencoded",
+		Header: header, UserAgent: c.cfg.UserAgent,
+		Key: x.key, Nonces: c.nonces, ProofTime: c.serverNow(),
+	}).Build(ctx)
 	if err != nil {
 		return nil, x.fail(KindConfig, 0, err)
 	}
-	for k, vs := range header {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", c.cfg.UserAgent)
-	if x.key != nil {
-		// A fresh proof (new jti) per attempt, over the exact URL posted
-		// to, with the newest nonce for its origin and iat on the server's
-		// clock.
-		proof, err := x.key.ProofForURL(http.MethodPost, x.target, dpop.ProofOptions{
-			Nonce: c.nonces.Get(x.target),
-			Now:   c.serverNow(),
-		})
-		if err != nil {
-			return nil, x.fail(KindConfig, 0, err)
-		}
-		req.Header.Set("DPoP", proof)
-	}
-
 	r, written, err := wire.Do(c.hc, req, c.maxBody, c.nonces.Observe)
 	if err != nil {
 		kind := KindTransient

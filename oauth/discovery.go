@@ -134,12 +134,10 @@ var errNotMetadata = errors.New("not authorization server metadata")
 
 // get fetches a metadata document (bounded).
 func (c *Client) get(ctx context.Context, u *url.URL) ([]byte, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	req, err := (&wire.Request{Method: http.MethodGet, URL: u, UserAgent: c.cfg.UserAgent}).Build(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", c.cfg.UserAgent)
 	// Nothing is spent by a GET, so whether it was written does not matter.
 	rep, _, err := wire.Do(c.hc, req, c.maxBody, c.nonces.Observe)
 	if err != nil {

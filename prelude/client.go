@@ -216,35 +216,17 @@ func (cl *Client) endpoint(path string, query url.Values) *url.URL {
 // have acted on it.
 // skew (localNow − serverNow) dates the DPoP proof on the server's clock.
 func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte, skew time.Duration) (*reply, error) {
-	var body io.Reader
-	if payload != nil {
-		body = bytes.NewReader(payload)
-	}
-	req, err := http.NewRequestWithContext(ctx, c.method, u.String(), body)
+	// With c.key, a fresh proof (new jti) per attempt, over the exact URL
+	// sent, with the newest nonce for this origin and iat on the server's
+	// clock.
+	req, err := (&wire.Request{
+		Method: c.method, URL: u, Body: payload, ContentType: "application/json",
+		Header: c.header, UserAgent: cl.ua,
+		Key: c.key, Nonces: cl.nonces, ProofTime: time.Now().Add(-skew),
+	}).Build(ctx)
 	if err != nil {
 		return nil, c.fail(KindCaller, 0, err)
 	}
-	for k, vs := range c.header {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", cl.ua)
-	if payload != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.key != nil {
-		// A fresh proof (new jti) per attempt, over the exact URL sent, with
-		// the newest nonce for this origin and iat on the server's clock.
-		proof, err := c.key.ProofForURL(c.method, u, dpop.ProofOptions{
-			Nonce: cl.nonces.Get(u),
-			Now:   time.Now().Add(-skew),
-		})
-		if err != nil {
-			return nil, c.fail(KindCaller, 0, err)
-		}
-		req.Header.Set("DPoP", proof)
-	}
-
 	r, written, err := wire.Do(cl.hc, req, cl.maxBody, cl.nonces.Observe)
 	if err != nil {
 		kind := KindTransient
