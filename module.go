@@ -42,9 +42,12 @@ const (
 	maxReplayBody = 64 << 10
 )
 
-// Handler injects the access token of a logged-in Prelude session into
-// every request it handles, as "Authorization: Bearer <token>". Put it in
-// front of reverse_proxy.
+// Handler injects the access token of a logged-in session (Prelude, or any
+// OAuth 2.0 server) into every request it handles. Put it in front of
+// reverse_proxy. A Bearer token is sent as "Authorization: Bearer <token>";
+// a DPoP-bound one is handed to reverse_proxy's inject_token transport,
+// which signs a proof for each attempt as the upstream receives it (without
+// that transport such requests are refused with 502, never sent unsigned).
 //
 // Before anything else it removes the client's own Authorization and DPoP
 // headers (and any listed in strip_headers), so a client can never choose
