@@ -1,9 +1,9 @@
 // Package wire is the HTTP exchange plumbing shared by the token-server
-// clients (package prelude and package oauth): sending one request while
-// noting whether it was fully written, reading the answer with a bounded
-// body, the HTTP client that never follows a redirected POST, and turning
-// what came back into safe error text and hints (Retry-After, a JWT's
-// claims).
+// clients (package prelude and package oauth): building one attempt of a
+// request (with a fresh DPoP proof), sending it while noting whether it was
+// fully written, reading the answer with a bounded body, the HTTP client
+// that never follows a redirected POST, and turning what came back into
+// safe error text and hints (Retry-After, a JWT's claims).
 //
 // It knows nothing about either protocol: which status or error code means
 // what, when to retry, and how the Date header corrects clocks stay with
