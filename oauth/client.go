@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,7 +128,7 @@ var reservedParams = map[string]bool{
 
 // New validates cfg and returns a Client. It does no network I/O.
 func New(cfg Config) (*Client, error) {
-	u, err := checkURL(cfg.Endpoint)
+	u, err := wire.CheckURL(cfg.Endpoint, true)
 	if err != nil {
 		return nil, fmt.Errorf("oauth: Endpoint: %w", err)
 	}
@@ -196,25 +195,6 @@ func New(cfg Config) (*Client, error) {
 	cfg.Params = params
 	c.cfg = cfg
 	return c, nil
-}
-
-// checkURL accepts an absolute http(s) URL without user info or fragment.
-func checkURL(raw string) (*url.URL, error) {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
-		return nil, errors.New("does not parse")
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("scheme must be http or https, got %q", u.Scheme)
-	case u.Host == "":
-		return nil, errors.New("has no host")
-	case u.User != nil:
-		// Credentials in the URL would end up in every transport error.
-		return nil, errors.New("must not contain user info")
-	case u.Fragment != "" || strings.Contains(raw, "#"):
-		return nil, errors.New("must not have a fragment")
-	}
-	return u, nil
 }
 
 // String identifies the client without its credentials.
@@ -286,9 +266,7 @@ func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 		if resp.Status >= 300 && resp.Status < 400 {
 			e.detail = "unexpected redirect (not followed for a POST)"
 		}
-		if resp.Status == http.StatusTooManyRequests || resp.Status == http.StatusServiceUnavailable {
-			e.RetryDelay = wire.RetryAfter(resp.Header, time.Now(), retryAfterCap)
-		}
+		e.RetryDelay = resp.RetryHint(time.Now(), retryAfterCap)
 		return nil, e
 	}
 }

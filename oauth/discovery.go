@@ -163,11 +163,11 @@ func (c *Client) parseMetadata(body []byte) (*metadata, error) {
 	}
 	m := &metadata{issuer: doc.Issuer}
 	var err error
-	if m.token, err = checkURL(doc.Token); err != nil {
+	if m.token, err = wire.CheckURL(doc.Token, true); err != nil {
 		return nil, fmt.Errorf("token_endpoint %w", err)
 	}
 	if doc.Revocation != "" {
-		if m.revocation, err = checkURL(doc.Revocation); err != nil {
+		if m.revocation, err = wire.CheckURL(doc.Revocation, true); err != nil {
 			return nil, fmt.Errorf("revocation_endpoint %w", err)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -59,22 +58,9 @@ type Client struct {
 // absolute http(s) URL without query, fragment or user info; a path prefix
 // and a trailing slash are allowed.
 func New(baseURL string, opts Options) (*Client, error) {
-	u, err := url.Parse(baseURL)
+	u, err := wire.CheckURL(baseURL, false)
 	if err != nil {
-		return nil, errors.New("prelude: base URL does not parse")
-	}
-	switch {
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("prelude: base URL scheme must be http or https, got %q", u.Scheme)
-	case u.Host == "":
-		return nil, errors.New("prelude: base URL has no host")
-	case u.User != nil:
-		// Credentials in the URL would end up in every transport error.
-		return nil, errors.New("prelude: base URL must not contain user info")
-	case u.RawQuery != "" || u.ForceQuery:
-		return nil, errors.New("prelude: base URL must not have a query")
-	case u.Fragment != "" || strings.Contains(baseURL, "#"):
-		return nil, errors.New("prelude: base URL must not have a fragment")
+		return nil, errors.New("prelude: base URL " + err.Error())
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = strings.TrimRight(u.RawPath, "/")
@@ -191,9 +177,7 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 		e := c.fail(classify(rep.Status, code), rep.Status, nil)
 		e.Code = wire.Scrub(code, c.secrets)
 		e.Message = wire.Scrub(msg, c.secrets)
-		if rep.Status == http.StatusTooManyRequests || rep.Status == http.StatusServiceUnavailable {
-			e.RetryDelay = wire.RetryAfter(rep.Header, time.Now(), maxRetryAfter)
-		}
+		e.RetryDelay = rep.RetryHint(time.Now(), maxRetryAfter)
 		return nil, e
 	}
 }

@@ -18,12 +18,37 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 	"unicode"
 )
+
+// CheckURL parses raw as a server endpoint that credentials will be sent
+// to: an absolute http(s) URL with a host, without user info (credentials
+// in the URL would end up in every transport error) or fragment, and
+// without a query unless allowQuery. The error text is a bare predicate
+// ("has no host", "must not have a query", …) for the caller to prefix.
+func CheckURL(raw string, allowQuery bool) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return nil, errors.New("does not parse")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("scheme must be http or https, got %q", u.Scheme)
+	case u.Host == "":
+		return nil, errors.New("has no host")
+	case u.User != nil:
+		return nil, errors.New("must not contain user info")
+	case !allowQuery && (u.RawQuery != "" || u.ForceQuery):
+		return nil, errors.New("must not have a query")
+	case u.Fragment != "" || strings.Contains(raw, "#"):
+		return nil, errors.New("must not have a fragment")
+	}
+	return u, nil
+}
 
 // NoPostRedirects returns a copy of hc (or, when hc is nil, a client with
 // the given overall timeout) whose redirect policy hands the first redirect
@@ -144,6 +169,15 @@ func Scrub(s string, secrets []string) string {
 		out = append(out, r)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// RetryHint is the server's Retry-After hint for r (see RetryAfter): only
+// a 429 or 503 carries one; any other status yields 0.
+func (r *Reply) RetryHint(localNow time.Time, limit time.Duration) time.Duration {
+	if r.Status != http.StatusTooManyRequests && r.Status != http.StatusServiceUnavailable {
+		return 0
+	}
+	return RetryAfter(r.Header, localNow, limit)
 }
 
 // RetryAfter reads a Retry-After header as delay-seconds or an HTTP-date.

@@ -301,3 +301,46 @@ func TestErrorText(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckURL(t *testing.T) {
+	for _, tc := range []struct {
+		raw        string
+		allowQuery bool
+		err        string // "" means accepted
+	}{
+		{"https://as.example/oauth2/token", false, ""},
+		{"http://127.0.0.1:8080/prefix/", false, ""},
+		{"https://as.example/token?tenant=1", true, ""},
+		{"https://as.example/token?tenant=1", false, "must not have a query"},
+		{"https://as.example/token?", false, "must not have a query"},
+		{"https://as.example/token?q#f", false, "must not have a query"}, // query is checked first
+		{"https://as.example/token#", true, "must not have a fragment"},
+		{"https://as.example/token#frag", true, "must not have a fragment"},
+		{"ftp://as.example/", true, `scheme must be http or https, got "ftp"`},
+		{"as.example/token", true, `scheme must be http or https, got ""`},
+		{"https:///token", true, "has no host"},
+		{"https://user:pw@as.example/", true, "must not contain user info"},
+		{"https://as.example/%zz", true, "does not parse"},
+	} {
+		u, err := CheckURL(tc.raw, tc.allowQuery)
+		switch {
+		case tc.err == "" && (err != nil || u.String() != tc.raw):
+			t.Errorf("CheckURL(%q, %v) = %v, %v", tc.raw, tc.allowQuery, u, err)
+		case tc.err != "" && (err == nil || err.Error() != tc.err):
+			t.Errorf("CheckURL(%q, %v): error %v, want %q", tc.raw, tc.allowQuery, err, tc.err)
+		}
+		if err != nil && strings.Contains(err.Error(), "pw") {
+			t.Errorf("error %q repeats the URL's password", err)
+		}
+	}
+}
+
+func TestRetryHint(t *testing.T) {
+	h := http.Header{"Retry-After": {"7"}}
+	for status, want := range map[int]time.Duration{429: 7 * time.Second, 503: 7 * time.Second, 500: 0, 502: 0, 400: 0, 200: 0} {
+		r := &Reply{Status: status, Header: h}
+		if got := r.RetryHint(time.Now(), time.Hour); got != want {
+			t.Errorf("status %d: %v, want %v", status, got, want)
+		}
+	}
+}
