@@ -243,7 +243,8 @@ func (x *exchange) lost() Kind {
 
 // do sends x, retrying exactly once when the server answers
 // use_dpop_nonce with a new DPoP-Nonce (RFC 9449 §8). It returns the 2xx
-// response or an *Error.
+// response or an *Error. (prelude's do looks alike but also retries a
+// proof rejected for clock skew, and reads another error envelope.)
 func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 	for attempt := 0; ; attempt++ {
 		resp, err := c.send(ctx, x)

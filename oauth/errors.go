@@ -13,6 +13,11 @@ import (
 // Kind says what a caller should do about an Error. It is decided once,
 // where the HTTP exchange is understood, so callers never interpret status
 // codes or OAuth error codes themselves.
+//
+// Kind, Error and classify look like package prelude's but are not
+// shared: they are each package's public API, and the classes differ
+// (prelude has no configuration class and kills on 401 and DPoP codes).
+// Only the formatting and scrubbing are common, in internal/wire.
 type Kind int
 
 const (

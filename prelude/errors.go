@@ -11,6 +11,12 @@ import (
 // Kind says what a caller should do about an Error. It is decided once,
 // where the HTTP exchange is understood, so that callers never have to
 // interpret status codes or server error codes themselves.
+//
+// Kind, Error and classify look like package oauth's but are not shared:
+// they are each package's public API, and the classes differ (oauth tells
+// a rejected client configuration from a rejected request, and kills only
+// on invalid_grant). Only the formatting and scrubbing are common, in
+// internal/wire.
 type Kind int
 
 const (
