@@ -42,14 +42,7 @@ func (g gateway) String() string {
 	if g.rewrite != "" {
 		rewrite = "rewrite * " + g.rewrite
 	}
-	return fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	skip_install_trust
-	storage file_system %s
-}
-http://localhost:9080 {
+	return globals(g.storage) + fmt.Sprintf(`http://localhost:9080 {
 	inject_token {
 %s
 	}
@@ -57,7 +50,20 @@ http://localhost:9080 {
 	reverse_proxy %s
 	%s
 }
-`, g.storage, g.block, rewrite, g.upstream, g.extra)
+`, g.block, rewrite, g.upstream, g.extra)
+}
+
+// globals are the global options of every test config: the tester's admin
+// address, test ports, and storage in the test's own directory.
+func globals(storage string) string {
+	return fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	skip_install_trust
+	storage file_system %s
+}
+`, storage)
 }
 
 // start loads g into the in-process Caddy and, when the test ends (before

@@ -51,14 +51,7 @@ func (g oauthGateway) String() string {
 	for i, u := range g.upstreams {
 		hosts[i] = strings.TrimPrefix(u, "http://")
 	}
-	return fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	skip_install_trust
-	storage file_system %s
-}
-http://localhost:9080 {
+	return globals(g.storage) + fmt.Sprintf(`http://localhost:9080 {
 	inject_token {
 		session %s
 		oauth2 %s {
@@ -75,7 +68,7 @@ http://localhost:9080 {
 		%s
 	}
 }
-`, g.storage, g.session, g.issuer, interop.DefaultResource, grant, dpop, strings.Join(hosts, " "), transport)
+`, g.session, g.issuer, interop.DefaultResource, grant, dpop, strings.Join(hosts, " "), transport)
 }
 
 func startOAuthGateway(t *testing.T, g oauthGateway) *caddytest.Tester {
@@ -112,6 +105,22 @@ func getRS(t *testing.T, tester *caddytest.Tester, method, path, body string, hd
 func rsOptions(p *interop.Provider) interop.ResourceServerOptions {
 	return interop.ResourceServerOptions{JWKSURL: p.JWKSURL, Issuer: p.Issuer, Audience: interop.DefaultResource}
 }
+
+// singleUpstream starts a provider, one resource server (adjusted by rsMod)
+// and the gateway g in front of it.
+func singleUpstream(t *testing.T, serverNonce bool, rsMod func(*interop.ResourceServerOptions), g oauthGateway) (*interop.Provider, *interop.ResourceServer, *caddytest.Tester) {
+	t.Helper()
+	p := provider(t, serverNonce)
+	opts := rsOptions(p)
+	if rsMod != nil {
+		rsMod(&opts)
+	}
+	rs := interop.StartResourceServer(t, opts)
+	g.storage, g.issuer, g.upstreams = t.TempDir(), p.Issuer, []string{rs.URL}
+	return p, rs, startOAuthGateway(t, g)
+}
+
+func requireRSNonce(o *interop.ResourceServerOptions) { o.RequireNonce = true }
 
 func provider(t *testing.T, requireNonce bool) *interop.Provider {
 	return interop.StartOIDCProvider(t, interop.ProviderOptions{
@@ -167,14 +176,7 @@ func TestDPoPThroughTransport(t *testing.T) {
 // retried by the transport, one with a small body by the handler, and the
 // nonce is then remembered so later requests need no retry.
 func TestResourceServerNonce(t *testing.T) {
-	p := provider(t, false)
-	opts := rsOptions(p)
-	opts.RequireNonce = true
-	rs := interop.StartResourceServer(t, opts)
-	tester := startOAuthGateway(t, oauthGateway{
-		storage: t.TempDir(), session: "rs-nonce", issuer: p.Issuer,
-		upstreams: []string{rs.URL}, transport: true,
-	})
+	_, rs, tester := singleUpstream(t, false, requireRSNonce, oauthGateway{session: "rs-nonce", transport: true})
 	if status, _ := getRS(t, tester, http.MethodGet, "/first", ""); status != http.StatusOK {
 		t.Fatalf("GET: status %d, stats %v", status, rs.Stats())
 	}
@@ -206,14 +208,8 @@ func TestResourceServerNonce(t *testing.T) {
 // TestBearerFromSameServer: with dpop off the same server issues Bearer
 // tokens, injected as today (the transport is optional then).
 func TestBearerFromSameServer(t *testing.T) {
-	p := provider(t, false)
-	opts := rsOptions(p)
-	opts.AllowBearer = true
-	rs := interop.StartResourceServer(t, opts)
-	tester := startOAuthGateway(t, oauthGateway{
-		storage: t.TempDir(), session: "bearer", issuer: p.Issuer, dpop: "off",
-		upstreams: []string{rs.URL},
-	})
+	_, rs, tester := singleUpstream(t, false, func(o *interop.ResourceServerOptions) { o.AllowBearer = true },
+		oauthGateway{session: "bearer", dpop: "off"})
 	status, a := getRS(t, tester, http.MethodGet, "/x", "", "DPoP", "client-proof")
 	if status != http.StatusOK || a.Headers["Authorization"][0] != "Bearer" || a.Headers["Dpop"] != nil {
 		t.Fatalf("status %d, upstream saw %+v, stats %v", status, a, rs.Stats())
@@ -224,12 +220,7 @@ func TestBearerFromSameServer(t *testing.T) {
 // to sign proofs is refused at the gateway (502) instead of being sent
 // upstream where it could only fail.
 func TestDPoPWithoutTransportFailsLoudly(t *testing.T) {
-	p := provider(t, false)
-	rs := interop.StartResourceServer(t, rsOptions(p))
-	tester := startOAuthGateway(t, oauthGateway{
-		storage: t.TempDir(), session: "no-transport", issuer: p.Issuer,
-		upstreams: []string{rs.URL},
-	})
+	_, rs, tester := singleUpstream(t, false, nil, oauthGateway{session: "no-transport"})
 	if status, _ := getRS(t, tester, http.MethodGet, "/x", ""); status != http.StatusBadGateway {
 		t.Fatalf("status %d, want 502", status)
 	}
@@ -243,12 +234,7 @@ func TestDPoPWithoutTransportFailsLoudly(t *testing.T) {
 // (read from the environment, never a flag); requests then carry DPoP-bound
 // tokens, and a forced refresh rotates the refresh token without reuse.
 func TestRefreshTokenGrantThroughCLI(t *testing.T) {
-	p := provider(t, true)
-	rs := interop.StartResourceServer(t, rsOptions(p))
-	tester := startOAuthGateway(t, oauthGateway{
-		storage: t.TempDir(), session: "rt-grant", issuer: p.Issuer, grant: "refresh_token",
-		upstreams: []string{rs.URL}, transport: true,
-	})
+	p, rs, tester := singleUpstream(t, true, nil, oauthGateway{session: "rt-grant", grant: "refresh_token", transport: true})
 	if status, _ := getRS(t, tester, http.MethodGet, "/before", ""); status != http.StatusServiceUnavailable {
 		t.Fatalf("before login: status %d, want 503", status)
 	}
@@ -287,14 +273,7 @@ func TestRefreshTokenGrantThroughCLI(t *testing.T) {
 // upstream has a body, which the transport cannot replay; the handler,
 // which buffered it, retries once with the same token and the learned nonce.
 func TestResourceServerNonceOnBody(t *testing.T) {
-	p := provider(t, false)
-	opts := rsOptions(p)
-	opts.RequireNonce = true
-	rs := interop.StartResourceServer(t, opts)
-	tester := startOAuthGateway(t, oauthGateway{
-		storage: t.TempDir(), session: "rs-nonce-body", issuer: p.Issuer,
-		upstreams: []string{rs.URL}, transport: true,
-	})
+	_, rs, tester := singleUpstream(t, false, requireRSNonce, oauthGateway{session: "rs-nonce-body", transport: true})
 	status, a := getRS(t, tester, http.MethodPost, "/create", `{"name":"x"}`)
 	if status != http.StatusOK || a.Method != http.MethodPost {
 		t.Fatalf("POST: status %d, stats %v", status, rs.Stats())
