@@ -33,7 +33,10 @@ type oauthGateway struct {
 	requireRSNonce           bool
 }
 
-func (g oauthGateway) String() string {
+func (g oauthGateway) String() string { return globals(g.storage) + g.site("http://localhost:9080") }
+
+// site is the gateway's site block at addr.
+func (g oauthGateway) site(addr string) string {
 	dpop := ""
 	if g.dpop != "" {
 		dpop = "dpop " + g.dpop
@@ -51,7 +54,7 @@ func (g oauthGateway) String() string {
 	for i, u := range g.upstreams {
 		hosts[i] = strings.TrimPrefix(u, "http://")
 	}
-	return globals(g.storage) + fmt.Sprintf(`http://localhost:9080 {
+	return fmt.Sprintf(`%s {
 	inject_token {
 		session %s
 		oauth2 %s {
@@ -68,13 +71,18 @@ func (g oauthGateway) String() string {
 		%s
 	}
 }
-`, g.session, g.issuer, interop.DefaultResource, grant, dpop, strings.Join(hosts, " "), transport)
+`, addr, g.session, g.issuer, interop.DefaultResource, grant, dpop, strings.Join(hosts, " "), transport)
 }
 
 func startOAuthGateway(t *testing.T, g oauthGateway) *caddytest.Tester {
 	t.Helper()
+	return startOAuthGatewayConfig(t, g.String())
+}
+
+func startOAuthGatewayConfig(t *testing.T, cfg string) *caddytest.Tester {
+	t.Helper()
 	t.Setenv("IT_CLIENT_SECRET", itSecret)
-	return startConfig(t, g.String())
+	return startConfig(t, cfg)
 }
 
 // rsAnswer is what interop.ResourceServer echoes for an accepted request.
@@ -226,6 +234,33 @@ func TestDPoPWithoutTransportFailsLoudly(t *testing.T) {
 	}
 	if n := len(rs.Stats()); n != 0 {
 		t.Fatalf("the upstream was reached: %v", rs.Stats())
+	}
+}
+
+// TestDPoPRouteWithoutTransport: when another site has the transport, a
+// route without it does reach the upstream, with no token at all; its 401
+// passes through and must not be taken as a rejected token (which would
+// refresh on every request).
+func TestDPoPRouteWithoutTransport(t *testing.T) {
+	p := provider(t, false)
+	rs := interop.StartResourceServer(t, rsOptions(p))
+	g := oauthGateway{storage: t.TempDir(), session: "half-transport", issuer: p.Issuer,
+		upstreams: []string{rs.URL}, transport: true}
+	bare := g
+	bare.transport = false
+	tester := startOAuthGatewayConfig(t, g.String()+bare.site("http://localhost:9081"))
+	if status, _, _ := do(t, tester.Client, http.MethodGet, "http://localhost:9081/x", nil); status != http.StatusUnauthorized {
+		t.Fatalf("status %d, want the upstream's 401", status)
+	}
+	if st := rs.Stats(); st[interop.ReasonMissingToken] != 1 {
+		t.Fatalf("resource server saw %v", st)
+	}
+	if status, _ := getRS(t, tester, http.MethodGet, "/y", ""); status != http.StatusOK {
+		t.Fatalf("site with the transport: status %d", status)
+	}
+	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/half-transport", nil)
+	if !bytes.Contains(body, []byte(`"refresh_count":0`)) {
+		t.Fatalf("a 401 to an unsigned request refreshed the token: %s", body)
 	}
 }
 

@@ -371,12 +371,17 @@ func (h *Handler) setToken(r *http.Request, repl *caddy.Replacer, cache *tokenca
 
 // unsigned reports (loudly, in the log) a DPoP-bound token that no
 // transport presented: a reverse_proxy in this route lacks the transport.
-func (h *Handler) unsigned(r *http.Request) {
+// The upstream then saw no token at all, so its 401 says nothing about the
+// token: the caller must not invalidate it (that would refresh on every
+// request).
+func (h *Handler) unsigned(r *http.Request) bool {
 	c, ok := caddyhttp.GetVar(r.Context(), credVar).(*credential)
 	if ok && isDPoP(c.tok) && !c.signed.Load() {
 		h.logger.Error("DPoP-bound token was not presented: the reverse_proxy that handled this request "+
 			"has no 'transport inject_token'", zap.String("session", h.Session), zap.String("uri", r.RequestURI))
+		return true
 	}
+	return false
 }
 
 func isDPoP(tok *tokencache.Token) bool { return strings.EqualFold(tok.Type, "DPoP") }
@@ -386,8 +391,8 @@ func isDPoP(tok *tokencache.Token) bool { return strings.EqualFold(tok.Type, "DP
 // not a rejection of the token: the transport has stored the nonce and the
 // retry presents the same token with it.
 func (h *Handler) rejected(r *http.Request, w http.ResponseWriter, cache *tokencache.Cache, tok *tokencache.Token, status int) {
-	h.unsigned(r)
-	if status != http.StatusUnauthorized || strings.Contains(w.Header().Get("WWW-Authenticate"), "use_dpop_nonce") {
+	if h.unsigned(r) || status != http.StatusUnauthorized ||
+		strings.Contains(w.Header().Get("WWW-Authenticate"), "use_dpop_nonce") {
 		return
 	}
 	cache.Invalidate(tok.Value)
