@@ -321,6 +321,12 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 		if _, err := srv.VerifyAccessToken(tok); err != nil || bad {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			w.WriteHeader(http.StatusUnauthorized)
+			if r.Header.Get("X-Big-401") != "" {
+				// A streamed body of unknown length: must not be held back.
+				w.(http.Flusher).Flush()
+				_, _ = w.Write(bytes.Repeat([]byte("r"), 200<<10))
+				return
+			}
 			_, _ = io.WriteString(w, "rejected")
 			return
 		}
@@ -400,6 +406,21 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+
+	// A 401 whose body has no announced length streams through unbuffered;
+	// the token is still invalidated, so the next request refreshes.
+	tok3 := storedString(t, dir, name, "access_token")
+	reject(tok3)
+	status, _, body = do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil, "X-Big-401", "1")
+	if status != http.StatusUnauthorized || len(body) != 200<<10 {
+		t.Fatalf("streamed 401: %d, %d bytes", status, len(body))
+	}
+	if status, _, body = do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil); status != http.StatusOK {
+		t.Fatalf("after streamed 401: %d %s", status, body)
+	}
+	if st := srv.Stats(); st.RefreshSuccesses != 3 {
+		t.Errorf("refreshes = %d, want 3", st.RefreshSuccesses)
 	}
 }
 

@@ -40,6 +40,9 @@ const (
 	// maxReplayBody is the largest request body buffered so that a request
 	// answered 401 can be retried with a fresh token.
 	maxReplayBody = 64 << 10
+	// maxHeldBody is the largest 401 response body held back in memory so
+	// the response can be replaced by a retry.
+	maxHeldBody = 64 << 10
 )
 
 // Handler injects the access token of a logged-in session (Prelude, or any
@@ -312,8 +315,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
-	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
-		return status == http.StatusUnauthorized
+	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, hdr http.Header) bool {
+		// Hold back a 401 only when its body is known to be small: an
+		// unbounded one streams through (the token is still invalidated,
+		// so the next request gets a fresh one).
+		n, err := strconv.ParseInt(hdr.Get("Content-Length"), 10, 64)
+		return status == http.StatusUnauthorized && err == nil && n <= maxHeldBody
 	})
 	err = next.ServeHTTP(rec, r)
 	if rec.Status() != http.StatusUnauthorized || !rec.Buffered() || err != nil {
