@@ -416,6 +416,8 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 	if status != http.StatusUnauthorized || len(body) != 200<<10 {
 		t.Fatalf("streamed 401: %d, %d bytes", status, len(body))
 	}
+	// The invalidation alone wakes the refresher: no further request needed.
+	waitUntil(t, "refresh after a streamed 401", func() bool { return srv.Stats().RefreshSuccesses == 3 })
 	if status, _, body = do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil); status != http.StatusOK {
 		t.Fatalf("after streamed 401: %d %s", status, body)
 	}
@@ -657,6 +659,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"session no arg", "inject_token {\n session\n prelude https://a.b\n}", "session: expected exactly one name", 2},
 		{"session two args", "inject_token {\n session a b\n prelude https://a.b\n}", "session: expected exactly one name", 2},
 		{"session bad name", "inject_token {\n session a/b\n prelude https://a.b\n}", "invalid session name 'a/b'", 2},
+		{"session upper case", "inject_token {\n session Api\n prelude https://a.b\n}", "invalid session name 'Api'", 2},
+		{"session dots", "inject_token {\n session a..b\n prelude https://a.b\n}", "invalid session name 'a..b'", 2},
 		{"session too long", "inject_token {\n session " + strings.Repeat("a", 65) + "\n prelude https://a.b\n}", "invalid session name", 2},
 		{"no prelude", "inject_token {\n session a\n}", "a backend is required", 3},
 		{"prelude no arg", "inject_token {\n prelude\n}", "prelude: expected exactly one base URL", 2},
@@ -718,4 +722,19 @@ http://localhost:9081 {
 
 	badURL := gateway{storage: dir, upstream: srv.URL, block: "session url-1\nprelude {env.IT_TEST_SECRET_PW}"}
 	caddytest.AssertLoadError(t, badURL.String(), "caddyfile", "must start with http:// or https://")
+}
+
+// waitUntil polls cond until it holds, failing after 10 s: a deadline on an
+// observable condition, not a sleep.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
 }

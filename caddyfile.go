@@ -68,8 +68,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&name) {
 				return d.Errf("session: expected exactly one name, e.g. 'session billing'")
 			}
-			if !sessionNameRE.MatchString(name) {
-				return d.Errf("invalid session name '%s': use 1-64 letters, digits, '.', '_' or '-'", name)
+			if !validSessionName(name) {
+				return d.Errf("invalid session name '%s': %s", name, sessionNameHint)
 			}
 			h.Session = name
 

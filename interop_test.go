@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/tokenwarden/caddy-inject-token/cli"
@@ -332,5 +333,24 @@ func TestCredentialPrintsNoSecret(t *testing.T) {
 		if strings.Contains(s, "secret-token-value") {
 			t.Fatalf("credential printed its token: %s", s)
 		}
+	}
+}
+
+// A transport whose Provision fails is cleaned up without having counted
+// itself, so the live count (which decides whether DPoP requests may be
+// forwarded) stays right across a failed reload.
+func TestFailedTransportProvisionKeepsCount(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	before := liveTransports.Load()
+	tr := &Transport{Origin: "not a url"}
+	if err := tr.Provision(ctx); err == nil {
+		t.Fatal("bad origin accepted")
+	}
+	if err := tr.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if got := liveTransports.Load(); got != before {
+		t.Fatalf("live transports %d → %d after a failed provision", before, got)
 	}
 }

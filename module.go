@@ -148,8 +148,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// sessionNameRE is what a session name may look like.
-var sessionNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+var sessionNameRE = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
+
+// validSessionName reports whether name can be a session name: 1-64
+// lowercase letters, digits, '.', '_' or '-', without "..". Storage keys
+// are sanitised by lowercasing and dropping "..", so "Api" and "api" (or
+// "a..b" and "ab") would otherwise share one stored session.
+func validSessionName(name string) bool {
+	return sessionNameRE.MatchString(name) && !strings.Contains(name, "..")
+}
+
+// sessionNameHint says what validSessionName accepts, for error messages.
+const sessionNameHint = "use 1-64 lowercase letters, digits, '.', '_' or '-' (no '..')"
 
 // Provision resolves placeholders, validates the configuration and binds
 // the handler to its session, creating it from storage if needed. It does
@@ -159,8 +169,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Session == "" {
 		h.Session = DefaultSession
 	}
-	if !sessionNameRE.MatchString(h.Session) {
-		return fmt.Errorf("invalid session name %q: use 1-64 letters, digits, '.', '_' or '-'", h.Session)
+	if !validSessionName(h.Session) {
+		return fmt.Errorf("invalid session name %q: %s", h.Session, sessionNameHint)
 	}
 	if h.RefreshBefore < 0 {
 		return fmt.Errorf("refresh_before must not be negative")
@@ -324,13 +334,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	})
 	err = next.ServeHTTP(rec, r)
 	if rec.Status() != http.StatusUnauthorized || !rec.Buffered() || err != nil {
-		h.unsigned(r)
+		// Not held back: either not a 401, or one that streamed through.
+		h.rejected(r, w, cache, tok, rec.Status())
 		return err
 	}
 	h.rejected(r, w, cache, tok, http.StatusUnauthorized)
 	// The transport retries a nonce challenge itself when there is no body;
 	// with a buffered body the retry is ours, with the same token.
-	nonceRetry := len(body) > 0 && strings.Contains(w.Header().Get("WWW-Authenticate"), "use_dpop_nonce")
+	nonceRetry := len(body) > 0 && nonceChallenged(w.Header())
 	fresh, terr := cache.Token(r.Context())
 	if terr != nil || (fresh.Value == tok.Value && !nonceRetry) {
 		return rec.WriteResponse()
@@ -361,7 +372,7 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 func (h *Handler) setToken(r *http.Request, repl *caddy.Replacer, cache *tokencache.Cache, tok *tokencache.Token) error {
 	repl.Set("http.inject_token.sub", tok.Subject)
 	repl.Set("http.inject_token.sid", tok.SessionID)
-	caddyhttp.SetVar(r.Context(), credVar, &credential{session: h.Session, tok: tok, key: cache.Key(), nonces: &h.sess.rsNonces})
+	caddyhttp.SetVar(r.Context(), credVar, &credential{session: h.Session, tok: tok, key: tok.Key, nonces: &h.sess.rsNonces})
 	if !isDPoP(tok) {
 		r.Header.Set("Authorization", "Bearer "+tok.Value)
 		return nil
@@ -398,8 +409,7 @@ func isDPoP(tok *tokencache.Token) bool { return strings.EqualFold(tok.Type, "DP
 // not a rejection of the token: the transport has stored the nonce and the
 // retry presents the same token with it.
 func (h *Handler) rejected(r *http.Request, w http.ResponseWriter, cache *tokencache.Cache, tok *tokencache.Token, status int) {
-	if h.unsigned(r) || status != http.StatusUnauthorized ||
-		strings.Contains(w.Header().Get("WWW-Authenticate"), "use_dpop_nonce") {
+	if h.unsigned(r) || status != http.StatusUnauthorized || nonceChallenged(w.Header()) {
 		return
 	}
 	cache.Invalidate(tok.Value)

@@ -79,7 +79,8 @@ type Transport struct {
 
 	*reverseproxy.HTTPTransport
 
-	origin *url.URL
+	origin  *url.URL
+	counted bool // Provision added this transport to liveTransports
 }
 
 // CaddyModule returns the Caddy module information.
@@ -102,22 +103,27 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		}
 		t.origin = u
 	}
-	if t.Session != "" && !sessionNameRE.MatchString(t.Session) {
-		return fmt.Errorf("invalid session name %q", t.Session)
+	if t.Session != "" && !validSessionName(t.Session) {
+		return fmt.Errorf("invalid session name %q: %s", t.Session, sessionNameHint)
 	}
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return err
 	}
 	liveTransports.Add(1)
+	t.counted = true
 	return nil
 }
 
-// Cleanup releases the wrapped transport.
+// Cleanup releases the wrapped transport. Caddy also calls it after a
+// failed Provision, which never counted the transport.
 func (t *Transport) Cleanup() error {
+	if t.counted {
+		t.counted = false
+		liveTransports.Add(-1)
+	}
 	if t.HTTPTransport == nil {
 		return nil
 	}
-	liveTransports.Add(-1)
 	return t.HTTPTransport.Cleanup()
 }
 
@@ -139,6 +145,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out := req.Clone(req.Context())
 		out.Header.Set("Authorization", "Bearer "+cred.tok.Value)
 		return t.HTTPTransport.RoundTrip(out)
+	}
+	if cred.key == nil {
+		return nil, fmt.Errorf("inject_token transport: session %q has a DPoP-bound token but no DPoP key", cred.session)
 	}
 	resp, err := t.attempt(req, cred, "first")
 	if err != nil || !nonceChallenge(resp) || !bodiless(req) {
@@ -205,15 +214,18 @@ func (t *Transport) credential(req *http.Request) (*credential, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &credential{session: t.Session, tok: tok, key: s.cache().Key(), nonces: &s.rsNonces}, nil
+	return &credential{session: t.Session, tok: tok, key: tok.Key, nonces: &s.rsNonces}, nil
 }
 
 // nonceChallenge reports whether resp asks for a (new) DPoP nonce.
 func nonceChallenge(resp *http.Response) bool {
-	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("DPoP-Nonce") == "" {
-		return false
-	}
-	for _, v := range resp.Header.Values("WWW-Authenticate") {
+	return resp.StatusCode == http.StatusUnauthorized && resp.Header.Get("DPoP-Nonce") != "" && nonceChallenged(resp.Header)
+}
+
+// nonceChallenged reports whether any WWW-Authenticate challenge in h is a
+// DPoP use_dpop_nonce one (servers may send several challenges).
+func nonceChallenged(h http.Header) bool {
+	for _, v := range h.Values("WWW-Authenticate") {
 		if strings.Contains(v, "use_dpop_nonce") {
 			return true
 		}

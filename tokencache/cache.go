@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -27,6 +28,10 @@ type Token struct {
 	// Subject and SessionID are the token's sub and sid claims, if it is a
 	// JWT that has them.
 	Subject, SessionID string
+	// Key is the session's DPoP key, taken from the same snapshot as the
+	// token so the two always belong together. A DPoP-bound token is never
+	// handed out without it.
+	Key *dpop.Key
 }
 
 // String redacts the token value.
@@ -124,9 +129,15 @@ type Cache struct {
 	// logout) in this process, so a logout cannot race a refresh that would
 	// write tokens back.
 	opMu sync.Mutex
+	// opSt is the storage pinned for the operation holding opMu.
+	opSt store
+	// pendingIntent is the intent (hash of the spent refresh token) that
+	// pending's write must still find in storage to be valid.
+	pendingIntent string
 
 	mu          sync.Mutex // guards the fields below
 	flight      *call
+	forced      string // a token a forced refresh must replace, not adopt
 	failures    int
 	nextAttempt time.Time
 	lastErr     error
@@ -280,7 +291,12 @@ func (c *Cache) newSnapshot(rec *record, key *dpop.Key) *snapshot {
 	if typ == "" {
 		typ = "Bearer"
 	}
-	s.tok = &Token{Value: rec.AccessToken, Type: typ, Expiry: rec.Expiry, Subject: sub, SessionID: sid}
+	if strings.EqualFold(typ, "DPoP") && (key == nil || key.Thumbprint() != rec.KeyThumbprint) {
+		// Unusable without its key: better no token than one that cannot
+		// be presented.
+		return s
+	}
+	s.tok = &Token{Value: rec.AccessToken, Type: typ, Expiry: rec.Expiry, Subject: sub, SessionID: sid, Key: key}
 	life := rec.Expiry.Sub(rec.IssuedAt)
 	if rec.IssuedAt.IsZero() || life <= 0 {
 		life = 0
@@ -390,6 +406,9 @@ func (c *Cache) runOp(op func(ctx context.Context) (*snapshot, error)) (*snapsho
 	if c.ctx.Err() != nil {
 		return nil, errClosed
 	}
+	// One storage for the whole operation, even if a reload swaps it
+	// meanwhile: an intent and its outcome must land in the same place.
+	c.opSt = c.store()
 	// Not cancelled by Close: Close waits for this op instead, so a refresh
 	// that was sent always gets to store its rotated refresh token.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), c.cfg.LockTimeout+2*c.cfg.CallTimeout)
@@ -401,10 +420,13 @@ func (c *Cache) runOp(op func(ctx context.Context) (*snapshot, error)) (*snapsho
 // refreshed after this call started, in which case its token is adopted).
 // It ignores any backoff in force.
 func (c *Cache) Refresh(ctx context.Context) error {
-	if s := c.current(); s.tok != nil {
-		c.Invalidate(s.tok.Value)
-	}
 	c.mu.Lock()
+	// The current token is not to be adopted back from storage, but it
+	// keeps serving until the refresh succeeds: a forced refresh during an
+	// outage must not take a valid token away.
+	if s := c.current(); s.tok != nil {
+		c.forced = s.tok.Value
+	}
 	c.nextAttempt = time.Time{}
 	f := c.startFlightLocked()
 	c.mu.Unlock()
@@ -443,13 +465,19 @@ func (c *Cache) acceptable(rec *record, now time.Time) bool {
 	if cur := c.current(); cur.tok != nil && cur.tok.Value == rec.AccessToken && cur.usable.IsZero() {
 		return false // invalidated
 	}
+	c.mu.Lock()
+	forced := c.forced == rec.AccessToken
+	c.mu.Unlock()
+	if forced {
+		return false
+	}
 	return now.Before(refreshAt(rec.IssuedAt, rec.Expiry, c.cfg.RefreshBefore))
 }
 
 // lock takes the cluster-wide lock for this session with a timeout; the
 // returned func releases it even if ctx was cancelled meanwhile.
 func (c *Cache) lock(ctx context.Context) (func(), error) {
-	st := c.store()
+	st := c.opSt
 	lctx, cancel := context.WithTimeout(ctx, c.cfg.LockTimeout)
 	defer cancel()
 	if err := st.s.Lock(lctx, st.lockName()); err != nil {
@@ -466,7 +494,7 @@ func (c *Cache) lock(ctx context.Context) (func(), error) {
 // log in, or refresh with a write-ahead intent. Runs under opMu.
 func (c *Cache) refreshLocked(ctx context.Context) (*snapshot, error) {
 	start := time.Now()
-	st := c.store()
+	st := c.opSt
 	if c.pending == nil {
 		// Cheap peek without the lock: another instance may have refreshed.
 		if rec, err := st.load(ctx); err == nil && c.acceptable(rec, start) {
@@ -479,17 +507,26 @@ func (c *Cache) refreshLocked(ctx context.Context) (*snapshot, error) {
 	}
 	defer unlock()
 
-	if c.pending != nil {
-		if err := st.save(ctx, c.pending); err != nil {
-			return nil, c.fail(OutcomeTransient, start, err)
-		}
-		rec := c.pending
-		c.pending = nil
-		return c.install(rec, c.current().key, OutcomeRefreshed, start), nil
-	}
 	rec, err := st.load(ctx)
 	if err != nil {
 		return nil, c.fail(OutcomeTransient, start, err)
+	}
+	if c.pending != nil {
+		// Our refreshed grant is still only in memory. It may be written
+		// only over the very intent it resolves: if anything else happened
+		// to the session meanwhile (another instance gave the token up and
+		// logged in again, an operator logged out), storage wins.
+		if c.live(rec) == c.pending {
+			if err := st.save(ctx, c.pending); err != nil {
+				return nil, c.fail(OutcomeTransient, start, err)
+			}
+			next := c.pending
+			c.pending = nil
+			return c.install(next, c.current().key, OutcomeRefreshed, start), nil
+		}
+		c.log().Warn("dropping a refreshed grant that could not be stored in time; storage has moved on",
+			zap.String("session", c.cfg.Name))
+		c.pending = nil
 	}
 	if c.acceptable(rec, time.Now()) {
 		return c.adoptStored(ctx, rec, start)
@@ -499,7 +536,10 @@ func (c *Cache) refreshLocked(ctx context.Context) (*snapshot, error) {
 	}
 	key, err := c.keyFor(ctx, rec)
 	if err != nil {
-		return c.kill(ctx, rec, "DPoP key unavailable: "+err.Error(), false, start)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errKeyBroken) || rec.KeyThumbprint == "" {
+			return c.kill(ctx, rec, "DPoP key unavailable: "+err.Error(), false, start)
+		}
+		return nil, c.fail(OutcomeTransient, start, err) // a storage hiccup; the key is still there
 	}
 	if rec.Intent != "" && rec.Intent == tokenHash(rec.RefreshToken) {
 		return c.kill(ctx, rec, "an earlier refresh was interrupted after sending; its refresh token may be spent and is not presented again", true, start)
@@ -523,7 +563,7 @@ func (c *Cache) refreshLocked(ctx context.Context) (*snapshot, error) {
 		if err := c.saveRetry(ctx, next); err != nil {
 			// The new refresh token exists only in memory: keep it for the
 			// next attempt and hand out nothing until it is durable.
-			c.pending = next
+			c.pending, c.pendingIntent = next, tokenHash(rec.RefreshToken)
 			return nil, c.fail(OutcomeTransient, start, fmt.Errorf("refreshed but could not store the rotated refresh token: %w", err))
 		}
 		c.mu.Lock()
@@ -565,7 +605,7 @@ func applyGrant(prev *record, g *Grant) *record {
 func (c *Cache) saveRetry(ctx context.Context, r *record) error {
 	var err error
 	for i := range 3 {
-		if err = c.store().save(ctx, r); err == nil {
+		if err = c.opSt.save(ctx, r); err == nil {
 			return nil
 		}
 		select {
@@ -593,7 +633,7 @@ func (c *Cache) kill(ctx context.Context, rec *record, reason string, keepAccess
 	if err := c.saveRetry(ctx, next); err != nil {
 		return nil, c.fail(OutcomeTransient, start, err)
 	}
-	c.install(next, c.current().key, outcome, start)
+	c.install(next, c.recordKey(ctx, next), outcome, start)
 	c.setErr(errors.New(reason))
 	return c.loginOrReport(ctx, next, start)
 }
@@ -602,11 +642,7 @@ func (c *Cache) kill(ctx context.Context, rec *record, reason string, keepAccess
 // otherwise it reports the logged-out state.
 func (c *Cache) loginOrReport(ctx context.Context, rec *record, start time.Time) (*snapshot, error) {
 	if c.cfg.Login == nil || rec.NoAutoLogin {
-		key := c.current().key
-		if key != nil && key.Thumbprint() != rec.KeyThumbprint {
-			key = nil
-		}
-		s := c.install(rec, key, "", start)
+		s := c.install(rec, c.recordKey(ctx, rec), "", start)
 		reason := rec.Reason
 		if reason == "" {
 			reason = "logged out"
@@ -629,7 +665,7 @@ func (c *Cache) loginLocked(ctx context.Context, rec *record, login LoginFunc, s
 	if err != nil {
 		return nil, c.fail(OutcomeLoginFail, start, err)
 	}
-	st := c.store()
+	st := c.opSt
 	if err := st.saveKey(ctx, key); err != nil {
 		return nil, c.fail(OutcomeLoginFail, start, err)
 	}
@@ -661,7 +697,20 @@ func (c *Cache) keyFor(ctx context.Context, rec *record) (*dpop.Key, error) {
 	if rec.KeyThumbprint == "" {
 		return nil, errors.New("no DPoP key recorded")
 	}
-	return c.store().loadKey(ctx, rec.KeyThumbprint)
+	return c.opSt.loadKey(ctx, rec.KeyThumbprint)
+}
+
+// recordKey is the key rec is bound to, or nil when it has none or it
+// cannot be loaded (the record then serves no DPoP-bound token).
+func (c *Cache) recordKey(ctx context.Context, rec *record) *dpop.Key {
+	if rec.KeyThumbprint == "" {
+		return nil
+	}
+	k, err := c.keyFor(ctx, rec)
+	if err != nil {
+		return nil
+	}
+	return k
 }
 
 // adoptStored installs a record another instance wrote.
@@ -682,6 +731,9 @@ func (c *Cache) install(rec *record, key *dpop.Key, outcome string, start time.T
 	c.snap.Store(s)
 	if outcome != "" {
 		c.mu.Lock()
+		if rec.AccessToken != c.forced {
+			c.forced = ""
+		}
 		if outcome != OutcomeDead && outcome != OutcomeUnknown {
 			c.failures, c.nextAttempt, c.lastErr = 0, time.Time{}, nil
 		}
@@ -763,10 +815,12 @@ func (c *Cache) loop() {
 func (c *Cache) nextWake() (time.Time, bool) {
 	s := c.current()
 	c.mu.Lock()
-	next := c.nextAttempt
+	next, forced := c.nextAttempt, c.forced != ""
 	c.mu.Unlock()
 	var at time.Time
 	switch {
+	case s.rec.State == StateActive && forced:
+		at = time.Now() // a forced refresh is retried until it succeeds
 	case s.rec.State == StateActive && !c.cfg.Lazy:
 		at = s.refreshAt // zero (now) when invalidated
 	case s.rec.State == StateLoggedOut && c.cfg.Login != nil && !s.rec.NoAutoLogin:
@@ -837,18 +891,31 @@ func (c *Cache) lockedOp(ctx context.Context, op func(ctx context.Context, rec *
 			return nil, err
 		}
 		defer unlock()
-		rec, err := c.store().load(ctx)
+		rec, err := c.opSt.load(ctx)
+		if err == nil {
+			rec = c.live(rec)
+		}
 		return op(ctx, rec, err)
 	})
 	return err
 }
 
+// live returns the grant this process holds in memory in place of the
+// stored record when that grant resolves the stored intent: its refresh
+// token is the live one (the stored one is spent).
+func (c *Cache) live(rec *record) *record {
+	if p := c.pending; p != nil && rec.Generation == p.Generation-1 && rec.Intent != "" && rec.Intent == c.pendingIntent {
+		return p
+	}
+	return rec
+}
+
 func (c *Cache) forgetLocked(ctx context.Context, rec *record, reason string) (*snapshot, error) {
 	next := &record{State: StateLoggedOut, Reason: reason, NoAutoLogin: true, Generation: rec.Generation + 1}
-	if err := c.store().save(ctx, next); err != nil {
+	if err := c.opSt.save(ctx, next); err != nil {
 		return nil, err
 	}
-	c.store().deleteKey(ctx, rec.KeyThumbprint)
+	c.opSt.deleteKey(ctx, rec.KeyThumbprint)
 	c.pending = nil
 	return c.install(next, nil, OutcomeLoggedOut, time.Now()), nil
 }
@@ -860,6 +927,9 @@ func (c *Cache) runOpCtx(ctx context.Context, op func(ctx context.Context) (*sna
 	if c.ctx.Err() != nil {
 		return nil, errClosed
 	}
+	// One storage for the whole operation, even if a reload swaps it
+	// meanwhile: an intent and its outcome must land in the same place.
+	c.opSt = c.store()
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LockTimeout+2*c.cfg.CallTimeout)
 	defer cancel()
 	return op(octx)

@@ -61,6 +61,9 @@ func tokenHash(tok string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:12])
 }
 
+// errKeyBroken marks a stored key that exists but can never be used.
+var errKeyBroken = errors.New("stored DPoP key unusable")
+
 // store wraps a certmagic.Storage with this session's key layout.
 type store struct {
 	s    certmagic.Storage
@@ -113,10 +116,10 @@ func (st store) loadKey(ctx context.Context, thumbprint string) (*dpop.Key, erro
 	}
 	k, err := dpop.ParseKeyPEM(data)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", errKeyBroken, err)
 	}
 	if k.Thumbprint() != thumbprint {
-		return nil, fmt.Errorf("stored DPoP key does not match thumbprint %s", thumbprint)
+		return nil, fmt.Errorf("%w: stored DPoP key does not match thumbprint %s", errKeyBroken, thumbprint)
 	}
 	return k, nil
 }
