@@ -84,7 +84,8 @@ const (
 // `{http.inject_token.state}` | The session state (`active` or `logged_out`)
 type Handler struct {
 	// Session names the session: its key in storage and in the admin API.
-	// Letters, digits, '.', '_' and '-', at most 64. Default: "default".
+	// Lowercase letters, digits, '.', '_' and '-' (no ".."), at most 64.
+	// Default: "default".
 	Session string `json:"session,omitempty"`
 
 	// Prelude is the base URL of the Prelude Session frontend API, e.g.
