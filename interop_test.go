@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
@@ -185,7 +186,10 @@ func TestDPoPThroughTransport(t *testing.T) {
 // retried by the transport, one with a small body by the handler, and the
 // nonce is then remembered so later requests need no retry.
 func TestResourceServerNonce(t *testing.T) {
-	_, rs, tester := singleUpstream(t, false, requireRSNonce, oauthGateway{session: "rs-nonce", transport: true})
+	// Metrics are process-wide: a fresh session name keeps counts exact
+	// under -count.
+	name := fmt.Sprintf("rs-nonce-%d", time.Now().UnixNano())
+	_, rs, tester := singleUpstream(t, false, requireRSNonce, oauthGateway{session: name, transport: true})
 	if status, _ := getRS(t, tester, http.MethodGet, "/first", ""); status != http.StatusOK {
 		t.Fatalf("GET: status %d, stats %v", status, rs.Stats())
 	}
@@ -205,8 +209,8 @@ func TestResourceServerNonce(t *testing.T) {
 	// used the learned nonce. Every attempt had a proof of its own.
 	_, _, metrics := do(t, http.DefaultClient, http.MethodGet, adminURL+"/metrics", nil)
 	for _, want := range []string{
-		`caddy_inject_token_dpop_proofs_total{kind="first",session="rs-nonce"} 2`,
-		`caddy_inject_token_dpop_proofs_total{kind="nonce_retry",session="rs-nonce"} 1`,
+		`caddy_inject_token_dpop_proofs_total{kind="first",session="` + name + `"} 2`,
+		`caddy_inject_token_dpop_proofs_total{kind="nonce_retry",session="` + name + `"} 1`,
 	} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("metrics lack %s", want)
