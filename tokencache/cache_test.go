@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,32 +158,16 @@ func TestNoCallerWaitsWhileTokenValid(t *testing.T) {
 	e.srv.SetRefreshLatency(500 * time.Millisecond)
 
 	// Hammer Token until the background refresh (500 ms long) has finished.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var calls, stale atomic.Int64
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				tok, err := c.Token(context.Background())
-				if err != nil || !tok.Expiry.After(time.Now()) {
-					stale.Add(1)
-				}
-				calls.Add(1)
-				runtime.Gosched()
-			}
-		}()
-	}
+	stop := hammer(8, c, func(tok *tokencache.Token, err error, _ time.Time) {
+		if err != nil || !tok.Expiry.After(time.Now()) {
+			stale.Add(1)
+		}
+		calls.Add(1)
+	})
 	waitFor(t, "background refresh", 10*time.Second, func() bool { return e.srv.Stats().RefreshSuccesses >= 1 })
 	waitFor(t, "new token installed", 5*time.Second, func() bool { return mustToken(t, c).Value != first.Value })
-	close(stop)
-	wg.Wait()
+	stop()
 	st := c.Status()
 	if st.WaitCount != 0 {
 		t.Fatalf("%d callers blocked during a refresh while a valid token existed", st.WaitCount)
@@ -217,40 +200,26 @@ func TestThreeInstancesShareOneSession(t *testing.T) {
 	}
 	base := e.srv.Stats()
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var bad atomic.Int64
 	var badErr atomic.Value
+	var stops []func()
 	for _, c := range caches {
-		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					asked := time.Now()
-					tok, err := c.Token(context.Background())
-					if err == nil {
-						err = validAt(e.srv, tok, asked)
-					}
-					if err != nil {
-						bad.Add(1)
-						badErr.Store(err)
-					}
-					runtime.Gosched()
-				}
-			}()
-		}
+		stops = append(stops, hammer(2, c, func(tok *tokencache.Token, err error, asked time.Time) {
+			if err == nil {
+				err = validAt(e.srv, tok, asked)
+			}
+			if err != nil {
+				bad.Add(1)
+				badErr.Store(err)
+			}
+		}))
 	}
 	waitFor(t, "20 refreshes", lifetimes*3*time.Second, func() bool {
 		return e.srv.Stats().RefreshSuccesses-base.RefreshSuccesses >= lifetimes
 	})
-	close(stop)
-	wg.Wait()
+	for _, stop := range stops {
+		stop()
+	}
 	st := e.srv.Stats()
 	calls := st.RefreshCalls - base.RefreshCalls
 	if calls != st.RefreshSuccesses-base.RefreshSuccesses || calls > lifetimes+1 {

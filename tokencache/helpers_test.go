@@ -1,11 +1,14 @@
 package tokencache_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,4 +56,33 @@ func validAt(srv *sandbox.Server, tok *tokencache.Token, asked time.Time) error 
 		return fmt.Errorf("token expired at %d was handed out at %s", c.Exp, asked.Format(time.StampMilli))
 	}
 	return nil
+}
+
+// hammer starts n goroutines that call c.Token in a loop, passing each
+// result (and when it was asked for) to check, until the returned stop
+// func is called; stop waits for them.
+func hammer(n int, c *tokencache.Cache, check func(tok *tokencache.Token, err error, asked time.Time)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				asked := time.Now()
+				tok, err := c.Token(context.Background())
+				check(tok, err, asked)
+				runtime.Gosched()
+			}
+		}()
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }
