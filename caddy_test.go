@@ -738,3 +738,30 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		<-tick.C
 	}
 }
+
+// TestUpstreamAlways401IsBounded: an upstream that rejects every token (a
+// wrong audience, a missing permission) gets its 401s passed on, and the
+// refreshes they cause are rate-limited instead of one or two per request.
+func TestUpstreamAlways401IsBounded(t *testing.T) {
+	srv := sandbox.NewServer(t, sandbox.Options{})
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	t.Cleanup(upstream.Close)
+	tester := gateway{storage: t.TempDir(), upstream: upstream.URL, block: fmt.Sprintf(`session always-401
+		prelude %s
+		login password %s %s`, srv.URL, sandbox.DemoEmail, sandbox.DemoPassword)}.start(t)
+	const requests = 12
+	for i := range requests {
+		if status, _, _ := do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil); status != http.StatusUnauthorized {
+			t.Fatalf("request %d: status %d, want the upstream's 401", i, status)
+		}
+	}
+	// Each request would otherwise refresh twice (its token, then the
+	// retry's fresh one): 24 refreshes. The budget is a burst of 5 (plus at
+	// most one refill during the test).
+	if got := srv.Stats().RefreshSuccesses; got > 6 {
+		t.Fatalf("%d refreshes for %d rejected requests; want at most 6", got, requests)
+	}
+}

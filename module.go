@@ -413,6 +413,11 @@ func (h *Handler) rejected(r *http.Request, w http.ResponseWriter, cache *tokenc
 	if h.unsigned(r) || status != http.StatusUnauthorized || nonceChallenged(w.Header()) {
 		return
 	}
+	if !h.sess.rejects.Allow() {
+		h.logger.Warn("upstream keeps rejecting fresh tokens; not refreshing for this 401",
+			zap.String("session", h.Session))
+		return
+	}
 	cache.Invalidate(tok.Value)
 	if c := h.logger.Check(zapcore.DebugLevel, "upstream rejected token; invalidated"); c != nil {
 		c.Write(zap.String("session", h.Session), zap.String("sid", tok.SessionID))

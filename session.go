@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
@@ -22,6 +23,12 @@ import (
 // so that a session (its token cache, background refresher and pending OTP
 // login) survives config reloads, and so the admin API can find it.
 var sessions = caddy.NewUsagePool()
+
+// An upstream's 401s may trigger a burst of refreshes, then one per interval.
+const (
+	rejectRefreshBurst = 5
+	rejectRefreshEvery = 10 * time.Second
+)
 
 // otpLifetime is how long a started OTP login waits for its code.
 const otpLifetime = 10 * time.Minute
@@ -98,6 +105,10 @@ type session struct {
 	// rsNonces are the DPoP nonces resource servers sent, per origin; they
 	// outlive the cache so a rebuild keeps them.
 	rsNonces dpop.NonceStore
+	// rejects bounds refreshes caused by upstream 401s: an upstream that
+	// rejects every token (wrong audience, missing permission) must not
+	// turn each request into a refresh.
+	rejects *rate.Limiter
 
 	mu       sync.Mutex // guards the fields below
 	bindings []*binding // oldest first
@@ -142,7 +153,7 @@ func (s *session) Destruct() error {
 func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.Logger) (*session, error) {
 	b := &binding{owner: configOf(ctx), refs: 1, set: set, storage: ctx.Storage(), logger: logger}
 	val, loaded, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
-		s := &session{name: name}
+		s := &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst)}
 		s.bindings = []*binding{b}
 		if err := s.applyLocked(); err != nil {
 			return nil, err
