@@ -303,7 +303,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.unavailable(w, r, err)
 	}
-	if err := h.setToken(r, repl, cache, tok); err != nil {
+	if err := h.setToken(r, repl, tok); err != nil {
 		return err
 	}
 	countRequest(h.Session, resultInjected)
@@ -353,7 +353,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header()[k] = v
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	if err := h.setToken(r, repl, cache, fresh); err != nil {
+	if err := h.setToken(r, repl, fresh); err != nil {
 		return err
 	}
 	countRequest(h.Session, resultRetried401)
@@ -370,10 +370,10 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // inject_token transport, which alone can sign a proof for the request as
 // the upstream receives it. Without such a transport the request is refused
 // rather than sent with a token the upstream must reject.
-func (h *Handler) setToken(r *http.Request, repl *caddy.Replacer, cache *tokencache.Cache, tok *tokencache.Token) error {
+func (h *Handler) setToken(r *http.Request, repl *caddy.Replacer, tok *tokencache.Token) error {
 	repl.Set("http.inject_token.sub", tok.Subject)
 	repl.Set("http.inject_token.sid", tok.SessionID)
-	caddyhttp.SetVar(r.Context(), credVar, &credential{session: h.Session, tok: tok, key: tok.Key, nonces: &h.sess.rsNonces})
+	caddyhttp.SetVar(r.Context(), credVar, &credential{session: h.Session, tok: tok, nonces: &h.sess.rsNonces})
 	if !isDPoP(tok) {
 		r.Header.Set("Authorization", "Bearer "+tok.Value)
 		return nil

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"sort"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -104,13 +103,9 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 // fingerprint identifies resolved oauth2 settings (secrets included, hashed)
 // so a reload can tell whether they changed.
 func fingerprint(cfg oauth.Config, keyPEM string) string {
-	keys := make([]string, 0, len(cfg.Params))
-	for k := range cfg.Params {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	// encoding/json writes map keys sorted, so Params encode canonically.
 	b, _ := json.Marshal([]any{cfg.Endpoint, cfg.ClientID, cfg.ClientSecret, keyPEM, cfg.Auth, cfg.Grant,
-		cfg.Scopes, cfg.Resource, keys, cfg.Params, cfg.DPoP})
+		cfg.Scopes, cfg.Resource, cfg.Params, cfg.DPoP})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

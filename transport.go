@@ -31,9 +31,8 @@ const credVar = "inject_token.credential"
 // handler can tell a route that forgot the transport.
 type credential struct {
 	session string
-	tok     *tokencache.Token
-	key     *dpop.Key
-	nonces  *dpop.NonceStore // resource-server nonces, per origin
+	tok     *tokencache.Token // carries its DPoP key
+	nonces  *dpop.NonceStore  // resource-server nonces, per origin
 	signed  atomic.Bool
 }
 
@@ -146,7 +145,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Header.Set("Authorization", "Bearer "+cred.tok.Value)
 		return t.HTTPTransport.RoundTrip(out)
 	}
-	if cred.key == nil {
+	if cred.tok.Key == nil {
 		return nil, fmt.Errorf("inject_token transport: session %q has a DPoP-bound token but no DPoP key", cred.session)
 	}
 	resp, err := t.attempt(req, cred, "first")
@@ -162,7 +161,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // (the RoundTripper contract forbids changing the caller's request).
 func (t *Transport) attempt(req *http.Request, cred *credential, kind string) (*http.Response, error) {
 	htu := t.htu(req)
-	proof, err := cred.key.ProofForURL(req.Method, htu, dpop.ProofOptions{
+	proof, err := cred.tok.Key.ProofForURL(req.Method, htu, dpop.ProofOptions{
 		AccessToken: cred.tok.Value,
 		Nonce:       cred.nonces.Get(htu),
 	})
@@ -214,7 +213,7 @@ func (t *Transport) credential(req *http.Request) (*credential, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &credential{session: t.Session, tok: tok, key: tok.Key, nonces: &s.rsNonces}, nil
+	return &credential{session: t.Session, tok: tok, nonces: &s.rsNonces}, nil
 }
 
 // nonceChallenge reports whether resp asks for a (new) DPoP nonce.

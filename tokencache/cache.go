@@ -253,8 +253,6 @@ func (c *Cache) SetLogger(l *zap.Logger) {
 
 func (c *Cache) store() store     { return *c.st.Load() }
 func (c *Cache) log() *zap.Logger { return c.logger.Load() }
-func (c *Cache) Name() string     { return c.cfg.Name }
-func (c *Cache) Config() Config   { return c.cfg }
 func (c *Cache) signalWake() {
 	select {
 	case c.wake <- struct{}{}:
@@ -934,20 +932,6 @@ func (c *Cache) runOpCtx(ctx context.Context, op func(ctx context.Context) (*sna
 	defer cancel()
 	return op(octx)
 }
-
-// AccessToken returns the current access token even if a refresh is due,
-// for calls such as /me/list that need the session's own token. It waits
-// for a refresh only when the token is no longer valid.
-func (c *Cache) AccessToken(ctx context.Context) (string, error) {
-	t, err := c.Token(ctx)
-	if err != nil {
-		return "", err
-	}
-	return t.Value, nil
-}
-
-// Key returns the session's DPoP key, or nil when logged out.
-func (c *Cache) Key() *dpop.Key { return c.current().key }
 
 // Status is a secret-free view of the session for the admin API.
 type Status struct {
