@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
 
 // The per-request cost of inject_token with a valid token, next to a
@@ -20,7 +21,7 @@ import (
 //
 //	go test -run x -bench Handler -benchmem .
 func BenchmarkHandlerInject(b *testing.B) {
-	srv := sandbox.NewServer(b, sandbox.Options{AccessTokenTTL: time.Hour})
+	srv := sandboxtest.NewServer(b, sandbox.Options{AccessTokenTTL: time.Hour})
 	storage, _ := json.Marshal(map[string]string{"module": "file_system", "root": b.TempDir()})
 	ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: storage})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
 
 // These tests drive an in-process Caddy (admin on localhost:2999, shared by
@@ -222,7 +223,7 @@ func assertUnavailable(t *testing.T, tester *caddytest.Tester, session string) {
 // strip_header headers never do, two sites share one session, and the
 // password stays out of the JSON config.
 func TestProxyInjectsToken(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	uid := srv.AddUser(sandbox.DemoEmail, sandbox.DemoPassword)
 	t.Setenv("IT_TEST_EMAIL", sandbox.DemoEmail)
 	t.Setenv("IT_TEST_PASSWORD", sandbox.DemoPassword)
@@ -286,7 +287,7 @@ http://localhost:9081 {
 // requests get 503 + Retry-After + JSON, never forwarded; with error
 // routes, handle_errors shapes the answer and sees the placeholders.
 func TestLoggedOutAnswers503(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
 	g := gateway{storage: dir, block: "session out-1\nprelude " + srv.URL, upstream: srv.URL, rewrite: "/whoami"}
 	tester := g.start(t)
@@ -310,7 +311,7 @@ func TestLoggedOutAnswers503(t *testing.T) {
 // large body is not replayed, its 401 passes through, and the next request
 // uses a fresh token.
 func TestUpstream401RetriesOnce(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	var mu sync.Mutex
 	rejected := map[string]bool{}
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -428,7 +429,7 @@ func TestUpstream401RetriesOnce(t *testing.T) {
 
 // TestAdminAPI walks every admin route.
 func TestAdminAPI(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	uid := srv.AddUser(sandbox.DemoEmail, sandbox.DemoPassword)
 	dir := t.TempDir()
 	g := gateway{storage: dir, upstream: srv.URL, rewrite: "/whoami",
@@ -580,7 +581,7 @@ http://localhost:9081 {
 // TestReloadKeepsSession: a reload with changed settings keeps the logged
 // in session without a new login or a refresh.
 func TestReloadKeepsSession(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
 	g := gateway{storage: dir, upstream: srv.URL, rewrite: "/whoami", block: fmt.Sprintf(`session reload-1
 		prelude %s
@@ -702,7 +703,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 // TestLoadErrors: configs that must not load, with errors that say why and
 // never quote a resolved secret.
 func TestLoadErrors(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
 	conflict := gateway{storage: dir, upstream: srv.URL, block: "session conflict-1\nprelude " + srv.URL,
 		extra: fmt.Sprintf(`}
@@ -743,7 +744,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // wrong audience, a missing permission) gets its 401s passed on, and the
 // refreshes they cause are rate-limited instead of one or two per request.
 func TestUpstreamAlways401IsBounded(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope"`)
 		w.WriteHeader(http.StatusUnauthorized)

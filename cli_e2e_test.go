@@ -12,6 +12,7 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -20,7 +21,7 @@ import (
 // the prompt, see requests reach the upstream with a token, list and revoke
 // the user's sessions, log out.
 func TestCLIWalkthrough(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	tester := gateway{storage: t.TempDir(), upstream: srv.URL, rewrite: "/whoami",
 		block: "session walk\nprelude " + srv.URL}.start(t)
 	run := func(stdin string, args ...string) string {
@@ -89,7 +90,7 @@ type otherDevice struct {
 	rt  string
 }
 
-func newSandboxLogin(t *testing.T, srv *sandbox.Server, email string) *otherDevice {
+func newSandboxLogin(t *testing.T, srv *sandboxtest.Server, email string) *otherDevice {
 	t.Helper()
 	ctx := context.Background()
 	cl, err := prelude.New(srv.URL, prelude.Options{})

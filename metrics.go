@@ -2,9 +2,10 @@ package injecttoken
 
 import (
 	"errors"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // Request results counted by caddy_inject_token_requests_total.
@@ -70,7 +71,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{refreshTotal, requestsTotal, proofsTotal, expiry} {
+	for _, c := range []prometheus.Collector{refreshTotal, requestsTotal, proofsTotal, upstreamRejections, expiry} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -82,9 +83,11 @@ func registerMetrics(reg prometheus.Registerer) error {
 }
 
 // observeRefresh is the tokencache Observe hook of a session.
-func observeRefresh(name string) func(outcome string, d time.Duration) {
-	return func(outcome string, _ time.Duration) {
-		refreshTotal.WithLabelValues(name, outcome).Inc()
+func observeRefresh(name string) func(tokencache.Event) {
+	return func(e tokencache.Event) {
+		if e.Kind == tokencache.EventAttempt {
+			refreshTotal.WithLabelValues(name, e.Outcome).Inc()
+		}
 	}
 }
 
@@ -96,4 +99,24 @@ func countRequest(session, result string) {
 // countProof counts one DPoP proof the transport signed.
 func countProof(session, kind string) {
 	proofsTotal.WithLabelValues(session, kind).Inc()
+}
+
+// Kinds of upstream answer counted by
+// caddy_inject_token_upstream_rejections_total.
+const (
+	rejectionToken       = "token_rejected"       // the upstream refused the token (401)
+	rejectionNonce       = "nonce_challenge"      // the upstream asked for a DPoP nonce
+	rejectionRateLimited = "refresh_rate_limited" // a rejection whose refresh the 401 budget skipped
+)
+
+var upstreamRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "inject_token",
+	Name:      "upstream_rejections_total",
+	Help:      "Upstream answers that rejected or challenged the injected credential, by session and kind (token_rejected, nonce_challenge, refresh_rate_limited).",
+}, []string{"session", "kind"})
+
+// countUpstreamRejection counts one upstream rejection or challenge.
+func countUpstreamRejection(session, kind string) {
+	upstreamRejections.WithLabelValues(session, kind).Inc()
 }

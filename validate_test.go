@@ -10,13 +10,14 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
 
 // TestValidateDoesNotLogIn: `caddy validate` provisions every module but
 // starts no app, so a config with automatic login must not log in, refresh
 // or write session state while being validated.
 func TestValidateDoesNotLogIn(t *testing.T) {
-	srv := sandbox.NewServer(t, sandbox.Options{})
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
 	g := gateway{
 		storage:  dir,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -17,9 +18,9 @@ import (
 // rotation and reuse detection), so passing here means the wire format is
 // right, not just self-consistent.
 
-func sandboxClient(t *testing.T, opts sandbox.Options) (*sandbox.Server, *Client) {
+func sandboxClient(t *testing.T, opts sandbox.Options) (*sandboxtest.Server, *Client) {
 	t.Helper()
-	srv := sandbox.NewServer(t, opts)
+	srv := sandboxtest.NewServer(t, opts)
 	c, err := New(srv.URL+"/", Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +44,7 @@ func login(t *testing.T, c *Client) (*dpop.Key, *Tokens) {
 }
 
 // sessionID is the sid claim of a sandbox access token.
-func sessionID(t *testing.T, srv *sandbox.Server, accessToken string) string {
+func sessionID(t *testing.T, srv *sandboxtest.Server, accessToken string) string {
 	t.Helper()
 	claims, err := srv.VerifyAccessToken(accessToken)
 	if err != nil {

@@ -6,7 +6,7 @@
 //
 // # In Go tests
 //
-//	srv := sandbox.NewServer(t, sandbox.Options{AccessTokenTTL: time.Second})
+//	srv := sandboxtest.NewServer(t, sandbox.Options{AccessTokenTTL: time.Second})
 //	// srv.URL is http://127.0.0.1:<port>; the server closes with the test.
 //	... log in and refresh against srv.URL ...
 //	if st := srv.Stats(); st.ReuseEvents != 0 || st.MaxRefreshInFlight > 1 {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,25 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
+
+// Server is a Sandbox on a loopback port for one test. Tests outside this
+// package use sandboxtest.NewServer; an internal test cannot import it.
+type Server struct {
+	*Sandbox
+	URL string
+}
+
+// NewServer starts a Sandbox for the length of tb.
+func NewServer(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	sb, err := New(opts)
+	if err != nil {
+		tb.Fatalf("sandbox: %v", err)
+	}
+	hs := httptest.NewServer(sb)
+	tb.Cleanup(hs.Close)
+	return &Server{Sandbox: sb, URL: hs.URL}
+}
 
 // reply is a fully read response.
 type reply struct {

@@ -44,6 +44,13 @@ type Backend interface {
 type LoginFunc func(ctx context.Context, key *dpop.Key, previousRefreshToken string) (*Grant, error)
 
 // Error classes a Backend or LoginFunc wraps so the cache knows what to do.
+//
+// The contract that keeps a refresh token presented at most once: a backend
+// returns an error wrapping none of these only when the answer proves the
+// server did not act on the request (the request was never fully written,
+// 429, 503 with Retry-After, a 400 about the DPoP proof or nonce). Every
+// other failure after the request was written — 500, 502, 504, timeouts,
+// resets, a 2xx that cannot be used — wraps ErrOutcomeUnknown.
 var (
 	// ErrSessionDead means the session can no longer be refreshed (revoked,
 	// refresh token reused or unknown, key mismatch): log in again.
@@ -52,6 +59,12 @@ var (
 	// came back: the server may have rotated, so the refresh token must be
 	// treated as spent and never presented again.
 	ErrOutcomeUnknown = errors.New("refresh outcome unknown")
+	// ErrCredentialsRejected means the server refused the configured login
+	// credentials (wrong password, invalid_client, unauthorized_client):
+	// retrying with the same configuration cannot succeed and may lock the
+	// account, so automatic login pauses until the configuration changes or
+	// an operator acts.
+	ErrCredentialsRejected = errors.New("credentials rejected")
 )
 
 // RetryAfterError is implemented by transient errors that carry a server's

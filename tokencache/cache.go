@@ -98,9 +98,10 @@ type Config struct {
 	Lazy bool
 	// Logger receives state changes; never tokens. Default: no logging.
 	Logger *zap.Logger
-	// Observe, when set, is called after every refresh or login attempt
-	// with its outcome (see Status.LastOutcome) and duration, for metrics.
-	Observe func(outcome string, d time.Duration)
+	// Observe, when set, receives an Event after every refresh or login
+	// attempt, lock wait, storage error and state change, for metrics. It is
+	// called synchronously and must be quick.
+	Observe func(Event)
 }
 
 // Outcomes reported in Status.LastOutcome and to Config.Observe.
@@ -773,7 +774,7 @@ func (c *Cache) setErr(err error) {
 
 func (c *Cache) observe(outcome string, start time.Time) {
 	if c.cfg.Observe != nil {
-		c.cfg.Observe(outcome, time.Since(start))
+		c.cfg.Observe(Event{Kind: EventAttempt, Outcome: outcome, Duration: time.Since(start)})
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -26,14 +27,14 @@ const (
 // env is one sandbox plus a storage directory shared by the caches built on it.
 type env struct {
 	t   *testing.T
-	srv *sandbox.Server
+	srv *sandboxtest.Server
 	cl  *prelude.Client
 	dir string
 }
 
 func newEnv(t *testing.T, ttl time.Duration) *env {
 	t.Helper()
-	srv := sandbox.NewServer(t, sandbox.Options{AccessTokenTTL: ttl})
+	srv := sandboxtest.NewServer(t, sandbox.Options{AccessTokenTTL: ttl})
 	cl, err := prelude.New(srv.URL, prelude.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -490,7 +491,7 @@ func TestStatusHasNoSecrets(t *testing.T) {
 }
 
 func BenchmarkTokenHot(b *testing.B) {
-	srv := sandbox.NewServer(b, sandbox.Options{AccessTokenTTL: time.Hour})
+	srv := sandboxtest.NewServer(b, sandbox.Options{AccessTokenTTL: time.Hour})
 	cl, _ := prelude.New(srv.URL, prelude.Options{})
 	c, err := tokencache.New(tokencache.Config{Name: "bench", Storage: &certmagic.FileStorage{Path: b.TempDir()}, Backend: prelude.Backend{Client: cl}})
 	if err != nil {

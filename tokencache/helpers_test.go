@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -37,7 +37,7 @@ func containsAny(s string, subs ...string) bool {
 // sandbox accepts its signature and its exp lies after asked. Checking exp
 // against the time of the request, not of this check, keeps a busy test
 // machine from failing a token that was fine when handed out.
-func validAt(srv *sandbox.Server, tok *tokencache.Token, asked time.Time) error {
+func validAt(srv *sandboxtest.Server, tok *tokencache.Token, asked time.Time) error {
 	if _, err := srv.VerifyAccessToken(tok.Value); err == nil {
 		return nil
 	} else if !strings.Contains(err.Error(), "expired") {
