@@ -5,20 +5,31 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
 
-// Paths of the frontend API, newest forms only (see the package comment).
+// Paths of the frontend API (see the package comment).
 const (
+	pathLoginOTP      = "/v1/session/login/otp"
+	pathLoginOTPCheck = "/v1/session/login/otp/check"
+	pathLoginOTPRetry = "/v1/session/login/otp/retry"
 	pathOTP           = "/v1/session/otp"
 	pathOTPCheck      = "/v1/session/otp/check"
+	pathOTPRetry      = "/v1/session/otp/retry"
 	pathLoginPassword = "/v1/session/login/email/password"
 	pathFinalize      = "/v1/session/login/finalize"
 	pathRefresh       = "/v1/session/refresh"
 	pathRevoke        = "/v1/session/revoke"
 	pathListSessions  = "/v1/session/me/list"
 	pathRevokeTarget  = "/v1/session/me/revoke"
+)
+
+// Ops whose answers are classified specially (see call.classify).
+const (
+	opLoginPassword = "login_password"
+	opRefresh       = "refresh"
 )
 
 // Header names of the non-browser transport.
@@ -77,9 +88,10 @@ func (cl *Client) CheckOTP(ctx context.Context, verificationToken, code string) 
 }
 
 // LoginPassword checks an email and password and returns the challenge
-// token to pass to Finalize. Wrong credentials are a KindDead error.
+// token to pass to Finalize. Wrong credentials (401) are a KindCredentials
+// error.
 func (cl *Client) LoginPassword(ctx context.Context, email, password string) (challengeToken string, err error) {
-	c := &call{op: "login_password", method: http.MethodPost, path: pathLoginPassword,
+	c := &call{op: opLoginPassword, method: http.MethodPost, path: pathLoginPassword,
 		body:    map[string]string{"identifier": email, "password": password},
 		secrets: []string{password}}
 	if email == "" || password == "" {
@@ -125,11 +137,15 @@ func (cl *Client) Finalize(ctx context.Context, key *dpop.Key, challengeToken, p
 	return cl.tokens(ctx, c)
 }
 
-// Refresh spends refreshToken and returns a new access token and the
-// rotated refresh token. The old refresh token is dead once this succeeds,
-// and must be treated as dead when the error is KindUnknownOutcome.
+// Refresh spends refreshToken and returns a new access token and, when the
+// server rotated it, the new refresh token (Tokens.RefreshToken is "" when
+// the answer carried no X-Refresh-Token: the server did not rotate and
+// refreshToken stays the one to use, as the official SDKs assume). A
+// rotated refresh token makes the old one dead; the old one must be
+// treated as dead when the error is KindUnknownOutcome, and may be
+// presented again after a KindTransient error (see Kind).
 func (cl *Client) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*Tokens, error) {
-	c := &call{op: "refresh", method: http.MethodPost, path: pathRefresh, key: key,
+	c := &call{op: opRefresh, method: http.MethodPost, path: pathRefresh, key: key, spends: true,
 		header:  http.Header{headerRefreshToken: {refreshToken}},
 		secrets: []string{refreshToken}}
 	if key == nil || refreshToken == "" {
@@ -152,20 +168,24 @@ func (cl *Client) Revoke(ctx context.Context, key *dpop.Key, refreshToken string
 	return err
 }
 
+// Unset, as ListSessions' limit or offset, leaves the parameter out.
+const Unset = -1
+
 // ListSessions lists the active sessions of the access token's user.
-// limit and offset are sent only when positive (the server defaults to 10
-// and 0; it rejects limits above 100).
+// limit and offset are sent as given, zero included, as the SDK does (the
+// server judges them: it defaults to 10 and 0, and refuses limits outside
+// 1–100); a negative value such as Unset leaves the parameter out.
 func (cl *Client) ListSessions(ctx context.Context, accessToken string, limit, offset int) (*SessionList, error) {
-	q := url.Values{}
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit))
+	var q []string
+	if limit >= 0 {
+		q = append(q, "limit="+strconv.Itoa(limit))
 	}
-	if offset > 0 {
-		q.Set("offset", strconv.Itoa(offset))
+	if offset >= 0 {
+		q = append(q, "offset="+strconv.Itoa(offset))
 	}
-	c := bearerCall("list_sessions", http.MethodGet, pathListSessions, q, accessToken)
-	if accessToken == "" || limit < 0 || offset < 0 {
-		return nil, c.refuse("access token required; limit and offset must not be negative")
+	c := bearerCall("list_sessions", http.MethodGet, pathListSessions, strings.Join(q, "&"), accessToken)
+	if accessToken == "" {
+		return nil, c.refuse("access token required")
 	}
 	rep, err := cl.do(ctx, c)
 	if err != nil {
@@ -194,9 +214,10 @@ const (
 // and must be empty otherwise. Arguments are checked before sending so a
 // typo cannot turn into a wider revocation than intended.
 func (cl *Client) RevokeSessions(ctx context.Context, accessToken, target, sessionID string) error {
-	q := url.Values{"target": {target}}
+	// target first, as the SDK orders it (url.Values.Encode would sort).
+	q := "target=" + url.QueryEscape(target)
 	if sessionID != "" {
-		q.Set("session_id", sessionID)
+		q += "&session_id=" + url.QueryEscape(sessionID)
 	}
 	c := bearerCall("revoke_sessions", http.MethodPost, pathRevokeTarget, q, accessToken)
 	switch {
@@ -213,7 +234,7 @@ func (cl *Client) RevokeSessions(ctx context.Context, accessToken, target, sessi
 
 // bearerCall is a call authenticated by an access token only. Like the iOS
 // SDK, no DPoP proof is sent: Prelude access tokens are plain bearer tokens.
-func bearerCall(op, method, path string, q url.Values, accessToken string) *call {
+func bearerCall(op, method, path, q, accessToken string) *call {
 	return &call{op: op, method: method, path: path, query: q,
 		header:  http.Header{"Authorization": {"Bearer " + accessToken}},
 		secrets: []string{accessToken}}

@@ -3,7 +3,6 @@ package prelude
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -78,20 +77,4 @@ func (t *Tokens) Grant() *tokencache.Grant {
 		RefreshToken:  t.RefreshToken,
 		RefreshExpiry: t.RefreshExpiresAt,
 	}
-}
-
-// cacheError adds the tokencache sentinel matching err's Kind, keeping err
-// in the chain.
-func cacheError(err error) error {
-	var e *Error
-	if !errors.As(err, &e) {
-		return err
-	}
-	switch e.Kind {
-	case KindDead:
-		return fmt.Errorf("%w: %w", tokencache.ErrSessionDead, err)
-	case KindUnknownOutcome:
-		return fmt.Errorf("%w: %w", tokencache.ErrOutcomeUnknown, err)
-	}
-	return err
 }

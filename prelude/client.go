@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,41 @@ const (
 	DefaultMaxResponseBytes = 1 << 20
 	DefaultUserAgent        = "caddy-inject-token-prelude/1"
 )
+
+// headerSDKUserAgent identifies the client library to the server, as the
+// official SDKs do with their own name ("Prelude/0.6.0 … (Web)").
+const headerSDKUserAgent = "X-SDK-User-Agent"
+
+// modulePath is this module's path, looked up in the build info for the
+// version sdkUserAgent reports.
+const modulePath = "github.com/tokenwarden/caddy-inject-token"
+
+// sdkUserAgent is this module's own name and version, sent in
+// X-SDK-User-Agent on every request: it never claims to be an official
+// SDK, so the server can tell a gateway's traffic apart.
+var sdkUserAgent = "caddy-inject-token/" + moduleVersion() + " (Go; prelude)"
+
+// moduleVersion is this module's version from the build info: "devel" in
+// tests and builds from a work tree.
+func moduleVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	v := bi.Main.Version
+	if bi.Main.Path != modulePath {
+		v = ""
+		for _, d := range bi.Deps {
+			if d.Path == modulePath {
+				v = d.Version
+			}
+		}
+	}
+	if v == "" || v == "(devel)" {
+		return "devel"
+	}
+	return v
+}
 
 // Options configure a Client. The zero value is usable.
 type Options struct {
@@ -89,10 +125,17 @@ type call struct {
 	op     string
 	method string
 	path   string // below the base URL, e.g. "/v1/session/refresh"
-	query  url.Values
+	query  string // raw, already encoded, in the order the SDK sends it
 	body   any         // JSON-encoded when non-nil
 	key    *dpop.Key   // when set, a DPoP proof is attached
 	header http.Header // credentials: X-Refresh-Token, Authorization, …
+	// spends is true for a refresh: the request presents a single-use
+	// token, so only answers that prove the server did not act are
+	// transient (see Kind).
+	spends bool
+	// hc, when set, replaces the client's HTTP client (an OTP login's
+	// cookie-keeping copy).
+	hc *http.Client
 	// secrets are scrubbed from any server text copied into errors.
 	secrets []string
 }
@@ -136,11 +179,17 @@ func (c *call) malformed(rep *reply, what string) *Error {
 // do sends c and returns the 2xx reply or an *Error. A DPoP-signed request
 // is re-sent with a fresh proof at most once for each of two reasons the
 // server gives before acting on it:
-//   - use_dpop_nonce with a DPoP-Nonce header: the new proof carries it;
+//   - use_dpop_nonce with a DPoP-Nonce header: the new proof carries it
+//     (the official SDKs do the same);
 //   - invalid_dpop_proof while the response's Date shows a clock skew
 //     different from the one the proof's iat was corrected by: the new
-//     proof is dated on the server's clock (what the official SDKs do, so a
-//     clock jump does not kill the session).
+//     proof is dated on the server's clock. The web SDK does not do this
+//     (its proofs use the browser's clock); this module does because a
+//     gateway's clock may jump, and a proof rejection proves the server did
+//     not spend the token, so resending costs nothing.
+//
+// Either rejection left after its retry is KindTransient: the token cache
+// tries again later with a fresh proof.
 func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 	var payload []byte
 	if c.body != nil {
@@ -160,22 +209,23 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 		if rep.Status >= 200 && rep.Status < 300 {
 			return rep, nil
 		}
-		var code, msg string
+		var code, msg, typ string
 		if rep.BodyErr == nil {
-			code, msg = envelope(rep.Body)
+			code, msg, typ = envelope(rep.Body)
 		}
 		if c.key != nil {
 			switch {
 			case code == codeUseNonce && !nonceRetried && rep.Header.Get("DPoP-Nonce") != "":
 				nonceRetried = true // send stored the nonce; the new proof uses it
 				continue
-			case code == "invalid_dpop_proof" && !skewRetried && time.Duration(cl.skew.Load()) != skew:
+			case code == codeInvalidProof && !skewRetried && time.Duration(cl.skew.Load()) != skew:
 				skewRetried = true
 				continue
 			}
 		}
-		e := c.fail(classify(rep.Status, code), rep.Status, nil)
+		e := c.fail(c.classify(rep.Status, code, wire.HasRetryAfter(rep.Header)), rep.Status, nil)
 		e.Code = wire.Scrub(code, c.secrets)
+		e.Type = wire.Scrub(typ, c.secrets)
 		e.Message = wire.Scrub(msg, c.secrets)
 		e.RetryDelay = rep.RetryHint(time.Now(), maxRetryAfter)
 		return nil, e
@@ -183,13 +233,13 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 }
 
 // endpoint returns the absolute URL for path below the base URL.
-func (cl *Client) endpoint(path string, query url.Values) *url.URL {
+func (cl *Client) endpoint(path, query string) *url.URL {
 	u := *cl.base
 	u.Path += path
 	if u.RawPath != "" {
 		u.RawPath += path // path is plain ASCII: its escaped form is itself
 	}
-	u.RawQuery = query.Encode()
+	u.RawQuery = query
 	return &u
 }
 
@@ -201,15 +251,29 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte,
 	// With c.key, a fresh proof (new jti) per attempt, over the exact URL
 	// sent, with the newest nonce for this origin and iat on the server's
 	// clock.
+	header := c.header.Clone()
+	if header == nil {
+		header = http.Header{}
+	}
+	header.Set(headerSDKUserAgent, sdkUserAgent)
+	if c.method == http.MethodPost && payload == nil {
+		// The SDK labels its bodiless POSTs (refresh, revoke, me/revoke)
+		// as JSON too; a strict server may insist.
+		header.Set("Content-Type", "application/json")
+	}
 	req, err := (&wire.Request{
 		Method: c.method, URL: u, Body: payload, ContentType: "application/json",
-		Header: c.header, UserAgent: cl.ua,
+		Header: header, UserAgent: cl.ua,
 		Key: c.key, Nonces: cl.nonces, ProofTime: time.Now().Add(-skew),
 	}).Build(ctx)
 	if err != nil {
 		return nil, c.fail(KindCaller, 0, err)
 	}
-	r, written, err := wire.Do(cl.hc, req, cl.maxBody, cl.nonces.Observe)
+	hc := cl.hc
+	if c.hc != nil {
+		hc = c.hc
+	}
+	r, written, err := wire.Do(hc, req, cl.maxBody, cl.nonces.Observe)
 	if err != nil {
 		kind := KindTransient
 		if written {

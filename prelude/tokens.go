@@ -21,7 +21,9 @@ type Tokens struct {
 	// server's expires_at shifted by the skew measured from the response's
 	// Date header (see the package comment).
 	ExpiresAt time.Time
-	// RefreshToken is the new single-use refresh token.
+	// RefreshToken is the new single-use refresh token. After Refresh it
+	// is "" when the server did not rotate (no X-Refresh-Token): the token
+	// that was presented stays the one to use.
 	RefreshToken string
 	// RefreshExpiresAt is the refresh token's absolute expiry on the local
 	// clock; zero when the server did not say (or said something
@@ -55,10 +57,12 @@ func redacted(s string) string {
 // {"access_token", "expires_at"} in the body, the rotated refresh token in
 // X-Refresh-Token and its expiry in X-Refresh-Token-Expires-At.
 //
-// A 2xx without an access token or a rotated refresh token is
-// KindUnknownOutcome (call.malformed): the server has probably rotated, so
-// the refresh token that was sent may already be spent and must not be
-// presented again.
+// A 2xx without an access token is KindUnknownOutcome (call.malformed):
+// the server has probably rotated, so the refresh token that was sent may
+// already be spent and must not be presented again. A refresh answered
+// with an access token but no X-Refresh-Token was not rotated: the SDKs
+// keep their token then, and so does the caller (RefreshToken ""). A login
+// without a refresh token is malformed: there is no session to keep.
 func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 	rep, err := cl.do(ctx, c)
 	if err != nil {
@@ -75,7 +79,7 @@ func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 	if t.AccessToken == "" {
 		return nil, c.malformed(rep, "no access_token")
 	}
-	if t.RefreshToken == "" {
+	if t.RefreshToken == "" && !c.spends {
 		return nil, c.malformed(rep, "no "+headerRefreshToken+" header")
 	}
 	exp, ok := parseTimestamp(body.ExpiresAt)
@@ -88,6 +92,9 @@ func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 		}
 	}
 	t.ExpiresAt = exp.Add(rep.skew)
+	if t.RefreshToken == "" {
+		return t, nil // not rotated: any expiry header is not about a new token
+	}
 	if rexp, ok := parseTimeString(rep.Header.Get(headerRefreshTokenExpiresAt)); ok {
 		t.RefreshExpiresAt = rexp.Add(rep.skew)
 	}

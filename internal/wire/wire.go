@@ -180,6 +180,18 @@ func (r *Reply) RetryHint(localNow time.Time, limit time.Duration) time.Duration
 	return RetryAfter(r.Header, localNow, limit)
 }
 
+// HasRetryAfter reports whether h carries a Retry-After header in either
+// form RFC 9110 allows (delay-seconds or an HTTP-date): a 503 with one is
+// a server saying it did not act and when to come back.
+func HasRetryAfter(h http.Header) bool {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if _, err := strconv.ParseUint(v, 10, 64); err == nil {
+		return true
+	}
+	_, err := http.ParseTime(v)
+	return err == nil
+}
+
 // RetryAfter reads a Retry-After header as delay-seconds or an HTTP-date.
 // An HTTP-date is measured against the server's own Date header when
 // present (else localNow), so local clock skew does not distort it. The
