@@ -124,8 +124,8 @@ func New(baseURL string, opts Options) (*Client, error) {
 type call struct {
 	op     string
 	method string
-	path   string // below the base URL, e.g. "/v1/session/refresh"
-	query  string // raw, already encoded, in the order the SDK sends it
+	path   string      // below the base URL, e.g. "/v1/session/refresh"
+	query  string      // raw, already encoded, in the order the SDK sends it
 	body   any         // JSON-encoded when non-nil
 	key    *dpop.Key   // when set, a DPoP proof is attached
 	header http.Header // credentials: X-Refresh-Token, Authorization, …
