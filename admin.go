@@ -15,7 +15,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/tokenwarden/caddy-inject-token/cli"
-	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -158,6 +157,7 @@ func statusOf(s *session) sessionStatus {
 		Backend:    s.settings().backend(),
 		BaseURL:    s.settings().baseURL,
 		OTPPending: s.pendingOTP() != nil,
+		OTPFlow:    s.lastOTPFlow(),
 	}
 }
 
@@ -196,13 +196,12 @@ func handleOTPStart(ctx context.Context, s *session, r *http.Request) (any, erro
 	default:
 		return nil, errorf(http.StatusBadRequest, `expected exactly one of "phone_number" or "email_address"`)
 	}
-	client := s.settings().client
-	vt, err := client.StartOTP(ctx, id)
+	login, err := s.settings().client.StartOTPLogin(ctx, id)
 	if err != nil {
 		return nil, cacheError(s, "starting OTP login", err)
 	}
-	s.startOTP(vt, client)
-	return map[string]string{"status": "code_sent"}, nil
+	s.startOTP(login)
+	return map[string]string{"status": "code_sent", "otp_flow": login.Flow()}, nil
 }
 
 func handleOTPCheck(ctx context.Context, s *session, r *http.Request) (any, error) {
@@ -219,21 +218,13 @@ func handleOTPCheck(ctx context.Context, s *session, r *http.Request) (any, erro
 	if p == nil {
 		return nil, errorf(http.StatusConflict, "no OTP login in progress for session %q (or it expired); start one with POST /inject_token/sessions/%s/login/otp", s.name, s.name)
 	}
-	challenge, err := p.client.CheckOTP(ctx, p.verificationToken, body.Code)
-	if err != nil {
-		return nil, cacheError(s, "checking OTP code", err)
-	}
-	s.finishOTP(p)
-	err = s.cache().Login(ctx, func(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
-		t, err := p.client.Finalize(ctx, key, challenge, prev)
-		if err != nil {
-			return nil, err
-		}
-		return t.Grant(), nil
-	})
-	if err != nil {
+	// The code is checked inside the login: the current flow signs the
+	// check with the new session's key. A wrong code leaves the login
+	// pending for another try.
+	if err := s.cache().Login(ctx, p.login.Login(body.Code)); err != nil {
 		return nil, cacheError(s, "login", err)
 	}
+	s.finishOTP(p)
 	return statusOf(s), nil
 }
 
@@ -308,7 +299,7 @@ func handleList(ctx context.Context, s *session, r *http.Request) (any, error) {
 
 func queryInt(v, name string) (int, error) {
 	if v == "" {
-		return 0, nil
+		return prelude.Unset, nil
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 {

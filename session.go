@@ -89,9 +89,8 @@ func configOf(ctx caddy.Context) configID { return ctx.Done() }
 // pendingOTP is an OTP login started through the admin API and waiting for
 // its code.
 type pendingOTP struct {
-	verificationToken string
-	client            *prelude.Client
-	expires           time.Time
+	login   *prelude.OTPLogin
+	expires time.Time
 }
 
 // session is the pooled state of one named session. It owns a
@@ -114,6 +113,7 @@ type session struct {
 	bindings []*binding // oldest first
 	built    builtWith  // what the current cache was built with
 	otp      *pendingOTP
+	otpFlow  string // the flow of the latest OTP login started (prelude.OTPFlow*)
 }
 
 // builtWith are the settings a tokencache.Cache fixes when it is created.
@@ -293,10 +293,18 @@ func (s *session) autoLogin(ctx context.Context, key *dpop.Key, prev string) (*t
 }
 
 // startOTP remembers a started OTP login.
-func (s *session) startOTP(vt string, client *prelude.Client) {
+func (s *session) startOTP(login *prelude.OTPLogin) {
 	s.mu.Lock()
-	s.otp = &pendingOTP{verificationToken: vt, client: client, expires: time.Now().Add(otpLifetime)}
+	s.otp = &pendingOTP{login: login, expires: time.Now().Add(otpLifetime)}
+	s.otpFlow = login.Flow()
 	s.mu.Unlock()
+}
+
+// lastOTPFlow is the flow of the latest OTP login started, "" if none.
+func (s *session) lastOTPFlow() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.otpFlow
 }
 
 // pendingOTP returns the OTP login waiting for its code, if any.

@@ -44,6 +44,9 @@ type Status struct {
 	Backend    string `json:"backend,omitempty"`
 	BaseURL    string `json:"base_url,omitempty"`
 	OTPPending bool   `json:"otp_pending,omitempty"`
+	// OTPFlow is the one-time-code login flow of the latest OTP login
+	// started: "login_otp" (current) or "otp" (documented fallback).
+	OTPFlow string `json:"otp_flow,omitempty"`
 }
 
 // Device is one server-side session of the logged-in user, as listed by
