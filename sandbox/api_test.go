@@ -2,7 +2,9 @@ package sandbox
 
 import (
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"strings"
 	"testing"
 	"time"
@@ -54,12 +56,10 @@ func TestStrictRequests(t *testing.T) {
 
 func TestOTPLogin(t *testing.T) {
 	srv := NewServer(t, Options{})
-	for _, path := range []string{"/v1/session/otp", "/v1/session/login/otp"} {
-		r := call(t, "POST", srv.URL+path, nil, `{"identifier":{"type":"phone_number","value":"+33612345678"},"login_config_id":"lcfg_1"}`)
-		expect(t, r, http.StatusNoContent, "")
-		if r.Header.Get("X-Verification-Token") == "" {
-			t.Fatalf("%s: no X-Verification-Token", path)
-		}
+	r := call(t, "POST", srv.URL+"/v1/session/otp", nil, `{"identifier":{"type":"phone_number","value":"+33612345678"},"login_config_id":"lcfg_1"}`)
+	expect(t, r, http.StatusNoContent, "")
+	if r.Header.Get("X-Verification-Token") == "" || len(r.Header.Values("Set-Cookie")) != 0 {
+		t.Fatalf("documented flow: want X-Verification-Token and no cookie, got %v", r.Header)
 	}
 	if got := srv.LastOTP("+33612345678"); got != DefaultOTPCode {
 		t.Fatalf("LastOTP = %q", got)
@@ -67,17 +67,69 @@ func TestOTPLogin(t *testing.T) {
 	if got := srv.LastOTP("nobody@example.com"); got != "" {
 		t.Fatalf("LastOTP for an identifier never sent a code = %q", got)
 	}
-	r := call(t, "POST", srv.URL+"/v1/session/otp", nil, `{"identifier":{"type":"email_address","value":"Otp@Example.com"}}`)
+	r = call(t, "POST", srv.URL+"/v1/session/otp", nil, `{"identifier":{"type":"email_address","value":"Otp@Example.com"}}`)
 	vt := http.Header{"X-Verification-Token": {r.Header.Get("X-Verification-Token")}}
-	check := srv.URL + "/v1/session/login/otp/check" // the old path works too
+	check := srv.URL + "/v1/session/otp/check"
+	expect(t, call(t, "POST", srv.URL+"/v1/session/otp/retry", vt, ""), http.StatusNoContent, "")
 	expect(t, call(t, "POST", check, vt, `{"code":"000000"}`), 400, "bad_check_code")
 	// A wrong code does not spend the verification; the right one does.
 	challengeFrom(t, call(t, "POST", check, vt, fmt.Sprintf(`{"code":%q}`, srv.LastOTP("otp@example.com"))))
 	expect(t, call(t, "POST", check, vt, `{"code":"123456"}`), 400, "invalid_verification_token")
 	expect(t, call(t, "POST", check, nil, `{"code":"123456"}`), 400, "invalid_verification_token")
+	expect(t, call(t, "POST", srv.URL+"/v1/session/otp/retry", vt, ""), 400, "invalid_verification_token")
 	if got := srv.Stats().Rejections["bad_check_code"]; got != 1 {
 		t.Errorf("bad_check_code count = %d", got)
 	}
+}
+
+// The current (web SDK 0.6.0) flow: the verification lives in a cookie,
+// and the DPoP-signed check answers with the tokens.
+func TestCurrentOTPLogin(t *testing.T) {
+	srv := NewServer(t, Options{})
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar}
+	post := func(c *http.Client, path string, hdr http.Header, body string) reply {
+		t.Helper()
+		req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return reply{resp.StatusCode, resp.Header, b}
+	}
+	r := post(hc, "/v1/session/login/otp", nil, `{"identifier":{"type":"email_address","value":"web@example.com"}}`)
+	expect(t, r, http.StatusNoContent, "")
+	if r.Header.Get("X-Verification-Token") != "" || r.Header.Get("Set-Cookie") == "" {
+		t.Fatalf("current flow: want a cookie and no X-Verification-Token, got %v", r.Header)
+	}
+	expect(t, post(hc, "/v1/session/login/otp/retry", nil, ""), http.StatusNoContent, "")
+	expect(t, post(http.DefaultClient, "/v1/session/login/otp/retry", nil, ""), 400, "invalid_verification_token")
+
+	cl := newClient(t, srv.URL)
+	proof := func() http.Header {
+		return http.Header{"DPoP": {proofFor(t, cl.key, "POST", srv.URL+"/v1/session/login/otp/check", dpop.ProofOptions{})}}
+	}
+	expect(t, post(hc, "/v1/session/login/otp/check", nil, `{"code":"123456"}`), 401, "missing_dpop_proof")
+	expect(t, post(http.DefaultClient, "/v1/session/login/otp/check", proof(), `{"code":"123456"}`), 400, "invalid_verification_token")
+	expect(t, post(hc, "/v1/session/login/otp/check", proof(), `{"code":"000000"}`), 400, "bad_check_code")
+	r = post(hc, "/v1/session/login/otp/check", proof(), `{"code":"123456"}`)
+	expect(t, r, http.StatusOK, "")
+	refresh, _ := cl.grant(r)
+	if st := srv.Stats(); st.Logins != 1 {
+		t.Errorf("logins = %d", st.Logins)
+	}
+	// The session is pinned to the check's key, and the cookie is spent.
+	cl.mustRefresh(refresh)
+	expect(t, post(hc, "/v1/session/login/otp/check", proof(), `{"code":"123456"}`), 400, "invalid_verification_token")
+
+	srv.DisableCurrentOTPLogin(true)
+	expect(t, post(hc, "/v1/session/login/otp", nil, `{"identifier":{"type":"email_address","value":"web@example.com"}}`), 404, "not_found")
 }
 
 func TestPasswordLogin(t *testing.T) {

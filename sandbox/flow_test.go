@@ -155,6 +155,85 @@ func TestDropAfterRotate(t *testing.T) {
 	}
 }
 
+// A fault after rotation spends the token (as a load balancer's 502 after
+// the token server acted); a fault before it does not.
+func TestFaultRefreshes(t *testing.T) {
+	srv := NewServer(t, Options{})
+	cl := newClient(t, srv.URL)
+	token, _ := cl.login("fault@example.com", "")
+	for _, f := range []Fault{
+		{Status: 429, Code: "rate_limited", RetryAfter: "3"},
+		{Status: 503, RetryAfter: "3"},
+		{Status: 401, Code: "invalid_dpop_proof"},
+		{Status: 401, Code: "dpop_key_mismatch"},
+		{Status: 401, Code: "missing_dpop_proof"},
+	} {
+		srv.FaultRefreshes(1, f)
+		r := cl.refresh(token)
+		if r.Status != f.Status || r.code() != f.Code || r.Header.Get("Retry-After") != f.RetryAfter {
+			t.Errorf("%+v: got %v %v", f, r, r.Header)
+		}
+	}
+	token, _ = cl.mustRefresh(token) // none of them spent it
+	for _, status := range []int{500, 502, 504} {
+		srv.FaultRefreshes(1, Fault{Status: status, AfterRotate: true})
+		r := cl.refresh(token)
+		if r.Status != status || r.code() != "" {
+			t.Errorf("after rotate %d: got %v", status, r)
+		}
+		expect(t, cl.refresh(token), http.StatusUnauthorized, "unauthorized") // spent: reuse
+		token, _ = cl.login("fault@example.com", "")
+	}
+	if st := srv.Stats(); st.ReuseEvents != 3 || st.RefreshSuccesses != 4 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+// SkipRotation answers a new access token without X-Refresh-Token; the
+// presented token stays current.
+func TestSkipRotation(t *testing.T) {
+	srv := NewServer(t, Options{})
+	cl := newClient(t, srv.URL)
+	token, _ := cl.login("skip@example.com", "")
+	srv.SkipRotation(2)
+	for range 2 {
+		r := cl.refresh(token)
+		expect(t, r, http.StatusOK, "")
+		var g struct {
+			AccessToken string `json:"access_token"`
+		}
+		r.decode(t, &g)
+		if g.AccessToken == "" || r.Header.Get("X-Refresh-Token") != "" || r.Header.Get("X-Refresh-Token-Expires-At") != "" {
+			t.Fatalf("unrotated answer: %v %v", r, r.Header)
+		}
+	}
+	cl.mustRefresh(token)
+	if st := srv.Stats(); st.ReuseEvents != 0 || st.RefreshSuccesses != 3 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+// Errors carry the envelope's type; requests are recorded.
+func TestErrorTypeAndRecordedRequests(t *testing.T) {
+	srv := NewServer(t, Options{})
+	r := call(t, "POST", srv.URL+"/v1/session/refresh", http.Header{"X-Test": {"1"}}, "")
+	var env map[string]string
+	r.decode(t, &env)
+	if env["code"] != "missing_dpop_proof" || env["type"] != "unauthorized" || env["message"] == "" {
+		t.Errorf("envelope = %v", env)
+	}
+	r = call(t, "GET", srv.URL+"/v1/session/me/list?limit=0&offset=0", nil, "")
+	r.decode(t, &env)
+	if env["code"] != "invalid_pagination_limit" || env["type"] != "bad_request" {
+		t.Errorf("envelope = %v", env)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 2 || reqs[0].Path != "/v1/session/refresh" || reqs[0].Header.Get("X-Test") != "1" ||
+		reqs[1].Method != "GET" || reqs[1].RawQuery != "limit=0&offset=0" {
+		t.Errorf("recorded %+v", reqs)
+	}
+}
+
 func TestConcurrentRefreshesAreCounted(t *testing.T) {
 	srv := NewServer(t, Options{})
 	const n = 4

@@ -47,7 +47,27 @@ func errNotFound(msg string) *apiError {
 
 func (s *Sandbox) writeError(w http.ResponseWriter, e *apiError) {
 	s.countRejection(e.reason)
-	writeJSON(w, e.status, map[string]string{"code": e.code, "message": e.message})
+	writeJSON(w, e.status, map[string]string{"code": e.code, "message": e.message, "type": errorType(e.status)})
+}
+
+// errorType is the envelope's "type", the error's category by status, as
+// in the API reference's example {"code":"bad_request","type":"bad_request"}.
+func errorType(status int) string {
+	switch {
+	case status == http.StatusUnauthorized:
+		return "unauthorized"
+	case status == http.StatusForbidden:
+		return "forbidden"
+	case status == http.StatusNotFound:
+		return "not_found"
+	case status == http.StatusConflict:
+		return "conflict"
+	case status == http.StatusTooManyRequests:
+		return "rate_limited"
+	case status >= 500:
+		return "internal"
+	}
+	return "bad_request"
 }
 
 func (s *Sandbox) countRejection(reason string) {

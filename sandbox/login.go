@@ -35,34 +35,178 @@ func (id *identifier) validate() *apiError {
 	return bad
 }
 
-// handleOTP starts an OTP login. Unknown identifiers get an account on the
-// spot so tests need no set-up.
-func (s *Sandbox) handleOTP(w http.ResponseWriter, r *http.Request) *apiError {
+// startVerification reads an OTP start body and sends a code (the sandbox
+// "sends" DefaultOTPCode, which LastOTP reports). Unknown identifiers get
+// an account on the spot so tests need no set-up. It returns the new
+// verification's handle.
+func (s *Sandbox) startVerification(r *http.Request, viaCookie bool) (string, *apiError) {
 	var body struct {
 		Identifier    *identifier `json:"identifier"`
 		LoginConfigID string      `json:"login_config_id"`
 		DispatchID    string      `json:"dispatch_id"`
 	}
 	if aerr := decodeJSON(r, &body, false); aerr != nil {
-		return aerr
+		return "", aerr
 	}
 	if aerr := body.Identifier.validate(); aerr != nil {
-		return aerr
+		return "", aerr
 	}
 	ident := normalizeIdentifier(body.Identifier.Value)
-	vt := randomToken()
+	handle := randomToken()
 	s.mu.Lock()
-	s.verifications[vt] = &verification{user: s.userFor(ident), code: DefaultOTPCode, expires: s.now().Add(verificationLifetime)}
+	s.verifications[handle] = &verification{user: s.userFor(ident), code: DefaultOTPCode,
+		expires: s.now().Add(verificationLifetime), viaCookie: viaCookie}
 	s.lastOTP[ident] = DefaultOTPCode
 	s.mu.Unlock()
+	return handle, nil
+}
+
+// handleOTP starts a login in the documented flow: the verification
+// travels in X-Verification-Token.
+func (s *Sandbox) handleOTP(w http.ResponseWriter, r *http.Request) *apiError {
+	vt, aerr := s.startVerification(r, false)
+	if aerr != nil {
+		return aerr
+	}
 	w.Header().Set("X-Verification-Token", vt)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-// handleOTPCheck trades a verification and its code for a challenge token.
-// The verification is spent by the right code only, so a typo can be
-// corrected.
+// handleLoginOTP starts a login in the current (web SDK 0.6.0) flow: the
+// verification lives in a cookie.
+func (s *Sandbox) handleLoginOTP(w http.ResponseWriter, r *http.Request) *apiError {
+	handle, aerr := s.startVerification(r, true)
+	if aerr != nil {
+		return aerr
+	}
+	http.SetCookie(w, verificationCookie(r, handle, verificationLifetime))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// verificationCookie is the cookie that carries a current-flow verification:
+// __Host- prefixed and Secure over TLS, as the service names it; a plain
+// name over http, where a client would not send a Secure cookie back.
+func verificationCookie(r *http.Request, value string, ttl time.Duration) *http.Cookie {
+	c := &http.Cookie{Name: cookieVerification, Value: value, Path: "/", MaxAge: int(ttl / time.Second),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode}
+	if r.TLS != nil {
+		c.Name, c.Secure = "__Host-"+cookieVerification, true
+	}
+	if ttl < 0 {
+		c.MaxAge, c.Value = -1, ""
+	}
+	return c
+}
+
+// cookieVerification names the verification cookie (the service adds the
+// app id; the sandbox is one app).
+const cookieVerification = "verification-login_sandbox"
+
+// verificationFromCookie returns the current-flow verification r names,
+// removing it when expired; callers hold mu.
+func (s *Sandbox) verificationFromCookie(r *http.Request) (string, *verification) {
+	for _, name := range []string{cookieVerification, "__Host-" + cookieVerification} {
+		if c, err := r.Cookie(name); err == nil {
+			if v := s.liveVerification(c.Value); v != nil && v.viaCookie {
+				return c.Value, v
+			}
+		}
+	}
+	return "", nil
+}
+
+// liveVerification returns the unexpired verification called handle;
+// callers hold mu.
+func (s *Sandbox) liveVerification(handle string) *verification {
+	v := s.verifications[handle]
+	if v != nil && !s.now().Before(v.expires) {
+		delete(s.verifications, handle)
+		return nil
+	}
+	return v
+}
+
+// handleLoginOTPCheck completes a current-flow login: the cookie names the
+// verification, the code proves it, and the DPoP proof's key is pinned to
+// the new session, whose tokens come back directly (no finalize). The
+// proof is checked before the code so a bad proof cannot burn it; a wrong
+// code can be corrected.
+func (s *Sandbox) handleLoginOTPCheck(w http.ResponseWriter, r *http.Request) *apiError {
+	var body struct {
+		Code string `json:"code"`
+	}
+	if aerr := decodeJSON(r, &body, false); aerr != nil {
+		return aerr
+	}
+	previous, _, aerr := singleHeader(r, "X-Refresh-Token")
+	if aerr != nil {
+		return aerr
+	}
+	proof, aerr := s.checkProof(w, r, "", true)
+	if aerr != nil {
+		return aerr
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	handle, v := s.verificationFromCookie(r)
+	switch {
+	case v == nil:
+		return apiErr(http.StatusBadRequest, "invalid_verification_token", "no live verification cookie; start with /v1/session/login/otp")
+	case subtle.ConstantTimeCompare([]byte(body.Code), []byte(v.code)) != 1:
+		return apiErr(http.StatusBadRequest, "bad_check_code", "wrong code")
+	}
+	delete(s.verifications, handle)
+	http.SetCookie(w, verificationCookie(r, "", -1))
+	sess := s.newSession(v.user, proof.Thumbprint, r)
+	s.revokePrevious(previous)
+	g, aerr := s.issue(r, sess, true)
+	if aerr != nil {
+		return aerr
+	}
+	s.logins.Add(1)
+	writeGrant(w, g)
+	return nil
+}
+
+// handleLoginOTPRetry resends the code of a current-flow login.
+func (s *Sandbox) handleLoginOTPRetry(w http.ResponseWriter, r *http.Request) *apiError {
+	if aerr := decodeJSON(r, &struct{}{}, true); aerr != nil {
+		return aerr
+	}
+	s.mu.Lock()
+	_, v := s.verificationFromCookie(r)
+	s.mu.Unlock()
+	if v == nil {
+		return apiErr(http.StatusBadRequest, "invalid_verification_token", "no live verification cookie")
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// handleOTPRetry resends the code of a documented-flow login.
+func (s *Sandbox) handleOTPRetry(w http.ResponseWriter, r *http.Request) *apiError {
+	if aerr := decodeJSON(r, &struct{}{}, true); aerr != nil {
+		return aerr
+	}
+	vt, _, aerr := singleHeader(r, "X-Verification-Token")
+	if aerr != nil {
+		return aerr
+	}
+	s.mu.Lock()
+	v := s.liveVerification(vt)
+	s.mu.Unlock()
+	if v == nil || v.viaCookie {
+		return apiErr(http.StatusBadRequest, "invalid_verification_token", "unknown or expired X-Verification-Token")
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// handleOTPCheck trades a documented-flow verification and its code for a
+// challenge token. The verification is spent by the right code only, so a
+// typo can be corrected.
 func (s *Sandbox) handleOTPCheck(w http.ResponseWriter, r *http.Request) *apiError {
 	var body struct {
 		Code string `json:"code"`
@@ -76,9 +220,8 @@ func (s *Sandbox) handleOTPCheck(w http.ResponseWriter, r *http.Request) *apiErr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := s.verifications[vt]
-	if v == nil || !s.now().Before(v.expires) {
-		delete(s.verifications, vt)
+	v := s.liveVerification(vt)
+	if v == nil || v.viaCookie {
 		return apiErr(http.StatusBadRequest, "invalid_verification_token", "unknown or expired X-Verification-Token")
 	}
 	if subtle.ConstantTimeCompare([]byte(body.Code), []byte(v.code)) != 1 {
@@ -156,12 +299,8 @@ func (s *Sandbox) handleFinalize(w http.ResponseWriter, r *http.Request) *apiErr
 	}
 	ch.used = true
 	sess := s.newSession(ch.user, proof.Thumbprint, r)
-	// The client hands over its previous session so that re-login does not
-	// leave it alive; anything that does not name a live session is ignored.
-	if old := s.refreshTokens[previous]; old != nil && old.current == previous {
-		old.revoked = true
-	}
-	g, aerr := s.issue(r, sess)
+	s.revokePrevious(previous)
+	g, aerr := s.issue(r, sess, true)
 	if aerr != nil {
 		return aerr
 	}
@@ -170,14 +309,27 @@ func (s *Sandbox) handleFinalize(w http.ResponseWriter, r *http.Request) *apiErr
 	return nil
 }
 
+// revokePrevious ends the session whose current refresh token a login
+// handed over, so that re-login does not leave it alive; anything that does
+// not name a live session is ignored. Callers hold mu.
+func (s *Sandbox) revokePrevious(previous string) {
+	if old := s.refreshTokens[previous]; old != nil && old.current == previous {
+		old.revoked = true
+	}
+}
+
 // grant is what finalize and refresh hand out.
 type grant struct {
 	access, refresh       string
 	accessExp, refreshExp time.Time
 }
 
+// writeGrant answers g; a grant without a refresh token (not rotated)
+// has no X-Refresh-Token headers.
 func writeGrant(w http.ResponseWriter, g grant) {
-	w.Header().Set("X-Refresh-Token", g.refresh)
-	w.Header().Set("X-Refresh-Token-Expires-At", g.refreshExp.UTC().Format(time.RFC3339))
+	if g.refresh != "" {
+		w.Header().Set("X-Refresh-Token", g.refresh)
+		w.Header().Set("X-Refresh-Token-Expires-At", g.refreshExp.UTC().Format(time.RFC3339))
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": g.access, "expires_at": g.accessExp.Unix()})
 }

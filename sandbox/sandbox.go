@@ -77,8 +77,12 @@ type Sandbox struct {
 	refreshTokens map[string]*session // every token ever issued, spent ones too
 	lastOTP       map[string]string
 	rejections    map[string]int64
-	failRefreshes int
+	faults        int   // FaultRefreshes
+	fault         Fault //
+	skipRotation  int
 	dropAfter     int
+	noCurrentOTP  bool
+	requests      []Request
 	latency       time.Duration
 
 	refreshCalls, refreshSuccesses, maxInFlight, inFlight atomic.Int64
@@ -92,9 +96,10 @@ type user struct {
 }
 
 type verification struct {
-	user    *user
-	code    string
-	expires time.Time
+	user      *user
+	code      string
+	expires   time.Time
+	viaCookie bool // current flow (cookie); else documented (X-Verification-Token)
 }
 
 // challenge tracks single use; expiry lives in the token's exp.
@@ -211,17 +216,24 @@ func (s *Sandbox) SetRefreshLatency(d time.Duration) {
 	locked(&s.mu, &s.latency, d)
 }
 
-// FailRefreshes makes the next n well-formed /refresh calls answer 500
-// {"code":"internal"} without rotating; n < 0 fails until FailRefreshes(0).
-func (s *Sandbox) FailRefreshes(n int) {
-	locked(&s.mu, &s.failRefreshes, n)
-}
-
 // DropAfterRotate makes the next n successful refreshes rotate the token
 // and then drop the connection unanswered, so the client never learns the
 // new token: the outcome-unknown case a client must survive.
 func (s *Sandbox) DropAfterRotate(n int) {
 	locked(&s.mu, &s.dropAfter, n)
+}
+
+// DisableCurrentOTPLogin makes the current OTP login paths
+// (/v1/session/login/otp…) answer 404, as a server that only has the
+// documented flow would, so clients can be seen falling back.
+func (s *Sandbox) DisableCurrentOTPLogin(off bool) {
+	locked(&s.mu, &s.noCurrentOTP, off)
+}
+
+func (s *Sandbox) currentOTPOff() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.noCurrentOTP
 }
 
 // AdvanceClock moves the sandbox clock forward by d, so a test can expire
@@ -293,15 +305,17 @@ func (s *Sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // so the Caddy handler can pass other paths on.
 func (s *Sandbox) serve(w http.ResponseWriter, r *http.Request) bool {
 	rt, ok := s.routes[r.URL.Path]
-	if !ok {
+	if !ok || (s.currentOTPOff() && strings.HasPrefix(r.URL.Path, "/v1/session/login/otp")) {
 		// Inside the API's own prefix a wrong path is a client bug worth a
 		// loud 404; elsewhere it may belong to a neighbouring Caddy handler.
 		if !strings.HasPrefix(r.URL.Path, "/v1/session/") {
 			return false
 		}
+		s.record(r)
 		s.writeError(w, errNotFound("no such route"))
 		return true
 	}
+	s.record(r)
 	// Clients derive clock skew from Date, so it must follow the sandbox
 	// clock rather than the wall clock net/http would use.
 	w.Header().Set("Date", s.now().UTC().Format(http.TimeFormat))
@@ -326,10 +340,12 @@ func (s *Sandbox) routeTable() map[string]route {
 	post := func(h func(http.ResponseWriter, *http.Request) *apiError) route { return route{http.MethodPost, h} }
 	get := func(h func(http.ResponseWriter, *http.Request) *apiError) route { return route{http.MethodGet, h} }
 	return map[string]route{
+		"/v1/session/login/otp":            post(s.handleLoginOTP),
+		"/v1/session/login/otp/check":      post(s.handleLoginOTPCheck),
+		"/v1/session/login/otp/retry":      post(s.handleLoginOTPRetry),
 		"/v1/session/otp":                  post(s.handleOTP),
-		"/v1/session/login/otp":            post(s.handleOTP), // pre-2025 path
 		"/v1/session/otp/check":            post(s.handleOTPCheck),
-		"/v1/session/login/otp/check":      post(s.handleOTPCheck), // pre-2025 path
+		"/v1/session/otp/retry":            post(s.handleOTPRetry),
 		"/v1/session/login/email/password": post(s.handlePassword),
 		"/v1/session/login/finalize":       post(s.handleFinalize),
 		"/v1/session/refresh":              post(s.handleRefresh),

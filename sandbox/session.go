@@ -51,17 +51,22 @@ func (s *Sandbox) active(sess *session) bool {
 	return !sess.revoked && s.now().Before(sess.expiresAt)
 }
 
-// issue rotates sess's refresh token (the old one becomes spent) and mints
-// an access token; callers hold mu.
-func (s *Sandbox) issue(r *http.Request, sess *session) (grant, *apiError) {
+// issue mints an access token and, with rotate, rotates sess's refresh
+// token (the old one becomes spent); without, the grant has no refresh
+// token. Callers hold mu.
+func (s *Sandbox) issue(r *http.Request, sess *session, rotate bool) (grant, *apiError) {
 	access, exp, err := s.mintAccess(r, sess)
 	if err != nil {
 		return grant{}, errInternal(err)
 	}
-	sess.current = randomToken()
 	sess.lastSeenAt = s.now()
-	s.refreshTokens[sess.current] = sess
-	return grant{access: access, accessExp: exp, refresh: sess.current, refreshExp: sess.expiresAt}, nil
+	g := grant{access: access, accessExp: exp}
+	if rotate {
+		sess.current = randomToken()
+		s.refreshTokens[sess.current] = sess
+		g.refresh, g.refreshExp = sess.current, sess.expiresAt
+	}
+	return g, nil
 }
 
 // withRefreshToken authenticates the X-Refresh-Token and DPoP proof of a
@@ -127,19 +132,17 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 		return errBadRequest("step-up is not supported by the sandbox")
 	}
 	var g grant
-	var drop bool
+	var drop, faulty bool
+	var fault Fault
 	aerr := s.withRefreshToken(w, r, func(sess *session) *apiError {
-		if s.failRefreshes != 0 {
-			if s.failRefreshes > 0 {
-				s.failRefreshes--
-			}
-			return &apiError{http.StatusInternalServerError, "internal", "injected_failure", "injected failure (FailRefreshes)"}
+		if fault, faulty = s.takeFault(); faulty && !fault.AfterRotate {
+			return nil // answered below, nothing spent
 		}
 		var aerr *apiError
-		if g, aerr = s.issue(r, sess); aerr != nil {
+		if g, aerr = s.issue(r, sess, !s.takeSkipRotation()); aerr != nil {
 			return aerr
 		}
-		if s.dropAfter > 0 {
+		if !faulty && s.dropAfter > 0 {
 			s.dropAfter--
 			drop = true
 		}
@@ -148,12 +151,22 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	if aerr != nil {
 		return aerr
 	}
-	s.refreshSuccesses.Add(1)
-	if drop {
-		dropConnection(w)
+	if faulty && !fault.AfterRotate {
+		if fault.Code == "use_dpop_nonce" {
+			w.Header().Set("DPoP-Nonce", s.rotateNonce())
+		}
+		s.writeFault(w, fault)
 		return nil
 	}
-	writeGrant(w, g)
+	s.refreshSuccesses.Add(1)
+	switch {
+	case faulty:
+		s.writeFault(w, fault)
+	case drop:
+		dropConnection(w)
+	default:
+		writeGrant(w, g)
+	}
 	return nil
 }
 
