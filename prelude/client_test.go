@@ -118,9 +118,13 @@ func TestRequestShapes(t *testing.T) {
 		{"revoke", func() error { return c.Revoke(ctx, key, testRefresh) },
 			"POST", "/prefix/v1/session/revoke", "", "", true, map[string]string{"X-Refresh-Token": testRefresh}},
 		{"list_default", func() error {
-			_, err := c.ListSessions(ctx, testBearer, 0, 0)
+			_, err := c.ListSessions(ctx, testBearer, Unset, Unset)
 			return err
 		}, "GET", "/prefix/v1/session/me/list", "", "", false, map[string]string{"Authorization": "Bearer " + testBearer}},
+		{"list_zero", func() error {
+			_, err := c.ListSessions(ctx, testBearer, 0, 0)
+			return err
+		}, "GET", "/prefix/v1/session/me/list", "limit=0&offset=0", "", false, nil},
 		{"list_paged", func() error {
 			_, err := c.ListSessions(ctx, testBearer, 5, 10)
 			return err
@@ -128,7 +132,7 @@ func TestRequestShapes(t *testing.T) {
 		{"revoke_others", func() error { return c.RevokeSessions(ctx, testBearer, TargetOthers, "") },
 			"POST", "/prefix/v1/session/me/revoke", "target=others", "", false, map[string]string{"Authorization": "Bearer " + testBearer}},
 		{"revoke_one", func() error { return c.RevokeSessions(ctx, testBearer, TargetSession, "ses_1") },
-			"POST", "/prefix/v1/session/me/revoke", "session_id=ses_1&target=session", "", false, nil},
+			"POST", "/prefix/v1/session/me/revoke", "target=session&session_id=ses_1", "", false, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,8 +146,8 @@ func TestRequestShapes(t *testing.T) {
 			if strings.TrimSpace(s.body) != tc.body {
 				t.Errorf("body %q, want %q", s.body, tc.body)
 			}
-			wantCT := ""
-			if tc.body != "" {
+			wantCT := "" // every POST is labelled JSON, bodiless ones too (as the SDK does)
+			if tc.method == "POST" {
 				wantCT = "application/json"
 			}
 			if ct := s.header.Get("Content-Type"); ct != wantCT {
@@ -151,6 +155,9 @@ func TestRequestShapes(t *testing.T) {
 			}
 			if s.header.Get("Accept") != "application/json" || s.header.Get("User-Agent") != "shape-test/1" {
 				t.Errorf("Accept %q, User-Agent %q", s.header.Get("Accept"), s.header.Get("User-Agent"))
+			}
+			if ua := s.header.Get("X-SDK-User-Agent"); !strings.HasPrefix(ua, "caddy-inject-token/") || strings.Contains(ua, "Prelude/") {
+				t.Errorf("X-SDK-User-Agent %q: want this module's own name", ua)
 			}
 			if has := len(s.header.Values("DPoP")) == 1; has != tc.dpop {
 				t.Errorf("DPoP headers: %d, want proof: %v", len(s.header.Values("DPoP")), tc.dpop)
@@ -214,7 +221,11 @@ func TestNonceRetryOnlyOnce(t *testing.T) {
 		writeError(w, http.StatusBadRequest, "use_dpop_nonce", "")
 	})
 	_, err := c.Refresh(context.Background(), key, testRefresh)
-	e := asError(t, err, KindCaller)
+	// Not acted on: the token cache retries later with a fresh proof.
+	e := asError(t, err, KindTransient)
+	if e.FailureReason() != "nonce" {
+		t.Errorf("reason %q", e.FailureReason())
+	}
 	if e.Code != "use_dpop_nonce" || e.Status != 400 || n.Load() != 2 {
 		t.Errorf("code %q status %d after %d requests; want use_dpop_nonce/400 after 2", e.Code, e.Status, n.Load())
 	}
@@ -225,7 +236,7 @@ func TestNonceChallengeWithoutNonceIsNotRetried(t *testing.T) {
 		writeError(w, http.StatusBadRequest, "use_dpop_nonce", "")
 	})
 	err := c.Revoke(context.Background(), newKey(t), testRefresh)
-	asError(t, err, KindCaller)
+	asError(t, err, KindTransient)
 	if n.Load() != 1 {
 		t.Errorf("requests = %d, want 1", n.Load())
 	}
@@ -381,7 +392,6 @@ func TestMalformedSuccess(t *testing.T) {
 			_, _ = io.WriteString(w, `{"access_token":"a","expires_at":`)
 		}},
 		{"no_access_token", func(w http.ResponseWriter, r *http.Request) { writeTokens(w, "", good, testRotated) }},
-		{"no_refresh_token", func(w http.ResponseWriter, r *http.Request) { writeTokens(w, "a", good, "") }},
 		{"no_expiry_anywhere", func(w http.ResponseWriter, r *http.Request) { writeTokens(w, "opaque", nil, testRotated) }},
 		{"wrong_types", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("X-Refresh-Token", testRotated)
@@ -425,35 +435,50 @@ func TestMalformedSuccess(t *testing.T) {
 	})
 }
 
+// TestErrorClassification is the decided list of answers that prove the
+// server did not act on a refresh (transient: the token may be presented
+// again); everything else after the request was written is outcome
+// unknown, except the session verdicts.
 func TestErrorClassification(t *testing.T) {
 	for _, tc := range []struct {
-		status   int
-		body     string
-		want     Kind
-		code     string
-		message  string
-		wantDead bool
+		status     int
+		retryAfter string
+		body       string
+		want       Kind
+		code       string
+		message    string
+		class      error // the tokencache sentinel the backend error wraps; nil: none (retry)
+		reason     string
 	}{
-		{401, `{"code":"unauthorized","message":"expired"}`, KindDead, "unauthorized", "expired", true},
-		{401, `not json`, KindDead, "", "", true},
-		{400, `{"code":"invalid_dpop_proof"}`, KindDead, "invalid_dpop_proof", "", true},
-		{400, `{"code":"dpop_key_mismatch"}`, KindDead, "dpop_key_mismatch", "", true},
-		{400, `{"code":"missing_dpop_proof"}`, KindDead, "missing_dpop_proof", "", true},
-		{409, `{"code":"token_reused","display_message":"already used"}`, KindDead, "token_reused", "already used", true},
-		{400, `{"code":"bad_request","type":"bad_request"}`, KindCaller, "bad_request", "", false},
-		{403, `{"code":"forbidden","message":"no"}`, KindCaller, "forbidden", "no", false},
-		{404, ``, KindCaller, "", "", false},
-		{400, `{"error":"invalid_request","error_description":"rfc style"}`, KindCaller, "invalid_request", "rfc style", false},
-		{500, `{"code":"internal"}`, KindTransient, "internal", "", false},
-		{502, "<html><body>Bad Gateway</body></html>", KindTransient, "", "", false},
-		{504, "upstream timed out", KindTransient, "", "", false},
-		{429, `{"code":"rate_limited"}`, KindTransient, "rate_limited", "", false},
-		{307, ``, KindCaller, "", "", false},
+		{401, "", `{"code":"unauthorized","message":"expired","type":"unauthorized"}`, KindDead, "unauthorized", "expired", tokencache.ErrSessionDead, "invalid_grant"},
+		{401, "", `not json`, KindDead, "", "", tokencache.ErrSessionDead, "invalid_grant"},
+		{409, "", `{"code":"token_reused","display_message":"already used"}`, KindDead, "token_reused", "already used", tokencache.ErrSessionDead, "invalid_grant"},
+		// The proof is checked before the token: not acted on.
+		{400, "", `{"code":"invalid_dpop_proof"}`, KindTransient, "invalid_dpop_proof", "", nil, "dpop_rejected"},
+		{401, "", `{"code":"invalid_dpop_proof"}`, KindTransient, "invalid_dpop_proof", "", nil, "dpop_rejected"},
+		{401, "", `{"code":"missing_dpop_proof"}`, KindTransient, "missing_dpop_proof", "", nil, "dpop_rejected"},
+		{400, "", `{"code":"use_dpop_nonce"}`, KindTransient, "use_dpop_nonce", "", nil, "nonce"},
+		{401, "", `{"code":"dpop_key_mismatch"}`, KindKeyMismatch, "dpop_key_mismatch", "", nil, "dpop_rejected"},
+		{429, "", `{"code":"rate_limited"}`, KindTransient, "rate_limited", "", nil, "rate_limited"},
+		{503, "5", `{"code":"internal"}`, KindTransient, "internal", "", nil, "status_5xx"},
+		// Anything else after the request was written: outcome unknown.
+		{503, "", `{"code":"internal"}`, KindUnknownOutcome, "internal", "", tokencache.ErrOutcomeUnknown, "status_5xx"},
+		{500, "", `{"code":"internal"}`, KindUnknownOutcome, "internal", "", tokencache.ErrOutcomeUnknown, "status_5xx"},
+		{502, "", "<html><body>Bad Gateway</body></html>", KindUnknownOutcome, "", "", tokencache.ErrOutcomeUnknown, "status_5xx"},
+		{504, "", "upstream timed out", KindUnknownOutcome, "", "", tokencache.ErrOutcomeUnknown, "status_5xx"},
+		{400, "", `{"code":"bad_request","type":"bad_request"}`, KindUnknownOutcome, "bad_request", "", tokencache.ErrOutcomeUnknown, "other"},
+		{403, "", `{"code":"forbidden","message":"no"}`, KindUnknownOutcome, "forbidden", "no", tokencache.ErrOutcomeUnknown, "other"},
+		{404, "", ``, KindUnknownOutcome, "", "", tokencache.ErrOutcomeUnknown, "other"},
+		{400, "", `{"error":"invalid_request","error_description":"rfc style"}`, KindUnknownOutcome, "invalid_request", "rfc style", tokencache.ErrOutcomeUnknown, "other"},
+		{307, "", ``, KindUnknownOutcome, "", "", tokencache.ErrOutcomeUnknown, "other"},
 	} {
-		t.Run(fmt.Sprintf("%d_%s", tc.status, tc.code), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%d_%s_%s", tc.status, tc.code, tc.retryAfter), func(t *testing.T) {
 			c, _ := misbehaving(t, func(w http.ResponseWriter, r *http.Request) {
 				if tc.status == 307 {
 					w.Header().Set("Location", "/elsewhere")
+				}
+				if tc.retryAfter != "" {
+					w.Header().Set("Retry-After", tc.retryAfter)
 				}
 				w.WriteHeader(tc.status)
 				_, _ = io.WriteString(w, tc.body)
@@ -464,10 +489,45 @@ func TestErrorClassification(t *testing.T) {
 				t.Errorf("got status %d code %q message %q", e.Status, e.Code, e.Message)
 			}
 			_, err = Backend{Client: c}.Refresh(context.Background(), newKey(t), testRefresh)
-			if errors.Is(err, tokencache.ErrSessionDead) != tc.wantDead || errors.Is(err, tokencache.ErrOutcomeUnknown) {
-				t.Errorf("backend error %v: dead=%v", err, errors.Is(err, tokencache.ErrSessionDead))
+			for _, class := range []error{tokencache.ErrSessionDead, tokencache.ErrOutcomeUnknown, tokencache.ErrCredentialsRejected} {
+				if errors.Is(err, class) != (class == tc.class) {
+					t.Errorf("backend error %v: wraps %v = %v, want class %v", err, class, errors.Is(err, class), tc.class)
+				}
+			}
+			var re tokencache.ReasonError
+			if !errors.As(err, &re) || re.FailureReason() != tc.reason {
+				t.Errorf("reason = %v, want %q", re, tc.reason)
 			}
 		})
+	}
+}
+
+// The same answers on calls that spend nothing: 5xx is transient, other
+// 4xx a refusal; a refused password is KindCredentials.
+func TestErrorClassificationWithoutSpending(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		body   string
+		want   Kind
+	}{
+		{500, `{"code":"internal"}`, KindTransient},
+		{502, `bad gateway`, KindTransient},
+		{400, `{"code":"bad_request"}`, KindCaller},
+		{401, `{"code":"unauthorized","type":"unauthorized"}`, KindCredentials},
+	} {
+		c, _ := misbehaving(t, func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(tc.status)
+			_, _ = io.WriteString(w, tc.body)
+		})
+		_, err := c.LoginPassword(context.Background(), "a@example.com", testPassword)
+		e := asError(t, err, tc.want)
+		_, err = PasswordLogin(c, "a@example.com", testPassword)(context.Background(), newKey(t), "")
+		if errors.Is(err, tokencache.ErrCredentialsRejected) != (tc.want == KindCredentials) {
+			t.Errorf("%d: PasswordLogin error %v", tc.status, err)
+		}
+		if tc.want == KindCredentials && (e.FailureReason() != "invalid_client" || e.Type != "unauthorized") {
+			t.Errorf("reason %q type %q", e.FailureReason(), e.Type)
+		}
 	}
 }
 
@@ -487,7 +547,7 @@ func TestHugeErrorBody(t *testing.T) {
 		}
 	})
 	_, err := c.Refresh(context.Background(), newKey(t), testRefresh)
-	e := asError(t, err, KindTransient)
+	e := asError(t, err, KindUnknownOutcome) // 503 without Retry-After
 	if e.Code != "" || e.Status != 503 || len(e.Error()) > 300 {
 		t.Errorf("error %q", e.Error())
 	}
@@ -518,7 +578,11 @@ func TestRetryAfter(t *testing.T) {
 				writeError(w, tc.status, "rate_limited", "slow down")
 			})
 			_, err := Backend{Client: c}.Refresh(context.Background(), newKey(t), testRefresh)
-			e := asError(t, err, KindTransient)
+			want := KindTransient
+			if tc.status == 500 {
+				want = KindUnknownOutcome // a 500 does not prove the server did not act
+			}
+			e := asError(t, err, want)
 			var ra tokencache.RetryAfterError
 			if !errors.As(err, &ra) || ra.RetryAfter() != tc.want || e.RetryDelay != tc.want {
 				t.Errorf("retry after %v, want %v", e.RetryDelay, tc.want)
@@ -620,8 +684,12 @@ func TestSecretsNeverInErrors(t *testing.T) {
 	_, err5 := c.ListSessions(ctx, testBearer, 0, 0)
 	err6 := c.RevokeSessions(ctx, testBearer, TargetAll, "")
 	err7 := c.Revoke(ctx, key, testRefresh)
-	for _, err := range []error{err1, err2, err3, err4, err5, err6, err7} {
-		e := asError(t, err, KindCaller)
+	for i, err := range []error{err1, err2, err3, err4, err5, err6, err7} {
+		want := KindCaller
+		if i == 0 {
+			want = KindUnknownOutcome // a 400 on a refresh does not prove the server did not act
+		}
+		e := asError(t, err, want)
 		if !strings.Contains(e.Message, "[redacted]") || strings.ContainsAny(e.Message+e.Code, "\n\r") {
 			t.Errorf("message not scrubbed: %q", e.Message)
 		}
@@ -656,9 +724,7 @@ func TestArgumentsCheckedBeforeSending(t *testing.T) {
 		c.Revoke(ctx, nil, testRefresh),
 		c.Revoke(ctx, key, ""),
 	}
-	_, err := c.ListSessions(ctx, testBearer, -1, 0)
-	errs = append(errs, err)
-	_, err = c.StartOTP(ctx, Identifier{Type: "username", Value: "x"})
+	_, err := c.StartOTP(ctx, Identifier{Type: "username", Value: "x"})
 	errs = append(errs, err)
 	_, err = c.StartOTP(ctx, EmailIdentifier(""))
 	errs = append(errs, err)
@@ -697,7 +763,7 @@ func TestPostRedirectNotFollowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.Refresh(context.Background(), newKey(t), testRefresh)
-	if e := asError(t, err, KindCaller); e.Status != 307 || target.Load() != 0 {
+	if e := asError(t, err, KindUnknownOutcome); e.Status != 307 || target.Load() != 0 {
 		t.Errorf("status %d, redirect target hit %d times", e.Status, target.Load())
 	}
 }
@@ -765,7 +831,7 @@ func TestBackendAdapters(t *testing.T) {
 		t.Errorf("grant %+v (previous forwarded: %v)", g, finalizeSawPrevious.Load())
 	}
 	_, err = PasswordLogin(c, "a@example.com", "wrong-password")(context.Background(), newKey(t), "")
-	if !errors.Is(err, tokencache.ErrSessionDead) {
+	if !errors.Is(err, tokencache.ErrCredentialsRejected) || errors.Is(err, tokencache.ErrSessionDead) {
 		t.Errorf("wrong password: %v", err)
 	}
 	if err := (Backend{Client: c}).Revoke(context.Background(), newKey(t), testRefresh); !errors.Is(err, tokencache.ErrSessionDead) {
@@ -826,7 +892,7 @@ func TestSkewRetryOnlyWhenSkewChanged(t *testing.T) {
 		writeError(w, 401, "invalid_dpop_proof", "")
 	})
 	_, err := c.Refresh(context.Background(), newKey(t), testRefresh)
-	if asError(t, err, KindDead); n.Load() != 1 {
+	if asError(t, err, KindTransient); n.Load() != 1 {
 		t.Errorf("requests = %d, want 1", n.Load())
 	}
 
@@ -836,7 +902,7 @@ func TestSkewRetryOnlyWhenSkewChanged(t *testing.T) {
 		writeError(w, 401, "invalid_dpop_proof", "")
 	})
 	_, err = c.Refresh(context.Background(), newKey(t), testRefresh)
-	if asError(t, err, KindDead); n.Load() != 2 {
+	if asError(t, err, KindTransient); n.Load() != 2 {
 		t.Errorf("requests = %d, want 2", n.Load())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,10 +105,10 @@ func TestSandboxPasswordLogin(t *testing.T) {
 	sessionID(t, srv, g.AccessToken)
 
 	_, err = PasswordLogin(c, sandbox.DemoEmail, "not-the-password")(context.Background(), newKey(t), "")
-	if !errors.Is(err, tokencache.ErrSessionDead) {
+	if !errors.Is(err, tokencache.ErrCredentialsRejected) {
 		t.Errorf("wrong password: %v", err)
 	}
-	asError(t, err, KindDead)
+	asError(t, err, KindCredentials)
 	if st := srv.Stats(); st.Logins != 1 {
 		t.Errorf("logins = %d", st.Logins)
 	}
@@ -149,8 +150,13 @@ func TestSandboxWrongKey(t *testing.T) {
 	_, c := sandboxClient(t, sandbox.Options{})
 	key, tok := login(t, c)
 	_, err := c.Refresh(context.Background(), newKey(t), tok.RefreshToken)
-	if e := asError(t, err, KindDead); e.Code != "dpop_key_mismatch" {
+	if e := asError(t, err, KindKeyMismatch); e.Code != "dpop_key_mismatch" || !strings.Contains(e.Error(), "bug") {
 		t.Errorf("foreign key: %v", err)
+	}
+	// Reported, not a reason to log in again: no tokencache class.
+	_, err = Backend{Client: c}.Refresh(context.Background(), newKey(t), tok.RefreshToken)
+	if errors.Is(err, tokencache.ErrSessionDead) || errors.Is(err, tokencache.ErrOutcomeUnknown) {
+		t.Errorf("backend: %v", err)
 	}
 	// The rejected proof did not spend the token.
 	if _, err := c.Refresh(context.Background(), key, tok.RefreshToken); err != nil {
@@ -207,13 +213,15 @@ func TestSandboxNonceMode(t *testing.T) {
 	}
 }
 
-func TestSandboxFailRefreshesIsTransient(t *testing.T) {
+// TestSandboxNotActedIsTransient: answers that prove the server did not
+// act leave the token presentable.
+func TestSandboxNotActedIsTransient(t *testing.T) {
 	srv, c := sandboxClient(t, sandbox.Options{})
 	ctx := context.Background()
 	key, tok := login(t, c)
-	srv.FailRefreshes(2)
+	srv.FaultRefreshes(2, sandbox.Fault{Status: 503, RetryAfter: "1", Code: "internal"})
 	_, err := c.Refresh(ctx, key, tok.RefreshToken)
-	if e := asError(t, err, KindTransient); e.Status != 500 || e.Code != "internal" {
+	if e := asError(t, err, KindTransient); e.Status != 503 || e.Code != "internal" || e.Type != "internal" {
 		t.Errorf("injected failure: %v", err)
 	}
 	_, err = Backend{Client: c}.Refresh(ctx, key, tok.RefreshToken)
@@ -289,7 +297,7 @@ func TestSandboxReloginRevokesPrevious(t *testing.T) {
 	}
 	_, err = c.Refresh(ctx, oldKey, old.RefreshToken)
 	asError(t, err, KindDead)
-	list, err := c.ListSessions(ctx, g.AccessToken, 0, 0)
+	list, err := c.ListSessions(ctx, g.AccessToken, Unset, Unset)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +356,7 @@ func TestSandboxListAndRevokeSessions(t *testing.T) {
 			t.Errorf("session %s missing from pages %v", s.id, ids)
 		}
 	}
-	def, err := c.ListSessions(ctx, me, 0, 0)
+	def, err := c.ListSessions(ctx, me, Unset, Unset)
 	if err != nil || def.Limit != 10 || len(def.Sessions) != 5 {
 		t.Errorf("default page: %+v, %v", def, err)
 	}
@@ -379,7 +387,7 @@ func TestSandboxListAndRevokeSessions(t *testing.T) {
 	if !alive(all[0]) || alive(all[1]) || alive(all[2]) {
 		t.Fatal("others revoked the wrong sessions")
 	}
-	list, err := c.ListSessions(ctx, all[0].tok.AccessToken, 0, 0)
+	list, err := c.ListSessions(ctx, all[0].tok.AccessToken, Unset, Unset)
 	if err != nil || list.Total != 1 || list.Sessions[0].ID != all[0].id {
 		t.Errorf("after others: %+v, %v", list, err)
 	}
@@ -391,7 +399,7 @@ func TestSandboxListAndRevokeSessions(t *testing.T) {
 	if alive(all[0]) {
 		t.Error("all left the caller alive")
 	}
-	_, err = c.ListSessions(ctx, all[0].tok.AccessToken, 0, 0)
+	_, err = c.ListSessions(ctx, all[0].tok.AccessToken, Unset, Unset)
 	asError(t, err, KindDead)
 }
 
