@@ -242,7 +242,8 @@ func (x *exchange) lost() Kind {
 }
 
 // do sends x, retrying exactly once when the server answers
-// use_dpop_nonce with a new DPoP-Nonce (RFC 9449 §8). It returns the 2xx
+// use_dpop_nonce with a new DPoP-Nonce (RFC 9449 §8); a second challenge
+// is KindTransient (the cache retries later with a fresh proof). It returns the 2xx
 // response or an *Error. (prelude's do looks alike but also retries a
 // proof rejected for clock skew, and reads another error envelope.)
 func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
@@ -261,7 +262,7 @@ func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 		if code == codeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
 			continue // send stored the nonce; the next proof carries it
 		}
-		e := x.fail(classify(resp.Status, code), resp.Status, nil)
+		e := x.fail(x.classify(resp.Status, code, wire.HasRetryAfter(resp.Header)), resp.Status, nil)
 		e.Code = wire.Scrub(code, x.secrets)
 		e.Description = wire.Scrub(desc, x.secrets)
 		if resp.Status >= 300 && resp.Status < 400 {

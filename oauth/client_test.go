@@ -96,28 +96,37 @@ func TestMalformedTokenResponses(t *testing.T) {
 	}
 }
 
+// TestErrorClassification is the decided list for a refresh_token request:
+// only answers that prove the server did not act leave the token
+// presentable (no class); everything else after writing is outcome unknown.
 func TestErrorClassification(t *testing.T) {
 	cases := []struct {
 		status  int
 		body    string
 		header  map[string]string
 		want    oauth.Kind
-		dead    bool
+		class   error
+		reason  string
 		retryIn time.Duration
 	}{
-		{400, `{"error":"invalid_grant","error_description":"refresh token reused"}`, nil, oauth.KindDead, true, 0},
-		{401, `{"error":"invalid_client"}`, nil, oauth.KindConfig, true, 0},
-		{400, `{"error":"unauthorized_client"}`, nil, oauth.KindConfig, true, 0},
-		{400, `{"error":"invalid_scope"}`, nil, oauth.KindConfig, true, 0},
-		{401, `<html>nope</html>`, nil, oauth.KindConfig, true, 0},
-		{400, `{"error":"invalid_request"}`, nil, oauth.KindRejected, false, 0},
-		{400, `{"error":"invalid_dpop_proof"}`, nil, oauth.KindRejected, false, 0},
-		{500, `<html>oops</html>`, nil, oauth.KindTransient, false, 0},
-		{429, `{"error":"slow_down"}`, map[string]string{"Retry-After": "7"}, oauth.KindTransient, false, 7 * time.Second},
-		{503, ``, map[string]string{"Retry-After": "999999999"}, oauth.KindTransient, false, time.Hour},
+		{400, `{"error":"invalid_grant","error_description":"refresh token reused"}`, nil, oauth.KindDead, tokencache.ErrSessionDead, "invalid_grant", 0},
+		{401, `{"error":"invalid_client"}`, nil, oauth.KindConfig, tokencache.ErrCredentialsRejected, "invalid_client", 0},
+		{400, `{"error":"unauthorized_client"}`, nil, oauth.KindConfig, tokencache.ErrCredentialsRejected, "invalid_client", 0},
+		{400, `{"error":"invalid_scope"}`, nil, oauth.KindConfig, tokencache.ErrCredentialsRejected, "invalid_client", 0},
+		{401, `<html>nope</html>`, nil, oauth.KindConfig, tokencache.ErrCredentialsRejected, "invalid_client", 0},
+		{400, `{"error":"invalid_dpop_proof"}`, nil, oauth.KindTransient, nil, "dpop_rejected", 0},
+		{401, `{"error":"use_dpop_nonce"}`, nil, oauth.KindTransient, nil, "nonce", 0},
+		{429, `{"error":"slow_down"}`, map[string]string{"Retry-After": "7"}, oauth.KindTransient, nil, "rate_limited", 7 * time.Second},
+		{429, `{"error":"slow_down"}`, nil, oauth.KindTransient, nil, "rate_limited", 0},
+		{503, ``, map[string]string{"Retry-After": "999999999"}, oauth.KindTransient, nil, "status_5xx", time.Hour},
+		{503, ``, nil, oauth.KindUnknownOutcome, tokencache.ErrOutcomeUnknown, "status_5xx", 0},
+		{500, `<html>oops</html>`, nil, oauth.KindUnknownOutcome, tokencache.ErrOutcomeUnknown, "status_5xx", 0},
+		{502, `bad gateway`, nil, oauth.KindUnknownOutcome, tokencache.ErrOutcomeUnknown, "status_5xx", 0},
+		{504, `gateway timeout`, nil, oauth.KindUnknownOutcome, tokencache.ErrOutcomeUnknown, "status_5xx", 0},
+		{400, `{"error":"invalid_request"}`, nil, oauth.KindUnknownOutcome, tokencache.ErrOutcomeUnknown, "other", 0},
 	}
 	for _, tc := range cases {
-		t.Run(fmt.Sprintf("%d %s", tc.status, tc.body), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%d %s %v", tc.status, tc.body, tc.header), func(t *testing.T) {
 			base, n := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
 				for k, v := range tc.header {
 					w.Header().Set(k, v)
@@ -127,8 +136,14 @@ func TestErrorClassification(t *testing.T) {
 			})
 			_, err := newClient(t, grantCfg(base, oauth.GrantRefreshToken)).Refresh(context.Background(), nil, testRefresh)
 			e := asError(t, err, tc.want)
-			if errors.Is(err, tokencache.ErrSessionDead) != tc.dead {
-				t.Errorf("errors.Is(ErrSessionDead) = %v, want %v", !tc.dead, tc.dead)
+			for _, class := range []error{tokencache.ErrSessionDead, tokencache.ErrOutcomeUnknown, tokencache.ErrCredentialsRejected} {
+				if errors.Is(err, class) != (class == tc.class) {
+					t.Errorf("errors.Is(%v) = %v, want class %v", class, errors.Is(err, class), tc.class)
+				}
+			}
+			var re tokencache.ReasonError
+			if !errors.As(err, &re) || re.FailureReason() != tc.reason {
+				t.Errorf("reason = %v, want %q", re, tc.reason)
 			}
 			var ra tokencache.RetryAfterError
 			if !errors.As(err, &ra) || ra.RetryAfter() != tc.retryIn {
@@ -141,6 +156,19 @@ func TestErrorClassification(t *testing.T) {
 	}
 }
 
+// A client_credentials request spends nothing: 5xx is transient, other 4xx
+// a refusal to retry later, and a rejected client is still a config error.
+func TestErrorClassificationWithoutSpending(t *testing.T) {
+	for status, want := range map[int]oauth.Kind{500: oauth.KindTransient, 502: oauth.KindTransient, 400: oauth.KindRejected, 401: oauth.KindConfig} {
+		base, _ := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(status)
+			fmt.Fprint(w, `{"error":"x"}`)
+		})
+		_, err := newClient(t, grantCfg(base, oauth.GrantClientCredentials)).Token(context.Background(), nil, "")
+		asError(t, err, want)
+	}
+}
+
 func TestRedirectNotFollowed(t *testing.T) {
 	var elsewhere atomicCount
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere.Add(1) }))
@@ -149,7 +177,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 		http.Redirect(w, r, other.URL+"/steal", http.StatusTemporaryRedirect)
 	})
 	_, err := newClient(t, grantCfg(base, oauth.GrantRefreshToken)).Refresh(context.Background(), nil, testRefresh)
-	asError(t, err, oauth.KindRejected)
+	asError(t, err, oauth.KindUnknownOutcome)
 	if elsewhere.Load() != 0 {
 		t.Error("a redirected token request (with its refresh token) was followed")
 	}
@@ -165,7 +193,7 @@ func TestNonceChallengeRetriedExactlyOnce(t *testing.T) {
 	cfg := grantCfg(base, oauth.GrantClientCredentials)
 	cfg.DPoP = true
 	_, err := newClient(t, cfg).Token(context.Background(), newKey(t), "")
-	asError(t, err, oauth.KindRejected)
+	asError(t, err, oauth.KindTransient)
 	if n.Load() != 2 {
 		t.Fatalf("%d requests, want exactly 2 (one retry)", n.Load())
 	}
@@ -187,7 +215,7 @@ func TestNonceChallengeWithoutNonceNotRetried(t *testing.T) {
 	cfg := grantCfg(base, oauth.GrantClientCredentials)
 	cfg.DPoP = true
 	_, err := newClient(t, cfg).Token(context.Background(), newKey(t), "")
-	asError(t, err, oauth.KindRejected)
+	asError(t, err, oauth.KindTransient)
 	if n.Load() != 1 {
 		t.Errorf("%d requests, want 1 (nothing new to retry with)", n.Load())
 	}
@@ -242,7 +270,7 @@ func TestSecretsScrubbedFromServerText(t *testing.T) {
 	cfg := grantCfg(base, oauth.GrantRefreshToken)
 	cfg.Auth = oauth.AuthPost
 	_, err := newClient(t, cfg).Refresh(context.Background(), nil, testRefresh)
-	e := asError(t, err, oauth.KindRejected)
+	e := asError(t, err, oauth.KindUnknownOutcome)
 	if !strings.Contains(e.Description, "[redacted]") || strings.ContainsAny(e.Description, "\n\x1b") {
 		t.Errorf("description = %q, want secrets redacted and control characters gone", e.Description)
 	}

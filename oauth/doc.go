@@ -22,19 +22,25 @@
 //
 // # Errors
 //
-// Network operations return *Error, classified once by Kind:
+// Network operations return *Error, classified once by Kind (see Kind for
+// the list of answers that prove the server did not act):
 //
 //   - invalid_grant → KindDead (matches tokencache.ErrSessionDead);
 //   - invalid_client, unauthorized_client, unsupported_grant_type,
 //     invalid_scope, invalid_target, bare 401 → KindConfig (matches
-//     ErrClientConfig and tokencache.ErrSessionDead: nothing but a
-//     configuration change helps, so the cache must not retry quickly);
-//   - 5xx, 429, network failures → KindTransient, with Retry-After;
-//   - a refresh_token request written without a usable answer →
-//     KindUnknownOutcome (matches tokencache.ErrOutcomeUnknown). The same
-//     failure for client_credentials is KindTransient: it spends nothing;
-//   - other 4xx (invalid_request, invalid_dpop_proof, a second nonce
-//     challenge) → KindRejected, retried by the cache with backoff.
+//     ErrClientConfig and tokencache.ErrCredentialsRejected: nothing but a
+//     configuration change helps, and retrying may lock the client out);
+//   - not written, 429, 503 with Retry-After, a 400/401 about the DPoP
+//     proof or nonce → KindTransient, with Retry-After: the server did not
+//     act, the refresh token may be presented again;
+//   - for a refresh_token request, anything else after it was written
+//     (500, 502, 504, 503 without Retry-After, other 4xx, timeouts,
+//     resets, an unusable 2xx) → KindUnknownOutcome (matches
+//     tokencache.ErrOutcomeUnknown): the token may have been rotated;
+//   - for client_credentials, which spends nothing, those are
+//     KindTransient (5xx, lost answers) or KindRejected (other 4xx).
+//
+// *Error implements tokencache.RetryAfterError and tokencache.ReasonError.
 //
 // Error text never contains the client secret, a client assertion, or a
 // refresh or access token.

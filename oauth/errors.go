@@ -16,32 +16,56 @@ import (
 //
 // Kind, Error and classify look like package prelude's but are not
 // shared: they are each package's public API, and the classes differ
-// (prelude has no configuration class and kills on 401 and DPoP codes).
-// Only the formatting and scrubbing are common, in internal/wire.
+// (prelude has no configuration class and kills on 401). Only the
+// formatting and scrubbing are common, in internal/wire.
+//
+// # What proves the server did not act
+//
+// A refresh_token request presents a refresh token that the server may
+// rotate; presenting it again after that is reuse. So for a request that
+// spends one, a failure is KindTransient (the same token may be presented
+// again) only when the answer proves the server did not act:
+//
+//   - the request was never fully written (connection refused, DNS or TLS
+//     failure, a reset before httptrace reports WroteRequest);
+//   - 429 Too Many Requests (with or without Retry-After);
+//   - 503 Service Unavailable with a Retry-After header;
+//   - a 400 or 401 whose error is about the DPoP proof or nonce
+//     (invalid_dpop_proof, use_dpop_nonce, missing_dpop_proof): RFC 9449
+//     servers check the proof before the grant.
+//
+// The client-authentication and configuration refusals (KindConfig) and
+// invalid_grant (KindDead) are verdicts of their own. Everything else after
+// the request was written — 500, 502, 504, a 503 without Retry-After,
+// another 3xx/4xx, a timeout or reset while waiting, a 2xx that cannot be
+// used — is KindUnknownOutcome: that refresh token is never presented
+// again. A client_credentials request spends nothing, so there those are
+// KindTransient (5xx, lost answers) or KindRejected (other 4xx).
 type Kind int
 
 const (
-	// KindTransient: nothing was spent (network failure, 5xx, 429, or any
-	// failure of a client_credentials request, which holds no one-time
-	// credential). Retry later, honouring Error.RetryAfter.
+	// KindTransient: retry later, honouring Error.RetryAfter. For a
+	// refresh_token request only the answers listed above, which prove the
+	// server did not act; for requests that spend nothing also 5xx and
+	// lost answers.
 	KindTransient Kind = iota + 1
 	// KindDead: the grant is gone (invalid_grant: the refresh token is
 	// invalid, expired, revoked or was reused). Log in again.
 	KindDead
 	// KindConfig: the server rejected the client itself (invalid_client,
 	// unauthorized_client, unsupported_grant_type, invalid_scope,
-	// invalid_target, HTTP 401) or this package refused the configuration.
-	// Retrying without an operator changing something will fail the same
-	// way, so it also counts as dead for the token cache.
+	// invalid_target, a bare HTTP 401) or this package refused the
+	// configuration. Retrying without an operator changing something will
+	// fail the same way and may lock the client out, so it matches
+	// tokencache.ErrCredentialsRejected.
 	KindConfig
-	// KindRejected: the server refused this particular request (any other
-	// 4xx: invalid_request, invalid_dpop_proof, a second use_dpop_nonce,
-	// an unexpected redirect). Nothing was spent; a later attempt with a
-	// fresh proof may succeed, so the token cache backs off and retries.
+	// KindRejected: the server refused a request that spends nothing (any
+	// other 4xx, an unexpected redirect). A later attempt may succeed, so
+	// the token cache backs off and retries.
 	KindRejected
-	// KindUnknownOutcome: a refresh_token request was fully written but no
-	// usable answer came back. The server may have rotated the refresh
-	// token, so it must be treated as spent.
+	// KindUnknownOutcome: a refresh_token request was written but the
+	// answer does not prove the server did not act (see above). The server
+	// may have rotated the refresh token, so it must be treated as spent.
 	KindUnknownOutcome
 )
 
@@ -72,10 +96,13 @@ var ErrClientConfig = errors.New("oauth client configuration rejected")
 // or access token: server text is scrubbed of every secret the request
 // carried before it is stored.
 //
-// Error matches the tokencache sentinels through its Is method:
-// KindDead and KindConfig match tokencache.ErrSessionDead, and
-// KindUnknownOutcome matches tokencache.ErrOutcomeUnknown. Its RetryAfter
-// method makes it a tokencache.RetryAfterError.
+// Error matches the tokencache sentinels through its Is method: KindDead
+// matches tokencache.ErrSessionDead, KindConfig
+// tokencache.ErrCredentialsRejected (and ErrClientConfig), and
+// KindUnknownOutcome tokencache.ErrOutcomeUnknown; KindTransient and
+// KindRejected match none, which tells the cache the server did not act.
+// Its RetryAfter and FailureReason methods make it a
+// tokencache.RetryAfterError and a tokencache.ReasonError.
 type Error struct {
 	// Op is "token", "revoke" or "discover".
 	Op string
@@ -111,7 +138,9 @@ func (e *Error) Unwrap() error { return e.err }
 func (e *Error) Is(target error) bool {
 	switch target {
 	case tokencache.ErrSessionDead:
-		return e.Kind == KindDead || e.Kind == KindConfig
+		return e.Kind == KindDead
+	case tokencache.ErrCredentialsRejected:
+		return e.Kind == KindConfig
 	case tokencache.ErrOutcomeUnknown:
 		return e.Kind == KindUnknownOutcome
 	case ErrClientConfig:
@@ -124,6 +153,31 @@ func (e *Error) Is(target error) bool {
 // tokencache.RetryAfterError.
 func (e *Error) RetryAfter() time.Duration { return e.RetryDelay }
 
+// FailureReason says which tokencache.Reason* constant explains e.
+func (e *Error) FailureReason() string {
+	switch {
+	case e.Code == codeUseDPoPNonce:
+		return tokencache.ReasonNonce
+	case proofCodes[e.Code]:
+		return tokencache.ReasonDPoPRejected
+	case e.Kind == KindConfig:
+		return tokencache.ReasonInvalidClient
+	case e.Kind == KindDead:
+		return tokencache.ReasonInvalidGrant
+	case e.Status == http.StatusTooManyRequests:
+		return tokencache.ReasonRateLimited
+	case e.Status >= 500:
+		return tokencache.ReasonStatus5xx
+	case e.Status >= 200 && e.Status < 300:
+		return tokencache.ReasonMalformedResponse
+	case e.Status == 0 && e.err != nil && wire.IsTimeout(e.err):
+		return tokencache.ReasonTimeout
+	case e.Status == 0 && e.err != nil:
+		return tokencache.ReasonConnect
+	}
+	return tokencache.ReasonOther
+}
+
 // OAuth error codes (RFC 6749 §5.2, RFC 8707 §2, RFC 9449 §7.1) that
 // decide a Kind.
 const (
@@ -131,6 +185,14 @@ const (
 	codeUseDPoPNonce  = "use_dpop_nonce"
 	codeInvalidClient = "invalid_client"
 )
+
+// proofCodes are the answers about the DPoP proof or nonce: the server
+// checked the proof before the grant, so it did not act.
+var proofCodes = map[string]bool{
+	codeUseDPoPNonce:     true,
+	"invalid_dpop_proof": true,
+	"missing_dpop_proof": true,
+}
 
 // configCodes are answers about the client registration, not the request:
 // no retry helps until someone changes the configuration.
@@ -142,15 +204,23 @@ var configCodes = map[string]bool{
 	"invalid_target":         true,
 }
 
-// classify maps a non-2xx token or revocation response to a Kind.
-func classify(status int, code string) Kind {
+// classify maps a non-2xx token or revocation response to x to a Kind.
+// retryAfter says whether it carried a usable Retry-After header. See Kind
+// for the rules.
+func (x *exchange) classify(status int, code string, retryAfter bool) Kind {
 	switch {
+	case (status == http.StatusBadRequest || status == http.StatusUnauthorized) && proofCodes[code],
+		status == http.StatusTooManyRequests,
+		status == http.StatusServiceUnavailable && retryAfter:
+		return KindTransient
 	case code == codeInvalidGrant:
 		return KindDead
 	case configCodes[code] || status == http.StatusUnauthorized:
 		// RFC 6749 §5.2 lets invalid_client come as a bare 401.
 		return KindConfig
-	case status == http.StatusTooManyRequests || status >= 500:
+	case x.spends:
+		return KindUnknownOutcome
+	case status >= 500:
 		return KindTransient
 	default:
 		return KindRejected

@@ -236,8 +236,8 @@ func TestInteropInvalidSecretIsConfigError(t *testing.T) {
 	if e.Code != "invalid_client" {
 		t.Errorf("code = %q, want invalid_client", e.Code)
 	}
-	if !errors.Is(err, tokencache.ErrSessionDead) || !errors.Is(err, oauth.ErrClientConfig) {
-		t.Errorf("invalid_client must match ErrSessionDead and ErrClientConfig: %v", err)
+	if !errors.Is(err, tokencache.ErrCredentialsRejected) || !errors.Is(err, oauth.ErrClientConfig) || errors.Is(err, tokencache.ErrSessionDead) {
+		t.Errorf("invalid_client must match ErrCredentialsRejected and ErrClientConfig only: %v", err)
 	}
 	if n := cnt.get("/token"); n != 1 {
 		t.Errorf("%d token requests, want exactly 1 (no retry of a rejected client)", n)

@@ -1,11 +1,9 @@
 package prelude
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"time"
 
@@ -168,14 +166,10 @@ func (e *Error) FailureReason() string {
 		return tokencache.ReasonStatus5xx
 	case e.Status >= 200 && e.Status < 300:
 		return tokencache.ReasonMalformedResponse
-	case e.Status == 0 && e.err != nil:
-		var ne net.Error
-		if errors.Is(e.err, context.DeadlineExceeded) || (errors.As(e.err, &ne) && ne.Timeout()) {
-			return tokencache.ReasonTimeout
-		}
-		if e.Kind != KindCaller {
-			return tokencache.ReasonConnect
-		}
+	case e.Status == 0 && e.err != nil && wire.IsTimeout(e.err):
+		return tokencache.ReasonTimeout
+	case e.Status == 0 && e.err != nil && e.Kind != KindCaller:
+		return tokencache.ReasonConnect
 	}
 	return tokencache.ReasonOther
 }

@@ -11,11 +11,13 @@
 package wire
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -178,6 +180,13 @@ func (r *Reply) RetryHint(localNow time.Time, limit time.Duration) time.Duration
 		return 0
 	}
 	return RetryAfter(r.Header, localNow, limit)
+}
+
+// IsTimeout reports whether err is a deadline or a network timeout, as
+// opposed to a refused or reset connection.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // HasRetryAfter reports whether h carries a Retry-After header in either
