@@ -4,35 +4,56 @@
 //
 // # Transport
 //
-// It speaks the non-browser transport of the official mobile SDKs, not the
-// browser one: no cookies are used or stored. The refresh token travels in
-// the X-Refresh-Token request header and comes back rotated in the
-// X-Refresh-Token response header (with X-Refresh-Token-Expires-At); the
-// OTP verification context travels in X-Verification-Token. Finalize,
-// Refresh and Revoke carry a DPoP proof (RFC 9449) signed by a dpop.Key;
-// Prelude pins the key's thumbprint to the session at Finalize, so a stolen
-// refresh token is useless without the key. Prelude's SDKs only use ES256
-// keys. Access tokens are plain bearer tokens (no "ath", no DPoP scheme);
-// ListSessions and RevokeSessions send only "Authorization: Bearer", as the
-// iOS SDK does.
+// It speaks the non-browser transport of the official mobile SDKs: the
+// refresh token travels in the X-Refresh-Token request header and comes
+// back rotated in the X-Refresh-Token response header (with
+// X-Refresh-Token-Expires-At). A 2xx refresh without X-Refresh-Token means
+// the server did not rotate: Tokens.RefreshToken is "" and the presented
+// token stays the one to use, as the SDKs assume. Finalize, Refresh,
+// Revoke and the current OTP check carry a DPoP proof (RFC 9449) signed by
+// a dpop.Key; Prelude pins the key's thumbprint to the session at login,
+// so a stolen refresh token is useless without the key. Prelude's SDKs only
+// use ES256 keys. Access tokens are plain bearer tokens (no "ath", no DPoP
+// scheme); ListSessions and RevokeSessions send only "Authorization:
+// Bearer", as the iOS SDK does.
+//
+// Every request carries X-SDK-User-Agent naming this module and its
+// version (never an official SDK's name), and every POST is labelled
+// Content-Type: application/json, bodiless ones (refresh, revoke,
+// me/revoke) included, as the web SDK does. The me/revoke query puts
+// target first; ListSessions sends limit and offset as given, 0 included.
+//
+// # One-time-code login
+//
+// StartOTPLogin uses the flow of the official web SDK 0.6.0
+// (OTPFlowCurrent): POST /v1/session/login/otp, where the server keeps the
+// verification state in a cookie, then POST /v1/session/login/otp/check
+// with the code, the cookie and a DPoP proof, answered with the tokens. The
+// cookie lives in a jar that belongs to that one OTPLogin, in memory only:
+// it is never persisted, shared with other logins or printed. When the
+// server answers 404 or 405 for the current flow, the documented flow of
+// the API reference and the mobile SDKs is used (OTPFlowDocumented):
+// /v1/session/otp → X-Verification-Token → /otp/check → challenge token →
+// /login/finalize. OTPLogin.Flow says which one was used. StartOTP,
+// CheckOTP and Finalize expose the documented flow's steps directly.
 //
 // # API versions
 //
-// Prelude's API has changed over time and the client always sends the
-// newest forms: /v1/session/otp and /otp/check (not the older
-// /login/otp paths), no X-App-Id header (the app is taken from the Host),
-// no body on /refresh. It accepts both old and new answers: expires_at as
-// Unix seconds (current) or an RFC 3339 string (older), error bodies as
-// {"code","message"} with "display_message" as an alias for "message" and
-// RFC 6749 {"error","error_description"} as a fallback, and non-JSON error
-// bodies from proxies (Code is then "", the status still classifies).
+// Prelude's API has changed over time. The client sends no X-App-Id header
+// (the app is taken from the Host) and no body on /refresh. It accepts both
+// old and new answers: expires_at as Unix seconds (current) or an RFC 3339
+// string (older), error bodies as {"code","message","type"} with
+// "display_message" as an alias for "message" and RFC 6749
+// {"error","error_description"} as a fallback, and non-JSON error bodies
+// from proxies (Code is then "", the status still classifies).
 //
 // # DPoP nonces and clocks
 //
 // Every response's DPoP-Nonce, successes and errors alike, is remembered
-// in a dpop.NonceStore per origin and put in the next proof. A 400
-// use_dpop_nonce carrying a new nonce is answered by exactly one resend with
-// a fresh proof (new jti); a second one is returned as an error.
+// in a dpop.NonceStore per origin and put in the next proof. A
+// use_dpop_nonce carrying a new nonce is answered by exactly one resend
+// with a fresh proof (new jti), as the SDKs do; a second one is returned as
+// a KindTransient error.
 //
 // Expiry times are returned on the local clock. From each response's Date
 // header the client estimates skew = localNow − serverNow (taking the middle
@@ -41,41 +62,44 @@
 // under 1 s the header cannot tell skew from rounding and nothing is
 // corrected. The same estimate dates DPoP proofs (iat) on the server's
 // clock, and a proof rejected as invalid_dpop_proof while the estimate
-// changed is re-dated and resent once, as the official SDKs do, so a clock
-// jump on either side does not end the session.
+// changed is re-dated and resent once. The web SDK does neither (its
+// proofs carry the browser's clock); this module does because a gateway's
+// clock may jump, and a rejected proof proves the token was not spent, so
+// the resend is free. A rejection that remains is KindTransient: the token
+// cache retries later with backoff and a fresh proof.
 //
 // # Errors
 //
-// Every error is an *Error whose Kind says what to do:
+// Every error is an *Error whose Kind says what to do; Kind's
+// documentation holds the decided list of answers that prove the server
+// did not act on a refresh:
 //
-//	KindTransient       The server did not act on the request: network
-//	                    error or timeout before the request was fully
-//	                    written, 5xx, 429. Retry later, no sooner than
-//	                    RetryAfter (set from 429/503 Retry-After); a
+//	KindTransient       The server did not act: the request was not fully
+//	                    written, 429, 503 with Retry-After, or a 400/401
+//	                    invalid_dpop_proof, missing_dpop_proof or
+//	                    use_dpop_nonce. For calls that spend nothing also
+//	                    5xx. Retry later, no sooner than RetryAfter; a
 //	                    refresh token that was sent is still valid.
-//	KindDead            401, or code unauthorized, invalid_dpop_proof,
-//	                    dpop_key_mismatch, missing_dpop_proof or
-//	                    token_reused with any status. Log in again (for
-//	                    LoginPassword: the credentials are wrong).
-//	KindCaller          Any other 4xx (a repeated use_dpop_nonce
-//	                    included), a 3xx, or arguments refused before
+//	KindDead            401 (unauthorized: revoked, reused, expired) or
+//	                    token_reused. Log in again.
+//	KindCredentials     401 on email + password login: wrong credentials.
+//	KindKeyMismatch     dpop_key_mismatch: the session's own key was
+//	                    refused. Not spent, not a reason to log in again:
+//	                    a bug to report (the error text says so).
+//	KindCaller          Any other 4xx on a call that spends nothing (a
+//	                    wrong OTP code), or arguments refused before
 //	                    sending. Retrying the same request will not help.
 //	KindUnknownOutcome  The request was fully written (httptrace
-//	                    WroteRequest) but no response came, or a 2xx
-//	                    could not be used (bad JSON, no access token, no
-//	                    rotated X-Refresh-Token, body over
-//	                    MaxResponseBytes). Treat a refresh token that was
-//	                    sent as spent.
-//
-// A 2xx without a usable access token or rotated refresh token is
-// KindUnknownOutcome rather than transient: the server has probably
-// rotated, so presenting the old refresh token again would look like token
-// reuse and end the session. For GET requests, which change nothing, both
-// "no response" and an unusable 2xx are KindTransient.
+//	                    WroteRequest) but no response came, a 2xx could
+//	                    not be used, or a refresh got any answer not
+//	                    listed under KindTransient or KindDead (500, 502,
+//	                    504, 503 without Retry-After, other 3xx/4xx).
+//	                    Treat a refresh token that was sent as spent.
 //
 // Backend adapts the client to tokencache.Backend, wrapping
-// tokencache.ErrSessionDead and tokencache.ErrOutcomeUnknown around the
-// matching kinds; *Error implements tokencache.RetryAfterError.
+// tokencache.ErrSessionDead, tokencache.ErrOutcomeUnknown and
+// tokencache.ErrCredentialsRejected around the matching kinds; *Error
+// implements tokencache.RetryAfterError and tokencache.ReasonError.
 //
 // # Secrets
 //
