@@ -47,8 +47,12 @@
 //
 // # Routes
 //
-//	POST /v1/session/otp (and the old /v1/session/login/otp)
-//	POST /v1/session/otp/check (and the old /v1/session/login/otp/check)
+//	POST /v1/session/login/otp        current OTP flow (web SDK 0.6.0): sets the verification cookie
+//	POST /v1/session/login/otp/check  cookie + DPoP; answers the tokens (no finalize)
+//	POST /v1/session/login/otp/retry  cookie
+//	POST /v1/session/otp              documented OTP flow: answers X-Verification-Token
+//	POST /v1/session/otp/check        X-Verification-Token; answers a challenge token
+//	POST /v1/session/otp/retry        X-Verification-Token
 //	POST /v1/session/login/email/password
 //	POST /v1/session/login/finalize   DPoP required
 //	POST /v1/session/refresh          DPoP + X-Refresh-Token
@@ -71,8 +75,19 @@
 //   - SetRefreshLatency: /refresh waits this long while counted in flight.
 //     The wait is not cut short when the client gives up: an abandoned
 //     refresh may still rotate, as with the real service.
-//   - FailRefreshes(n): the next n otherwise valid refreshes answer 500
-//     internal without rotating (n < 0: until FailRefreshes(0)).
+//   - FaultRefreshes(n, Fault): the next n authenticated refreshes answer
+//     Fault's status, code and Retry-After instead; with AfterRotate the
+//     token is rotated first (the old one spent), as when a load balancer
+//     answers 502/504 for a token server that already acted. DPoP codes
+//     (invalid_dpop_proof, missing_dpop_proof, dpop_key_mismatch,
+//     use_dpop_nonce + DPoP-Nonce) are answered as the proof check would.
+//   - FailRefreshes(n): FaultRefreshes with 500 internal, not rotating.
+//   - SkipRotation(n): the next n refreshes answer an access token without
+//     X-Refresh-Token; the presented token stays current.
+//   - DisableCurrentOTPLogin: the /v1/session/login/otp… paths answer 404,
+//     as on a server with only the documented flow.
+//   - Requests: every request received on a sandbox route (method, path,
+//     query, headers with credentials, length), for wire-detail tests.
 //   - DropAfterRotate(n): the next n successful refreshes rotate and then
 //     close the connection without answering.
 //   - RevokeSession(sid): revoke as an admin or another device would.
@@ -85,7 +100,22 @@
 // Request bodies are limited to 64 KiB and must be one JSON object with
 // Content-Type application/json and no unknown fields (/refresh and
 // /revoke also accept an empty body). Credential headers may not repeat.
-// Errors always use the envelope {"code": …, "message": …}.
+// Errors always use the envelope {"code": …, "message": …, "type": …},
+// type being the category by status (bad_request, unauthorized, forbidden,
+// not_found, conflict, rate_limited, internal).
+//
+// # One-time-code login
+//
+// Both flows are served. In the current one the verification lives in an
+// HttpOnly SameSite=Strict cookie (__Host-verification-login_sandbox with
+// Secure over TLS, verification-login_sandbox over plain http, where a
+// client would not return a Secure cookie); the check needs the cookie and
+// a DPoP proof, pins the proof's key to the new session and clears the
+// cookie. In the documented one the verification travels in
+// X-Verification-Token. A verification of one flow is not accepted by the
+// other. Both checks verify the proof (current) before the code, accept a
+// corrected code after a wrong one, and revoke the session whose refresh
+// token is handed over in X-Refresh-Token (current check, finalize).
 //
 // DPoP proofs are checked by dpop.Verifier against the request's method and
 // scheme://Host/path (the request's query is ignored; a proof whose htu
@@ -113,13 +143,13 @@
 //	refresh_token_reused   401 unauthorized: spent token; session revoked
 //	session_revoked        401 unauthorized: logout, /me/revoke, reuse, admin
 //	session_expired        401 unauthorized: past the 30-day session lifetime
-//	injected_failure       500 internal: FailRefreshes
+//	injected_failure       FaultRefreshes / FailRefreshes (any status)
 //	internal               500 internal: the sandbox itself failed
 //	missing_access_token   401 unauthorized: no Bearer token
 //	invalid_access_token   401 unauthorized: bad signature, expired, not an access token
 //	invalid_credentials    401 unauthorized: wrong email or password
 //	invalid_identifier     400 invalid_identifier
-//	invalid_verification_token 400: unknown, used or expired X-Verification-Token
+//	invalid_verification_token 400: unknown, used or expired verification (header or cookie)
 //	bad_check_code         400 bad_check_code: wrong OTP code
 //	missing_challenge_token, invalid_challenge_token, expired_challenge_token
 //	                       400 / 401 with the same code
