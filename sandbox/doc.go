@@ -81,7 +81,8 @@
 //     answers 502/504 for a token server that already acted. DPoP codes
 //     (invalid_dpop_proof, missing_dpop_proof, dpop_key_mismatch,
 //     use_dpop_nonce + DPoP-Nonce) are answered as the proof check would.
-//   - FailRefreshes(n): FaultRefreshes with 500 internal, not rotating.
+//   - FailRefreshes(n): an outage that proves it did not act: 503
+//     internal with Retry-After: 0, not rotating.
 //   - SkipRotation(n): the next n refreshes answer an access token without
 //     X-Refresh-Token; the presented token stays current.
 //   - DisableCurrentOTPLogin: the /v1/session/login/otp… paths answer 404,

@@ -36,10 +36,13 @@ func (s *Sandbox) FaultRefreshes(n int, f Fault) {
 	s.mu.Unlock()
 }
 
-// FailRefreshes makes the next n well-formed /refresh calls answer 500
-// {"code":"internal"} without rotating; n < 0 fails until FailRefreshes(0).
+// FailRefreshes makes the next n well-formed /refresh calls fail without
+// rotating, the way an outage that says so does: 503 {"code":"internal"}
+// with Retry-After: 0, an answer that proves the server did not act (a
+// bare 500 would not: see FaultRefreshes for those). n < 0 fails until
+// FailRefreshes(0).
 func (s *Sandbox) FailRefreshes(n int) {
-	s.FaultRefreshes(n, Fault{Status: http.StatusInternalServerError, Code: "internal"})
+	s.FaultRefreshes(n, Fault{Status: http.StatusServiceUnavailable, Code: "internal", RetryAfter: "0"})
 }
 
 // SkipRotation makes the next n successful refreshes answer with a new

@@ -116,13 +116,13 @@ func TestFailRefreshes(t *testing.T) {
 	token, _ := cl.login("fail@example.com", "")
 	srv.FailRefreshes(2)
 	for range 2 {
-		expect(t, cl.refresh(token), http.StatusInternalServerError, "internal")
+		expect(t, cl.refresh(token), http.StatusServiceUnavailable, "internal")
 	}
 	// Not rotated: the same token works, exactly once.
 	next, _ := cl.mustRefresh(token)
 	srv.FailRefreshes(-1)
 	for range 3 {
-		expect(t, cl.refresh(next), http.StatusInternalServerError, "internal")
+		expect(t, cl.refresh(next), http.StatusServiceUnavailable, "internal")
 	}
 	srv.FailRefreshes(0)
 	cl.mustRefresh(next)
