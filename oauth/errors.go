@@ -164,18 +164,8 @@ func (e *Error) FailureReason() string {
 		return tokencache.ReasonInvalidClient
 	case e.Kind == KindDead:
 		return tokencache.ReasonInvalidGrant
-	case e.Status == http.StatusTooManyRequests:
-		return tokencache.ReasonRateLimited
-	case e.Status >= 500:
-		return tokencache.ReasonStatus5xx
-	case e.Status >= 200 && e.Status < 300:
-		return tokencache.ReasonMalformedResponse
-	case e.Status == 0 && e.err != nil && wire.IsTimeout(e.err):
-		return tokencache.ReasonTimeout
-	case e.Status == 0 && e.err != nil:
-		return tokencache.ReasonConnect
 	}
-	return tokencache.ReasonOther
+	return wire.Reason(e.Status, e.err)
 }
 
 // OAuth error codes (RFC 6749 §5.2, RFC 8707 §2, RFC 9449 §7.1) that

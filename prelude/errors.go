@@ -160,18 +160,10 @@ func (e *Error) FailureReason() string {
 		return tokencache.ReasonInvalidClient
 	case e.Kind == KindDead:
 		return tokencache.ReasonInvalidGrant
-	case e.Status == http.StatusTooManyRequests:
-		return tokencache.ReasonRateLimited
-	case e.Status >= 500:
-		return tokencache.ReasonStatus5xx
-	case e.Status >= 200 && e.Status < 300:
-		return tokencache.ReasonMalformedResponse
-	case e.Status == 0 && e.err != nil && wire.IsTimeout(e.err):
-		return tokencache.ReasonTimeout
-	case e.Status == 0 && e.err != nil && e.Kind != KindCaller:
-		return tokencache.ReasonConnect
+	case e.Kind == KindCaller && e.Status == 0:
+		return tokencache.ReasonOther // refused before sending
 	}
-	return tokencache.ReasonOther
+	return wire.Reason(e.Status, e.err)
 }
 
 // Server codes that decide a Kind.

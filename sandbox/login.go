@@ -134,10 +134,8 @@ func (s *Sandbox) liveVerification(handle string) *verification {
 // proof is checked before the code so a bad proof cannot burn it; a wrong
 // code can be corrected.
 func (s *Sandbox) handleLoginOTPCheck(w http.ResponseWriter, r *http.Request) *apiError {
-	var body struct {
-		Code string `json:"code"`
-	}
-	if aerr := decodeJSON(r, &body, false); aerr != nil {
+	code, aerr := readCode(r)
+	if aerr != nil {
 		return aerr
 	}
 	previous, _, aerr := singleHeader(r, "X-Refresh-Token")
@@ -151,13 +149,12 @@ func (s *Sandbox) handleLoginOTPCheck(w http.ResponseWriter, r *http.Request) *a
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	handle, v := s.verificationFromCookie(r)
-	switch {
-	case v == nil:
+	if v == nil {
 		return apiErr(http.StatusBadRequest, "invalid_verification_token", "no live verification cookie; start with /v1/session/login/otp")
-	case subtle.ConstantTimeCompare([]byte(body.Code), []byte(v.code)) != 1:
-		return apiErr(http.StatusBadRequest, "bad_check_code", "wrong code")
 	}
-	delete(s.verifications, handle)
+	if aerr := s.spendVerification(handle, v, code); aerr != nil {
+		return aerr
+	}
 	http.SetCookie(w, verificationCookie(r, "", -1))
 	sess := s.newSession(v.user, proof.Thumbprint, r)
 	s.revokePrevious(previous)
@@ -190,15 +187,11 @@ func (s *Sandbox) handleOTPRetry(w http.ResponseWriter, r *http.Request) *apiErr
 	if aerr := decodeJSON(r, &struct{}{}, true); aerr != nil {
 		return aerr
 	}
-	vt, _, aerr := singleHeader(r, "X-Verification-Token")
+	s.mu.Lock()
+	_, _, aerr := s.verificationFromHeader(r)
+	s.mu.Unlock()
 	if aerr != nil {
 		return aerr
-	}
-	s.mu.Lock()
-	v := s.liveVerification(vt)
-	s.mu.Unlock()
-	if v == nil || v.viaCookie {
-		return apiErr(http.StatusBadRequest, "invalid_verification_token", "unknown or expired X-Verification-Token")
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -208,27 +201,53 @@ func (s *Sandbox) handleOTPRetry(w http.ResponseWriter, r *http.Request) *apiErr
 // challenge token. The verification is spent by the right code only, so a
 // typo can be corrected.
 func (s *Sandbox) handleOTPCheck(w http.ResponseWriter, r *http.Request) *apiError {
-	var body struct {
-		Code string `json:"code"`
-	}
-	if aerr := decodeJSON(r, &body, false); aerr != nil {
-		return aerr
-	}
-	vt, _, aerr := singleHeader(r, "X-Verification-Token")
+	code, aerr := readCode(r)
 	if aerr != nil {
 		return aerr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	vt, v, aerr := s.verificationFromHeader(r)
+	if aerr != nil {
+		return aerr
+	}
+	if aerr := s.spendVerification(vt, v, code); aerr != nil {
+		return aerr
+	}
+	return s.writeChallenge(w, r, v.user)
+}
+
+// readCode reads the {"code"} body of an OTP check.
+func readCode(r *http.Request) (string, *apiError) {
+	var body struct {
+		Code string `json:"code"`
+	}
+	aerr := decodeJSON(r, &body, false)
+	return body.Code, aerr
+}
+
+// verificationFromHeader returns the documented-flow verification that
+// X-Verification-Token names; callers hold mu.
+func (s *Sandbox) verificationFromHeader(r *http.Request) (string, *verification, *apiError) {
+	vt, _, aerr := singleHeader(r, "X-Verification-Token")
+	if aerr != nil {
+		return "", nil, aerr
+	}
 	v := s.liveVerification(vt)
 	if v == nil || v.viaCookie {
-		return apiErr(http.StatusBadRequest, "invalid_verification_token", "unknown or expired X-Verification-Token")
+		return "", nil, apiErr(http.StatusBadRequest, "invalid_verification_token", "unknown or expired X-Verification-Token")
 	}
-	if subtle.ConstantTimeCompare([]byte(body.Code), []byte(v.code)) != 1 {
+	return vt, v, nil
+}
+
+// spendVerification checks code against v: a wrong code leaves it for
+// another try, the right one spends it. Callers hold mu.
+func (s *Sandbox) spendVerification(handle string, v *verification, code string) *apiError {
+	if subtle.ConstantTimeCompare([]byte(code), []byte(v.code)) != 1 {
 		return apiErr(http.StatusBadRequest, "bad_check_code", "wrong code")
 	}
-	delete(s.verifications, vt)
-	return s.writeChallenge(w, r, v.user)
+	delete(s.verifications, handle)
+	return nil
 }
 
 func (s *Sandbox) handlePassword(w http.ResponseWriter, r *http.Request) *apiError {

@@ -3,7 +3,8 @@
 // request (with a fresh DPoP proof), sending it while noting whether it was
 // fully written, reading the answer with a bounded body, the HTTP client
 // that never follows a redirected POST, and turning what came back into
-// safe error text and hints (Retry-After, a JWT's claims).
+// safe error text and hints (Retry-After, a JWT's claims, the token
+// cache's failure reason for a status or transport error).
 //
 // It knows nothing about either protocol: which status or error code means
 // what, when to retry, and how the Date header corrects clocks stay with
@@ -26,6 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // CheckURL parses raw as a server endpoint that credentials will be sent
@@ -182,11 +185,26 @@ func (r *Reply) RetryHint(localNow time.Time, limit time.Duration) time.Duration
 	return RetryAfter(r.Header, localNow, limit)
 }
 
-// IsTimeout reports whether err is a deadline or a network timeout, as
-// opposed to a refused or reset connection.
-func IsTimeout(err error) bool {
+// Reason is the tokencache.Reason* label for a failure that the protocol
+// has no more specific word for: by status (429, 5xx, a 2xx that could not
+// be used) or, with no response (status 0), by the transport error cause:
+// a timeout, else a connection failure. Anything else, and a nil cause
+// (refused before sending), is "other".
+func Reason(status int, cause error) string {
 	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+	switch {
+	case status == http.StatusTooManyRequests:
+		return tokencache.ReasonRateLimited
+	case status >= 500:
+		return tokencache.ReasonStatus5xx
+	case status >= 200 && status < 300:
+		return tokencache.ReasonMalformedResponse
+	case status != 0 || cause == nil:
+		return tokencache.ReasonOther
+	case errors.Is(cause, context.DeadlineExceeded) || (errors.As(cause, &ne) && ne.Timeout()):
+		return tokencache.ReasonTimeout
+	}
+	return tokencache.ReasonConnect
 }
 
 // HasRetryAfter reports whether h carries a Retry-After header in either
