@@ -622,11 +622,16 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// describeFields shows the JSON object v accepts, for error messages. It
-// marshals a zero value: v may hold partly decoded secrets.
+// describeFields shows the JSON object v accepts, for error messages,
+// from its type alone: v may hold partly decoded secrets.
 func describeFields(v any) string {
-	b, _ := json.Marshal(reflect.New(reflect.TypeOf(v).Elem()).Interface())
-	return string(b)
+	t := reflect.TypeOf(v).Elem()
+	names := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		names = append(names, strconv.Quote(name)+": …")
+	}
+	return "{" + strings.Join(names, ", ") + "}"
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

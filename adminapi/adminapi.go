@@ -98,8 +98,8 @@ type SessionList struct {
 
 // OTPStart asks for a one-time code; exactly one field is set.
 type OTPStart struct {
-	PhoneNumber  string `json:"phone_number"`
-	EmailAddress string `json:"email_address"`
+	PhoneNumber  string `json:"phone_number,omitempty"`
+	EmailAddress string `json:"email_address,omitempty"`
 }
 
 // OTPStarted answers OTPStart: Status is "code_sent".
@@ -136,7 +136,7 @@ const (
 // the Target* constants; SessionID names the session for TargetSession.
 type Revoke struct {
 	Target    string `json:"target"`
-	SessionID string `json:"session_id"`
+	SessionID string `json:"session_id,omitempty"`
 }
 
 // RevokeResult answers Revoke. LocalCleared reports that this gateway's
