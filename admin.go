@@ -567,8 +567,12 @@ func opFailure(s *session, op string, err error) error {
 	}
 	var ue *tokencache.UnavailableError
 	if errors.Is(err, tokencache.ErrLoggedOut) || (errors.As(err, &ue) && ue.State == tokencache.StateLoggedOut) {
+		why := ""
+		if r := s.cache().Status().Reason; r != "" {
+			why = " (" + r + ")"
+		}
 		return &opError{status: http.StatusConflict, code: adminapi.CodeLoggedOut,
-			msg: fmt.Sprintf("session %q is logged out; log in first: %s", s.name, loginHint(s))}
+			msg: fmt.Sprintf("session %q is logged out%s; log in first: %s", s.name, why, loginHint(s))}
 	}
 	if errors.As(err, &ue) {
 		return &opError{status: http.StatusServiceUnavailable, code: adminapi.CodeUnavailable,
