@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/cli"
@@ -255,5 +256,12 @@ func TestURLWithoutScheme(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "has no scheme: write http://"+u) {
 			t.Errorf("prelude %s: %v", u, err)
 		}
+	}
+}
+
+// TestCommandRegistered: the module brings `caddy inject-token` with it.
+func TestCommandRegistered(t *testing.T) {
+	if cmd, ok := caddycmd.Commands()["inject-token"]; !ok || cmd.CobraFunc == nil {
+		t.Fatal("inject-token is not registered with caddycmd")
 	}
 }
