@@ -11,10 +11,13 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
-	"github.com/tokenwarden/caddy-inject-token/cli"
+	"github.com/tokenwarden/caddy-inject-token/adminapi"
+	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -26,24 +29,18 @@ func init() {
 // maxAdminBody bounds admin request bodies.
 const maxAdminBody = 64 << 10
 
+// operatorRetryAfter is the Retry-After hint while a session waits for an
+// operator (logged out by one, never logged in without automatic login,
+// or its configured login refused): nothing changes by retrying sooner.
+const operatorRetryAfter = 60 * time.Second
+
 // adminAPI is the admin.api.inject_token module: routes under
-// /inject_token/ to inspect and manage sessions. It reads the package-level
-// session pool, so it sees every session of the running config. Like every
-// admin route it has no authentication of its own; it never returns an
-// access token, a refresh token or a private key.
-//
-//	GET  /inject_token/sessions                          all sessions' status
-//	GET  /inject_token/sessions/{name}                   one session's status
-//	POST /inject_token/sessions/{name}/refresh           refresh now
-//	POST /inject_token/sessions/{name}/logout            revoke at Prelude, clear local state
-//	POST /inject_token/sessions/{name}/login/otp         {"email_address"|"phone_number"}: send a code
-//	POST /inject_token/sessions/{name}/login/otp/check   {"code"}: finish the OTP login
-//	POST /inject_token/sessions/{name}/login/password    {"email","password"}
-//	POST /inject_token/sessions/{name}/login/refresh-token  {"refresh_token"} (oauth2)
-//	GET  /inject_token/sessions/{name}/list?limit=&offset=  the user's Prelude sessions
-//	POST /inject_token/sessions/{name}/revoke            {"target","session_id"}
-//
-// Errors are {"error": "...", "code": "<Prelude code, if any>"}.
+// /inject_token/ to inspect and manage sessions (see package adminapi for
+// the routes and their wire types). It reads the package-level session
+// pool, so it sees every session of the running config. Like every admin
+// route it has no authentication of its own; it never returns an access
+// token, a refresh token or a private key. The inject_token_dashboard
+// handler serves the same operations.
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -55,136 +52,223 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 }
 
 // Routes returns the /inject_token/ subtree; requests are dispatched inside.
-func (a adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/inject_token/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+func (adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: adminapi.Prefix, Handler: caddy.AdminHandlerFunc(serveAdmin)}}
 }
 
-// apiError is an admin API failure, written as {"error", "code"}.
-type apiError struct {
-	status int
-	msg    string
-	code   string
-	allow  string // the method to use, for 405
-}
-
-func (e *apiError) Error() string { return e.msg }
-
-func errorf(status int, format string, args ...any) *apiError {
-	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
-}
-
-// adminRoute is one route below /inject_token/sessions/{name}.
-type adminRoute struct {
-	method  string
-	handle  func(ctx context.Context, s *session, r *http.Request) (any, error)
-	backend string // "" for every backend, else the only one it serves
-}
-
-// sessionRoutes maps the path after /inject_token/sessions/{name} to its
-// route.
-var sessionRoutes = map[string]adminRoute{
-	"":                     {http.MethodGet, handleStatus, ""},
-	"/refresh":             {http.MethodPost, handleRefresh, ""},
-	"/logout":              {http.MethodPost, handleLogout, ""},
-	"/login/otp":           {http.MethodPost, handleOTPStart, "prelude"},
-	"/login/otp/check":     {http.MethodPost, handleOTPCheck, "prelude"},
-	"/login/password":      {http.MethodPost, handlePassword, "prelude"},
-	"/login/refresh-token": {http.MethodPost, handleRefreshToken, "oauth2"},
-	"/list":                {http.MethodGet, handleList, "prelude"},
-	"/revoke":              {http.MethodPost, handleRevoke, "prelude"},
-}
-
-func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	v, err := dispatch(r)
+// serveAdmin answers an admin request. Failures go back to Caddy as
+// caddy.APIError, so its admin endpoint logs them and writes the
+// {"error": "..."} body; the code and Retry-After travel as headers.
+func serveAdmin(w http.ResponseWriter, r *http.Request) error {
+	v, err := dispatch(r, strings.TrimPrefix(r.URL.Path, "/inject_token"), "admin API")
 	if err != nil {
-		writeError(w, err)
-		return nil
+		oe := asOpError(err)
+		oe.setHeaders(w.Header())
+		return caddy.APIError{HTTPStatus: oe.status, Err: oe, Message: oe.msg}
 	}
 	writeJSON(w, http.StatusOK, v)
 	return nil
 }
 
-func dispatch(r *http.Request) (any, error) {
-	rest, ok := strings.CutPrefix(r.URL.Path, "/inject_token/sessions")
+// opError is a failed operation: the status, code and text the API
+// answers, plus the headers that go with them.
+type opError struct {
+	status int
+	code   string
+	msg    string
+	retry  time.Duration // Retry-After, for 503
+	allow  string        // the method to use, for 405
+}
+
+func (e *opError) Error() string { return e.msg }
+
+func (e *opError) setHeaders(h http.Header) {
+	h.Set(adminapi.CodeHeader, e.code)
+	if e.allow != "" {
+		h.Set("Allow", e.allow)
+	}
+	if e.retry > 0 {
+		h.Set("Retry-After", strconv.FormatInt(int64((e.retry+time.Second-1)/time.Second), 10))
+	}
+}
+
+func asOpError(err error) *opError {
+	var oe *opError
+	if errors.As(err, &oe) {
+		return oe
+	}
+	return &opError{status: http.StatusInternalServerError, code: adminapi.CodeInternal, msg: err.Error()}
+}
+
+func errorf(status int, code, format string, args ...any) *opError {
+	return &opError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func badRequest(format string, args ...any) *opError {
+	return errorf(http.StatusBadRequest, adminapi.CodeInvalidRequest, format, args...)
+}
+
+// op is one operation on a session.
+type op struct {
+	method  string
+	handle  func(ctx context.Context, c opCall) (any, error)
+	backend string // "" for every backend, else the only one it serves
+}
+
+// opCall is what an operation works with: the session, the request and
+// which mount ("admin API" or "dashboard") it came through, for logs.
+type opCall struct {
+	s   *session
+	r   *http.Request
+	via string
+}
+
+// sessionOps maps the path after /sessions/{name} to its operation.
+var sessionOps = map[string]op{
+	"":                         {http.MethodGet, handleStatus, ""},
+	adminapi.RouteRefresh:      {http.MethodPost, handleRefresh, ""},
+	adminapi.RouteLogout:       {http.MethodPost, handleLogout, ""},
+	adminapi.RouteOTPStart:     {http.MethodPost, handleOTPStart, "prelude"},
+	adminapi.RouteOTPCheck:     {http.MethodPost, handleOTPCheck, "prelude"},
+	adminapi.RoutePassword:     {http.MethodPost, handlePassword, "prelude"},
+	adminapi.RouteRefreshToken: {http.MethodPost, handleRefreshToken, "oauth2"},
+	adminapi.RouteList:         {http.MethodGet, handleList, "prelude"},
+	adminapi.RouteRevoke:       {http.MethodPost, handleRevoke, "prelude"},
+}
+
+// dispatch runs the operation path (below the mount: "/sessions/...")
+// names. It is the one implementation behind both the admin API and the
+// dashboard.
+func dispatch(r *http.Request, path, via string) (any, error) {
+	rest, ok := strings.CutPrefix(path, "/sessions")
 	if !ok {
-		return nil, errorf(http.StatusNotFound, "not found: %s", r.URL.Path)
+		return nil, errorf(http.StatusNotFound, adminapi.CodeNotFound, "not found: %s", r.URL.Path)
 	}
 	if rest == "" || rest == "/" {
 		if r.Method != http.MethodGet {
 			return nil, methodNotAllowed(r, http.MethodGet)
 		}
-		all := []sessionStatus{}
+		all := adminapi.SessionList{Sessions: []adminapi.Status{}}
 		for _, s := range allSessions() {
-			all = append(all, statusOf(s))
+			all.Sessions = append(all.Sessions, statusOf(s))
 		}
-		return map[string]any{"sessions": all}, nil
+		return all, nil
 	}
 	name, sub, _ := strings.Cut(rest[1:], "/")
 	if sub != "" {
 		sub = "/" + sub
 	}
-	route, ok := sessionRoutes[sub]
+	o, ok := sessionOps[sub]
 	if !ok {
-		return nil, errorf(http.StatusNotFound, "not found: %s", r.URL.Path)
+		return nil, errorf(http.StatusNotFound, adminapi.CodeNotFound, "not found: %s", r.URL.Path)
 	}
 	s, ok := lookupSession(name)
 	if !ok {
-		return nil, errorf(http.StatusNotFound, "unknown session %q", name)
+		return nil, errorf(http.StatusNotFound, adminapi.CodeUnknownSession, "unknown session %q", name)
 	}
-	if r.Method != route.method {
-		return nil, methodNotAllowed(r, route.method)
+	if r.Method != o.method {
+		return nil, methodNotAllowed(r, o.method)
 	}
-	if b := s.settings().backend(); route.backend != "" && route.backend != b {
-		return nil, errorf(http.StatusBadRequest, "%s is not available for session %q: it uses the %s backend, this route is for %s",
-			sub, s.name, b, route.backend)
+	if b := s.settings().backend(); o.backend != "" && o.backend != b {
+		return nil, errorf(http.StatusBadRequest, adminapi.CodeWrongBackend,
+			"session %q uses the %s backend; %s is only for %s sessions", s.name, b, sub, o.backend)
 	}
-	return route.handle(r.Context(), s, r)
+	return o.handle(r.Context(), opCall{s: s, r: r, via: via})
 }
 
 func methodNotAllowed(r *http.Request, want string) error {
-	e := errorf(http.StatusMethodNotAllowed, "method %s not allowed; use %s", r.Method, want)
+	e := errorf(http.StatusMethodNotAllowed, adminapi.CodeMethodNotAllowed, "method %s not allowed; use %s", r.Method, want)
 	e.allow = want
 	return e
 }
 
-// sessionStatus is a session's status as the admin API shows it; the type
-// lives with the CLI, the API's client, so both sides share one contract.
-type sessionStatus = cli.Status
-
-func statusOf(s *session) sessionStatus {
-	return sessionStatus{
-		Status:     s.cache().Status(),
-		Backend:    s.settings().backend(),
-		BaseURL:    s.settings().baseURL,
-		OTPPending: s.pendingOTP() != nil,
-		OTPFlow:    s.lastOTPFlow(),
+// statusOf is a session's status on the wire: every field present.
+func statusOf(s *session) adminapi.Status {
+	st := s.cache().Status()
+	set := s.settings()
+	out := adminapi.Status{
+		Session:       s.name,
+		Backend:       set.backend(),
+		BaseURL:       set.baseURL,
+		State:         st.State,
+		Reason:        st.Reason,
+		AutoLogin:     st.AutoLogin,
+		OTPPending:    s.pendingOTP() != nil,
+		OTPFlow:       s.lastOTPFlow(),
+		Subject:       st.Subject,
+		SessionID:     st.SessionID,
+		Scopes:        st.Scopes,
+		TokenType:     st.TokenType,
+		ExpiresAt:     st.ExpiresAt,
+		SecondsLeft:   st.SecondsLeft,
+		NextRefresh:   st.NextRefresh,
+		LastRefresh:   st.LastRefresh,
+		LastOutcome:   st.LastOutcome,
+		RefreshCount:  st.RefreshCount,
+		AdoptCount:    st.AdoptCount,
+		WaitCount:     st.WaitCount,
+		LastError:     st.LastError,
+		KeyThumbprint: st.KeyThumbprint,
+		KeyAlgorithm:  st.KeyAlgorithm,
+		TokenHeader:   st.TokenHeader,
+		TokenClaims:   st.TokenClaims,
 	}
+	if out.Scopes == nil {
+		out.Scopes = []string{}
+	}
+	return out
 }
 
-func handleStatus(_ context.Context, s *session, _ *http.Request) (any, error) {
-	return statusOf(s), nil
+// logDone logs an operator's successful action once at INFO, saying who
+// the session now is. Never a token.
+func (c opCall) logDone(msg string, fields ...zap.Field) {
+	st := c.s.cache().Status()
+	fields = append([]zap.Field{
+		zap.String("session", c.s.name),
+		zap.String("via", c.via),
+		zap.String("sub", st.Subject),
+		zap.String("sid", st.SessionID),
+		zap.String("state", st.State),
+	}, fields...)
+	if st.ExpiresAt != nil {
+		fields = append(fields, zap.Time("expires_at", *st.ExpiresAt))
+	}
+	c.s.logger().Info(msg, fields...)
 }
 
-func handleRefresh(ctx context.Context, s *session, _ *http.Request) (any, error) {
-	if err := s.cache().Refresh(ctx); err != nil {
-		return nil, cacheError(s, "refresh", err)
-	}
-	return statusOf(s), nil
+// logFailed logs an operator's failed action at WARN with the answer given.
+func (c opCall) logFailed(msg string, err error) error {
+	oe := asOpError(err)
+	c.s.logger().Warn(msg, zap.String("session", c.s.name), zap.String("via", c.via),
+		zap.Int("status", oe.status), zap.String("code", oe.code), zap.String("error", oe.msg))
+	return oe
 }
 
-func handleLogout(ctx context.Context, s *session, _ *http.Request) (any, error) {
-	if err := s.cache().Logout(ctx); err != nil {
-		return nil, cacheError(s, "logout", err)
-	}
-	return statusOf(s), nil
+func handleStatus(_ context.Context, c opCall) (any, error) {
+	return statusOf(c.s), nil
 }
 
-func handleOTPStart(ctx context.Context, s *session, r *http.Request) (any, error) {
-	var body struct {
-		PhoneNumber  string `json:"phone_number"`
-		EmailAddress string `json:"email_address"`
+func handleRefresh(ctx context.Context, c opCall) (any, error) {
+	if err := c.s.cache().Refresh(ctx); err != nil {
+		return nil, c.logFailed("operator refresh failed", opFailure(c.s, "refresh", err))
 	}
-	if err := decodeBody(r, &body); err != nil {
+	c.logDone("session refreshed by operator")
+	return statusOf(c.s), nil
+}
+
+func handleLogout(ctx context.Context, c opCall) (any, error) {
+	before := c.s.cache().Status()
+	if err := c.s.cache().Logout(ctx); err != nil {
+		return nil, c.logFailed("operator logout failed", opFailure(c.s, "logout", err))
+	}
+	c.s.logger().Info("session logged out by operator", zap.String("session", c.s.name), zap.String("via", c.via),
+		zap.String("sub", before.Subject), zap.String("sid", before.SessionID))
+	return statusOf(c.s), nil
+}
+
+func handleOTPStart(ctx context.Context, c opCall) (any, error) {
+	var body adminapi.OTPStart
+	if err := decodeBody(c.r, &body); err != nil {
 		return nil, err
 	}
 	var id prelude.Identifier
@@ -194,84 +278,77 @@ func handleOTPStart(ctx context.Context, s *session, r *http.Request) (any, erro
 	case body.EmailAddress != "" && body.PhoneNumber == "":
 		id = prelude.EmailIdentifier(body.EmailAddress)
 	default:
-		return nil, errorf(http.StatusBadRequest, `expected exactly one of "phone_number" or "email_address"`)
+		return nil, badRequest(`expected exactly one of "phone_number" or "email_address"`)
 	}
-	login, err := s.settings().client.StartOTPLogin(ctx, id)
+	login, err := c.s.settings().client.StartOTPLogin(ctx, id)
 	if err != nil {
-		return nil, cacheError(s, "starting OTP login", err)
+		return nil, c.logFailed("sending a one-time code failed", opFailure(c.s, "otp", err))
 	}
-	s.startOTP(login)
-	return map[string]string{"status": "code_sent", "otp_flow": login.Flow()}, nil
+	c.s.startOTP(login)
+	c.s.logger().Info("one-time code sent", zap.String("session", c.s.name), zap.String("via", c.via), zap.String("otp_flow", login.Flow()))
+	return adminapi.OTPStarted{Status: "code_sent", OTPFlow: login.Flow()}, nil
 }
 
-func handleOTPCheck(ctx context.Context, s *session, r *http.Request) (any, error) {
-	var body struct {
-		Code string `json:"code"`
-	}
-	if err := decodeBody(r, &body); err != nil {
+func handleOTPCheck(ctx context.Context, c opCall) (any, error) {
+	var body adminapi.OTPCheck
+	if err := decodeBody(c.r, &body); err != nil {
 		return nil, err
 	}
 	if body.Code == "" {
-		return nil, errorf(http.StatusBadRequest, `expected {"code": "<the code that was sent>"}`)
+		return nil, badRequest(`expected {"code": "<the code that was sent>"}`)
 	}
-	p := s.pendingOTP()
+	p := c.s.pendingOTP()
 	if p == nil {
-		return nil, errorf(http.StatusConflict, "no OTP login in progress for session %q (or it expired); start one with POST /inject_token/sessions/%s/login/otp", s.name, s.name)
+		return nil, errorf(http.StatusConflict, adminapi.CodeNoOTPPending,
+			"no one-time-code login in progress for session %q (none started, or it expired); start one: caddy inject-token login %s --email <address>",
+			c.s.name, c.s.name)
 	}
 	// The code is checked inside the login: the current flow signs the
 	// check with the new session's key. A wrong code leaves the login
 	// pending for another try.
-	if err := s.cache().Login(ctx, p.login.Login(body.Code)); err != nil {
-		return nil, cacheError(s, "login", err)
+	if err := c.s.cache().Login(ctx, p.login.Login(body.Code)); err != nil {
+		return nil, c.logFailed("operator login failed", opFailure(c.s, "otp_check", err))
 	}
-	s.finishOTP(p)
-	return statusOf(s), nil
+	c.s.finishOTP(p)
+	c.logDone("session logged in by operator", zap.String("method", "otp"), zap.String("otp_flow", p.login.Flow()))
+	return statusOf(c.s), nil
 }
 
 // handleRefreshToken starts an oauth2 refresh_token session from a refresh
 // token obtained elsewhere: the first refresh spends it, and the rotated
 // ones are kept like any other session's.
-func handleRefreshToken(ctx context.Context, s *session, r *http.Request) (any, error) {
-	var body struct {
-		RefreshToken string `json:"refresh_token"`
-	}
-	if err := decodeBody(r, &body); err != nil {
+func handleRefreshToken(ctx context.Context, c opCall) (any, error) {
+	var body adminapi.RefreshTokenLogin
+	if err := decodeBody(c.r, &body); err != nil {
 		return nil, err
 	}
 	if body.RefreshToken == "" {
-		return nil, errorf(http.StatusBadRequest, `expected {"refresh_token": "..."}`)
+		return nil, badRequest(`expected {"refresh_token": "..."}`)
 	}
-	if err := s.cache().Login(ctx, s.settings().oauth.LoginWithRefreshToken(body.RefreshToken)); err != nil {
-		return nil, cacheError(s, "login", err)
+	if err := c.s.cache().Login(ctx, c.s.settings().oauth.LoginWithRefreshToken(body.RefreshToken)); err != nil {
+		return nil, c.logFailed("operator login failed", opFailure(c.s, "refresh_token_login", err))
 	}
-	return statusOf(s), nil
+	c.logDone("session logged in by operator", zap.String("method", "refresh_token"))
+	return statusOf(c.s), nil
 }
 
-func handlePassword(ctx context.Context, s *session, r *http.Request) (any, error) {
-	var body struct {
-		Email    string `json:"email"`
-		Password string `json:"password"`
-	}
-	if err := decodeBody(r, &body); err != nil {
+func handlePassword(ctx context.Context, c opCall) (any, error) {
+	var body adminapi.PasswordLogin
+	if err := decodeBody(c.r, &body); err != nil {
 		return nil, err
 	}
 	if body.Email == "" || body.Password == "" {
-		return nil, errorf(http.StatusBadRequest, `expected {"email": "...", "password": "..."}`)
+		return nil, badRequest(`expected {"email": "...", "password": "..."}`)
 	}
-	if err := s.cache().Login(ctx, prelude.PasswordLogin(s.settings().client, body.Email, body.Password)); err != nil {
-		return nil, cacheError(s, "login", err)
+	if err := c.s.cache().Login(ctx, prelude.PasswordLogin(c.s.settings().client, body.Email, body.Password)); err != nil {
+		return nil, c.logFailed("operator login failed", opFailure(c.s, "password_login", err))
 	}
-	return statusOf(s), nil
+	c.logDone("session logged in by operator", zap.String("method", "password"))
+	return statusOf(c.s), nil
 }
 
-// listedSession is one Prelude session, marked when it is ours.
-type listedSession struct {
-	prelude.SessionInfo
-	Current bool `json:"current"`
-}
-
-func handleList(ctx context.Context, s *session, r *http.Request) (any, error) {
-	q := r.URL.Query()
+func handleList(ctx context.Context, c opCall) (any, error) {
+	q := c.r.URL.Query()
 	limit, err := queryInt(q.Get("limit"), "limit")
 	if err != nil {
 		return nil, err
@@ -282,19 +359,31 @@ func handleList(ctx context.Context, s *session, r *http.Request) (any, error) {
 	}
 	var list *prelude.SessionList
 	var sid string
-	err = withToken(ctx, s, func(tok *tokencache.Token) (err error) {
+	err = withToken(ctx, c.s, func(tok *tokencache.Token) (err error) {
 		sid = tok.SessionID
-		list, err = s.settings().client.ListSessions(ctx, tok.Value, limit, offset)
+		list, err = c.s.settings().client.ListSessions(ctx, tok.Value, limit, offset)
 		return err
 	})
 	if err != nil {
-		return nil, cacheError(s, "listing sessions", err)
+		return nil, opFailure(c.s, "list", err)
 	}
-	out := make([]listedSession, 0, len(list.Sessions))
+	out := adminapi.DeviceList{Sessions: make([]adminapi.Device, 0, len(list.Sessions)),
+		Total: list.Total, Limit: list.Limit, Offset: list.Offset}
 	for _, si := range list.Sessions {
-		out = append(out, listedSession{SessionInfo: si, Current: si.ID != "" && si.ID == sid})
+		out.Sessions = append(out.Sessions, adminapi.Device{
+			ID: si.ID, DeviceType: si.DeviceType, DeviceModel: si.DeviceModel, OSVersion: si.OSVersion,
+			CountryCode: si.CountryCode, CreatedAt: stamp(si.CreatedAt), LastSeenAt: stamp(si.LastSeenAt),
+			ExpiresAt: stamp(si.ExpiresAt), Current: si.ID != "" && si.ID == sid,
+		})
 	}
-	return map[string]any{"sessions": out, "total": list.Total, "limit": list.Limit, "offset": list.Offset}, nil
+	return out, nil
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func queryInt(v, name string) (int, error) {
@@ -303,47 +392,46 @@ func queryInt(v, name string) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 {
-		return 0, errorf(http.StatusBadRequest, "%s must be a non-negative integer, got %q", name, v)
+		return 0, badRequest("%s must be a non-negative integer, got %q", name, v)
 	}
 	return n, nil
 }
 
-func handleRevoke(ctx context.Context, s *session, r *http.Request) (any, error) {
-	var body struct {
-		Target    string `json:"target"`
-		SessionID string `json:"session_id"`
-	}
-	if err := decodeBody(r, &body); err != nil {
+func handleRevoke(ctx context.Context, c opCall) (any, error) {
+	var body adminapi.Revoke
+	if err := decodeBody(c.r, &body); err != nil {
 		return nil, err
 	}
 	switch body.Target {
-	case prelude.TargetAll, prelude.TargetOthers, prelude.TargetMine:
+	case adminapi.TargetAll, adminapi.TargetOthers, adminapi.TargetMine:
 		if body.SessionID != "" {
-			return nil, errorf(http.StatusBadRequest, `"session_id" is only allowed with "target": "session"`)
+			return nil, badRequest(`"session_id" is only allowed with "target": "session"`)
 		}
-	case prelude.TargetSession:
+	case adminapi.TargetSession:
 		if body.SessionID == "" {
-			return nil, errorf(http.StatusBadRequest, `"target": "session" needs "session_id"`)
+			return nil, badRequest(`"target": "session" needs "session_id"`)
 		}
 	default:
-		return nil, errorf(http.StatusBadRequest, `expected "target" to be one of all, others, mine or session`)
+		return nil, badRequest(`expected "target" to be one of all, others, mine or session`)
 	}
 	var ours bool
-	err := withToken(ctx, s, func(tok *tokencache.Token) error {
-		ours = body.Target == prelude.TargetAll || body.Target == prelude.TargetMine ||
-			(body.Target == prelude.TargetSession && body.SessionID == tok.SessionID)
-		return s.settings().client.RevokeSessions(ctx, tok.Value, body.Target, body.SessionID)
+	err := withToken(ctx, c.s, func(tok *tokencache.Token) error {
+		ours = body.Target == adminapi.TargetAll || body.Target == adminapi.TargetMine ||
+			(body.Target == adminapi.TargetSession && body.SessionID == tok.SessionID)
+		return c.s.settings().client.RevokeSessions(ctx, tok.Value, body.Target, body.SessionID)
 	})
 	if err != nil {
-		return nil, cacheError(s, "revoking sessions", err)
+		return nil, c.logFailed("operator revoke failed", opFailure(c.s, "revoke", err))
 	}
+	c.logDone("sessions revoked by operator", zap.String("target", body.Target),
+		zap.String("revoked_sid", body.SessionID), zap.Bool("own_session", ours))
 	if ours {
-		reason := "own session revoked through the admin API (target=" + body.Target + ")"
-		if err := s.cache().Forget(ctx, reason); err != nil {
-			return nil, cacheError(s, "clearing local state after revocation", err)
+		reason := "own session revoked by an operator (target=" + body.Target + ")"
+		if err := c.s.cache().Forget(ctx, reason); err != nil {
+			return nil, opFailure(c.s, "clearing local state after revocation", err)
 		}
 	}
-	return map[string]any{"target": body.Target, "local_cleared": ours}, nil
+	return adminapi.RevokeResult{Target: body.Target, LocalCleared: ours}, nil
 }
 
 // withToken runs call with the session's access token; if Prelude rejects
@@ -368,53 +456,177 @@ func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token)
 	return call(fresh)
 }
 
-// cacheError turns a failure into an API error: Prelude errors keep their
-// status and code; a session without a token is a conflict (logged out) or
-// unavailable (refresh failing).
-func cacheError(s *session, op string, err error) error {
+// backendFailure is a token server's answer, whichever the backend.
+type backendFailure struct {
+	status                      int    // the token server's HTTP status, 0 without an answer
+	code                        string // its error code
+	words                       string // its message, or our description when it sent none
+	refused, transient, unknown bool
+	retry                       time.Duration
+}
+
+func asBackendFailure(err error) (backendFailure, bool) {
 	var pe *prelude.Error
 	if errors.As(err, &pe) {
-		status := pe.Status
-		if status < 400 || status > 599 {
-			status = http.StatusBadGateway
+		return backendFailure{status: pe.Status, code: pe.Code, words: firstNonEmpty(pe.Message, pe.Error()),
+			refused: pe.Kind == prelude.KindDead || pe.Kind == prelude.KindCaller, transient: pe.Kind == prelude.KindTransient,
+			unknown: pe.Kind == prelude.KindUnknownOutcome, retry: pe.RetryDelay}, true
+	}
+	var oe *oauth.Error
+	if errors.As(err, &oe) {
+		return backendFailure{status: oe.Status, code: oe.Code, words: firstNonEmpty(oe.Description, oe.Error()),
+			refused:   oe.Kind == oauth.KindDead || oe.Kind == oauth.KindConfig || oe.Kind == oauth.KindRejected,
+			transient: oe.Kind == oauth.KindTransient, unknown: oe.Kind == oauth.KindUnknownOutcome, retry: oe.RetryDelay}, true
+	}
+	return backendFailure{}, false
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
 		}
-		return &apiError{status: status, msg: fmt.Sprintf("%s: %v", op, err), code: pe.Code}
+	}
+	return ""
+}
+
+// where names the token server's answer: "(prelude HTTP 401)".
+func (b backendFailure) where(backend string) string {
+	if b.status == 0 {
+		return "(" + backend + ", no answer)"
+	}
+	return fmt.Sprintf("(%s HTTP %d)", backend, b.status)
+}
+
+// loginHint is the command that logs the session in.
+func loginHint(s *session) string {
+	if s.settings().backend() == "oauth2" {
+		return "caddy inject-token login " + s.name + " --refresh-token"
+	}
+	return "caddy inject-token login " + s.name + " --email <address>"
+}
+
+// nextStep says what the operator can do after a refusal of op.
+func nextStep(s *session, op string) string {
+	switch op {
+	case "password_login":
+		return "check the email address and password"
+	case "otp":
+		return "check the email address or phone number"
+	case "otp_check":
+		return "check the code, or send a new one: caddy inject-token login " + s.name + " --email <address>"
+	case "refresh_token_login":
+		return "obtain a new refresh token, then: caddy inject-token login " + s.name + " --refresh-token"
+	}
+	if s.cache().Status().State == tokencache.StateLoggedOut {
+		return "the session has ended; log in again: " + loginHint(s)
+	}
+	return ""
+}
+
+// opFailure turns an operation's failure into the API's answer. The rules
+// are the same for every backend (the README's status table):
+//
+//	409 logged_out       the session has no login; the message names the command
+//	422 <server's code>  the token server refused the request
+//	502 backend_error    the token server's answer was unusable or lost
+//	503 <code>           the token server asked to retry later, or the
+//	                     session has no token now (Retry-After)
+//	500 internal         anything else (storage)
+func opFailure(s *session, op string, err error) error {
+	var oe *opError
+	if errors.As(err, &oe) {
+		return oe
+	}
+	backend := s.settings().backend()
+	if bf, ok := asBackendFailure(err); ok {
+		switch {
+		case bf.refused:
+			msg := fmt.Sprintf("the token server refused the %s %s: %s", opNoun(op), bf.where(backend), bf.words)
+			if next := nextStep(s, op); next != "" {
+				msg += "; " + next
+			}
+			return &opError{status: http.StatusUnprocessableEntity, code: firstNonEmpty(bf.code, "refused"), msg: msg}
+		case bf.transient:
+			return &opError{status: http.StatusServiceUnavailable, code: firstNonEmpty(bf.code, adminapi.CodeUnavailable),
+				msg:   fmt.Sprintf("the token server is unavailable for the %s %s: %s; retry later", opNoun(op), bf.where(backend), bf.words),
+				retry: max(bf.retry, time.Second)}
+		default:
+			return &opError{status: http.StatusBadGateway, code: adminapi.CodeBackendError,
+				msg: fmt.Sprintf("no usable answer from the token server for the %s %s: %s", opNoun(op), bf.where(backend), bf.words)}
+		}
 	}
 	var ue *tokencache.UnavailableError
-	switch {
-	case errors.Is(err, tokencache.ErrLoggedOut) || (errors.As(err, &ue) && ue.State == tokencache.StateLoggedOut):
-		return errorf(http.StatusConflict, "%s: session %q is logged out; log in first (POST /inject_token/sessions/%s/login/...)", op, s.name, s.name)
-	case errors.As(err, &ue):
-		return errorf(http.StatusServiceUnavailable, "%s: session %q has no valid access token right now: %v", op, s.name, ue.Err)
+	if errors.Is(err, tokencache.ErrLoggedOut) || (errors.As(err, &ue) && ue.State == tokencache.StateLoggedOut) {
+		why := ""
+		if r := s.cache().Status().Reason; r != "" {
+			why = " (" + r + ")"
+		}
+		return &opError{status: http.StatusConflict, code: adminapi.CodeLoggedOut,
+			msg: fmt.Sprintf("session %q is logged out%s; log in first: %s", s.name, why, loginHint(s))}
 	}
-	return errorf(http.StatusServiceUnavailable, "%s: %v", op, err)
+	if errors.As(err, &ue) {
+		return &opError{status: http.StatusServiceUnavailable, code: adminapi.CodeUnavailable,
+			msg:   fmt.Sprintf("session %q has no valid access token right now (%s): %v", s.name, ue.State, ue.Err),
+			retry: retryHint(s, ue.State, ue.RetryAfter)}
+	}
+	return &opError{status: http.StatusInternalServerError, code: adminapi.CodeInternal,
+		msg: fmt.Sprintf("%s failed: %v", opNoun(op), err)}
+}
+
+// opNoun names an operation in error texts.
+func opNoun(op string) string {
+	switch op {
+	case "otp":
+		return "one-time code request"
+	case "otp_check":
+		return "one-time code"
+	case "password_login", "refresh_token_login":
+		return "login"
+	}
+	return op
+}
+
+// retryHint is the Retry-After for a session without a token: the
+// engine's backoff while retrying can help, operatorRetryAfter while only
+// an operator can change the state.
+func retryHint(s *session, state string, engine time.Duration) time.Duration {
+	if state == tokencache.StateLoggedOut && !s.cache().Status().AutoLogin || state == "login_failed" {
+		return operatorRetryAfter
+	}
+	return max(engine, time.Second)
 }
 
 // decodeBody strictly decodes a JSON object of at most 64 KiB into v.
 func decodeBody(r *http.Request, v any) error {
 	data, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
 	if err != nil {
-		return errorf(http.StatusBadRequest, "reading body: %v", err)
+		return badRequest("reading body: %v", err)
 	}
 	if len(data) > maxAdminBody {
-		return errorf(http.StatusRequestEntityTooLarge, "body larger than %d bytes", maxAdminBody)
+		return errorf(http.StatusRequestEntityTooLarge, adminapi.CodeTooLarge, "body larger than %d bytes", maxAdminBody)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return errorf(http.StatusBadRequest, "invalid JSON body (expected %s): %v", describeFields(v), err)
+		return badRequest("invalid JSON body (expected %s): %v", describeFields(v), err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return errorf(http.StatusBadRequest, "invalid JSON body: trailing data after the object")
+		return badRequest("invalid JSON body: trailing data after the object")
 	}
 	return nil
 }
 
-// describeFields shows the JSON object v accepts, for error messages. It
-// marshals a zero value: v may hold partly decoded secrets.
+// describeFields shows the JSON object v accepts, for error messages,
+// from its type alone: v may hold partly decoded secrets.
 func describeFields(v any) string {
-	b, _ := json.Marshal(reflect.New(reflect.TypeOf(v).Elem()).Interface())
-	return string(b)
+	t := reflect.TypeOf(v).Elem()
+	names := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		names = append(names, strconv.Quote(name)+": …")
+	}
+	return "{" + strings.Join(names, ", ") + "}"
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -422,21 +634,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, err error) {
-	ae, ok := err.(*apiError)
-	if !ok {
-		ae = &apiError{status: http.StatusInternalServerError, msg: err.Error()}
-	}
-	if ae.allow != "" {
-		w.Header().Set("Allow", ae.allow)
-	}
-	body := map[string]string{"error": ae.msg}
-	if ae.code != "" {
-		body["code"] = ae.code
-	}
-	writeJSON(w, ae.status, body)
 }
 
 // Interface guards

@@ -152,6 +152,9 @@ func (a *adminClient) call(method, path, body string, wantStatus int) map[string
 	if err := json.Unmarshal(out, &m); err != nil {
 		a.t.Fatalf("%s %s: %v in %s", method, path, err, out)
 	}
+	if code := hdr.Get("Inject-Token-Code"); code != "" {
+		m["code"] = code
+	}
 	return m
 }
 
@@ -482,7 +485,7 @@ http://localhost:9081 {
 		t.Errorf("list while logged out: %v", e)
 	}
 	a.call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"others"}`, 409)
-	e = a.call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"demo@example.com","password":"wrong"}`, 401)
+	e = a.call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"demo@example.com","password":"wrong"}`, 422)
 	if e["code"] == nil || e["code"] == "" {
 		t.Errorf("Prelude error code not passed on: %v", e)
 	}
@@ -515,7 +518,7 @@ http://localhost:9081 {
 	if st := a.call("GET", "/inject_token/sessions/adm-b", "", 200); st["otp_pending"] != true {
 		t.Errorf("otp not pending: %v", st)
 	}
-	a.call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"000000"}`, 400)
+	a.call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"000000"}`, 422)
 	st = a.call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
 	if st["state"] != "active" || st["sub"] != uid {
 		t.Errorf("after otp login: %v", st)

@@ -3,6 +3,7 @@ package injecttoken
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -50,7 +51,7 @@ func TestCLIWalkthrough(t *testing.T) {
 	}
 
 	// A second device of the same user, then list (ours marked) and revoke it.
-	cl := newSandboxLogin(t, srv, "ops@example.com")
+	cl := newSandboxLogin(t, srv.URL, "ops@example.com")
 	var list struct {
 		Sessions []struct {
 			ID      string `json:"id"`
@@ -88,12 +89,13 @@ type otherDevice struct {
 	cl  *prelude.Client
 	key *dpop.Key
 	rt  string
+	sid string // the sid claim of its first access token
 }
 
-func newSandboxLogin(t *testing.T, srv *sandboxtest.Server, email string) *otherDevice {
+func newSandboxLogin(t *testing.T, baseURL, email string) *otherDevice {
 	t.Helper()
 	ctx := context.Background()
-	cl, err := prelude.New(srv.URL, prelude.Options{})
+	cl, err := prelude.New(baseURL, prelude.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,18 @@ func newSandboxLogin(t *testing.T, srv *sandboxtest.Server, email string) *other
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &otherDevice{t: t, cl: cl, key: key, rt: toks.RefreshToken}
+	var claims struct {
+		SID string `json:"sid"`
+	}
+	parts := strings.Split(toks.AccessToken, ".")
+	if len(parts) != 3 {
+		t.Fatal("access token is not a JWT")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || json.Unmarshal(payload, &claims) != nil || claims.SID == "" {
+		t.Fatalf("no sid in the access token: %v", err)
+	}
+	return &otherDevice{t: t, cl: cl, key: key, rt: toks.RefreshToken, sid: claims.SID}
 }
 
 // revoked reports whether the device's session can no longer refresh.

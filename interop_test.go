@@ -281,7 +281,7 @@ func TestRefreshTokenGrantThroughCLI(t *testing.T) {
 	rt := p.MintRefreshToken(t, "gateway")
 	t.Setenv(cli.RefreshTokenEnv, rt)
 	var out bytes.Buffer
-	if err := cli.Run(context.Background(), []string{"login", "refresh-token", "--session", "rt-grant", "--address", "localhost:2999"}, strings.NewReader(""), &out); err != nil {
+	if err := cli.Run(context.Background(), []string{"login", "rt-grant", "--refresh-token", "--address", "localhost:2999"}, strings.NewReader(""), &out); err != nil {
 		t.Fatalf("cli login refresh-token: %v\n%s", err, out.String())
 	}
 	if strings.Contains(out.String(), rt) {

@@ -256,8 +256,10 @@ func checkBaseURL(s string) error {
 	}
 	u, err := url.Parse(s)
 	switch {
+	case err != nil && !strings.Contains(s, "://"), err == nil && u.Host == "" && u.Opaque != "":
+		return fmt.Errorf("base URL %q has no scheme: write http://%s or https://%s", s, s, s)
 	case err != nil:
-		return errors.New("base URL does not parse")
+		return fmt.Errorf("base URL %q does not parse: %v", s, errors.Unwrap(err))
 	case u.Scheme != "http" && u.Scheme != "https":
 		return fmt.Errorf("base URL must start with http:// or https://, got %q", s)
 	case u.Host == "":
@@ -469,6 +471,7 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 	} else {
 		state = h.sess.cache().Status().State
 	}
+	retry = retryHint(h.sess, state, retry)
 	secs := max(int64((retry+time.Second-1)/time.Second), 1)
 	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	if c := h.logger.Check(zapcore.DebugLevel, "no valid token; not forwarding"); c != nil {

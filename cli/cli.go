@@ -4,8 +4,9 @@
 // talks to the running Caddy through the admin API routes under
 // /inject_token/, so it needs no access to storage or keys.
 //
-// Importing the package (blank import) registers the command. Run drives
-// the same commands without Caddy's command line, for tests and embedding.
+// The inject_token module registers the command (command.go in the root
+// package) with Configure; Run drives the same commands without Caddy's
+// command line, for tests and embedding.
 package cli
 
 import (
@@ -19,9 +20,10 @@ import (
 	"os"
 	"strings"
 
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/tokenwarden/caddy-inject-token/adminapi"
 )
 
 // PasswordEnv is the environment variable `login --password` reads the
@@ -31,14 +33,23 @@ const PasswordEnv = "INJECT_TOKEN_PASSWORD"
 // DefaultSession is the session name the commands use without --session.
 const DefaultSession = "default"
 
-const longHelp = `
+// Usage, Short and Long describe the command for Caddy's help.
+const (
+	Usage = "login|status|refresh|logout|list|revoke [<session>] [flags]"
+	Short = "Manages inject_token sessions through the admin API"
+	Long  = `
 Manages the sessions of the inject_token module in a running Caddy through
 its admin API (routes under /inject_token/). The admin address is taken from
 --address, else the CADDY_ADMIN environment variable, else localhost:2019.
+Every command takes the session name as its first argument (or --session);
+without one it uses "default" (status: all sessions).
 
-  login    log a session in with a one-time code (--email or --phone) or a
-           password (--password --email; the password is read from stdin or
-           $INJECT_TOKEN_PASSWORD, never from a flag)
+  login    log a session in with a one-time code (--email or --phone, then
+           --code or the prompt; --code alone finishes a code already sent),
+           a password (--password --email; the password is read from stdin
+           or $INJECT_TOKEN_PASSWORD, never from a flag), or an oauth2
+           refresh token (--refresh-token, read from stdin or
+           $INJECT_TOKEN_REFRESH_TOKEN)
   status   show one session, or all sessions when none is named
   refresh  force a token refresh now
   logout   end the session (it stays logged out until the next login)
@@ -46,21 +57,11 @@ its admin API (routes under /inject_token/). The admin address is taken from
   revoke   end server-side sessions: all, others, mine, or one by --id
 
 Every command accepts --json to print the admin API's JSON answer instead of
-the human summary. Errors print the server's message and code and exit
+the human summary; on failure it prints the API's error JSON (with its code
+and HTTP status). Errors print the server's message and code and exit
 non-zero.
 `
-
-func init() {
-	caddycmd.RegisterCommand(caddycmd.Command{
-		Name:  "inject-token",
-		Usage: "login|status|refresh|logout|list|revoke [flags]",
-		Short: "Manages inject_token sessions through the admin API",
-		Long:  longHelp,
-		CobraFunc: func(cmd *cobra.Command) {
-			configure(cmd)
-		},
-	})
-}
+)
 
 // Run executes one inject-token command line (args without the leading
 // "inject-token", e.g. {"status", "demo", "--address", "localhost:2019"}).
@@ -76,12 +77,12 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 func RunIO(ctx context.Context, args []string, in io.Reader, out, errOut io.Writer) error {
 	root := &cobra.Command{
 		Use:           "inject-token",
-		Short:         "Manages inject_token sessions through the admin API",
-		Long:          longHelp,
+		Short:         Short,
+		Long:          Long,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
-	configure(root)
+	Configure(root)
 	root.SetArgs(args)
 	root.SetIn(in)
 	root.SetOut(out)
@@ -95,7 +96,9 @@ type opts struct {
 	json    bool
 }
 
-func configure(cmd *cobra.Command) {
+// Configure adds the subcommands and shared flags to cmd, the
+// `inject-token` command.
+func Configure(cmd *cobra.Command) {
 	o := &opts{}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&o.address, "address", "", "admin API address (default $CADDY_ADMIN or "+DefaultAddress+")")
@@ -106,7 +109,48 @@ func configure(cmd *cobra.Command) {
 	for _, sub := range cmd.Commands() {
 		// Flag errors mention the command; usage stays out of the way.
 		sub.SilenceUsage = true
+		run := sub.RunE
+		sub.RunE = func(c *cobra.Command, args []string) error {
+			err := run(c, args)
+			if err != nil && o.json {
+				printErrorJSON(c.OutOrStdout(), err)
+			}
+			return err
+		}
 	}
+}
+
+// printErrorJSON prints a failure as JSON for --json: the admin API's
+// error with its code and HTTP status, or {"error"} for a failure that
+// never reached it.
+func printErrorJSON(w io.Writer, err error) {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		b, _ := json.Marshal(map[string]string{"error": err.Error()})
+		_ = writeJSON(w, b)
+		return
+	}
+	b, _ := json.Marshal(struct {
+		Error      string `json:"error"`
+		Code       string `json:"code"`
+		HTTPStatus int    `json:"http_status"`
+		RetryAfter string `json:"retry_after,omitempty"`
+	}{ae.Message, ae.Code, ae.HTTPStatus, ae.RetryAfter})
+	_ = writeJSON(w, b)
+}
+
+// sessionName resolves the session a command acts on: its one positional
+// argument or --session (they must agree), else def.
+func sessionName(args []string, flag, def string) (string, error) {
+	switch {
+	case len(args) == 0 && flag != "":
+		return flag, nil
+	case len(args) == 0:
+		return def, nil
+	case flag != "" && flag != args[0]:
+		return "", fmt.Errorf("session named twice: %q and --session %q", args[0], flag)
+	}
+	return args[0], nil
 }
 
 func (o *opts) client() (*Client, error) {
@@ -142,101 +186,102 @@ func isTerminal(r io.Reader) bool {
 }
 
 func sessionFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "session", "s", DefaultSession, "session name (the inject_token `session` subdirective)")
+	cmd.Flags().StringVarP(p, "session", "s", "", "session name, instead of the argument (default \""+DefaultSession+"\")")
 }
 
 func loginCmd(o *opts) *cobra.Command {
 	var session, email, phone, code string
-	var password bool
+	var password, refreshToken bool
 	cmd := &cobra.Command{
-		Use:   "login (--email <address> | --phone <number>) [--code <code>] | --password --email <address> | refresh-token",
-		Short: "Log a session in with a one-time code or a password",
+		Use:   "login [<session>] (--email <address> | --phone <number>) [--code <code>] | --code <code> | --password --email <address> | --refresh-token",
+		Short: "Log a session in with a one-time code, a password or a refresh token",
 		Long: `Logs the session in and stores it in Caddy's storage; the running gateway
 uses it immediately.
 
 One-time code: --email or --phone sends a code; pass it with --code, or type
-it when prompted (it is read as one line from stdin).
+it when prompted (it is read as one line from stdin). --code alone finishes
+a login whose code was already sent (status shows "otp login: code sent").
 
 Password: --password --email <address>. The password is taken from the
 ` + PasswordEnv + ` environment variable if set, else from the first line of
 stdin (not echoed on a terminal). It is never accepted as a flag value,
 because command lines are visible to other users in ps.
 
-Refresh token (oauth2 sessions with grant refresh_token): "login
-refresh-token" reads the initial refresh token from $` + RefreshTokenEnv + ` or the
-first line of stdin, for the same reason.`,
-		Example: `  caddy inject-token login --session demo --email demo@example.com
-  caddy inject-token login --session demo --phone +33612345678 --code 123456
-  printf '%s\n' "$PASSWORD" | caddy inject-token login --session demo --password --email demo@example.com
-  printf '%s\n' "$RT" | caddy inject-token login --session api refresh-token`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) == 1 && args[0] == "refresh-token" {
-				return nil
-			}
-			if len(args) > 0 {
-				// Do not echo the argument: it may be a password typed as
-				// "--password secret".
-				return errors.New("login takes no arguments; the password, if any, is read from stdin or $" + PasswordEnv)
-			}
-			return nil
-		},
+Refresh token (oauth2 sessions with grant refresh_token): --refresh-token
+reads the initial refresh token from $` + RefreshTokenEnv + ` or the first line
+of stdin, for the same reason.`,
+		Example: `  caddy inject-token login demo --email demo@example.com
+  caddy inject-token login demo --phone +33612345678 --code 123456
+  caddy inject-token login demo --code 123456
+  printf '%s\n' "$PASSWORD" | caddy inject-token login demo --password --email demo@example.com
+  printf '%s\n' "$RT" | caddy inject-token login api --refresh-token`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 {
-				if email != "" || phone != "" || password || code != "" {
-					return errors.New("login refresh-token takes no --email, --phone, --password or --code")
-				}
-				return loginRefreshToken(cmd, o, session)
+			name, err := sessionName(args, session, DefaultSession)
+			if err != nil {
+				return err
 			}
 			switch {
+			case refreshToken && (email != "" || phone != "" || password || code != ""):
+				return errors.New("--refresh-token takes no --email, --phone, --password or --code")
 			case email != "" && phone != "":
 				return errors.New("give either --email or --phone, not both")
 			case password && phone != "":
 				return errors.New("password login takes --email, not --phone")
 			case password && code != "":
 				return errors.New("--code is for one-time-code login; drop it with --password")
-			case email == "" && phone == "":
-				return errors.New("--email or --phone is required")
+			case !refreshToken && email == "" && phone == "" && code == "":
+				return errors.New("--email or --phone is required (or --code to finish a code already sent, or --refresh-token)")
 			}
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			if password {
+			if password || refreshToken {
+				// A password typed after --password (a bool flag) lands
+				// in args: never echo an argument that is not a session.
+				if len(args) == 1 {
+					if err := knownSession(ctx, c, name); err != nil {
+						return err
+					}
+				}
+				if refreshToken {
+					return loginRefreshToken(cmd, o, c, name)
+				}
 				pw, err := readPassword(cmd.InOrStdin(), cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}
-				st, raw, err := c.LoginPassword(ctx, session, email, pw)
+				st, raw, err := c.LoginPassword(ctx, name, email, pw)
 				if err != nil {
-					return fmt.Errorf("login %q: %w", session, err)
+					return fmt.Errorf("login %s: %w", name, err)
 				}
 				return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printLoggedIn(w, st) })
 			}
-			to := email
-			if to == "" {
-				to = phone
-			}
-			if _, err := c.StartOTP(ctx, session, email, phone); err != nil {
-				return fmt.Errorf("login %q: sending a code to %s: %w", session, to, err)
-			}
-			if code == "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "A code was sent to %s. Enter it: ", to)
-				code, err = readLine(cmd.InOrStdin())
-				if !isTerminal(cmd.InOrStdin()) {
-					// The answer came from a pipe: end the prompt's line.
-					fmt.Fprintln(cmd.ErrOrStderr())
-				}
-				if err != nil {
-					return fmt.Errorf("reading the code: %w", err)
+			if email != "" || phone != "" {
+				to := email + phone
+				if _, err := c.StartOTP(ctx, name, email, phone); err != nil {
+					return fmt.Errorf("login %s: %w", name, err)
 				}
 				if code == "" {
-					return errors.New("no code entered")
+					fmt.Fprintf(cmd.ErrOrStderr(), "A code was sent to %s. Enter it: ", to)
+					code, err = readLine(cmd.InOrStdin())
+					if !isTerminal(cmd.InOrStdin()) {
+						// The answer came from a pipe: end the prompt's line.
+						fmt.Fprintln(cmd.ErrOrStderr())
+					}
+					if err != nil {
+						return fmt.Errorf("reading the code: %w (finish later: caddy inject-token login %s --code <code>)", err, name)
+					}
+					if code == "" {
+						return fmt.Errorf("no code entered (finish later: caddy inject-token login %s --code <code>)", name)
+					}
 				}
 			}
-			st, raw, err := c.CheckOTP(ctx, session, code)
+			st, raw, err := c.CheckOTP(ctx, name, code)
 			if err != nil {
-				return fmt.Errorf("login %q: checking the code: %w", session, err)
+				return fmt.Errorf("login %s: %w", name, err)
 			}
 			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printLoggedIn(w, st) })
 		},
@@ -245,8 +290,9 @@ first line of stdin, for the same reason.`,
 	f := cmd.Flags()
 	f.StringVar(&email, "email", "", "email address to log in with")
 	f.StringVar(&phone, "phone", "", "phone number to log in with (one-time code only)")
-	f.StringVar(&code, "code", "", "the one-time code (prompted for when absent)")
+	f.StringVar(&code, "code", "", "the one-time code (prompted for when absent; alone, finishes a code already sent)")
 	f.BoolVar(&password, "password", false, "log in with a password read from stdin or $"+PasswordEnv)
+	f.BoolVar(&refreshToken, "refresh-token", false, "oauth2: start from a refresh token read from stdin or $"+RefreshTokenEnv)
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		// pflag quotes the offending value; for "--password=<secret>" that
 		// would print the secret.
@@ -256,6 +302,22 @@ first line of stdin, for the same reason.`,
 		return err
 	})
 	return cmd
+}
+
+// knownSession checks that name is a configured session without showing
+// name in the error: it may be a secret typed in the wrong place.
+func knownSession(ctx context.Context, c *Client, name string) error {
+	all, _, err := c.Sessions(ctx)
+	if err != nil {
+		return fmt.Errorf("listing sessions: %w", err)
+	}
+	for _, st := range all {
+		if st.Session == name {
+			return nil
+		}
+	}
+	return errors.New("login: the argument is not a configured session (not shown: it may be a secret; " +
+		"passwords and refresh tokens are read from stdin or the environment, never from arguments)")
 }
 
 // readLine reads one line, without its line ending and surrounding spaces.
@@ -282,18 +344,14 @@ func readPassword(in io.Reader, prompt io.Writer) (string, error) {
 const RefreshTokenEnv = "INJECT_TOKEN_REFRESH_TOKEN"
 
 // loginRefreshToken hands an initial refresh token to an oauth2 session.
-func loginRefreshToken(cmd *cobra.Command, o *opts, session string) error {
+func loginRefreshToken(cmd *cobra.Command, o *opts, c *Client, session string) error {
 	rt, err := readSecret(cmd.InOrStdin(), cmd.ErrOrStderr(), RefreshTokenEnv, "refresh token")
-	if err != nil {
-		return err
-	}
-	c, err := o.client()
 	if err != nil {
 		return err
 	}
 	st, raw, err := c.LoginRefreshToken(cmd.Context(), session, rt)
 	if err != nil {
-		return fmt.Errorf("login %q: %w", session, err)
+		return fmt.Errorf("login %s: %w", session, err)
 	}
 	return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printLoggedIn(w, st) })
 }
@@ -332,37 +390,35 @@ func readSecret(in io.Reader, prompt io.Writer, env, what string) (string, error
 func statusCmd(o *opts) *cobra.Command {
 	var session string
 	cmd := &cobra.Command{
-		Use:   "status [session]",
+		Use:   "status [<session>]",
 		Short: "Show one session, or all sessions",
 		Example: `  caddy inject-token status
   caddy inject-token status demo --json`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 {
-				if session != "" && session != args[0] {
-					return fmt.Errorf("session named twice: %q and --session %q", args[0], session)
-				}
-				session = args[0]
+			name, err := sessionName(args, session, "")
+			if err != nil {
+				return err
 			}
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
-			if session == "" {
+			if name == "" {
 				all, raw, err := c.Sessions(cmd.Context())
 				if err != nil {
-					return fmt.Errorf("listing sessions: %w", err)
+					return fmt.Errorf("status: %w", err)
 				}
 				return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printStatusTable(w, all) })
 			}
-			st, raw, err := c.Status(cmd.Context(), session)
+			st, raw, err := c.Status(cmd.Context(), name)
 			if err != nil {
-				return fmt.Errorf("session %q: %w", session, err)
+				return fmt.Errorf("status %s: %w", name, err)
 			}
 			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printStatus(w, st) })
 		},
 	}
-	cmd.Flags().StringVarP(&session, "session", "s", "", "session name (default: all sessions)")
+	cmd.Flags().StringVarP(&session, "session", "s", "", "session name, instead of the argument (default: all sessions)")
 	return cmd
 }
 
@@ -382,17 +438,21 @@ func sessionActionCmd(o *opts, name, short string,
 	action func(*Client, context.Context, string) (*Status, []byte, error), headline string) *cobra.Command {
 	var session string
 	cmd := &cobra.Command{
-		Use:   name,
+		Use:   name + " [<session>]",
 		Short: short,
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sess, err := sessionName(args, session, DefaultSession)
+			if err != nil {
+				return err
+			}
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
-			st, raw, err := action(c, cmd.Context(), session)
+			st, raw, err := action(c, cmd.Context(), sess)
 			if err != nil {
-				return fmt.Errorf("%s %q: %w", name, session, err)
+				return fmt.Errorf("%s %s: %w", name, sess, err)
 			}
 			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
 				if headline != "" {
@@ -410,10 +470,14 @@ func listCmd(o *opts) *cobra.Command {
 	var session string
 	var limit, offset int
 	cmd := &cobra.Command{
-		Use:   "list",
+		Use:   "list [<session>]",
 		Short: "List the user's server-side sessions (* marks this one)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := sessionName(args, session, DefaultSession)
+			if err != nil {
+				return err
+			}
 			if limit < 0 || offset < 0 {
 				return errors.New("--limit and --offset must not be negative")
 			}
@@ -421,9 +485,9 @@ func listCmd(o *opts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, raw, err := c.List(cmd.Context(), session, limit, offset)
+			list, raw, err := c.List(cmd.Context(), name, limit, offset)
 			if err != nil {
-				return fmt.Errorf("list %q: %w", session, err)
+				return fmt.Errorf("list %s: %w", name, err)
 			}
 			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printDevices(w, list) })
 		},
@@ -435,12 +499,12 @@ func listCmd(o *opts) *cobra.Command {
 }
 
 // RevokeTargets are the accepted values of revoke --target.
-var RevokeTargets = []string{"all", "others", "mine", "session"}
+var RevokeTargets = []string{adminapi.TargetAll, adminapi.TargetOthers, adminapi.TargetMine, adminapi.TargetSession}
 
 func revokeCmd(o *opts) *cobra.Command {
 	var session, target, id string
 	cmd := &cobra.Command{
-		Use:   "revoke --target all|others|mine|session [--id <ses_…>]",
+		Use:   "revoke [<session>] --target all|others|mine|session [--id <ses_…>]",
 		Short: "End server-side sessions of the logged-in user",
 		Long: `Ends server-side sessions of the user the session is logged in as:
 
@@ -451,18 +515,22 @@ func revokeCmd(o *opts) *cobra.Command {
 
 When this session is among the revoked ones it is cleared locally and stays
 logged out until the next login.`,
-		Example: `  caddy inject-token revoke --session demo --target others
-  caddy inject-token revoke --session demo --target session --id ses_01abc`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Example: `  caddy inject-token revoke demo --target others
+  caddy inject-token revoke demo --target session --id ses_01abc`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := sessionName(args, session, DefaultSession)
+			if err != nil {
+				return err
+			}
 			switch target {
 			case "":
 				return errors.New("--target is required: " + strings.Join(RevokeTargets, ", "))
-			case "session":
+			case adminapi.TargetSession:
 				if id == "" {
 					return errors.New("--target session needs --id <session id> (see the list command)")
 				}
-			case "all", "others", "mine":
+			case adminapi.TargetAll, adminapi.TargetOthers, adminapi.TargetMine:
 				if id != "" {
 					return fmt.Errorf("--id goes with --target session, not --target %s", target)
 				}
@@ -473,11 +541,11 @@ logged out until the next login.`,
 			if err != nil {
 				return err
 			}
-			res, raw, err := c.Revoke(cmd.Context(), session, target, id)
+			res, raw, err := c.Revoke(cmd.Context(), name, target, id)
 			if err != nil {
-				return fmt.Errorf("revoke %q: %w", session, err)
+				return fmt.Errorf("revoke %s: %w", name, err)
 			}
-			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printRevoked(w, session, id, res) })
+			return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printRevoked(w, name, id, res) })
 		},
 	}
 	sessionFlag(cmd, &session)

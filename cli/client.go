@@ -17,7 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/tokenwarden/caddy-inject-token/tokencache"
+	"github.com/tokenwarden/caddy-inject-token/adminapi"
 )
 
 // DefaultAddress is the admin address used when neither --address nor the
@@ -36,46 +36,13 @@ func ResolveAddress(flagValue string) string {
 	return DefaultAddress
 }
 
-// Status is one session as GET /inject_token/sessions/{name} reports it:
-// the engine's status plus what the admin API adds. It never holds a
-// token, a refresh token or a private key.
-type Status struct {
-	tokencache.Status
-	Backend    string `json:"backend,omitempty"`
-	BaseURL    string `json:"base_url,omitempty"`
-	OTPPending bool   `json:"otp_pending,omitempty"`
-	// OTPFlow is the one-time-code login flow of the latest OTP login
-	// started: "login_otp" (current) or "otp" (documented fallback).
-	OTPFlow string `json:"otp_flow,omitempty"`
-}
-
-// Device is one server-side session of the logged-in user, as listed by
-// GET /inject_token/sessions/{name}/list.
-type Device struct {
-	ID          string `json:"id"`
-	DeviceType  string `json:"device_type,omitempty"`
-	DeviceModel string `json:"device_model,omitempty"`
-	OSVersion   string `json:"os_version,omitempty"`
-	CountryCode string `json:"country_code,omitempty"`
-	CreatedAt   string `json:"created_at,omitempty"`
-	LastSeenAt  string `json:"last_seen_at,omitempty"`
-	ExpiresAt   string `json:"expires_at,omitempty"`
-	Current     bool   `json:"current"`
-}
-
-// DeviceList is a page of Devices.
-type DeviceList struct {
-	Sessions []Device `json:"sessions"`
-	Total    int      `json:"total"`
-	Limit    int      `json:"limit"`
-	Offset   int      `json:"offset"`
-}
-
-// RevokeResult is the answer to POST /inject_token/sessions/{name}/revoke.
-type RevokeResult struct {
-	Target       string `json:"target"`
-	LocalCleared bool   `json:"local_cleared"`
-}
+// The admin API's wire types, shared with the server.
+type (
+	Status       = adminapi.Status
+	Device       = adminapi.Device
+	DeviceList   = adminapi.DeviceList
+	RevokeResult = adminapi.RevokeResult
+)
 
 // APIError is a non-2xx answer from the admin API.
 type APIError struct {
@@ -208,13 +175,14 @@ func (c *Client) Do(ctx context.Context, method, path string, body any) ([]byte,
 }
 
 func decodeAPIError(resp *http.Response, data []byte) *APIError {
-	e := &APIError{HTTPStatus: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
-	var body struct {
-		Error string `json:"error"`
-		Code  string `json:"code"`
-	}
+	e := &APIError{HTTPStatus: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After"),
+		Code: resp.Header.Get(adminapi.CodeHeader)}
+	var body adminapi.Error
 	if json.Unmarshal(data, &body) == nil && (body.Error != "" || body.Code != "") {
-		e.Message, e.Code = body.Error, body.Code
+		e.Message = body.Error
+		if body.Code != "" {
+			e.Code = body.Code
+		}
 		return e
 	}
 	e.Message = strings.TrimSpace(string(data))
@@ -240,16 +208,12 @@ func (c *Client) doJSON(ctx context.Context, method, path string, body, out any)
 	return data, nil
 }
 
-func sessionPath(name, suffix string) string {
-	return "/inject_token/sessions/" + url.PathEscape(name) + suffix
-}
+func sessionPath(name, suffix string) string { return adminapi.SessionPath(name, suffix) }
 
 // Sessions returns every configured session.
 func (c *Client) Sessions(ctx context.Context) ([]Status, []byte, error) {
-	var out struct {
-		Sessions []Status `json:"sessions"`
-	}
-	raw, err := c.doJSON(ctx, http.MethodGet, "/inject_token/sessions", nil, &out)
+	var out adminapi.SessionList
+	raw, err := c.doJSON(ctx, http.MethodGet, adminapi.SessionsPath, nil, &out)
 	return out.Sessions, raw, err
 }
 
@@ -263,7 +227,7 @@ func (c *Client) Status(ctx context.Context, session string) (*Status, []byte, e
 // Refresh forces a refresh (or adopts one another instance just made).
 func (c *Client) Refresh(ctx context.Context, session string) (*Status, []byte, error) {
 	var st Status
-	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/refresh"), nil, &st)
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteRefresh), nil, &st)
 	return &st, raw, err
 }
 
@@ -271,35 +235,29 @@ func (c *Client) Refresh(ctx context.Context, session string) (*Status, []byte, 
 // (no automatic login) until the next explicit login.
 func (c *Client) Logout(ctx context.Context, session string) (*Status, []byte, error) {
 	var st Status
-	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/logout"), nil, &st)
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteLogout), nil, &st)
 	return &st, raw, err
 }
 
 // StartOTP asks the server to send a one-time code to an email address or
 // a phone number (exactly one must be set).
 func (c *Client) StartOTP(ctx context.Context, session, email, phone string) ([]byte, error) {
-	body := map[string]string{}
-	if email != "" {
-		body["email_address"] = email
-	}
-	if phone != "" {
-		body["phone_number"] = phone
-	}
-	return c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/otp"), body, nil)
+	return c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteOTPStart),
+		adminapi.OTPStart{EmailAddress: email, PhoneNumber: phone}, nil)
 }
 
 // CheckOTP completes an OTP login with the received code.
 func (c *Client) CheckOTP(ctx context.Context, session, code string) (*Status, []byte, error) {
 	var st Status
-	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/otp/check"), map[string]string{"code": code}, &st)
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteOTPCheck), adminapi.OTPCheck{Code: code}, &st)
 	return &st, raw, err
 }
 
 // LoginPassword logs in with an email address and password.
 func (c *Client) LoginPassword(ctx context.Context, session, email, password string) (*Status, []byte, error) {
 	var st Status
-	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/password"),
-		map[string]string{"email": email, "password": password}, &st)
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RoutePassword),
+		adminapi.PasswordLogin{Email: email, Password: password}, &st)
 	return &st, raw, err
 }
 
@@ -307,8 +265,8 @@ func (c *Client) LoginPassword(ctx context.Context, session, email, password str
 // token obtained elsewhere.
 func (c *Client) LoginRefreshToken(ctx context.Context, session, refreshToken string) (*Status, []byte, error) {
 	var st Status
-	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/login/refresh-token"),
-		map[string]string{"refresh_token": refreshToken}, &st)
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteRefreshToken),
+		adminapi.RefreshTokenLogin{RefreshToken: refreshToken}, &st)
 	return &st, raw, err
 }
 
@@ -321,7 +279,7 @@ func (c *Client) List(ctx context.Context, session string, limit, offset int) (*
 	if offset > 0 {
 		q.Set("offset", strconv.Itoa(offset))
 	}
-	path := sessionPath(session, "/list")
+	path := sessionPath(session, adminapi.RouteList)
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
@@ -333,11 +291,8 @@ func (c *Client) List(ctx context.Context, session string, limit, offset int) (*
 // Revoke ends server-side sessions: target is all, others, mine, or
 // session (then sessionID names it).
 func (c *Client) Revoke(ctx context.Context, session, target, sessionID string) (*RevokeResult, []byte, error) {
-	body := map[string]string{"target": target}
-	if sessionID != "" {
-		body["session_id"] = sessionID
-	}
 	var out RevokeResult
-	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, "/revoke"), body, &out)
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteRevoke),
+		adminapi.Revoke{Target: target, SessionID: sessionID}, &out)
 	return &out, raw, err
 }

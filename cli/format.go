@@ -92,7 +92,7 @@ func printStatus(w io.Writer, st *Status) {
 	}
 	row("auto login", yesNo(st.AutoLogin))
 	if st.OTPPending {
-		row("otp login", "code sent, waiting for it (login --code)")
+		row("otp login", "code sent, waiting for it: caddy inject-token login "+st.Session+" --code <code>")
 	}
 	if st.KeyThumbprint != "" {
 		row("dpop key", st.KeyAlgorithm+" jkt="+st.KeyThumbprint)

@@ -55,10 +55,14 @@ type Handler struct {
 	AccessTokenTTL caddy.Duration `json:"access_token_ttl,omitempty"`
 	// RequireNonce turns on DPoP nonce mode.
 	RequireNonce bool `json:"require_nonce,omitempty"`
+	// Persist keeps users, sessions and the signing key in Caddy's storage
+	// (under prelude_sandbox/), so a restarted demo keeps its logins.
+	Persist bool `json:"persist,omitempty"`
 
 	sb       *Sandbox
 	attached bool // this handler holds a pool reference to release
 	logger   *zap.Logger
+	persist  *persister
 }
 
 // CaddyModule returns the Caddy module information.
@@ -84,8 +88,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	opts := Options{AccessTokenTTL: time.Duration(h.AccessTokenTTL), RequireNonce: h.RequireNonce}
+	if h.Persist {
+		h.persist = newPersister(ctx, h.poolKey(), h.logger)
+	}
 	v, loaded, err := registry.LoadOrNew(h.poolKey(), func() (caddy.Destructor, error) {
 		sb, err := New(opts)
+		if err == nil && h.persist != nil {
+			err = h.persist.restore(ctx, sb)
+		}
 		return pooled{sb}, err
 	})
 	if err != nil {
@@ -124,6 +134,9 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP serves sandbox routes and passes other paths on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.sb.serve(w, r) {
+		if h.persist != nil {
+			h.persist.save(r, h.sb)
+		}
 		return nil
 	}
 	return next.ServeHTTP(w, r)
@@ -135,6 +148,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 //	    name             <name>
 //	    access_token_ttl <duration>
 //	    require_nonce
+//	    persist
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -168,6 +182,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.RequireNonce = true
+		case "persist":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Persist = true
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
 		}

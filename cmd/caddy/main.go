@@ -1,6 +1,8 @@
 // Command caddy is Caddy with the standard modules, the inject_token module
-// and the prelude_sandbox module, so `go run ./cmd/caddy run --config
-// Caddyfile.example` works without xcaddy.
+// (which brings the `caddy inject-token` command) and the prelude_sandbox
+// module, so `go run ./cmd/caddy run --config Caddyfile.example` works
+// without xcaddy. A production build leaves the sandbox out: see the
+// README's install section (xcaddy).
 package main
 
 import (
@@ -9,7 +11,6 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/tokenwarden/caddy-inject-token"
-	_ "github.com/tokenwarden/caddy-inject-token/cli"
 	_ "github.com/tokenwarden/caddy-inject-token/sandbox"
 )
 

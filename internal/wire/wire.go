@@ -39,8 +39,10 @@ import (
 func CheckURL(raw string, allowQuery bool) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	switch {
+	case err != nil && !strings.Contains(raw, "://"), err == nil && u.Host == "" && u.Opaque != "":
+		return nil, errors.New("has no scheme: write http://" + raw + " or https://" + raw)
 	case err != nil:
-		return nil, errors.New("does not parse")
+		return nil, fmt.Errorf("does not parse: %v", errors.Unwrap(err))
 	case u.Scheme != "http" && u.Scheme != "https":
 		return nil, fmt.Errorf("scheme must be http or https, got %q", u.Scheme)
 	case u.Host == "":
