@@ -262,19 +262,18 @@ func (s *session) applyLocked() error {
 	if err != nil {
 		return err
 	}
+	s.tc.Store(c)
+	s.built = want
 	if old != nil {
 		// Backend calls are detached from the cache's context (see
 		// detach), so closing cannot abort a refresh that is in flight
 		// and lose its rotated refresh token; a refreshed grant the old
 		// cache could not store yet moves to the new one.
-		s.tc.Store(c)
 		c.TakeOver(old)
 		if old.Started() {
 			c.Start()
 		}
 	}
-	s.tc.Store(c)
-	s.built = want
 	return nil
 }
 
