@@ -43,7 +43,8 @@ func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) e
 // instance meanwhile gave the session up, the stale grant must not be
 // written over storage later (lock → re-read → act).
 func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	flaky := &scriptedStorage{FileStorage: &certmagic.FileStorage{Path: e.dir}}
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage = flaky; cfg.Lazy = true })
 	e.login(a)
@@ -79,7 +80,8 @@ func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
 
 // A DPoP-bound token is never handed out without the key it is bound to.
 func TestDPoPTokenNeedsItsKey(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	path := filepath.Join(e.dir, "inject_token", "test", "state.json")
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
