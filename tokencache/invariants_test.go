@@ -24,6 +24,13 @@ type scriptedStorage struct {
 	script []bool
 }
 
+// set replaces the script.
+func (s *scriptedStorage) set(script ...bool) {
+	s.mu.Lock()
+	s.script = script
+	s.mu.Unlock()
+}
+
 func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) error {
 	if strings.HasSuffix(key, "/state.json") {
 		s.mu.Lock()
@@ -49,7 +56,7 @@ func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage = flaky; cfg.Lazy = true })
 	e.login(a)
 	// The intent write succeeds, the three writes of the result fail.
-	flaky.script = []bool{false, true, true, true}
+	flaky.set(false, true, true, true)
 	if err := a.Refresh(context.Background()); err == nil {
 		t.Fatal("refresh whose result could not be stored reported success")
 	}
