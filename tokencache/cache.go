@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -165,10 +166,16 @@ func New(cfg Config) (*Cache, error) {
 	}
 	var key *dpop.Key
 	if rec.KeyThumbprint != "" {
-		if key, err = c.store().loadKey(ctx, rec.KeyThumbprint); err != nil {
+		switch key, err = c.store().loadKey(ctx, rec.KeyThumbprint); {
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, errKeyBroken):
 			c.log().Error("session DPoP key missing; session cannot be refreshed",
 				zap.String("session", cfg.Name), zap.Error(err))
 			rec = &record{State: StateLoggedOut, Reason: "DPoP key missing from storage", Generation: rec.Generation}
+		case err != nil:
+			// A storage hiccup: the key is still there. Keep the session;
+			// its DPoP-bound token is not handed out until the key loads.
+			c.log().Warn("loading the session's DPoP key; retrying on the next refresh",
+				zap.String("session", cfg.Name), zap.Error(err))
 		}
 	}
 	c.publish(c.newSnapshot(rec, key))

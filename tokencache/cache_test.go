@@ -195,6 +195,11 @@ func TestThousandCallersAtExpiryCauseOneRefresh(t *testing.T) {
 	if w := c.Status().WaitCount; w == 0 {
 		t.Fatal("expected callers to have waited for the refresh (token was expired)")
 	}
+	// Single flight: the callers shared one refresh in memory; without it
+	// each would run an operation of its own and adopt the stored result.
+	if a := c.Status().AdoptCount; a != 0 {
+		t.Fatalf("%d callers went to storage for the token one refresh brought", a)
+	}
 }
 
 func TestNoCallerWaitsWhileTokenValid(t *testing.T) {
