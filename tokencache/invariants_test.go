@@ -49,7 +49,9 @@ func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) e
 
 // A refreshed grant that could not be stored stays in memory; if another
 // instance meanwhile gave the session up, the stale grant must not be
-// written over storage later (lock → re-read → act).
+// written over storage later (lock → re-read → act). Deterministic: A's
+// background retry waits for a backoff on the fake clock, which stands
+// still, so B always acts first.
 func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
