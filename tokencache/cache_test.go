@@ -357,6 +357,7 @@ func TestTransientFailuresBackOffAndRecover(t *testing.T) {
 	if got := mustToken(t, c); got.Value != tok.Value {
 		t.Fatal("expected the still-valid token during the outage")
 	}
+	waitFor(t, "retry scheduled", 5*time.Second, func() bool { return e.clk.Armed() > 0 })
 	if st := c.Status(); st.LastOutcome != tokencache.OutcomeTransient || st.State != tokencache.StateActive ||
 		st.NextRefresh == nil || !st.NextRefresh.After(e.clk.Now()) {
 		t.Fatalf("status during outage: %+v (next attempt must be shown)", st)
