@@ -391,6 +391,7 @@ func (c *Cache) startFlightLocked() *call {
 // It ignores any backoff in force and resumes an automatic login paused by
 // rejected credentials.
 func (c *Cache) Refresh(ctx context.Context) error {
+	c.ResumeLogin()
 	c.mu.Lock()
 	// The current token is not to be adopted back from storage, but it
 	// keeps serving until the refresh succeeds: a forced refresh during an
@@ -399,7 +400,6 @@ func (c *Cache) Refresh(ctx context.Context) error {
 		c.forced = s.tok.Value
 	}
 	c.nextAttempt = time.Time{}
-	c.resumeLoginLocked()
 	f := c.startFlightLocked()
 	c.mu.Unlock()
 	select {

@@ -114,7 +114,7 @@ func (o *op) install(rec *record, key *dpop.Key, outcome, reason string) *snapsh
 		c.log().Warn("new access token is not usable (already expired or about to); stored, not handed out",
 			zap.String("session", c.cfg.Name), zap.Duration("retry_in", d))
 	case outcome != OutcomeDead && outcome != OutcomeUnknown:
-		c.failures, c.nextAttempt, c.lastErr = 0, time.Time{}, nil
+		c.failures, c.credFailures, c.nextAttempt, c.lastErr = 0, 0, time.Time{}, nil
 	}
 	c.lastRefresh, c.lastOutcome = now, outcome
 	c.mu.Unlock()
