@@ -568,3 +568,41 @@ func TestInvalidatedTokenServesUntilReplaced(t *testing.T) {
 		t.Fatalf("reuse events %d", s.ReuseEvents)
 	}
 }
+
+// Hole 1, engine side: whatever a backend makes of a 5xx, the engine
+// obeys its class. A failure that proves the server did not act keeps the
+// refresh token (the gate's 503 with Retry-After), an unknown outcome
+// gives it up (rotate-then-drop), and an injected 500 is either: in no
+// case is a refresh token presented twice. (The backends' classification
+// of 500/502/504 after a rotation is tested end to end in prelude/.)
+func TestServerFaultsNeverCauseReuse(t *testing.T) {
+	t.Parallel()
+	faults := map[string]func(e *env){
+		"503 with Retry-After": func(e *env) { e.gate.fail(true) },
+		"rotate then drop":     func(e *env) { e.srv.DropAfterRotate(1) },
+		"500":                  func(e *env) { e.srv.FailRefreshes(1) },
+	}
+	for name, inject := range faults {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			c := e.cache(func(cfg *tokencache.Config) {
+				cfg.Lazy = true
+				cfg.Login = e.passwordLogin()
+			})
+			e.login(c)
+			inject(e)
+			_ = c.Refresh(context.Background())
+			e.gate.fail(false)
+			for range 3 {
+				e.clk.Advance(time.Second)
+				_ = c.Refresh(context.Background())
+			}
+			if s := e.srv.Stats(); s.ReuseEvents != 0 {
+				t.Fatalf("reuse events %d", s.ReuseEvents)
+			}
+			if _, err := c.Token(context.Background()); err != nil {
+				t.Fatalf("the session did not survive: %v", err)
+			}
+		})
+	}
+}
