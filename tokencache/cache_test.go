@@ -243,7 +243,7 @@ func TestNoCallerWaitsWhileTokenValid(t *testing.T) {
 // polling, contention between three instances).
 func TestThreeInstancesShareOneSession(t *testing.T) {
 	t.Parallel()
-	const lifetimes = 6
+	const lifetimes = 4
 	// Sandbox expiries are whole seconds, so a 3 s token lives 2–3 s and is
 	// refreshed every 1–1.5 s.
 	e := newRealEnv(t, 3*time.Second)
