@@ -54,6 +54,12 @@ func (s *settings) same(o *settings) bool {
 		s.refreshBefore == o.refreshBefore && s.oauthKey == o.oauthKey && s.dpopAlg == o.dpopAlg
 }
 
+// sameCredentials reports whether two configs log in with the same
+// credentials (and against the same server).
+func (s *settings) sameCredentials(o *settings) bool {
+	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password && s.oauthKey == o.oauthKey
+}
+
 // backend names the kind of token server, for the admin API.
 func (s *settings) backend() string {
 	if s.oauth != nil {
@@ -230,11 +236,14 @@ func (s *session) unbind(owner configID) {
 func (s *session) applyLocked() error {
 	b := s.bindings[len(s.bindings)-1]
 	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin(), keyAlg: b.set.dpopAlg}
-	s.set.Store(b.set)
+	prev := s.set.Swap(b.set)
 	old := s.tc.Load()
 	if old != nil && s.built == want {
 		old.SetStorage(b.storage)
 		old.SetLogger(b.logger)
+		if prev != nil && !prev.sameCredentials(b.set) {
+			old.ResumeLogin() // new credentials may succeed where the old were rejected
+		}
 		return nil
 	}
 	cfg := tokencache.Config{
@@ -253,16 +262,17 @@ func (s *session) applyLocked() error {
 	if err != nil {
 		return err
 	}
-	if old != nil && old.Started() {
-		c.Start()
-	}
 	s.tc.Store(c)
 	s.built = want
 	if old != nil {
 		// Backend calls are detached from the cache's context (see
 		// detach), so closing cannot abort a refresh that is in flight
-		// and lose its rotated refresh token.
-		old.Close()
+		// and lose its rotated refresh token; a refreshed grant the old
+		// cache could not store yet moves to the new one.
+		c.TakeOver(old)
+		if old.Started() {
+			c.Start()
+		}
 	}
 	return nil
 }

@@ -31,8 +31,10 @@ type Grant struct {
 type Backend interface {
 	// Refresh spends refreshToken (empty for grants without one, such as
 	// client_credentials) and returns a new grant, signing any DPoP proof
-	// with key. Errors wrap ErrSessionDead or ErrOutcomeUnknown when they
-	// mean that; any other error is treated as transient.
+	// with key. Errors wrap ErrSessionDead, ErrOutcomeUnknown or
+	// ErrCredentialsRejected when they mean that; any other error must mean
+	// the server did not act, and the same refresh token is presented again
+	// after a backoff.
 	Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*Grant, error)
 	// Revoke ends the session at the server (logout).
 	Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error

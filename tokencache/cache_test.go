@@ -24,22 +24,37 @@ const (
 	demoPassword = "demo-password"
 )
 
-// env is one sandbox plus a storage directory shared by the caches built on it.
+// env is one sandbox plus a storage directory shared by the caches built
+// on it. The engine runs on clk (a fake clock the test moves) unless the
+// env is real-time; the sandbox and the client run on real time with
+// tokens that stay valid for the whole test (see onClock).
 type env struct {
-	t   *testing.T
-	srv *sandboxtest.Server
-	cl  *prelude.Client
-	dir string
+	t    *testing.T
+	srv  *sandboxtest.Server
+	gate *gate
+	cl   *prelude.Client // talks to the sandbox through gate
+	dir  string
+	clk  *fakeClock // nil: real time
 }
 
-func newEnv(t *testing.T, ttl time.Duration) *env {
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := newRealEnv(t, time.Minute)
+	e.clk = newFakeClock()
+	return e
+}
+
+// newRealEnv is an env on real time, for the tests where real time is the
+// point (the storage lock's own timing).
+func newRealEnv(t *testing.T, ttl time.Duration) *env {
 	t.Helper()
 	srv := sandboxtest.NewServer(t, sandbox.Options{AccessTokenTTL: ttl})
-	cl, err := prelude.New(srv.URL, prelude.Options{})
+	g := newGate(t, srv.Sandbox)
+	cl, err := prelude.New(g.URL, prelude.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, srv: srv, cl: cl, dir: t.TempDir()}
+	return &env{t: t, srv: srv, gate: g, cl: cl, dir: t.TempDir()}
 }
 
 // cache builds a cache on its own FileStorage instance over the shared
@@ -49,9 +64,12 @@ func (e *env) cache(mod func(*tokencache.Config)) *tokencache.Cache {
 	cfg := tokencache.Config{
 		Name:       "test",
 		Storage:    &certmagic.FileStorage{Path: e.dir},
-		Backend:    prelude.Backend{Client: e.cl},
+		Backend:    e.backend(e.cl),
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
+	}
+	if e.clk != nil {
+		cfg.Clock = e.clk
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -65,9 +83,27 @@ func (e *env) cache(mod func(*tokencache.Config)) *tokencache.Cache {
 	return c
 }
 
+// backend is the real Prelude backend over cl, on the env's clock.
+func (e *env) backend(cl *prelude.Client) tokencache.Backend {
+	b := prelude.Backend{Client: cl}
+	if e.clk == nil {
+		return b
+	}
+	return onClock{Backend: b, clk: e.clk}
+}
+
+// passwordLogin is the demo user's password login, on the env's clock.
+func (e *env) passwordLogin() tokencache.LoginFunc {
+	l := prelude.PasswordLogin(e.cl, demoEmail, demoPassword)
+	if e.clk == nil {
+		return l
+	}
+	return e.clk.login(l)
+}
+
 func (e *env) login(c *tokencache.Cache) {
 	e.t.Helper()
-	if err := c.Login(context.Background(), prelude.PasswordLogin(e.cl, demoEmail, demoPassword)); err != nil {
+	if err := c.Login(context.Background(), e.passwordLogin()); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -77,7 +113,7 @@ func (e *env) login(c *tokencache.Cache) {
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
-	tick := time.NewTicker(5 * time.Millisecond)
+	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -85,6 +121,19 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 		}
 		<-tick.C
 	}
+}
+
+// advanceUntil moves the fake clock by step until cond holds, so backoffs
+// and schedules pass without waiting for them.
+func (e *env) advanceUntil(what string, step time.Duration, cond func() bool) {
+	e.t.Helper()
+	waitFor(e.t, what, 10*time.Second, func() bool {
+		if cond() {
+			return true
+		}
+		e.clk.Advance(step)
+		return false
+	})
 }
 
 func mustToken(t *testing.T, c *tokencache.Cache) *tokencache.Token {
@@ -97,14 +146,13 @@ func mustToken(t *testing.T, c *tokencache.Cache) *tokencache.Token {
 }
 
 func TestThousandCallersAtExpiryCauseOneRefresh(t *testing.T) {
-	e := newEnv(t, 4*time.Second)
+	t.Parallel()
+	e := newEnv(t)
 	c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.login(c)
 	first := mustToken(t, c)
 	e.srv.SetRefreshLatency(100 * time.Millisecond) // keep the flight open while callers pile in
-
-	// Wait for the real expiry: the test is about callers arriving then.
-	<-time.After(time.Until(first.Expiry))
+	e.clk.Advance(time.Until(first.Expiry) + time.Second)
 	before := e.srv.Stats().RefreshCalls
 
 	const n = 1000
@@ -147,25 +195,32 @@ func TestThousandCallersAtExpiryCauseOneRefresh(t *testing.T) {
 	if w := c.Status().WaitCount; w == 0 {
 		t.Fatal("expected callers to have waited for the refresh (token was expired)")
 	}
+	// Single flight: the callers shared one refresh in memory; without it
+	// each would run an operation of its own and adopt the stored result.
+	if a := c.Status().AdoptCount; a != 0 {
+		t.Fatalf("%d callers went to storage for the token one refresh brought", a)
+	}
 }
 
 func TestNoCallerWaitsWhileTokenValid(t *testing.T) {
-	// Generous lifetime: the hammering below competes for the CPU with the
-	// refresh itself (two cores, race detector).
-	e := newEnv(t, 10*time.Second)
-	c := e.cache(func(cfg *tokencache.Config) { cfg.RefreshBefore = 5 * time.Second }) // refresh at half-life
+	t.Parallel()
+	e := newEnv(t)
+	c := e.cache(nil)
 	e.login(c)
 	first := mustToken(t, c)
 	e.srv.SetRefreshLatency(500 * time.Millisecond)
 
-	// Hammer Token until the background refresh (500 ms long) has finished.
+	// Hammer Token while the background refresh (500 ms long) runs.
 	var calls, stale atomic.Int64
 	stop := hammer(8, c, func(tok *tokencache.Token, err error, _ time.Time) {
-		if err != nil || !tok.Expiry.After(time.Now()) {
+		if err != nil || !tok.Expiry.After(e.clk.Now()) {
 			stale.Add(1)
 		}
 		calls.Add(1)
 	})
+	// Half-life plus the largest jitter: the refresh is due, the token
+	// still has a quarter of its life.
+	e.clk.Advance(time.Until(first.Expiry) * 3 / 4)
 	waitFor(t, "background refresh", 10*time.Second, func() bool { return e.srv.Stats().RefreshSuccesses >= 1 })
 	waitFor(t, "new token installed", 5*time.Second, func() bool { return mustToken(t, c).Value != first.Value })
 	stop()
@@ -184,11 +239,14 @@ func TestNoCallerWaitsWhileTokenValid(t *testing.T) {
 	}
 }
 
+// Real time on purpose: this is the storage lock's own timing (file lock
+// polling, contention between three instances).
 func TestThreeInstancesShareOneSession(t *testing.T) {
-	const lifetimes = 20
+	t.Parallel()
+	const lifetimes = 4
 	// Sandbox expiries are whole seconds, so a 3 s token lives 2–3 s and is
 	// refreshed every 1–1.5 s.
-	e := newEnv(t, 3*time.Second)
+	e := newRealEnv(t, 3*time.Second)
 	var caches []*tokencache.Cache
 	for range 3 {
 		caches = append(caches, e.cache(func(cfg *tokencache.Config) { cfg.RefreshBefore = 1500 * time.Millisecond }))
@@ -215,7 +273,7 @@ func TestThreeInstancesShareOneSession(t *testing.T) {
 			}
 		}))
 	}
-	waitFor(t, "20 refreshes", lifetimes*3*time.Second, func() bool {
+	waitFor(t, "refreshes", lifetimes*3*time.Second, func() bool {
 		return e.srv.Stats().RefreshSuccesses-base.RefreshSuccesses >= lifetimes
 	})
 	for _, stop := range stops {
@@ -242,14 +300,15 @@ func TestThreeInstancesShareOneSession(t *testing.T) {
 }
 
 func TestRestartUsesStoredSession(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	c1 := e.cache(nil)
 	e.login(c1)
 	tok := mustToken(t, c1)
 	c1.Close()
 	before := e.srv.Stats()
 
-	c2 := e.cache(func(cfg *tokencache.Config) { cfg.Login = prelude.PasswordLogin(e.cl, demoEmail, demoPassword) })
+	c2 := e.cache(func(cfg *tokencache.Config) { cfg.Login = e.passwordLogin() })
 	got := mustToken(t, c2)
 	if got.Value != tok.Value {
 		t.Fatal("restarted cache did not reuse the stored token")
@@ -271,26 +330,40 @@ func TestRestartUsesStoredSession(t *testing.T) {
 }
 
 func TestTransientFailuresBackOffAndRecover(t *testing.T) {
-	e := newEnv(t, 30*time.Second)
+	t.Parallel()
+	e := newEnv(t)
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
-	e.srv.FailRefreshes(-1)
+	e.gate.fail(true)
 	if err := c.Refresh(context.Background()); err == nil {
 		t.Fatal("refresh against a failing server succeeded")
+	}
+	// Backoff: with the clock standing still, the loop schedules the retry
+	// and makes no further attempt, and callers do not either.
+	waitFor(t, "retry scheduled", 5*time.Second, func() bool { return e.clk.Armed() > 0 })
+	for range 20 {
+		if got := mustToken(t, c); got.Value != tok.Value {
+			t.Fatal("expected the still-valid token during the outage")
+		}
+	}
+	if n := e.gate.refused.Load(); n != 1 {
+		t.Fatalf("%d attempts without the clock moving; backoff not applied", n)
 	}
 	// The forced refresh is retried in the background with backoff, while
 	// the still-valid token keeps serving: an operator's refresh during an
 	// outage must not take it away.
-	waitFor(t, "three failed attempts", 10*time.Second, func() bool { return e.srv.Stats().RefreshCalls >= 4 })
+	e.advanceUntil("three more failed attempts", 50*time.Millisecond, func() bool { return e.gate.refused.Load() >= 4 })
 	if got := mustToken(t, c); got.Value != tok.Value {
 		t.Fatal("expected the still-valid token during the outage")
 	}
-	if st := c.Status(); st.LastOutcome != tokencache.OutcomeTransient || st.State != tokencache.StateActive {
-		t.Fatalf("status during outage: %+v", st)
+	waitFor(t, "retry scheduled", 5*time.Second, func() bool { return e.clk.Armed() > 0 })
+	if st := c.Status(); st.LastOutcome != tokencache.OutcomeTransient || st.State != tokencache.StateActive ||
+		st.NextRefresh == nil || !st.NextRefresh.After(e.clk.Now()) {
+		t.Fatalf("status during outage: %+v (next attempt must be shown)", st)
 	}
-	e.srv.FailRefreshes(0)
-	waitFor(t, "recovery", 10*time.Second, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
+	e.gate.fail(false)
+	e.advanceUntil("recovery", 50*time.Millisecond, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
 	got := mustToken(t, c)
 	if got.Value == tok.Value {
 		t.Fatal("no new token after recovery")
@@ -299,23 +372,24 @@ func TestTransientFailuresBackOffAndRecover(t *testing.T) {
 		t.Fatal("failed refreshes burned the refresh token")
 	}
 }
-
 func TestValidTokenServesDuringOutage(t *testing.T) {
-	e := newEnv(t, 4*time.Second)
-	c := e.cache(func(cfg *tokencache.Config) { cfg.RefreshBefore = 3 * time.Second }) // refresh due at 2 s
+	t.Parallel()
+	e := newEnv(t)
+	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
-	e.srv.FailRefreshes(-1)
+	e.gate.fail(true)
+	e.clk.Advance(time.Until(tok.Expiry) * 3 / 4) // the refresh is due
 	waitFor(t, "failed background refresh", 10*time.Second, func() bool { return c.Status().LastOutcome == tokencache.OutcomeTransient })
 	if got := mustToken(t, c); got.Value != tok.Value {
 		t.Fatal("expected the still-valid token during the outage")
 	}
-	e.srv.FailRefreshes(0)
-	waitFor(t, "recovery", 10*time.Second, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
+	e.gate.fail(false)
+	e.advanceUntil("recovery", 50*time.Millisecond, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
 }
-
 func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	t.Run("without password", func(t *testing.T) {
 		c := e.cache(func(cfg *tokencache.Config) { cfg.Name = "nopw" })
 		e.login(c)
@@ -333,7 +407,7 @@ func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
 	t.Run("with password", func(t *testing.T) {
 		c := e.cache(func(cfg *tokencache.Config) {
 			cfg.Name = "pw"
-			cfg.Login = prelude.PasswordLogin(e.cl, demoEmail, demoPassword)
+			cfg.Login = e.passwordLogin()
 		})
 		waitFor(t, "automatic first login", 5*time.Second, func() bool { return c.Status().State == tokencache.StateActive })
 		old := mustToken(t, c)
@@ -351,7 +425,8 @@ func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
 }
 
 func TestLostRefreshResponseNeverReusesToken(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
@@ -380,7 +455,8 @@ func TestLostRefreshResponseNeverReusesToken(t *testing.T) {
 // A crash between presenting a refresh token and storing the answer leaves
 // the write-ahead intent behind; the next attempt must not present it.
 func TestInterruptedRefreshIntentIsNotRetried(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	c := e.cache(nil)
 	e.login(c)
 	c.Close()
@@ -411,7 +487,8 @@ func TestInterruptedRefreshIntentIsNotRetried(t *testing.T) {
 }
 
 func TestCorruptStateIsReportedAndKept(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	path := filepath.Join(e.dir, "inject_token", "test", "state.json")
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
@@ -440,8 +517,9 @@ func TestCorruptStateIsReportedAndKept(t *testing.T) {
 }
 
 func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
-	e := newEnv(t, time.Minute)
-	c := e.cache(func(cfg *tokencache.Config) { cfg.Login = prelude.PasswordLogin(e.cl, demoEmail, demoPassword) })
+	t.Parallel()
+	e := newEnv(t)
+	c := e.cache(func(cfg *tokencache.Config) { cfg.Login = e.passwordLogin() })
 	waitFor(t, "automatic login", 5*time.Second, func() bool { return c.Status().State == tokencache.StateActive })
 	if err := c.Logout(context.Background()); err != nil {
 		t.Fatal(err)
@@ -473,7 +551,8 @@ func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
 }
 
 func TestStatusHasNoSecrets(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)

@@ -6,9 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,3 +90,58 @@ func hammer(n int, c *tokencache.Cache, check func(tok *tokencache.Token, err er
 		wg.Wait()
 	}
 }
+
+// gate stands between the client and the sandbox like a load balancer
+// that can fail: while down, every request is answered 503 with a
+// Retry-After, without reaching the token server (it did not act).
+//
+// With expireIn set, it rewrites the expires_at of every token it passes
+// on to now + expireIn (real time): a token that arrives already expired
+// or about to, as a server with a broken clock or config sends them.
+type gate struct {
+	URL        string
+	down       atomic.Bool
+	retryAfter atomic.Int64 // seconds
+	refused    atomic.Int64 // requests answered 503
+	expireIn   atomic.Pointer[time.Duration]
+}
+
+func newGate(t *testing.T, next http.Handler) *gate {
+	g := &gate{}
+	g.retryAfter.Store(1)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.down.Load() {
+			g.refused.Add(1)
+			w.Header().Set("Retry-After", strconv.FormatInt(g.retryAfter.Load(), 10))
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"code":"unavailable","message":"upstream unavailable"}`))
+			return
+		}
+		d := g.expireIn.Load()
+		if d == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		var m map[string]any
+		if json.Unmarshal(body, &m) == nil && m["access_token"] != nil {
+			m["expires_at"] = time.Now().Add(*d).Unix()
+			body, _ = json.Marshal(m)
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(hs.Close)
+	g.URL = hs.URL
+	return g
+}
+
+// fail takes the token server out of reach (true) or back.
+func (g *gate) fail(down bool) { g.down.Store(down) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -22,6 +23,13 @@ type scriptedStorage struct {
 	*certmagic.FileStorage
 	mu     sync.Mutex
 	script []bool
+}
+
+// set replaces the script.
+func (s *scriptedStorage) set(script ...bool) {
+	s.mu.Lock()
+	s.script = script
+	s.mu.Unlock()
 }
 
 func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) error {
@@ -41,14 +49,17 @@ func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) e
 
 // A refreshed grant that could not be stored stays in memory; if another
 // instance meanwhile gave the session up, the stale grant must not be
-// written over storage later (lock → re-read → act).
+// written over storage later (lock → re-read → act). Deterministic: A's
+// background retry waits for a backoff on the fake clock, which stands
+// still, so B always acts first.
 func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
-	e := newEnv(t, time.Minute)
+	t.Parallel()
+	e := newEnv(t)
 	flaky := &scriptedStorage{FileStorage: &certmagic.FileStorage{Path: e.dir}}
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage = flaky; cfg.Lazy = true })
 	e.login(a)
 	// The intent write succeeds, the three writes of the result fail.
-	flaky.script = []bool{false, true, true, true}
+	flaky.set(false, true, true, true)
 	if err := a.Refresh(context.Background()); err == nil {
 		t.Fatal("refresh whose result could not be stored reported success")
 	}
@@ -77,23 +88,48 @@ func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
 	}
 }
 
-// A DPoP-bound token is never handed out without the key it is bound to.
+// keylessStorage is file storage that cannot read DPoP keys (a storage
+// hiccup that lasts).
+type keylessStorage struct{ *certmagic.FileStorage }
+
+func (s keylessStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	if strings.Contains(key, "/keys/") {
+		return nil, errors.New("injected storage failure")
+	}
+	return s.FileStorage.Load(ctx, key)
+}
+
+// A DPoP-bound token is never handed out without the key it is bound to,
+// even when the session is kept because its key merely failed to load.
 func TestDPoPTokenNeedsItsKey(t *testing.T) {
-	e := newEnv(t, time.Minute)
-	path := filepath.Join(e.dir, "inject_token", "test", "state.json")
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	t.Parallel()
+	e := newEnv(t)
+	key, err := dpop.GenerateKey(dpop.ES256)
+	if err != nil {
 		t.Fatal(err)
 	}
-	rec := map[string]any{
+	pem, _ := key.MarshalPEM()
+	dir := filepath.Join(e.dir, "inject_token", "test")
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys", certmagic.StorageKeys.Safe(key.Thumbprint())+".pem"), pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeRecord(t, e.dir, map[string]any{
 		"state": "active", "token_type": "DPoP", "access_token": "a.b.c", "refresh_token": "rt",
-		"key_thumbprint": "no-such-key", "expiry": time.Now().Add(time.Hour), "issued_at": time.Now(),
+		"key_thumbprint": key.Thumbprint(), "expiry": e.clk.Now().Add(time.Hour), "issued_at": e.clk.Now(),
+	})
+	c := e.cache(func(cfg *tokencache.Config) {
+		cfg.Storage, cfg.Lazy = keylessStorage{&certmagic.FileStorage{Path: e.dir}}, true
+	})
+	if st := c.Status(); st.State != tokencache.StateActive {
+		t.Fatalf("a key that failed to load ended the session: %+v", st)
 	}
-	data, _ := json.Marshal(rec)
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	if tok, err := c.Token(context.Background()); err == nil {
 		t.Fatalf("handed out a %s token without its key (key %v)", tok.Type, tok.Key)
+	}
+	if n := e.srv.Stats().RefreshCalls; n != 0 {
+		t.Fatalf("%d refreshes without the key", n)
 	}
 }

@@ -25,6 +25,13 @@ const (
 	// logged out, revoked, or lost. A still-valid access token may keep
 	// serving until it expires.
 	StateLoggedOut = "logged_out"
+	// StateLoginFailed means the session is logged out and the token server
+	// refused the configured login credentials (wrong password,
+	// invalid_client): automatic login is paused, since retrying cannot
+	// succeed and may lock the account, until an operator logs in or
+	// refreshes or a config reload changes the credentials. It is reported
+	// by Status and EventState; storage keeps logged_out.
+	StateLoginFailed = "login_failed"
 )
 
 // StoragePrefix is where every key this package writes lives.
@@ -48,9 +55,28 @@ type record struct {
 	// It is written before the request and cleared once the outcome is
 	// known, so a crash or a lost response is detected on the next attempt
 	// and the possibly spent token is never presented twice.
-	Intent     string    `json:"intent,omitempty"`
+	Intent string `json:"intent,omitempty"`
+	// Generation grows by one with every write; Writer is a random id of
+	// the operation that wrote the record. Together they fence writes: an
+	// operation writes only over the exact record it read (see
+	// op.write), so an instance that lost the storage lock while stalled
+	// cannot present a spent token or overwrite newer state.
 	Generation int64     `json:"generation"`
+	Writer     string    `json:"writer,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at,omitzero"`
+}
+
+// sameWrite reports whether r and o are the same write: same generation,
+// writer and intent.
+func (r *record) sameWrite(o *record) bool {
+	return r.Generation == o.Generation && r.Writer == o.Writer && r.Intent == o.Intent
+}
+
+// spent reports whether r records an unresolved refresh intent for its own
+// refresh token: that token may have been rotated by the server and must
+// never be presented again (not for a refresh, a logout or a login).
+func (r *record) spent() bool {
+	return r.Intent != "" && r.Intent == tokenHash(r.RefreshToken)
 }
 
 func tokenHash(tok string) string {
@@ -64,10 +90,20 @@ func tokenHash(tok string) string {
 // errKeyBroken marks a stored key that exists but can never be used.
 var errKeyBroken = errors.New("stored DPoP key unusable")
 
-// store wraps a certmagic.Storage with this session's key layout.
+// store wraps a certmagic.Storage with this session's key layout. failed,
+// when set, hears of every failed storage operation (for EventStorageError).
 type store struct {
-	s    certmagic.Storage
-	name string
+	s      certmagic.Storage
+	name   string
+	now    func() time.Time
+	failed func(op string)
+}
+
+func (st store) report(op string, err error) error {
+	if err != nil && st.failed != nil {
+		st.failed(op)
+	}
+	return err
 }
 
 func (st store) dir() string       { return StoragePrefix + "/" + certmagic.StorageKeys.Safe(st.name) }
@@ -85,7 +121,7 @@ func (st store) load(ctx context.Context) (*record, error) {
 		return &record{State: StateLoggedOut, Reason: "not logged in"}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("loading session state: %w", err)
+		return nil, st.report("load", fmt.Errorf("loading session state: %w", err))
 	}
 	var r record
 	if err := json.Unmarshal(data, &r); err != nil {
@@ -98,13 +134,13 @@ func (st store) load(ctx context.Context) (*record, error) {
 }
 
 func (st store) save(ctx context.Context, r *record) error {
-	r.UpdatedAt = time.Now().UTC()
+	r.UpdatedAt = st.now().UTC()
 	data, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
 	if err := st.s.Store(ctx, st.recordKey(), data); err != nil {
-		return fmt.Errorf("storing session state: %w", err)
+		return st.report("store", fmt.Errorf("storing session state: %w", err))
 	}
 	return nil
 }
@@ -112,6 +148,9 @@ func (st store) save(ctx context.Context, r *record) error {
 func (st store) loadKey(ctx context.Context, thumbprint string) (*dpop.Key, error) {
 	data, err := st.s.Load(ctx, st.keyKey(thumbprint))
 	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			st.report("load", err)
+		}
 		return nil, fmt.Errorf("loading DPoP key %s: %w", thumbprint, err)
 	}
 	k, err := dpop.ParseKeyPEM(data)
@@ -130,14 +169,16 @@ func (st store) saveKey(ctx context.Context, k *dpop.Key) error {
 		return err
 	}
 	if err := st.s.Store(ctx, st.keyKey(k.Thumbprint()), pem); err != nil {
-		return fmt.Errorf("storing DPoP key: %w", err)
+		return st.report("store", fmt.Errorf("storing DPoP key: %w", err))
 	}
 	return nil
 }
 
 func (st store) deleteKey(ctx context.Context, thumbprint string) {
 	if thumbprint != "" {
-		_ = st.s.Delete(ctx, st.keyKey(thumbprint))
+		if err := st.s.Delete(ctx, st.keyKey(thumbprint)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			st.report("delete", err)
+		}
 	}
 }
 
@@ -153,25 +194,4 @@ func redactJSONError(err error) string {
 		return msg[:i]
 	}
 	return "invalid JSON"
-}
-
-// decodeJWT returns a JWT's header and claims without verifying it, for
-// display and for sub/sid placeholders. Non-JWT tokens give nil maps.
-func decodeJWT(tok string) (header, claims map[string]any) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return nil, nil
-	}
-	dec := func(s string) map[string]any {
-		b, err := base64.RawURLEncoding.DecodeString(s)
-		if err != nil {
-			return nil
-		}
-		var m map[string]any
-		if json.Unmarshal(b, &m) != nil {
-			return nil
-		}
-		return m
-	}
-	return dec(parts[0]), dec(parts[1])
 }

@@ -1,0 +1,210 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+)
+
+// Login starts a new session with login (for example an OTP flow finished
+// through the admin API), replacing the current one. It clears an
+// operator's logout and a pause after rejected credentials.
+func (c *Cache) Login(ctx context.Context, login LoginFunc) error {
+	c.ResumeLogin()
+	return c.lockedOp(ctx, func(o *op, rec *record, err error) (*snapshot, error) {
+		over := rec
+		if err != nil {
+			// A login replaces unreadable state.
+			rec, over = &record{State: StateLoggedOut}, nil
+		}
+		return o.login(over, c.live(rec), login, false)
+	})
+}
+
+// Logout revokes the session at the server and clears local state. Automatic
+// login stays off until the next explicit Login. If the server cannot be
+// reached the local state is kept so the logout can be retried. A refresh
+// token an interrupted refresh may have spent is not presented for
+// revocation: the server would take it for a reuse.
+func (c *Cache) Logout(ctx context.Context) error {
+	return c.lockedOp(ctx, func(o *op, rec *record, err error) (*snapshot, error) {
+		if err != nil {
+			return nil, err
+		}
+		live := c.live(rec)
+		switch {
+		case live.spent():
+			c.log().Warn("logging out without revoking at the server: an interrupted refresh may have spent the refresh token",
+				zap.String("session", c.cfg.Name))
+		case live.RefreshToken != "":
+			key, err := c.keyFor(o, live)
+			if err == nil {
+				cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+				err = c.cfg.Backend.Revoke(cctx, key, live.RefreshToken)
+				cancel()
+			}
+			if err != nil && !errors.Is(err, ErrSessionDead) {
+				return nil, fmt.Errorf("revoking at the server (local state kept; retry): %w", err)
+			}
+		}
+		return o.forget(rec, "logged out by operator")
+	})
+}
+
+// Forget clears local state without calling the server (the session was
+// revoked by other means, e.g. /me/revoke target=mine). Automatic login
+// stays off until the next explicit Login.
+func (c *Cache) Forget(ctx context.Context, reason string) error {
+	return c.lockedOp(ctx, func(o *op, rec *record, err error) (*snapshot, error) {
+		if err != nil {
+			rec = nil
+		}
+		return o.forget(rec, reason)
+	})
+}
+
+// lockedOp runs an operator's operation: in-process op lock, storage lock,
+// then op with the stored record (or the error reading it).
+func (c *Cache) lockedOp(ctx context.Context, fn func(o *op, rec *record, loadErr error) (*snapshot, error)) error {
+	_, err := c.runOp(ctx, func(o *op) (*snapshot, error) {
+		unlock, err := o.lock()
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+		rec, err := o.st.load(o.ctx)
+		return fn(o, rec, err)
+	})
+	return err
+}
+
+// live returns the result this process holds in memory in place of the
+// stored record when that result resolves the stored record: its refresh
+// token is the live one (the stored one is spent). opMu must be held.
+func (c *Cache) live(rec *record) *record {
+	if p := c.pending.Load(); p != nil && rec.sameWrite(&p.over) {
+		return &p.next
+	}
+	return rec
+}
+
+// forget writes a logged-out record with automatic login off over over
+// (nil: unreadable state) and deletes the key.
+func (o *op) forget(over *record, reason string) (*snapshot, error) {
+	c := o.c
+	next := &record{State: StateLoggedOut, Reason: reason, NoAutoLogin: true, Writer: o.id}
+	if over != nil {
+		next.Generation = over.Generation + 1
+	}
+	if err := o.write(over, next); err != nil {
+		return nil, err
+	}
+	if over != nil {
+		o.st.deleteKey(o.ctx, over.KeyThumbprint)
+	}
+	if p := c.pending.Swap(nil); p != nil && (over == nil || p.next.KeyThumbprint != over.KeyThumbprint) {
+		o.st.deleteKey(o.ctx, p.next.KeyThumbprint)
+	}
+	return o.install(next, nil, OutcomeLoggedOut, ""), nil
+}
+
+// loginOrReport logs in automatically when configured and allowed;
+// otherwise it reports the logged-out state.
+func (o *op) loginOrReport(rec *record) (*snapshot, error) {
+	c := o.c
+	paused := c.loginFailed.Load()
+	if c.cfg.Login != nil && !rec.NoAutoLogin && !paused {
+		return o.login(rec, rec, c.cfg.Login, true)
+	}
+	s := o.install(rec, c.recordKey(o, rec), "", "")
+	reason := rec.Reason
+	switch {
+	case paused:
+		reason = "automatic login paused: the server rejected the configured credentials"
+	case reason == "":
+		reason = "logged out"
+	}
+	c.mu.Lock()
+	// Nothing will change until someone logs in; re-read storage at a
+	// gentle pace in case another instance does.
+	c.nextAttempt = c.clock.Now().Add(c.cfg.MinBackoff)
+	c.mu.Unlock()
+	return s, fmt.Errorf("%w: %s", ErrLoggedOut, reason)
+}
+
+// login starts a new session with a new key over the stored record over
+// (nil: unreadable). live is the session being replaced: its refresh token
+// goes to the server as the previous one, unless an interrupted refresh
+// may have spent it. The key is stored before the login so the stored
+// record never points at a missing key; the old key is deleted after the
+// new record is durable. Caller holds the storage lock.
+func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, error) {
+	c := o.c
+	if err := o.stopped(); err != nil {
+		return nil, err
+	}
+	key, err := dpop.GenerateKey(c.cfg.KeyAlgorithm)
+	if err != nil {
+		return nil, o.fail(OutcomeLoginFail, ReasonOther, err)
+	}
+	if err := o.st.saveKey(o.ctx, key); err != nil {
+		return nil, o.fail(OutcomeLoginFail, ReasonStorage, err)
+	}
+	prev := live.RefreshToken
+	if live.spent() {
+		prev = ""
+	}
+	cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+	t0 := c.clock.Now()
+	grant, err := login(cctx, key, prev)
+	o.rtt += c.clock.Now().Sub(t0)
+	cancel()
+	if err == nil && grant == nil {
+		err = errors.New("login returned no grant")
+	}
+	if err != nil {
+		o.st.deleteKey(o.ctx, key.Thumbprint())
+		err = fmt.Errorf("login: %w", err)
+		if auto && errors.Is(err, ErrCredentialsRejected) {
+			return nil, o.credentialsRejected(err)
+		}
+		return nil, o.fail(OutcomeLoginFail, reasonOf(err, ReasonOther), err)
+	}
+	next := &record{KeyThumbprint: key.Thumbprint(), Writer: o.id}
+	if over != nil {
+		next.Generation = over.Generation + 1
+	}
+	applyGrant(next, grant, c.clock.Now())
+	switch err := o.writeRetry(over, next); {
+	case errors.Is(err, errFenced):
+		o.st.deleteKey(o.ctx, key.Thumbprint())
+		c.log().Error("logged in, but storage moved on meanwhile; the new session is dropped",
+			zap.String("session", c.cfg.Name), zap.Error(err))
+		return o.adoptLatest(err)
+	case err != nil:
+		c.pending.Store(&pendingWrite{over: *orEmpty(over), next: *next, outcome: OutcomeLoggedIn})
+		return nil, o.fail(OutcomeLoginFail, ReasonStorage, fmt.Errorf("logged in but could not store the session: %w", err))
+	}
+	c.pending.Store(nil) // whatever it resolved is superseded
+	for _, old := range []string{live.KeyThumbprint, orEmpty(over).KeyThumbprint} {
+		if old != key.Thumbprint() {
+			o.st.deleteKey(o.ctx, old)
+		}
+	}
+	c.mu.Lock()
+	c.resumeLoginLocked()
+	c.mu.Unlock()
+	c.log().Info("session logged in", zap.String("session", c.cfg.Name), zap.String("jkt", key.Thumbprint()))
+	return o.install(next, key, OutcomeLoggedIn, ""), nil
+}
+
+func orEmpty(r *record) *record {
+	if r == nil {
+		return &record{}
+	}
+	return r
+}

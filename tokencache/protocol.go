@@ -1,0 +1,439 @@
+package tokencache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+)
+
+// The exactly-once protocol. A refresh token is presented at most once:
+//
+//  1. peek: read storage without the lock and adopt a fresh token;
+//  2. lock the session in storage, re-read, adopt if fresh now;
+//  3. write an intent (the hash of the refresh token about to be presented)
+//     over the record just read, then read it back: present the token only
+//     if storage holds exactly that intent;
+//  4. present it; write the outcome over the intent, again only if storage
+//     still holds exactly the intent (fencing).
+//
+// Every write names the record it replaces (generation, writer, intent)
+// and is refused if storage holds anything else: an instance whose lock
+// expired while it was stalled (VM freeze, GC pause, NFS hang) can neither
+// present a token another instance has spent nor overwrite newer state.
+// An intent found unresolved means the outcome of that presentation is
+// unknown: the token is given up, never presented again.
+
+// errFenced means storage no longer holds the record an operation read or
+// wrote: another instance acted meanwhile, so the storage lock was lost.
+var errFenced = errors.New("session state changed while this instance held the storage lock " +
+	"(the lock was lost, e.g. after a stall longer than its lease); nothing presented or overwritten")
+
+// op is one state-changing operation (refresh, login, logout): the storage
+// it pinned, its time limits and what it measured.
+type op struct {
+	c  *Cache
+	st store // one storage for the whole operation: an intent and its outcome land in the same place
+	id string
+	// ctx bounds the whole operation. It is not cancelled by Close, so a
+	// refresh that was sent always gets to store its rotated token.
+	ctx context.Context
+	// quit is cancelled by Close (and by a caller who gives up): it stops
+	// waiting for the lock and anything not yet sent.
+	quit  context.Context
+	start time.Time
+	rtt   time.Duration // token server round trips
+	prev  time.Time     // expiry of the token being replaced (Event.Lead)
+}
+
+// pendingWrite is a result that could not be stored yet. next may be
+// written only over over, the record it resolves.
+type pendingWrite struct {
+	over, next record
+	// outcome is reported once next is stored; "" for a resolved intent
+	// (the server did not act), after which the refresh still has to run.
+	outcome string
+}
+
+func (c *Cache) newOp(ctx, quit context.Context) *op {
+	var b [9]byte
+	_, _ = rand.Read(b[:])
+	return &op{c: c, st: c.store(), id: base64.RawURLEncoding.EncodeToString(b[:]), ctx: ctx, quit: quit, start: c.clock.Now()}
+}
+
+// runOp runs fn under the process-wide op lock with a bounded context.
+// parent's cancellation (and Close) stops fn only before anything is sent.
+func (c *Cache) runOp(parent context.Context, fn func(*op) (*snapshot, error)) (*snapshot, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if c.ctx.Err() != nil {
+		return nil, errClosed
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), c.cfg.LockTimeout+2*c.cfg.CallTimeout)
+	defer cancel()
+	quit, stop := context.WithCancel(ctx)
+	defer stop()
+	defer context.AfterFunc(c.ctx, stop)()
+	defer context.AfterFunc(parent, stop)()
+	return fn(c.newOp(ctx, quit))
+}
+
+// stopped says why the operation must not go on, before it sends anything.
+func (o *op) stopped() error {
+	if o.c.ctx.Err() != nil {
+		return errClosed
+	}
+	return o.quit.Err()
+}
+
+// lock takes the cluster-wide lock for this session; waiting is bounded by
+// LockTimeout and ends at once on Close. The returned func releases it even
+// if the operation's contexts end meanwhile.
+func (o *op) lock() (func(), error) {
+	c := o.c
+	lctx, cancel := context.WithTimeout(o.quit, c.cfg.LockTimeout)
+	defer cancel()
+	t0 := c.clock.Now()
+	if err := o.st.s.Lock(lctx, o.st.lockName()); err != nil {
+		if serr := o.stopped(); serr != nil {
+			return nil, serr
+		}
+		return nil, o.st.report("lock", fmt.Errorf("taking storage lock for session %q: %w", c.cfg.Name, err))
+	}
+	c.event(Event{Kind: EventLockWait, Duration: c.clock.Now().Sub(t0)})
+	return func() {
+		if err := o.st.s.Unlock(context.WithoutCancel(o.ctx), o.st.lockName()); err != nil {
+			o.st.report("unlock", err)
+			c.log().Warn("releasing storage lock", zap.String("session", c.cfg.Name), zap.Error(err))
+		}
+	}, nil
+}
+
+// successor is a copy of r written by this operation.
+func (o *op) successor(r *record) *record {
+	n := *r
+	n.Generation, n.Writer, n.Intent = r.Generation+1, o.id, ""
+	return &n
+}
+
+// write stores next only if storage still holds over (nil: whatever it
+// holds, for replacing unreadable state). This read right before the write
+// is the fence; certmagic storage has no compare-and-swap, so a window of
+// one write remains, which the read-back after an intent closes for the
+// case that matters (presenting a token).
+func (o *op) write(over, next *record) error {
+	if over != nil {
+		if err := o.check(over); err != nil {
+			return err
+		}
+	}
+	return o.st.save(o.ctx, next)
+}
+
+// writeRetry is write for a record that must become durable: a failing
+// storage write is tried three times; a fence is final.
+func (o *op) writeRetry(over, next *record) error {
+	var err error
+	for range 3 {
+		if err = o.write(over, next); err == nil || errors.Is(err, errFenced) {
+			return err
+		}
+	}
+	return err
+}
+
+// check reports errFenced unless storage holds want.
+func (o *op) check(want *record) error {
+	cur, err := o.st.load(o.ctx)
+	if err != nil {
+		return err
+	}
+	if !cur.sameWrite(want) {
+		return errFenced
+	}
+	return nil
+}
+
+// refresh is the refresh operation: peek, lock, re-read, then adopt, log
+// in, or refresh with a fenced write-ahead intent.
+func (o *op) refresh() (*snapshot, error) {
+	c := o.c
+	if c.pending.Load() == nil {
+		// Cheap peek without the lock: another instance may have refreshed.
+		if rec, err := o.st.load(o.ctx); err == nil && c.acceptable(rec, o.start) {
+			return o.adopt(rec)
+		}
+	}
+	unlock, err := o.lock()
+	if err != nil {
+		if errors.Is(err, errClosed) {
+			return nil, err
+		}
+		return nil, o.fail(OutcomeTransient, ReasonStorage, err)
+	}
+	defer unlock()
+
+	rec, err := o.st.load(o.ctx)
+	if err != nil {
+		return nil, o.fail(OutcomeTransient, ReasonStorage, err)
+	}
+	rec, s, err := o.resolvePending(rec)
+	if s != nil || err != nil {
+		return s, err
+	}
+	if c.acceptable(rec, c.clock.Now()) {
+		return o.adopt(rec)
+	}
+	if rec.State != StateActive {
+		return o.loginOrReport(rec)
+	}
+	key, err := c.keyFor(o, rec)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errKeyBroken) || rec.KeyThumbprint == "" {
+			return o.kill(rec, "DPoP key unavailable: "+err.Error(), false, ReasonOther)
+		}
+		return nil, o.fail(OutcomeTransient, ReasonStorage, err) // a storage hiccup; the key is still there
+	}
+	if rec.spent() {
+		return o.kill(rec, "an earlier refresh was interrupted after sending; its refresh token may be spent and is not presented again", true, ReasonLostOutcome)
+	}
+	if err := o.stopped(); err != nil {
+		return nil, err
+	}
+	over := rec
+	// Write-ahead: record that this refresh token is about to be presented.
+	// Grants without one (client_credentials) spend nothing and skip it.
+	if rec.RefreshToken != "" {
+		intent := o.successor(rec)
+		intent.Intent = tokenHash(rec.RefreshToken)
+		if err := o.write(rec, intent); err != nil {
+			return o.fenced(err)
+		}
+		// Read it back: if another instance wrote in between, both may
+		// believe they hold the lock; neither may present.
+		if err := o.check(intent); err != nil {
+			if !errors.Is(err, errFenced) {
+				// Unconfirmed, so not presented; clear our intent on the
+				// next attempt rather than let it look spent.
+				c.pending.Store(&pendingWrite{over: *intent, next: *o.successor(intent)})
+			}
+			return o.fenced(err)
+		}
+		over = intent
+	}
+	o.prev = rec.Expiry
+	grant, err := o.present(key, rec.RefreshToken)
+	switch {
+	case err == nil:
+		return o.storeGrant(over, grant)
+	case errors.Is(err, ErrOutcomeUnknown):
+		return o.kill(over, "refresh response lost; the refresh token may have been rotated and is given up: "+err.Error(), true, ReasonLostOutcome)
+	case errors.Is(err, ErrSessionDead):
+		return o.kill(over, err.Error(), false, reasonOf(err, ReasonInvalidGrant))
+	}
+	// The backend says the server did not act: the refresh token is still
+	// ours, so the intent is resolved by clearing it.
+	if over != rec {
+		cleared := o.successor(over)
+		if werr := o.writeRetry(over, cleared); werr != nil && !errors.Is(werr, errFenced) {
+			c.pending.Store(&pendingWrite{over: *over, next: *cleared})
+		}
+	}
+	if errors.Is(err, ErrCredentialsRejected) {
+		return nil, o.credentialsRejected(err)
+	}
+	return nil, o.fail(OutcomeTransient, reasonOf(err, ReasonOther), err)
+}
+
+// present spends refreshToken at the token server.
+func (o *op) present(key *dpop.Key, refreshToken string) (*Grant, error) {
+	c := o.c
+	cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+	defer cancel()
+	t0 := c.clock.Now()
+	g, err := c.cfg.Backend.Refresh(cctx, key, refreshToken)
+	o.rtt += c.clock.Now().Sub(t0)
+	if err == nil && g == nil {
+		err = fmt.Errorf("%w: backend returned no grant", ErrOutcomeUnknown)
+	}
+	return g, err
+}
+
+// fenced ends an operation whose write or read-back failed before anything
+// was presented.
+func (o *op) fenced(err error) (*snapshot, error) {
+	if errors.Is(err, errFenced) {
+		o.c.log().Warn("not refreshing", zap.String("session", o.c.cfg.Name), zap.Error(err))
+		return o.adoptLatest(err)
+	}
+	return nil, o.fail(OutcomeTransient, ReasonStorage, err)
+}
+
+// storeGrant makes a refreshed grant durable over the intent it resolves.
+func (o *op) storeGrant(over *record, g *Grant) (*snapshot, error) {
+	c := o.c
+	next := o.successor(over)
+	applyGrant(next, g, c.clock.Now())
+	err := o.writeRetry(over, next)
+	switch {
+	case errors.Is(err, errFenced):
+		c.log().Error("refreshed, but storage moved on meanwhile; the new tokens are dropped rather than written over newer state",
+			zap.String("session", c.cfg.Name), zap.Error(err))
+		return o.adoptLatest(err)
+	case err != nil:
+		// The new refresh token exists only in memory: keep it for the
+		// next attempt and hand out nothing until it is durable.
+		c.pending.Store(&pendingWrite{over: *over, next: *next, outcome: OutcomeRefreshed})
+		return nil, o.fail(OutcomeTransient, ReasonStorage, fmt.Errorf("refreshed but could not store the rotated refresh token: %w", err))
+	}
+	return o.install(next, c.current().key, OutcomeRefreshed, ""), nil
+}
+
+// resolvePending writes a result still held in memory, but only over the
+// very record it resolves: if anything else happened to the session
+// meanwhile (another instance gave the token up and logged in again, an
+// operator logged out), storage wins and the result is dropped. It returns
+// the record the operation goes on with, or the snapshot it ended with.
+func (o *op) resolvePending(rec *record) (*record, *snapshot, error) {
+	c := o.c
+	p := c.pending.Load()
+	if p == nil {
+		return rec, nil, nil
+	}
+	if !rec.sameWrite(&p.over) {
+		c.log().Warn("dropping a result that could not be stored in time; storage has moved on",
+			zap.String("session", c.cfg.Name))
+		c.pending.Store(nil)
+		return rec, nil, nil
+	}
+	if err := o.writeRetry(&p.over, &p.next); err != nil {
+		return nil, nil, o.fail(OutcomeTransient, ReasonStorage, err)
+	}
+	c.pending.Store(nil)
+	if p.outcome == "" {
+		return &p.next, nil, nil
+	}
+	return nil, o.install(&p.next, c.recordKey(o, &p.next), p.outcome, ""), nil
+}
+
+// flushPending tries once to store a result held in memory (Close).
+func (o *op) flushPending() error {
+	unlock, err := o.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	rec, err := o.st.load(o.ctx)
+	if err != nil {
+		return err
+	}
+	_, _, err = o.resolvePending(rec)
+	return err
+}
+
+// applyGrant puts g into r, which becomes active; the refresh token is kept
+// when the server did not rotate it.
+func applyGrant(r *record, g *Grant, now time.Time) {
+	r.State, r.Reason = StateActive, ""
+	r.AccessToken, r.TokenType, r.Expiry, r.IssuedAt = g.AccessToken, g.TokenType, g.Expiry, now
+	if g.RefreshToken != "" {
+		r.RefreshToken, r.RefreshExpiry = g.RefreshToken, g.RefreshExpiry
+	}
+}
+
+// kill marks the session logged out with reason, over the record over.
+// When keepAccess is true the current access token keeps serving until it
+// expires (the session may still be alive server-side; only the refresh
+// token is lost), unless an upstream rejected it.
+func (o *op) kill(over *record, reason string, keepAccess bool, why string) (*snapshot, error) {
+	c := o.c
+	next := &record{State: StateLoggedOut, Reason: reason, KeyThumbprint: over.KeyThumbprint, Generation: over.Generation + 1, Writer: o.id}
+	if keepAccess && !c.isRejected(over.AccessToken) {
+		next.AccessToken, next.TokenType, next.Expiry, next.IssuedAt = over.AccessToken, over.TokenType, over.Expiry, over.IssuedAt
+	}
+	outcome := OutcomeDead
+	if keepAccess {
+		outcome = OutcomeUnknown
+	}
+	c.log().Warn("session ended", zap.String("session", c.cfg.Name), zap.String("reason", reason))
+	if err := o.writeRetry(over, next); err != nil {
+		return o.fenced(err)
+	}
+	o.install(next, c.recordKey(o, next), outcome, why)
+	c.setErr(errors.New(reason))
+	return o.loginOrReport(next)
+}
+
+// adopt installs a record another instance wrote.
+func (o *op) adopt(rec *record) (*snapshot, error) {
+	key, err := o.c.keyFor(o, rec)
+	if err != nil && rec.State == StateActive {
+		return nil, o.fail(OutcomeTransient, ReasonStorage, err)
+	}
+	return o.install(rec, key, OutcomeAdopted, ""), nil
+}
+
+// adoptLatest installs whatever storage holds after this operation lost a
+// fence, and reports cause unless that gave a fresh token.
+func (o *op) adoptLatest(cause error) (*snapshot, error) {
+	rec, err := o.st.load(o.ctx)
+	if err != nil {
+		return nil, o.fail(OutcomeTransient, ReasonStorage, err)
+	}
+	s, err := o.adopt(rec)
+	if err != nil {
+		return nil, err
+	}
+	if !s.fresh(o.c.clock.Now()) {
+		return s, cause
+	}
+	return s, nil
+}
+
+// acceptable reports whether a stored record can be adopted instead of
+// refreshing: active, fresh for a while, and neither the token an upstream
+// rejected nor the one a forced refresh must replace.
+func (c *Cache) acceptable(rec *record, now time.Time) bool {
+	if rec.State != StateActive || rec.AccessToken == "" {
+		return false
+	}
+	c.mu.Lock()
+	excluded := rec.AccessToken == c.rejected || rec.AccessToken == c.forced
+	c.mu.Unlock()
+	if excluded {
+		return false
+	}
+	return now.Before(refreshAt(rec.IssuedAt, rec.Expiry, c.cfg.RefreshBefore)) && now.Add(minUsable).Before(rec.Expiry)
+}
+
+// keyFor returns the DPoP key the record is bound to, from memory when the
+// current snapshot already holds it.
+func (c *Cache) keyFor(o *op, rec *record) (*dpop.Key, error) {
+	if k := c.current().key; k != nil && k.Thumbprint() == rec.KeyThumbprint {
+		return k, nil
+	}
+	if rec.KeyThumbprint == "" {
+		return nil, errors.New("no DPoP key recorded")
+	}
+	return o.st.loadKey(o.ctx, rec.KeyThumbprint)
+}
+
+// recordKey is the key rec is bound to, or nil when it has none or it
+// cannot be loaded (the record then serves no DPoP-bound token).
+func (c *Cache) recordKey(o *op, rec *record) *dpop.Key {
+	if rec.KeyThumbprint == "" {
+		return nil
+	}
+	k, err := c.keyFor(o, rec)
+	if err != nil {
+		return nil
+	}
+	return k
+}
