@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -119,28 +118,18 @@ type caddyProc struct {
 	stopped bool
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func startCaddy(t *testing.T, bin, name, storage, prelude string) *caddyProc {
 	t.Helper()
-	p := &caddyProc{name: name, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), out: &syncBuffer{}}
+	p := &caddyProc{name: name, admin: "127.0.0.1:" + freePort(t), out: &syncBuffer{}}
 	httpPort := freePort(t)
-	p.http = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	p.http = "http://127.0.0.1:" + httpPort
 	home := t.TempDir()
 	conf := fmt.Sprintf(`{
 	admin %s
 	storage file_system %s
 	persist_config off
 }
-http://127.0.0.1:%d {
+http://127.0.0.1:%s {
 	bind 127.0.0.1
 	route {
 		inject_token {
