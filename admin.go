@@ -469,7 +469,7 @@ func asBackendFailure(err error) (backendFailure, bool) {
 	var pe *prelude.Error
 	if errors.As(err, &pe) {
 		return backendFailure{status: pe.Status, code: pe.Code, words: firstNonEmpty(pe.Message, pe.Error()),
-			refused: pe.Kind == prelude.KindDead || pe.Kind == prelude.KindCaller, transient: pe.Kind == prelude.KindTransient,
+			refused: pe.Kind == prelude.KindDead || pe.Kind == prelude.KindCredentials || pe.Kind == prelude.KindCaller, transient: pe.Kind == prelude.KindTransient,
 			unknown: pe.Kind == prelude.KindUnknownOutcome, retry: pe.RetryDelay}, true
 	}
 	var oe *oauth.Error

@@ -36,9 +36,9 @@ func TestOTPLoginBothFlows(t *testing.T) {
 			t.Fatalf("status while pending: %v", st)
 		}
 		// A wrong code is refused and the login stays pending.
-		a.call("POST", base+"/login/otp/check", `{"code":"000000"}`, 400)
+		a.call("POST", base+"/login/otp/check", `{"code":"000000"}`, 422) // the server refused the code (README status table)
 		st := a.call("POST", base+"/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
-		if st["state"] != "active" || st["sub"] != uid || st["otp_flow"] != flow || st["otp_pending"] != nil {
+		if st["state"] != "active" || st["sub"] != uid || st["otp_flow"] != flow || st["otp_pending"] != false {
 			t.Fatalf("after %s login: %v", flow, st)
 		}
 		if w := getWhoami(t, tester); w.Claims["sid"] != st["sid"] {

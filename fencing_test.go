@@ -92,7 +92,10 @@ func TestTwoProcessesSurviveAFrozenLockHolder(t *testing.T) {
 	})
 	a.whoami(t)
 	b.whoami(t)
-	if !strings.Contains(a.logs(), "storage moved on") {
+	// A's answer either arrives (its tokens are dropped) or, under load,
+	// arrives after A's client timeout (its "lost response" is not written
+	// either): both are the fence at work.
+	if l := a.logs(); !strings.Contains(l, "storage moved on") && !strings.Contains(l, "held the storage lock") {
 		t.Fatalf("A's late answer was not fenced off; A's log:\n%s", a.logs())
 	}
 }

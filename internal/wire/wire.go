@@ -40,9 +40,10 @@ func CheckURL(raw string, allowQuery bool) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	switch {
 	case err != nil && !strings.Contains(raw, "://"), err == nil && u.Host == "" && u.Opaque != "":
-		return nil, errors.New("has no scheme: write http://" + raw + " or https://" + raw)
+		// The text never repeats raw: it may hold a resolved placeholder.
+		return nil, errors.New("has no scheme: write http:// or https:// before the host")
 	case err != nil:
-		return nil, fmt.Errorf("does not parse: %v", errors.Unwrap(err))
+		return nil, errors.New("does not parse")
 	case u.Scheme != "http" && u.Scheme != "https":
 		return nil, fmt.Errorf("scheme must be http or https, got %q", u.Scheme)
 	case u.Host == "":
