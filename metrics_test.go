@@ -47,6 +47,10 @@ type sample struct {
 	value  float64
 }
 
+func (x sample) String() string {
+	return fmt.Sprintf("%s%v", x.name, x.labels)
+}
+
 type scrape []sample
 
 // scrapeMetrics reads the in-process Caddy's /metrics.
@@ -431,7 +435,7 @@ http://localhost:9081 {
 	tester.InitServer(g.String(), "caddyfile")
 	m = scrapeMetrics(t)
 	if left := m.of(b); len(left) > 0 {
-		t.Errorf("%s left the config but %d series remain, e.g. %s%v", b, len(left), left[0].name, left[0].labels)
+		t.Errorf("%s left the config but %d series remain, e.g. %s", b, len(left), left[0])
 	}
 	if len(m.match("caddy_inject_token_session_state", "session", a)) != 1 {
 		t.Errorf("%s lost its state series", a)
@@ -458,7 +462,7 @@ http://localhost:9081 {
 	}
 	resp.Body.Close()
 	if left := gather(t).of(a); len(left) > 0 {
-		t.Errorf("%s was unloaded but %d series remain, e.g. %s%v", a, len(left), left[0].name, left[0].labels)
+		t.Errorf("%s was unloaded but %d series remain, e.g. %s", a, len(left), left[0])
 	}
 }
 
@@ -591,8 +595,8 @@ func queries(t *testing.T) map[string][]string {
 		}
 		Templating struct {
 			List []struct {
-				Name  string
-				Query any
+				Name, Type string
+				Query      any
 			}
 		}
 	}
@@ -605,6 +609,9 @@ func queries(t *testing.T) map[string][]string {
 		}
 	}
 	for _, v := range dash.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
 		if q, ok := v.Query.(string); ok {
 			out[dashboardFile+" variable "+v.Name] = []string{q}
 		} else if q, ok := v.Query.(map[string]any); ok {
