@@ -13,7 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,14 +216,12 @@ func TestMetricsEndToEnd(t *testing.T) {
 	// Tokens live an hour so no background refresh runs during the test:
 	// every refresh below is one the test caused, and counts are exact.
 	srv := sandboxtest.NewServer(t, sandbox.Options{AccessTokenTTL: time.Hour})
-	var mu sync.Mutex
-	rejected := map[string]bool{}
+	// The upstream accepts the sandbox's tokens, but refuses the next
+	// request when told to.
+	var rejectNext atomic.Bool
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		mu.Lock()
-		bad := rejected[tok]
-		mu.Unlock()
-		if _, err := srv.VerifyAccessToken(tok); err != nil || bad {
+		_, err := srv.VerifyAccessToken(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+		if rejectNext.Swap(false) || err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -338,9 +336,7 @@ http://localhost:9081 {
 
 	// An upstream 401: the rejected token is replaced and the request
 	// retried once.
-	mu.Lock()
-	rejected[storedString(t, dir, a, "access_token")] = true
-	mu.Unlock()
+	rejectNext.Store(true)
 	get(http.StatusOK)
 	expectA["refreshed"]++
 	m = scrapeMetrics(t)
