@@ -29,11 +29,15 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
-// engineEmitsAllEvents gates the assertions that need the engine (branch
-// engine) to emit every tokencache.Event: failure reasons, refresh leads,
-// lock waits, the login_failed state; and the request path (branch
-// reqpath) to count upstream rejections. On this branch the engine emits
-// only EventAttempt with Outcome and Duration.
+// engineEmitsAllEvents gates the assertions that need the other branches
+// of this wave: the engine (branch engine) emitting every tokencache.Event
+// (failure reasons, refresh leads, lock waits, the login_failed state), the
+// Prelude client (branch prelude) classifying failures into reasons
+// (status_5xx, invalid_client), and the request path (branch reqpath)
+// counting upstream rejections. On this branch alone the engine emits only
+// EventAttempt with Outcome and Duration. With all three merged (engine
+// 18fff92, reqpath f959151, prelude 0ce918a) and this set to true, both
+// metrics tests pass.
 //
 // LEAD: set to true when merging those branches, then run
 // go test -race -run 'TestMetrics' .
@@ -132,6 +136,17 @@ func (s scrape) sum(name string, pairs ...string) float64 {
 		n += x.value
 	}
 	return n
+}
+
+// nonzero lists the matching series that are not zero, with their values.
+func (s scrape) nonzero(name string, pairs ...string) []string {
+	var out []string
+	for _, x := range s.match(name, pairs...) {
+		if x.value != 0 {
+			out = append(out, fmt.Sprintf("%s %v", x, x.value))
+		}
+	}
+	return out
 }
 
 // one returns the value of the single matching series.
@@ -240,7 +255,8 @@ http://localhost:9081 {
 		login password %s wrong-password
 	}
 	reverse_proxy %s`, b, srv.URL, sandbox.DemoEmail, upstream.URL)
-	g := gateway{storage: dir, upstream: upstream.URL, extra: siteB, block: fmt.Sprintf(`session %s
+	// The transport owns the upstream exchange: it retries a 401 once.
+	g := gateway{storage: dir, upstream: upstream.URL + " {\n\t\ttransport inject_token\n\t}", extra: siteB, block: fmt.Sprintf(`session %s
 		prelude %s
 		login password %s %s
 		refresh_before 2m`, a, srv.URL, sandbox.DemoEmail, sandbox.DemoPassword)}
@@ -363,19 +379,28 @@ http://localhost:9081 {
 		}
 	}
 
-	// The wrong password: failed logins, a failure reason, the state.
-	m = waitScrape(t, "a failed login of "+b, func(m scrape) bool {
-		return m.sum("caddy_inject_token_refresh_total", "session", b, "outcome", "login_fail") >= 1
-	})
-	if got := m.sum("caddy_inject_token_refresh_failures_total", "session", b); got < 1 {
-		t.Errorf("refresh_failures_total of %s = %v after a failed login", b, got)
-	}
+	// The wrong password: failed logins, a failure reason, the state. The
+	// engine pauses automatic login after a few rejections.
 	wantB := "logged_out"
 	if engineEmitsAllEvents {
 		wantB = "login_failed"
 	}
-	if len(m.match("caddy_inject_token_session_state", "session", b, "state", wantB)) != 1 {
-		t.Errorf("session_state of %s: %v, want %s", b, m.match("caddy_inject_token_session_state", "session", b), wantB)
+	m = waitScrape(t, b+" "+wantB+" after failed logins", func(m scrape) bool {
+		return m.sum("caddy_inject_token_refresh_total", "session", b, "outcome", "login_fail") >= 1 &&
+			len(m.match("caddy_inject_token_session_state", "session", b, "state", wantB)) == 1
+	})
+	fails := m.sum("caddy_inject_token_refresh_total", "session", b, "outcome", "login_fail")
+	if got := m.sum("caddy_inject_token_refresh_failures_total", "session", b); got != fails {
+		t.Errorf("refresh_failures_total of %s = %v, want %v (one per failed login)", b, got, fails)
+	}
+	t.Logf("%s: failures %v", b, m.nonzero("caddy_inject_token_refresh_failures_total", "session", b))
+	if engineEmitsAllEvents {
+		if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", b, "reason", "invalid_client"); got != fails {
+			t.Errorf("refresh_failures_total{%s,invalid_client} = %v, want %v", b, got, fails)
+		}
+		if got := m.one(t, "caddy_inject_token_auto_login_enabled", "session", b); got != 0 {
+			t.Errorf("auto_login_enabled of %s = %v, want 0 (paused)", b, got)
+		}
 	}
 
 	// A reload that rebuilds a's cache (refresh_before changes) keeps every
@@ -407,6 +432,7 @@ http://localhost:9081 {
 	m = waitScrape(t, "a transient refresh failure", func(m scrape) bool {
 		return m.sum("caddy_inject_token_refresh_total", "session", a, "outcome", "transient") >= 1
 	})
+	t.Logf("%s: failures %v", a, m.nonzero("caddy_inject_token_refresh_failures_total", "session", a))
 	if engineEmitsAllEvents {
 		if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", a, "reason", "status_5xx"); got < 1 {
 			t.Errorf("refresh_failures_total{status_5xx} = %v after a 500", got)
