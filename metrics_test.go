@@ -35,9 +35,8 @@ import (
 // Prelude client (branch prelude) classifying failures into reasons
 // (status_5xx, invalid_client), and the request path (branch reqpath)
 // counting upstream rejections. On this branch alone the engine emits only
-// EventAttempt with Outcome and Duration. With all three merged (engine
-// 18fff92, reqpath f959151, prelude 0ce918a) and this set to true, both
-// metrics tests pass.
+// EventAttempt with Outcome and Duration. With all three merged (trial
+// merge, 28 Nov 2026) and this set to true, both metrics tests pass.
 //
 // LEAD: set to true when merging those branches, then run
 // go test -race -run 'TestMetrics' .
