@@ -259,8 +259,14 @@ func oneOf(v string, set []string, other string) string {
 }
 
 // forgetSessionMetrics deletes every series of a destroyed session, so a
-// session gone from the config stops being exported.
+// session gone from the config stops being exported. The pool drops a
+// session before destroying it, and closing its cache can take a while: a
+// session of the same name created meanwhile keeps the series, which are
+// its own.
 func forgetSessionMetrics(name string) {
+	if _, live := lookupSession(name); live {
+		return
+	}
 	match := prometheus.Labels{"session": name}
 	for _, v := range sessionVecs {
 		v.DeletePartialMatch(match)

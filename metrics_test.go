@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -542,11 +543,53 @@ func TestMetricsObserveBoundsLabels(t *testing.T) {
 	}
 }
 
+// TestMetricsForgetSparesNamesake: destroying a session whose name a new
+// session already took again (the pool drops the old one before closing
+// it) leaves the series alone; destroying the last one deletes them.
+func TestMetricsForgetSparesNamesake(t *testing.T) {
+	const name = "unit-namesake"
+	observeRefresh(name)(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeRefreshed})
+	if _, _, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
+		return &session{name: name}, nil // no cache: Destruct only forgets
+	}); err != nil {
+		t.Fatal(err)
+	}
+	forgetSessionMetrics(name) // the old namesake's Destruct
+	if got := gatherVecs(t).sum("caddy_inject_token_refresh_total", "session", name, "outcome", "refreshed"); got != 1 {
+		t.Errorf("refresh_total of the live session = %v after a namesake was destroyed, want 1", got)
+	}
+	if _, err := sessions.Delete(name); err != nil {
+		t.Fatal(err)
+	}
+	if left := gatherVecs(t).of(name); len(left) > 0 {
+		t.Errorf("%d series left after the session was destroyed", len(left))
+	}
+}
+
 // gather collects the module's collectors through a fresh registry.
 func gather(t *testing.T) scrape {
 	t.Helper()
+	return gatherFrom(t, func(reg prometheus.Registerer) error { return registerMetrics(reg) })
+}
+
+// gatherVecs collects the per-session vectors only, without reading the
+// live sessions.
+func gatherVecs(t *testing.T) scrape {
+	t.Helper()
+	return gatherFrom(t, func(reg prometheus.Registerer) error {
+		for _, v := range sessionVecs {
+			if err := reg.Register(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func gatherFrom(t *testing.T, register func(prometheus.Registerer) error) scrape {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	if err := registerMetrics(reg); err != nil {
+	if err := register(reg); err != nil {
 		t.Fatal(err)
 	}
 	fams, err := reg.Gather()
