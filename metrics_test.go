@@ -797,3 +797,63 @@ func checkReferences(t *testing.T, m scrape) {
 	}
 	t.Logf("%d queries checked; metrics used: %v", len(refs), slices.Sorted(maps.Keys(metricsSeen)))
 }
+
+// TestMetricsRulesTestedAndDocumented: every alert in the rules file has a
+// promtool case that fires it and one that expects silence, and the README
+// names it.
+func TestMetricsRulesTestedAndDocumented(t *testing.T) {
+	var rules struct {
+		Groups []struct {
+			Rules []struct{ Alert string }
+		}
+	}
+	var tests struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string
+				ExpAlerts []any `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		}
+	}
+	for file, into := range map[string]any{rulesFile: &rules, strings.TrimSuffix(rulesFile, ".yml") + ".test.yml": &tests} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(raw, into); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+	}
+	fires, silent := map[string]bool{}, map[string]bool{}
+	for _, tc := range tests.Tests {
+		for _, c := range tc.AlertRuleTest {
+			if len(c.ExpAlerts) > 0 {
+				fires[c.Alertname] = true
+			} else {
+				silent[c.Alertname] = true
+			}
+		}
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			n++
+			if !fires[r.Alert] || !silent[r.Alert] {
+				t.Errorf("%s: a case that fires it: %t, one that does not: %t", r.Alert, fires[r.Alert], silent[r.Alert])
+			}
+			if !bytes.Contains(readme, []byte("`"+r.Alert+"`")) {
+				t.Errorf("README does not name alert %s", r.Alert)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatalf("no alerts in %s", rulesFile)
+	}
+}
