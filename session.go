@@ -144,11 +144,13 @@ func (s *session) cache() *tokencache.Cache { return s.tc.Load() }
 // settings returns the settings in force.
 func (s *session) settings() *settings { return s.set.Load() }
 
-// Destruct stops the background refresher once no config uses the session.
+// Destruct stops the background refresher once no config uses the session,
+// and stops exporting its metrics.
 func (s *session) Destruct() error {
 	if c := s.tc.Load(); c != nil {
 		c.Close()
 	}
+	forgetSessionMetrics(s.name)
 	return nil
 }
 
