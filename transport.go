@@ -52,6 +52,7 @@ type Transport struct {
 
 	origin  *url.URL
 	logger  *zap.Logger
+	base    http.RoundTripper // what sends an attempt; the embedded HTTPTransport unless a benchmark sets one
 	counted bool // Provision added this transport to liveTransports
 }
 
@@ -201,7 +202,11 @@ func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.To
 		presentBearer(out.Header, tok)
 	}
 	c.presented.Store(true)
-	resp, err := t.HTTPTransport.RoundTrip(out)
+	base := t.base
+	if base == nil {
+		base = t.HTTPTransport
+	}
+	resp, err := base.RoundTrip(out)
 	return resp, htu, err
 }
 
