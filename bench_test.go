@@ -166,7 +166,7 @@ func benchUpstreamRequest() *http.Request {
 	return req
 }
 
-func BenchmarkTransportBearer(b *testing.B)     { benchTransport(b, "Bearer", dpop.ES256) }
+func BenchmarkTransportBearer(b *testing.B)    { benchTransport(b, "Bearer", dpop.ES256) }
 func BenchmarkTransportDPoPES256(b *testing.B) { benchTransport(b, "DPoP", dpop.ES256) }
 func BenchmarkTransportDPoPEdDSA(b *testing.B) { benchTransport(b, "DPoP", dpop.EdDSA) }
 

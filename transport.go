@@ -53,7 +53,7 @@ type Transport struct {
 	origin  *url.URL
 	logger  *zap.Logger
 	base    http.RoundTripper // what sends an attempt; the embedded HTTPTransport unless a benchmark sets one
-	counted bool // Provision added this transport to liveTransports
+	counted bool              // Provision added this transport to liveTransports
 }
 
 // CaddyModule returns the Caddy module information.
