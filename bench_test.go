@@ -141,7 +141,7 @@ func benchSession(b *testing.B, typ string, alg dpop.Algorithm) *session {
 
 func benchTransport(b *testing.B, typ string, alg dpop.Algorithm) {
 	s := benchSession(b, typ, alg)
-	t := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport), base: noopBase{}, logger: zap.NewNop()}
+	t := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport), base: noopBase{}, logger: zap.NewNop(), bearer: new(bearerHeader)}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

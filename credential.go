@@ -222,9 +222,31 @@ func nonceChallenged(h http.Header) bool {
 }
 
 // presentBearer sets tok, a Bearer token, as the Authorization of h.
-func presentBearer(h http.Header, tok *tokencache.Token) {
-	h.Set("Authorization", "Bearer "+tok.Value)
+func presentBearer(h http.Header, tok *tokencache.Token, cache *bearerHeader) {
+	h.Set("Authorization", cache.value(tok))
 	h.Del("DPoP")
+}
+
+// bearerHeader remembers the Authorization value of the last token it was
+// asked for: the same token serves many requests, and building the value
+// each time is an allocation per request.
+type bearerHeader struct{ last atomic.Pointer[bearerValue] }
+
+type bearerValue struct {
+	tok   *tokencache.Token
+	value string
+}
+
+func (b *bearerHeader) value(tok *tokencache.Token) string {
+	if b == nil {
+		return "Bearer " + tok.Value
+	}
+	if v := b.last.Load(); v != nil && v.tok == tok {
+		return v.value
+	}
+	v := &bearerValue{tok: tok, value: "Bearer " + tok.Value}
+	b.last.Store(v)
+	return v.value
 }
 
 // presentDPoP sets the credential headers of out, an attempt's own copy of

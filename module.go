@@ -4,6 +4,7 @@
 package injecttoken
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -121,11 +122,14 @@ type Handler struct {
 
 	allowAll bool
 	allowed  map[string]bool // lowercased origins
-	state    func(string) (any, bool)
-	sess     *session
-	acquired bool
-	owner    configID
-	logger   *zap.Logger
+	// placeholders provides {http.inject_token.*} on demand, so a
+	// request that uses none costs nothing for them.
+	placeholders func(string) (any, bool)
+	bearer       *bearerHeader
+	sess         *session
+	acquired     bool
+	owner        configID
+	logger       *zap.Logger
 }
 
 // Login configures automatic login.
@@ -202,9 +206,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.sess, h.acquired, h.owner = s, true, configOf(ctx)
-	h.state = func(key string) (any, bool) {
-		if key == "http.inject_token.state" {
+	h.bearer = new(bearerHeader)
+	h.placeholders = func(key string) (any, bool) {
+		switch key {
+		case "http.inject_token.session":
+			return h.Session, true
+		case "http.inject_token.state":
 			return s.cache().Status().State, true
+		case "http.inject_token.sub", "http.inject_token.sid":
+			// Lazily, from the token in force: most requests never ask.
+			tok, err := s.cache().Token(context.Background())
+			if err != nil {
+				return "", true
+			}
+			if key == "http.inject_token.sub" {
+				return tok.Subject, true
+			}
+			return tok.SessionID, true
 		}
 		return nil, false
 	}
@@ -305,22 +323,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	stripClientCredentials(r.Header, h.StripHeaders)
 	stripTrailers(r, h.StripHeaders)
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.inject_token.session", h.Session)
-	repl.Map(h.state)
+	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(h.placeholders)
 
 	tok, err := h.sess.cache().Token(r.Context())
 	if err != nil {
 		return h.unavailable(w, r, err)
 	}
-	repl.Set("http.inject_token.sub", tok.Subject)
-	repl.Set("http.inject_token.sid", tok.SessionID)
 	c := &credential{sess: h.sess, name: h.Session}
 	caddyhttp.SetVar(r.Context(), credVar, c)
 	if !isDPoP(tok) {
 		// For a reverse_proxy without the transport; the transport
 		// replaces it with the token current when each attempt leaves.
-		presentBearer(r.Header, tok)
+		presentBearer(r.Header, tok, h.bearer)
 	} else if liveTransports.Load() == 0 {
 		h.logger.Error("DPoP-bound token but no 'transport inject_token' in any reverse_proxy; refusing to forward",
 			zap.String("session", h.Session))

@@ -52,6 +52,7 @@ type Transport struct {
 
 	origin  *url.URL
 	logger  *zap.Logger
+	bearer  *bearerHeader
 	base    http.RoundTripper // what sends an attempt; the embedded HTTPTransport unless a benchmark sets one
 	counted bool              // Provision added this transport to liveTransports
 }
@@ -66,7 +67,7 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up the wrapped http transport.
 func (t *Transport) Provision(ctx caddy.Context) error {
-	t.logger = ctx.Logger()
+	t.logger, t.bearer = ctx.Logger(), new(bearerHeader)
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
@@ -199,7 +200,7 @@ func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.To
 		}
 		countProof(c.name, kind)
 	} else {
-		presentBearer(out.Header, tok)
+		presentBearer(out.Header, tok, t.bearer)
 	}
 	c.presented.Store(true)
 	base := t.base
