@@ -682,6 +682,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"oauth2 login", "inject_token {\n oauth2 https://as.b {\n  client_id c\n }\n login password a b\n}", "login password is for the prelude backend", 6},
 		{"dpop value", "inject_token {\n prelude https://a.b\n dpop RS256\n}", "dpop: expected one of ES256, EdDSA or off", 3},
 		{"dpop off prelude", "inject_token {\n prelude https://a.b\n dpop off\n}", "dpop off is for oauth2", 4},
+		{"origins none", "inject_token {\n prelude https://a.b\n allow_browser_origins\n}", "allow_browser_origins: expected at least one origin", 3},
+		{"origin with path", "inject_token {\n prelude https://a.b\n allow_browser_origins https://app.example.com/x\n}", `"https://app.example.com/x" is not an origin`, 3},
+		{"origin bare host", "inject_token {\n prelude https://a.b\n allow_browser_origins app.example.com\n}", "is not an origin", 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler
