@@ -334,6 +334,22 @@ http://localhost:9080 {
 	if status != http.StatusOK || len(log) != 1 || log[0].DPoP != "" || log[0].Token == "client" {
 		t.Fatalf("status %d %s, upstream saw %+v", status, body, log)
 	}
+	// Nor as trailers, of a buffered or a streamed body.
+	for _, size := range []int{10, 100 << 10} {
+		req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/t", chunkedBody{strings.NewReader(strings.Repeat("b", size))})
+		req.Trailer = http.Header{"Authorization": {"Bearer client-trailer"}, "Dpop": {"client-proof"}}
+		resp, err := tester.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	for _, s := range up.requests()[1:] {
+		if s.Trailer.Get("Authorization") != "" || s.Trailer.Get("Dpop") != "" {
+			t.Fatalf("upstream got client trailers %v (body %d bytes)", s.Trailer, len(s.Body))
+		}
+	}
 }
 
 // TestBadTokenIsFailedRefresh: a token server that issues a token which is
