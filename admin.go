@@ -224,13 +224,13 @@ func handleOTPCheck(ctx context.Context, s *session, r *http.Request) (any, erro
 		return nil, cacheError(s, "checking OTP code", err)
 	}
 	s.finishOTP(p)
-	err = s.cache().Login(ctx, func(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
+	err = s.cache().Login(ctx, checkedLogin(func(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
 		t, err := p.client.Finalize(ctx, key, challenge, prev)
 		if err != nil {
 			return nil, err
 		}
 		return t.Grant(), nil
-	})
+	}))
 	if err != nil {
 		return nil, cacheError(s, "login", err)
 	}
@@ -250,7 +250,7 @@ func handleRefreshToken(ctx context.Context, s *session, r *http.Request) (any, 
 	if body.RefreshToken == "" {
 		return nil, errorf(http.StatusBadRequest, `expected {"refresh_token": "..."}`)
 	}
-	if err := s.cache().Login(ctx, s.settings().oauth.LoginWithRefreshToken(body.RefreshToken)); err != nil {
+	if err := s.cache().Login(ctx, checkedLogin(s.settings().oauth.LoginWithRefreshToken(body.RefreshToken))); err != nil {
 		return nil, cacheError(s, "login", err)
 	}
 	return statusOf(s), nil
@@ -267,7 +267,7 @@ func handlePassword(ctx context.Context, s *session, r *http.Request) (any, erro
 	if body.Email == "" || body.Password == "" {
 		return nil, errorf(http.StatusBadRequest, `expected {"email": "...", "password": "..."}`)
 	}
-	if err := s.cache().Login(ctx, prelude.PasswordLogin(s.settings().client, body.Email, body.Password)); err != nil {
+	if err := s.cache().Login(ctx, checkedLogin(prelude.PasswordLogin(s.settings().client, body.Email, body.Password))); err != nil {
 		return nil, cacheError(s, "login", err)
 	}
 	return statusOf(s), nil
