@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
@@ -507,4 +509,62 @@ func TestBrowserCrossSiteRefused(t *testing.T) {
 type forbiddenJSON struct {
 	Error   string `json:"error"`
 	Session string `json:"session"`
+}
+
+// TestNonceStoreBoundedThroughGateway: the transport remembers resource
+// server nonces per origin, and the origin is the Host header sent — by
+// default the client's. A client varying Host on a catch-all site must not
+// grow the store past its bound.
+func TestNonceStoreBoundedThroughGateway(t *testing.T) {
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": "dpop-bound-token", "token_type": "DPoP", "expires_in": 3600})
+	}))
+	t.Cleanup(as.Close)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("DPoP") == "" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("DPoP-Nonce", "nonce-for-"+r.Host)
+	}))
+	t.Cleanup(upstream.Close)
+	name := "nonce-bound"
+	tester := startConfig(t, globals(t.TempDir())+fmt.Sprintf(`:9080 {
+	inject_token {
+		session %s
+		oauth2 %s/token {
+			client_id gw
+			client_secret s
+		}
+	}
+	reverse_proxy %s {
+		transport inject_token
+	}
+}
+`, name, as.URL, strings.TrimPrefix(upstream.URL, "http://")))
+	const hosts = dpop.MaxNonceOrigins + 100
+	for i := range hosts {
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:9080/x", nil)
+		req.Host = fmt.Sprintf("h%d.rebind.example", i)
+		resp, err := tester.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+	s, ok := lookupSession(name)
+	if !ok {
+		t.Fatal("no session")
+	}
+	if n := s.rsNonces.Len(); n > dpop.MaxNonceOrigins {
+		t.Fatalf("%d origins remembered after %d distinct Host headers; bound is %d", n, hosts, dpop.MaxNonceOrigins)
+	}
+	last := &url.URL{Scheme: "http", Host: fmt.Sprintf("h%d.rebind.example", hosts-1)}
+	if got := s.rsNonces.Get(last); got != "nonce-for-"+last.Host {
+		t.Fatalf("latest origin's nonce = %q", got)
+	}
 }
