@@ -139,6 +139,9 @@ done
 TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
 
+rss() { awk '/VmRSS/ {print $2}' "/proc/$GW/status"; }
+RSS_START=$(rss)
+TOTAL=0
 declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do
 	order=(0 1 2 3 4)
@@ -152,6 +155,7 @@ for r in $(seq "$ROUNDS"); do
 		reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 		rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
 		us=$(awk -v t=$((after - before)) -v k="$TCK" -v n="$reqs" 'BEGIN {printf "%.1f", t / k * 1e6 / n}')
+		TOTAL=$((TOTAL + reqs))
 		RPS[$i]+="$rps "
 		CPU[$i]+="$us "
 		echo "round $r ${NAMES[$i]}: $rps req/s, $us µs CPU/request" >&2
@@ -163,6 +167,7 @@ bare_rps=$(median "${RPS[0]}")
 bare_cpu=$(median "${CPU[0]}")
 echo
 echo "$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $ROUNDS rounds x ${SECS}s, wrk -t1 -c32, medians"
+echo "gateway RSS: $RSS_START KiB after warm-up, $(rss) KiB after $TOTAL measured requests"
 echo
 echo "| site | req/s | rps vs bare | gateway CPU µs/request | vs bare |"
 echo "|---|---|---|---|---|"
