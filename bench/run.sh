@@ -140,7 +140,7 @@ TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$GW/status"; }
-RSS_START=$(rss)
+RSS_START=
 TOTAL=0
 declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do
@@ -160,6 +160,7 @@ for r in $(seq "$ROUNDS"); do
 		CPU[$i]+="$us "
 		echo "round $r ${NAMES[$i]}: $rps req/s, $us µs CPU/request" >&2
 	done
+	if [ -z "$RSS_START" ]; then RSS_START=$(rss) START_TOTAL=$TOTAL; fi
 done
 
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
@@ -167,7 +168,7 @@ bare_rps=$(median "${RPS[0]}")
 bare_cpu=$(median "${CPU[0]}")
 echo
 echo "$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $ROUNDS rounds x ${SECS}s, wrk -t1 -c32, medians"
-echo "gateway RSS: $RSS_START KiB after warm-up, $(rss) KiB after $TOTAL measured requests"
+echo "gateway RSS: $RSS_START KiB after round 1 ($START_TOTAL requests), $(rss) KiB after all $TOTAL"
 echo
 echo "| site | req/s | rps vs bare | gateway CPU µs/request | vs bare |"
 echo "|---|---|---|---|---|"
