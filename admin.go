@@ -306,7 +306,7 @@ func handleOTPCheck(ctx context.Context, c opCall) (any, error) {
 	// The code is checked inside the login: the current flow signs the
 	// check with the new session's key. A wrong code leaves the login
 	// pending for another try.
-	if err := c.s.cache().Login(ctx, p.login.Login(body.Code)); err != nil {
+	if err := c.s.cache().Login(ctx, checkedLogin(p.login.Login(body.Code))); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, "otp_check", err))
 	}
 	c.s.finishOTP(p)
@@ -325,7 +325,7 @@ func handleRefreshToken(ctx context.Context, c opCall) (any, error) {
 	if body.RefreshToken == "" {
 		return nil, badRequest(`expected {"refresh_token": "..."}`)
 	}
-	if err := c.s.cache().Login(ctx, c.s.settings().oauth.LoginWithRefreshToken(body.RefreshToken)); err != nil {
+	if err := c.s.cache().Login(ctx, checkedLogin(c.s.settings().oauth.LoginWithRefreshToken(body.RefreshToken))); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, "refresh_token_login", err))
 	}
 	c.logDone("session logged in by operator", zap.String("method", "refresh_token"))
@@ -340,7 +340,7 @@ func handlePassword(ctx context.Context, c opCall) (any, error) {
 	if body.Email == "" || body.Password == "" {
 		return nil, badRequest(`expected {"email": "...", "password": "..."}`)
 	}
-	if err := c.s.cache().Login(ctx, prelude.PasswordLogin(c.s.settings().client, body.Email, body.Password)); err != nil {
+	if err := c.s.cache().Login(ctx, checkedLogin(prelude.PasswordLogin(c.s.settings().client, body.Email, body.Password))); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, "password_login", err))
 	}
 	c.logDone("session logged in by operator", zap.String("method", "password"))

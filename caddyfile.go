@@ -43,6 +43,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			param         <name> <value>
 //		}
 //		dpop ES256|EdDSA|off
+//		allow_browser_origins <origin...>|*
 //	}
 //
 // Exactly one of prelude and oauth2 is required. session defaults to
@@ -58,7 +59,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		if seen[sub] && sub != "strip_header" {
+		if seen[sub] && sub != "strip_header" && sub != "allow_browser_origins" {
 			return d.Errf("%s already specified", sub)
 		}
 		seen[sub] = true
@@ -136,8 +137,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.DPoP = v
 
+		case "allow_browser_origins":
+			origins := d.RemainingArgs()
+			if len(origins) == 0 {
+				return d.Errf("allow_browser_origins: expected at least one origin (scheme://host[:port]) or *")
+			}
+			for _, o := range origins {
+				if o != "*" && !strings.Contains(o, "{") {
+					if err := checkOrigin(o); err != nil {
+						return d.Errf("allow_browser_origins: %v", err)
+					}
+				}
+			}
+			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
+
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header or dpop)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop or allow_browser_origins)", sub)
 		}
 	}
 	switch {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/interop"
-	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // These tests put a real Caddy with inject_token (oauth2 backend) and the
@@ -332,7 +332,10 @@ func TestResourceServerNonceOnBody(t *testing.T) {
 // The request variable that carries the token to the transport prints
 // without the token, whatever a config does with {http.vars.*}.
 func TestCredentialPrintsNoSecret(t *testing.T) {
-	c := &credential{session: "s", tok: &tokencache.Token{Value: "secret-token-value", Type: "DPoP"}}
+	// The credential holds no token at all; what it refers to (the
+	// session, its nonces) must not be printed through it either.
+	c := &credential{name: "s", sess: &session{name: "s"}}
+	c.sess.rsNonces.Set(&url.URL{Scheme: "https", Host: "x"}, "secret-token-value")
 	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c)} {
 		if strings.Contains(s, "secret-token-value") {
 			t.Fatalf("credential printed its token: %s", s)

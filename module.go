@@ -4,17 +4,15 @@
 package injecttoken
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,34 +35,28 @@ const (
 	DefaultSession = "default"
 	// DefaultRefreshBefore is how long before expiry a token is refreshed.
 	DefaultRefreshBefore = 60 * time.Second
-	// maxReplayBody is the largest request body buffered so that a request
-	// answered 401 can be retried with a fresh token.
-	maxReplayBody = 64 << 10
-	// maxHeldBody is the largest 401 response body held back in memory so
-	// the response can be replaced by a retry.
-	maxHeldBody = 64 << 10
 )
 
 // Handler injects the access token of a logged-in session (Prelude, or any
 // OAuth 2.0 server) into every request it handles. Put it in front of
-// reverse_proxy. A Bearer token is sent as "Authorization: Bearer <token>";
-// a DPoP-bound one is handed to reverse_proxy's inject_token transport,
-// which signs a proof for each attempt as the upstream receives it (without
-// that transport such requests are refused with 502, never sent unsigned).
+// reverse_proxy, and give that reverse_proxy "transport inject_token": the
+// transport presents the token as each attempt leaves (Bearer, or DPoP
+// with a proof signed for the request exactly as the upstream receives it)
+// and, when the upstream rejects the token, fetches a fresh one and retries
+// once. Without the transport a Bearer token is set here and a rejection
+// only makes the next request use a fresh token; a DPoP-bound token is then
+// refused with 502, never sent unsigned.
 //
-// Before anything else it removes the client's own Authorization and DPoP
-// headers (and any listed in strip_headers), so a client can never choose
-// the credentials sent upstream. The token comes from a cache that is
+// Before anything else it refuses requests a browser marks as cross-site
+// (403; see AllowBrowserOrigins) and TRACE (405), and removes the client's
+// own Authorization and DPoP headers (and any listed in strip_headers),
+// also as trailers and from the Connection header, so a client can never
+// choose, drop or see the credentials sent upstream. The token comes from a cache that is
 // refreshed in the background ahead of expiry; reading it takes no lock.
 // When there is no valid token (logged out, or refreshing has failed past
 // expiry) the request is not forwarded: the answer is 503 with Retry-After
 // and a JSON body {"error", "session", "state"}, or, if the server has
 // error routes (handle_errors), an error with status 503 for them to shape.
-//
-// If the upstream answers 401, the token is marked rejected and a fresh one
-// is fetched. Requests without a body, or with one of at most 64 KiB (which
-// is buffered for this), are retried once with it; others get the 401,
-// and the next request uses a fresh token.
 //
 // Sessions are shared by name: handlers (in any site, and across config
 // reloads) naming the same session share one token, and Caddy instances
@@ -119,10 +111,25 @@ type Handler struct {
 	// proof for each request as the upstream receives it.
 	DPoP string `json:"dpop,omitempty"`
 
-	sess     *session
-	acquired bool
-	owner    configID
-	logger   *zap.Logger
+	// AllowBrowserOrigins are the browser origins (e.g.
+	// "https://app.example.com", or "*" for any) allowed to send requests
+	// that a browser marks as cross-site. Anything that can make a request
+	// to the gateway acts as the session's user, so by default a request
+	// with "Sec-Fetch-Site: cross-site" or "same-site", or with an Origin
+	// whose host is not the request's Host, is refused with 403. Clients
+	// that send neither header (anything but a browser) are never affected.
+	AllowBrowserOrigins []string `json:"allow_browser_origins,omitempty"`
+
+	allowAll bool
+	allowed  map[string]bool // lowercased origins
+	// placeholders provides {http.inject_token.*} on demand, so a
+	// request that uses none costs nothing for them.
+	placeholders func(string) (any, bool)
+	bearer       *bearerHeader
+	sess         *session
+	acquired     bool
+	owner        configID
+	logger       *zap.Logger
 }
 
 // Login configures automatic login.
@@ -183,6 +190,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := h.provisionOrigins(); err != nil {
+		return err
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		h.logger.Warn("metrics unavailable", zap.Error(err))
 	}
@@ -196,6 +206,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.sess, h.acquired, h.owner = s, true, configOf(ctx)
+	h.bearer = new(bearerHeader)
+	h.placeholders = func(key string) (any, bool) {
+		switch key {
+		case "http.inject_token.session":
+			return h.Session, true
+		case "http.inject_token.state":
+			return s.cache().Status().State, true
+		case "http.inject_token.sub", "http.inject_token.sid":
+			// Lazily, from the token in force: most requests never ask.
+			tok, err := s.cache().Token(context.Background())
+			if err != nil {
+				return "", true
+			}
+			if key == "http.inject_token.sub" {
+				return tok.Subject, true
+			}
+			return tok.SessionID, true
+		}
+		return nil, false
+	}
 	return nil
 }
 
@@ -286,170 +316,57 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	r.Header.Del("Authorization")
-	r.Header.Del("DPoP")
-	for _, name := range h.StripHeaders {
-		r.Header.Del(name)
+	if why := h.crossSite(r); why != "" {
+		return h.forbidden(w, why)
 	}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	cache := h.sess.cache()
-	repl.Set("http.inject_token.session", h.Session)
-	repl.Map(func(key string) (any, bool) {
-		if key == "http.inject_token.state" {
-			return cache.Status().State, true
-		}
-		return nil, false
-	})
+	if r.Method == http.MethodTrace {
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		return caddyhttp.Error(http.StatusMethodNotAllowed, errTrace)
+	}
+	stripClientCredentials(r.Header, h.StripHeaders)
+	stripTrailers(r, h.StripHeaders)
+	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(h.placeholders)
 
-	tok, err := cache.Token(r.Context())
+	tok, err := h.sess.cache().Token(r.Context())
 	if err != nil {
 		return h.unavailable(w, r, err)
 	}
-	if err := h.setToken(r, repl, tok); err != nil {
-		return err
-	}
-	countRequest(h.Session, resultInjected)
-
-	body, replayable, err := bufferBody(r)
-	if err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, err)
-	}
-	if !replayable {
-		rec := caddyhttp.NewResponseRecorder(w, nil, nil)
-		err := next.ServeHTTP(rec, r)
-		h.rejected(r, w, cache, tok, rec.Status())
-		return err
-	}
-
-	// First attempt: a 401 is held back (only the status and headers; the
-	// header map is shared with w) so it can be replaced by a retry; every
-	// other response streams as usual.
-	saved := w.Header().Clone()
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer bufPool.Put(buf)
-	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, hdr http.Header) bool {
-		// Hold back a 401 only when its body is known to be small: an
-		// unbounded one streams through (the token is still invalidated,
-		// so the next request gets a fresh one).
-		n, err := strconv.ParseInt(hdr.Get("Content-Length"), 10, 64)
-		return status == http.StatusUnauthorized && err == nil && n <= maxHeldBody
-	})
-	err = next.ServeHTTP(rec, r)
-	if rec.Status() != http.StatusUnauthorized || !rec.Buffered() || err != nil {
-		// Not held back: either not a 401, or one that streamed through.
-		h.rejected(r, w, cache, tok, rec.Status())
-		return err
-	}
-	h.rejected(r, w, cache, tok, http.StatusUnauthorized)
-	// The transport retries a nonce challenge itself when there is no body;
-	// with a buffered body the retry is ours, with the same token.
-	nonceRetry := len(body) > 0 && nonceChallenged(w.Header())
-	fresh, terr := cache.Token(r.Context())
-	if terr != nil || (fresh.Value == tok.Value && !nonceRetry) {
-		return rec.WriteResponse()
-	}
-
-	clear(w.Header())
-	for k, v := range saved {
-		w.Header()[k] = v
-	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	if err := h.setToken(r, repl, fresh); err != nil {
-		return err
-	}
-	countRequest(h.Session, resultRetried401)
-	rec = caddyhttp.NewResponseRecorder(w, nil, nil)
-	err = next.ServeHTTP(rec, r)
-	h.rejected(r, w, cache, fresh, rec.Status())
-	return err
-}
-
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// setToken puts tok on the request and in the placeholders. A Bearer token
-// goes into Authorization here; a DPoP-bound one is handed to the
-// inject_token transport, which alone can sign a proof for the request as
-// the upstream receives it. Without such a transport the request is refused
-// rather than sent with a token the upstream must reject.
-func (h *Handler) setToken(r *http.Request, repl *caddy.Replacer, tok *tokencache.Token) error {
-	repl.Set("http.inject_token.sub", tok.Subject)
-	repl.Set("http.inject_token.sid", tok.SessionID)
-	caddyhttp.SetVar(r.Context(), credVar, &credential{session: h.Session, tok: tok, nonces: &h.sess.rsNonces})
+	c := &credential{sess: h.sess, name: h.Session}
+	caddyhttp.SetVar(r.Context(), credVar, c)
 	if !isDPoP(tok) {
-		r.Header.Set("Authorization", "Bearer "+tok.Value)
-		return nil
-	}
-	r.Header.Del("Authorization")
-	if liveTransports.Load() == 0 {
+		// For a reverse_proxy without the transport; the transport
+		// replaces it with the token current when each attempt leaves.
+		presentBearer(r.Header, tok, h.bearer)
+	} else if liveTransports.Load() == 0 {
 		h.logger.Error("DPoP-bound token but no 'transport inject_token' in any reverse_proxy; refusing to forward",
 			zap.String("session", h.Session))
 		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("session %q has a DPoP-bound token: "+
 			"reverse_proxy needs 'transport inject_token' to sign proofs", h.Session))
 	}
-	return nil
+	countRequest(h.Session, resultInjected)
+
+	c.w.ResponseWriter = w
+	err = next.ServeHTTP(&c.w, r)
+	if !c.presented.Load() {
+		h.presentedHere(r, c, tok)
+	}
+	return err
 }
 
-// unsigned reports (loudly, in the log) a DPoP-bound token that no
-// transport presented: a reverse_proxy in this route lacks the transport.
-// The upstream then saw no token at all, so its 401 says nothing about the
-// token: the caller must not invalidate it (that would refresh on every
-// request).
-func (h *Handler) unsigned(r *http.Request) bool {
-	c, ok := caddyhttp.GetVar(r.Context(), credVar).(*credential)
-	if ok && isDPoP(c.tok) && !c.signed.Load() {
+// presentedHere learns from the answer to a request that no transport
+// presented: a Bearer token set here and answered 401 is invalidated, so
+// the next request gets a fresh one (there is no retry: the request has
+// been through the rest of the chain). A DPoP-bound token was not sent at
+// all, so its 401 says nothing about the token.
+func (h *Handler) presentedHere(r *http.Request, c *credential, tok *tokencache.Token) {
+	if isDPoP(tok) {
 		h.logger.Error("DPoP-bound token was not presented: the reverse_proxy that handled this request "+
 			"has no 'transport inject_token'", zap.String("session", h.Session), zap.String("uri", r.RequestURI))
-		return true
-	}
-	return false
-}
-
-func isDPoP(tok *tokencache.Token) bool { return strings.EqualFold(tok.Type, "DPoP") }
-
-// rejected marks tok as refused when the upstream answered 401, so the
-// next request (or the retry) gets a fresh token. A DPoP nonce challenge is
-// not a rejection of the token: the transport has stored the nonce and the
-// retry presents the same token with it.
-func (h *Handler) rejected(r *http.Request, w http.ResponseWriter, cache *tokencache.Cache, tok *tokencache.Token, status int) {
-	if h.unsigned(r) || status != http.StatusUnauthorized || nonceChallenged(w.Header()) {
 		return
 	}
-	if !h.sess.rejects.Allow() {
-		h.logger.Warn("upstream keeps rejecting fresh tokens; not refreshing for this 401",
-			zap.String("session", h.Session))
-		return
+	if c.w.status == http.StatusUnauthorized {
+		c.rejected(tok, h.logger)
 	}
-	cache.Invalidate(tok.Value)
-	if c := h.logger.Check(zapcore.DebugLevel, "upstream rejected token; invalidated"); c != nil {
-		c.Write(zap.String("session", h.Session), zap.String("sid", tok.SessionID))
-	}
-}
-
-// bufferBody reads a small request body into memory so that the request
-// can be sent twice. It returns the body and whether the request can be
-// replayed; a large body is left to stream (and is not replayable).
-func bufferBody(r *http.Request) ([]byte, bool, error) {
-	if r.Body == nil || r.Body == http.NoBody {
-		return nil, true, nil
-	}
-	if r.ContentLength > maxReplayBody {
-		return nil, false, nil
-	}
-	orig := r.Body
-	body, err := io.ReadAll(io.LimitReader(orig, maxReplayBody+1))
-	if err != nil {
-		return nil, false, fmt.Errorf("reading request body: %w", err)
-	}
-	if len(body) > maxReplayBody {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(body), orig), orig}
-		return nil, false, nil
-	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	return body, true, nil
 }
 
 // unavailableBody is the JSON answer when there is no token.
@@ -490,6 +407,85 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 		State:   state,
 	})
 	return nil
+}
+
+// provisionOrigins checks and indexes AllowBrowserOrigins.
+func (h *Handler) provisionOrigins() error {
+	h.allowAll, h.allowed = false, nil
+	for _, o := range h.AllowBrowserOrigins {
+		if o == "*" {
+			h.allowAll = true
+			continue
+		}
+		if err := checkOrigin(o); err != nil {
+			return fmt.Errorf("allow_browser_origins: %v", err)
+		}
+		if h.allowed == nil {
+			h.allowed = make(map[string]bool)
+		}
+		h.allowed[strings.ToLower(o)] = true
+	}
+	return nil
+}
+
+// checkOrigin accepts a browser origin: scheme://host[:port], nothing more.
+func checkOrigin(o string) error {
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return fmt.Errorf("%q is not an origin: want scheme://host[:port] (or *)", o)
+	}
+	return nil
+}
+
+// crossSite says why r is a browser request from another site, or "".
+// Browsers mark their requests with Sec-Fetch-Site, and send Origin with
+// every request that is not a plain same-origin navigation; other clients
+// send neither and are never refused.
+func (h *Handler) crossSite(r *http.Request) string {
+	site, origin := r.Header.Get("Sec-Fetch-Site"), r.Header.Get("Origin")
+	if (site == "" && origin == "") || h.allowAll || (origin != "" && h.allowed[strings.ToLower(origin)]) {
+		return ""
+	}
+	if site == "cross-site" || site == "same-site" {
+		return "Sec-Fetch-Site: " + site
+	}
+	if origin != "" && !sameHost(origin, r.Host) {
+		return "Origin not the request's host"
+	}
+	return ""
+}
+
+// sameHost reports whether origin names host (the request's Host header),
+// default ports aside.
+func sameHost(origin, host string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false // "null" and the like
+	}
+	scheme := strings.ToLower(u.Scheme)
+	return dpop.NormalizeAuthority(scheme, u.Host) == dpop.NormalizeAuthority(scheme, host)
+}
+
+// forbiddenBody is the JSON answer to a refused cross-site request.
+type forbiddenBody struct {
+	Error   string `json:"error"`
+	Session string `json:"session"`
+}
+
+// forbidden refuses a cross-site browser request before anything is done
+// with the session.
+func (h *Handler) forbidden(w http.ResponseWriter, why string) error {
+	if c := h.logger.Check(zapcore.DebugLevel, "cross-site browser request refused; see allow_browser_origins"); c != nil {
+		c.Write(zap.String("session", h.Session), zap.String("reason", why))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusForbidden)
+	return json.NewEncoder(w).Encode(forbiddenBody{
+		Error:   "cross-site browser request refused (" + why + ")",
+		Session: h.Session,
+	})
 }
 
 // Interface guards

@@ -114,6 +114,9 @@ type session struct {
 	// rejects every token (wrong audience, missing permission) must not
 	// turn each request into a refresh.
 	rejects *rate.Limiter
+	// rejectedTok is the last token whose rejection spent the budget, so
+	// a burst of 401s for one token spends it once (credential.rejected).
+	rejectedTok atomic.Pointer[tokencache.Token]
 
 	mu       sync.Mutex // guards the fields below
 	bindings []*binding // oldest first
@@ -297,9 +300,9 @@ func (s *session) autoLogin(ctx context.Context, key *dpop.Key, prev string) (*t
 	defer cancel()
 	switch {
 	case set.oauthLogin:
-		return set.oauth.Login()(ctx, key, prev)
+		return checkedLogin(set.oauth.Login())(ctx, key, prev)
 	case set.email != "":
-		return prelude.PasswordLogin(set.client, set.email, set.password)(ctx, key, prev)
+		return checkedLogin(prelude.PasswordLogin(set.client, set.email, set.password))(ctx, key, prev)
 	}
 	return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
 }
@@ -385,7 +388,11 @@ func (b sessionBackend) current() tokencache.Backend {
 func (b sessionBackend) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	return b.current().Refresh(ctx, key, refreshToken)
+	g, err := b.current().Refresh(ctx, key, refreshToken)
+	if err != nil {
+		return nil, err
+	}
+	return checkGrant(g, true)
 }
 
 func (b sessionBackend) Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error {

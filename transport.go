@@ -1,53 +1,25 @@
 package injecttoken
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
-	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 func init() {
 	caddy.RegisterModule(Transport{})
 }
-
-// credVar is the request variable through which the inject_token handler
-// hands the chosen session's token to the transport.
-const credVar = "inject_token.credential"
-
-// credential is one request's token, with what the transport needs to sign
-// DPoP proofs for it. Signed records that a transport presented it, so the
-// handler can tell a route that forgot the transport.
-type credential struct {
-	session string
-	tok     *tokencache.Token // carries its DPoP key
-	nonces  *dpop.NonceStore  // resource-server nonces, per origin
-	signed  atomic.Bool
-}
-
-// String keeps the token out of anything that prints the credential, such
-// as a {http.vars.*} placeholder or a debug log of request variables.
-func (c *credential) String() string {
-	return "inject_token credential (session " + c.session + ", " + c.tok.Type + ")"
-}
-
-// GoString is like String.
-func (c *credential) GoString() string { return c.String() }
-
-// liveTransports counts provisioned inject_token transports, so the handler
-// can refuse a DPoP-bound token when no transport could sign for it.
-var liveTransports atomic.Int64
 
 // Transport is a reverse_proxy transport that presents the session's token
 // to the upstream, signing a fresh DPoP proof for every attempt when the
@@ -79,7 +51,10 @@ type Transport struct {
 	*reverseproxy.HTTPTransport
 
 	origin  *url.URL
-	counted bool // Provision added this transport to liveTransports
+	logger  *zap.Logger
+	bearer  *bearerHeader
+	base    http.RoundTripper // what sends an attempt; the embedded HTTPTransport unless a benchmark sets one
+	counted bool              // Provision added this transport to liveTransports
 }
 
 // CaddyModule returns the Caddy module information.
@@ -92,6 +67,7 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up the wrapped http transport.
 func (t *Transport) Provision(ctx caddy.Context) error {
+	t.logger, t.bearer = ctx.Logger(), new(bearerHeader)
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
@@ -130,54 +106,159 @@ func (t *Transport) Cleanup() error {
 // provided a token; reverse_proxy turns it into 502.
 var errNoCredential = errors.New("inject_token transport: no token for this request (put inject_token before reverse_proxy, or set the transport's session)")
 
-// RoundTrip signs and sends one attempt.
+// errTrace refuses TRACE: an upstream that reflects it would hand the
+// injected token to the client.
+var errTrace = errors.New("inject_token transport: TRACE is not forwarded with a token")
+
+// maxAttempts bounds one exchange: the first attempt, one nonce retry and
+// one retry with a fresh token.
+const maxAttempts = 3
+
+// RoundTrip owns the exchange with the upstream for one request: it takes
+// the session's token as each attempt leaves (after a small body has been
+// buffered, so a slow body never carries a token that expired meanwhile),
+// presents it, and reads the answer: a DPoP nonce challenge is retried
+// with the same token, a rejection invalidates the token and is retried
+// once with a fresh one. Retries need a replayable body (none, or at most
+// 64 KiB, which is buffered); otherwise the upstream's answer is returned.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	cred, err := t.credential(req)
+	if req.Method == http.MethodTrace {
+		return nil, errTrace
+	}
+	c, err := t.credential(req)
 	if err != nil {
 		return nil, err
 	}
 	// The scheme is only known once the wrapped transport has set it; the
 	// proof must name the scheme actually used.
 	t.HTTPTransport.SetScheme(req)
-	if !strings.EqualFold(cred.tok.Type, "DPoP") {
-		cred.signed.Store(true)
-		out := req.Clone(req.Context())
-		out.Header.Set("Authorization", "Bearer "+cred.tok.Value)
-		return t.HTTPTransport.RoundTrip(out)
+	if err := c.buffer(req); err != nil {
+		return nil, err
 	}
-	if cred.tok.Key == nil {
-		return nil, fmt.Errorf("inject_token transport: session %q has a DPoP-bound token but no DPoP key", cred.session)
+	cache := c.sess.cache()
+	nonceRetried, freshRetried, kind := false, false, "first"
+	for range maxAttempts {
+		tok, err := cache.Token(req.Context())
+		if err != nil {
+			return nil, err
+		}
+		resp, htu, err := t.attempt(req, c, tok, kind)
+		if err != nil {
+			return nil, err
+		}
+		if htu != nil {
+			c.sess.rsNonces.Set(htu, resp.Header.Get("DPoP-Nonce"))
+		}
+		switch classify(resp, tok) {
+		case answerNonce:
+			countUpstreamRejection(c.name, rejectionNonce)
+			if nonceRetried || !c.full {
+				return resp, nil
+			}
+			nonceRetried, kind = true, "nonce_retry"
+		case answerRejected:
+			c.rejected(tok, t.logger)
+			if freshRetried || !c.full {
+				return resp, nil
+			}
+			fresh, err := cache.Token(req.Context())
+			if err != nil || fresh.Value == tok.Value {
+				return resp, nil // no fresh token: the upstream's answer stands
+			}
+			freshRetried, kind = true, "first"
+			countRequest(c.name, resultRetried401)
+		default:
+			return resp, nil
+		}
+		discard(resp)
 	}
-	resp, err := t.attempt(req, cred, "first")
-	if err != nil || !nonceChallenge(resp) || !bodiless(req) {
-		return resp, err
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	return t.attempt(req, cred, "nonce_retry")
+	return nil, errors.New("inject_token transport: too many attempts") // unreachable
 }
 
-// attempt signs a fresh proof for req as it will be sent and sends a copy
-// (the RoundTripper contract forbids changing the caller's request).
-func (t *Transport) attempt(req *http.Request, cred *credential, kind string) (*http.Response, error) {
-	htu := t.htu(req)
-	proof, err := cred.tok.Key.ProofForURL(req.Method, htu, dpop.ProofOptions{
-		AccessToken: cred.tok.Value,
-		Nonce:       cred.nonces.Get(htu),
-	})
+// attempt sends one copy of req (the RoundTripper contract forbids changing
+// the caller's) presenting tok. It returns the htu a DPoP proof was signed
+// for, so the caller can record the upstream's nonce for it.
+func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.Token, kind string) (*http.Response, *url.URL, error) {
+	out := new(http.Request)
+	*out = *req // the Trailer map stays shared: reverse_proxy fills it at EOF
+	out.Header = req.Header.Clone()
+	if c.body != nil || c.src != nil {
+		out.Body, out.ContentLength = c.replay(req), req.ContentLength
+		if c.full {
+			out.ContentLength = int64(len(c.body))
+			if req.ContentLength < 0 && len(req.Trailer) > 0 {
+				out.ContentLength = -1 // trailers need chunked framing
+			}
+			out.GetBody = func() (io.ReadCloser, error) { return c.replay(req), nil }
+		}
+	}
+	var htu *url.URL
+	if isDPoP(tok) {
+		htu = t.htu(req)
+		if err := presentDPoP(out, tok, htu, &c.sess.rsNonces); err != nil {
+			return nil, nil, fmt.Errorf("inject_token transport: session %q: %w", c.name, err)
+		}
+		countProof(c.name, kind)
+	} else {
+		presentBearer(out.Header, tok, t.bearer)
+	}
+	c.presented.Store(true)
+	base := t.base
+	if base == nil {
+		base = t.HTTPTransport
+	}
+	resp, err := base.RoundTrip(out)
+	return resp, htu, err
+}
+
+// discard drains a little of a response that is being replaced by a retry,
+// so its connection can be reused, and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxReplayBody))
+	resp.Body.Close()
+}
+
+// buffer reads a body of at most maxReplayBody into c so that it can be
+// sent more than once; a larger one streams (its first bytes are kept and
+// sent before the rest). A reverse_proxy retry of the same request finds
+// the body already read.
+func (c *credential) buffer(req *http.Request) error {
+	if req.Body == nil || req.Body == http.NoBody {
+		c.src, c.body, c.full = nil, nil, true
+		return nil
+	}
+	if c.src == req.Body {
+		return nil // reverse_proxy is retrying this request (dial error)
+	}
+	c.src, c.body, c.full = req.Body, nil, false
+	if req.ContentLength > maxReplayBody {
+		return nil
+	}
+	body, err := io.ReadAll(io.LimitReader(req.Body, maxReplayBody+1))
 	if err != nil {
-		return nil, fmt.Errorf("inject_token transport: signing DPoP proof: %w", err)
+		return fmt.Errorf("inject_token transport: reading request body: %w", err)
 	}
-	out := req.Clone(req.Context())
-	out.Header.Set("Authorization", "DPoP "+cred.tok.Value)
-	out.Header.Set("DPoP", proof)
-	cred.signed.Store(true)
-	countProof(cred.session, kind)
-	resp, err := t.HTTPTransport.RoundTrip(out)
-	if resp != nil {
-		cred.nonces.Set(htu, resp.Header.Get("DPoP-Nonce"))
+	c.body, c.full = body, len(body) <= maxReplayBody
+	if c.full {
+		dropCredentialNames(req.Trailer, nil) // they arrived with the body's end
 	}
-	return resp, err
+	return nil
+}
+
+// replay returns a reader of the request body for one attempt.
+func (c *credential) replay(req *http.Request) io.ReadCloser {
+	if c.full {
+		return io.NopCloser(bytes.NewReader(c.body))
+	}
+	body := c.src
+	if len(c.body) > 0 {
+		body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(c.body), c.src), c.src}
+		c.body = nil // the stream can be read only once
+	}
+	return &trailerStripper{ReadCloser: body, req: req}
 }
 
 // htu is the URL the resource server will reconstruct: the scheme used,
@@ -196,10 +277,11 @@ func (t *Transport) htu(req *http.Request) *url.URL {
 	return u
 }
 
-// credential finds the token for req: the one the handler chose, or the
-// configured session's.
+// credential finds the request's credential: the one the handler set, or,
+// in transport-only mode, the configured session's, kept in the request's
+// variables for reverse_proxy's retries.
 func (t *Transport) credential(req *http.Request) (*credential, error) {
-	if c, ok := caddyhttp.GetVar(req.Context(), credVar).(*credential); ok && c != nil {
+	if c := credentialOf(req.Context()); c != nil {
 		return c, nil
 	}
 	if t.Session == "" {
@@ -209,32 +291,9 @@ func (t *Transport) credential(req *http.Request) (*credential, error) {
 	if !ok {
 		return nil, fmt.Errorf("inject_token transport: session %q is not configured by any inject_token handler", t.Session)
 	}
-	tok, err := s.cache().Token(req.Context())
-	if err != nil {
-		return nil, err
-	}
-	return &credential{session: t.Session, tok: tok, nonces: &s.rsNonces}, nil
-}
-
-// nonceChallenge reports whether resp asks for a (new) DPoP nonce.
-func nonceChallenge(resp *http.Response) bool {
-	return resp.StatusCode == http.StatusUnauthorized && resp.Header.Get("DPoP-Nonce") != "" && nonceChallenged(resp.Header)
-}
-
-// nonceChallenged reports whether any WWW-Authenticate challenge in h is a
-// DPoP use_dpop_nonce one (servers may send several challenges).
-func nonceChallenged(h http.Header) bool {
-	for _, v := range h.Values("WWW-Authenticate") {
-		if strings.Contains(v, "use_dpop_nonce") {
-			return true
-		}
-	}
-	return false
-}
-
-// bodiless reports whether req can be sent again as is.
-func bodiless(req *http.Request) bool {
-	return req.Body == nil || req.Body == http.NoBody
+	c := &credential{sess: s, name: t.Session}
+	caddyhttp.SetVar(req.Context(), credVar, c)
+	return c, nil
 }
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Side by side: gateway CPU per request of inject_token against a bare
+# reverse_proxy, measured the same way for every site in one run.
+#
+# Needs: go (to build caddy with this module), wrk, curl, Linux /proc. Installs
+# nothing: it says what is missing and stops. Uses 127.0.0.1 ports
+# $PORT_BASE..+5 and +100 (default 18000) and a temporary directory.
+#
+#   bench/run.sh [rounds] [seconds]      # default 3 rounds of 6 s per site
+#
+# Two Caddy processes: the upstream (a `respond` plus a static token
+# endpoint) and the gateway, with one site per variant:
+#   bare      reverse_proxy
+#   static    request_header Authorization "Bearer static" + reverse_proxy
+#   bearer    inject_token (oauth2, dpop off) + reverse_proxy
+#   dpop-es   inject_token (oauth2, DPoP ES256) + reverse_proxy transport inject_token
+#   dpop-ed   the same with EdDSA
+# Each round runs every site once (`wrk -t1 -c32`), in an order that
+# alternates between rounds, and reads the gateway's utime+stime from
+# /proc/<pid>/stat before and after: CPU µs per request = CPU time / requests.
+# The table shows medians over rounds. The gateway and wrk share the machine:
+# on a busy or shared machine, run more rounds and read the spread.
+set -euo pipefail
+
+ROUNDS=${1:-3}
+SECS=${2:-6}
+PORT_BASE=${PORT_BASE:-18000}
+
+missing=()
+command -v go >/dev/null || missing+=("go (https://go.dev/dl/)")
+command -v wrk >/dev/null || missing+=("wrk (e.g. apt-get install wrk)")
+command -v curl >/dev/null || missing+=("curl")
+[ -r /proc/self/stat ] || missing+=("Linux /proc")
+if [ ${#missing[@]} -gt 0 ]; then
+	printf 'bench/run.sh needs: %s\n' "${missing[@]}" >&2
+	exit 1
+fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+echo "building caddy with inject_token..." >&2
+(cd "$ROOT" && go build -o "$TMP/caddy" ./cmd/caddy)
+
+UP=$((PORT_BASE + 100))
+TOKEN=$(head -c 600 /dev/urandom | base64 -w0 | tr '+/' '-_' | tr -d '=')
+cat >"$TMP/upstream.caddyfile" <<CADDY
+{
+	admin off
+	auto_https off
+	persist_config off
+}
+http://127.0.0.1:$UP {
+	handle /bearer/token {
+		header Content-Type application/json
+		respond \`{"access_token":"$TOKEN","token_type":"Bearer","expires_in":86400}\`
+	}
+	handle /dpop/token {
+		header Content-Type application/json
+		respond \`{"access_token":"$TOKEN","token_type":"DPoP","expires_in":86400}\`
+	}
+	respond "ok"
+}
+CADDY
+
+session() { # name endpoint dpop
+	cat <<CADDY
+	inject_token {
+		session $1
+		oauth2 http://127.0.0.1:$UP/$2/token {
+			client_id bench
+			client_secret bench
+		}
+		dpop $3
+	}
+CADDY
+}
+cat >"$TMP/gateway.caddyfile" <<CADDY
+{
+	admin 127.0.0.1:$((PORT_BASE + 19))
+	auto_https off
+	persist_config off
+	storage file_system $TMP/storage
+}
+http://127.0.0.1:$((PORT_BASE + 1)) {
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$((PORT_BASE + 2)) {
+	request_header Authorization "Bearer static"
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$((PORT_BASE + 3)) {
+$(session bench-bearer bearer off)
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$((PORT_BASE + 4)) {
+$(session bench-es256 dpop ES256)
+	reverse_proxy 127.0.0.1:$UP {
+		transport inject_token
+	}
+}
+http://127.0.0.1:$((PORT_BASE + 5)) {
+$(session bench-eddsa dpop EdDSA)
+	reverse_proxy 127.0.0.1:$UP {
+		transport inject_token
+	}
+}
+CADDY
+
+"$TMP/caddy" run --config "$TMP/upstream.caddyfile" --adapter caddyfile >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!)
+"$TMP/caddy" run --config "$TMP/gateway.caddyfile" --adapter caddyfile >"$TMP/gateway.log" 2>&1 &
+GW=$!
+PIDS+=("$GW")
+
+NAMES=(bare static bearer dpop-es dpop-ed)
+LABELS=("bare reverse_proxy" "static request_header Authorization" "inject_token Bearer"
+	"inject_token oauth2 + transport, DPoP ES256" "same, EdDSA")
+for i in 1 2 3 4 5; do # wait until each site answers (and has its token)
+	for _ in $(seq 100); do
+		[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((PORT_BASE + i))/" 2>/dev/null)" = 200 ] && break
+		sleep 0.1
+	done
+	code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((PORT_BASE + i))/" || true)
+	if [ "$code" != 200 ]; then
+		echo "site ${NAMES[$((i - 1))]} answers $code; gateway log:" >&2
+		tail -20 "$TMP/gateway.log" >&2
+		exit 1
+	fi
+done
+
+TCK=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$GW/status"; }
+RSS_START=
+TOTAL=0
+declare -A RPS CPU
+for r in $(seq "$ROUNDS"); do
+	order=(0 1 2 3 4)
+	if [ $((r % 2)) = 0 ]; then order=(4 3 2 1 0); fi
+	for i in "${order[@]}"; do
+		port=$((PORT_BASE + i + 1))
+		wrk -t1 -c32 -d1s "http://127.0.0.1:$port/" >/dev/null # warm connections
+		before=$(cpu)
+		out=$(wrk -t1 -c32 -d"${SECS}s" "http://127.0.0.1:$port/")
+		after=$(cpu)
+		reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+		rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+		us=$(awk -v t=$((after - before)) -v k="$TCK" -v n="$reqs" 'BEGIN {printf "%.1f", t / k * 1e6 / n}')
+		TOTAL=$((TOTAL + reqs))
+		RPS[$i]+="$rps "
+		CPU[$i]+="$us "
+		echo "round $r ${NAMES[$i]}: $rps req/s, $us µs CPU/request" >&2
+	done
+	if [ -z "$RSS_START" ]; then RSS_START=$(rss) START_TOTAL=$TOTAL; fi
+done
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+bare_rps=$(median "${RPS[0]}")
+bare_cpu=$(median "${CPU[0]}")
+echo
+echo "$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $ROUNDS rounds x ${SECS}s, wrk -t1 -c32, medians"
+echo "gateway RSS: $RSS_START KiB after round 1 ($START_TOTAL requests), $(rss) KiB after all $TOTAL"
+echo
+echo "| site | req/s | rps vs bare | gateway CPU µs/request | vs bare |"
+echo "|---|---|---|---|---|"
+for i in 0 1 2 3 4; do
+	rps=$(median "${RPS[$i]}")
+	us=$(median "${CPU[$i]}")
+	awk -v l="${LABELS[$i]}" -v r="$rps" -v br="$bare_rps" -v u="$us" -v bu="$bare_cpu" -v i="$i" \
+		'BEGIN {d = (i == 0) ? "" : sprintf("%+.1f", u - bu); printf "| %s | %.0f | %.2f | %.1f | %s |\n", l, r, r / br, u, d}'
+done
