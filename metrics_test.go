@@ -30,19 +30,6 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
-// engineEmitsAllEvents gates the assertions that need the other branches
-// of this wave: the engine (branch engine) emitting every tokencache.Event
-// (failure reasons, refresh leads, lock waits, the login_failed state), the
-// Prelude client (branch prelude) classifying failures into reasons
-// (status_5xx, invalid_client), and the request path (branch reqpath)
-// counting upstream rejections. On this branch alone the engine emits only
-// EventAttempt with Outcome and Duration. With all three merged (trial
-// merge, 28 Nov 2026) and this set to true, both metrics tests pass.
-//
-// LEAD: set to true when merging those branches, then run
-// go test -race -run 'TestMetrics' .
-const engineEmitsAllEvents = false
-
 // sample is one series of a scrape, histograms flattened into their
 // _bucket, _sum and _count series as Prometheus stores them.
 type sample struct {
@@ -338,16 +325,14 @@ http://localhost:9081 {
 	expectA["refreshed"]++
 	m = scrapeMetrics(t)
 	checkAttempts(m)
-	if engineEmitsAllEvents {
-		waits := m.one(t, "caddy_inject_token_storage_lock_wait_seconds_count", "session", a)
-		if waits < 1 {
-			t.Errorf("storage_lock_wait_seconds_count = %v, want at least the one wait", waits)
-		}
-		// The waiter was seen between polls of the held lock, and file
-		// storage polls once a second: that wait lasted about a second.
-		if fast := m.one(t, "caddy_inject_token_storage_lock_wait_seconds_bucket", "session", a, "le", "0.5"); fast >= waits {
-			t.Errorf("all %v lock waits under 0.5 s; the contended one is missing", waits)
-		}
+	waits := m.one(t, "caddy_inject_token_storage_lock_wait_seconds_count", "session", a)
+	if waits < 1 {
+		t.Errorf("storage_lock_wait_seconds_count = %v, want at least the one wait", waits)
+	}
+	// The waiter was seen between polls of the held lock, and file
+	// storage polls once a second: that wait lasted about a second.
+	if fast := m.one(t, "caddy_inject_token_storage_lock_wait_seconds_bucket", "session", a, "le", "0.5"); fast >= waits {
+		t.Errorf("all %v lock waits under 0.5 s; the contended one is missing", waits)
 	}
 
 	// An upstream 401: the rejected token is replaced and the request
@@ -360,31 +345,25 @@ http://localhost:9081 {
 	if got := m.one(t, "caddy_inject_token_requests_total", "session", a, "result", "retried_401"); got != 1 {
 		t.Errorf("requests_total{retried_401} = %v, want 1", got)
 	}
-	if engineEmitsAllEvents { // counted by the request path (branch reqpath)
-		if got := m.one(t, "caddy_inject_token_upstream_rejections_total", "session", a, "kind", "token_rejected"); got != 1 {
-			t.Errorf("upstream_rejections_total{token_rejected} = %v, want 1", got)
-		}
+	// counted by the request path (branch reqpath)
+	if got := m.one(t, "caddy_inject_token_upstream_rejections_total", "session", a, "kind", "token_rejected"); got != 1 {
+		t.Errorf("upstream_rejections_total{token_rejected} = %v, want 1", got)
 	}
-	if engineEmitsAllEvents {
-		// Every refresh replaced a token with about an hour left.
-		n := expectA["refreshed"]
-		if got := m.one(t, "caddy_inject_token_refresh_lead_seconds_count", "session", a); got != n {
-			t.Errorf("refresh_lead_seconds_count = %v, want %v (one per refresh)", got, n)
-		}
-		if got := m.one(t, "caddy_inject_token_refresh_lead_seconds_bucket", "session", a, "le", "1800"); got != 0 {
-			t.Errorf("%v refreshes with under 30 min lead; tokens had about an hour left", got)
-		}
-		if got := m.one(t, "caddy_inject_token_refresh_lead_seconds_bucket", "session", a, "le", "3600"); got != n {
-			t.Errorf("refresh_lead_seconds_bucket{le=3600} = %v, want %v", got, n)
-		}
+	// Every refresh replaced a token with about an hour left.
+	n := expectA["refreshed"]
+	if got := m.one(t, "caddy_inject_token_refresh_lead_seconds_count", "session", a); got != n {
+		t.Errorf("refresh_lead_seconds_count = %v, want %v (one per refresh)", got, n)
+	}
+	if got := m.one(t, "caddy_inject_token_refresh_lead_seconds_bucket", "session", a, "le", "1800"); got != 0 {
+		t.Errorf("%v refreshes with under 30 min lead; tokens had about an hour left", got)
+	}
+	if got := m.one(t, "caddy_inject_token_refresh_lead_seconds_bucket", "session", a, "le", "3600"); got != n {
+		t.Errorf("refresh_lead_seconds_bucket{le=3600} = %v, want %v", got, n)
 	}
 
 	// The wrong password: failed logins, a failure reason, the state. The
 	// engine pauses automatic login after a few rejections.
-	wantB := "logged_out"
-	if engineEmitsAllEvents {
-		wantB = "login_failed"
-	}
+	const wantB = "login_failed"
 	m = waitScrape(t, b+" "+wantB+" after failed logins", func(m scrape) bool {
 		return m.sum("caddy_inject_token_refresh_total", "session", b, "outcome", "login_fail") >= 1 &&
 			len(m.match("caddy_inject_token_session_state", "session", b, "state", wantB)) == 1
@@ -394,13 +373,11 @@ http://localhost:9081 {
 		t.Errorf("refresh_failures_total of %s = %v, want %v (one per failed login)", b, got, fails)
 	}
 	t.Logf("%s: failures %v", b, m.nonzero("caddy_inject_token_refresh_failures_total", "session", b))
-	if engineEmitsAllEvents {
-		if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", b, "reason", "invalid_client"); got != fails {
-			t.Errorf("refresh_failures_total{%s,invalid_client} = %v, want %v", b, got, fails)
-		}
-		if got := m.one(t, "caddy_inject_token_auto_login_enabled", "session", b); got != 0 {
-			t.Errorf("auto_login_enabled of %s = %v, want 0 (paused)", b, got)
-		}
+	if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", b, "reason", "invalid_client"); got != fails {
+		t.Errorf("refresh_failures_total{%s,invalid_client} = %v, want %v", b, got, fails)
+	}
+	if got := m.one(t, "caddy_inject_token_auto_login_enabled", "session", b); got != 0 {
+		t.Errorf("auto_login_enabled of %s = %v, want 0 (paused)", b, got)
 	}
 
 	// A reload that rebuilds a's cache (refresh_before changes) keeps every
@@ -433,12 +410,8 @@ http://localhost:9081 {
 		return m.sum("caddy_inject_token_refresh_total", "session", a, "outcome", "transient") >= 1
 	})
 	t.Logf("%s: failures %v", a, m.nonzero("caddy_inject_token_refresh_failures_total", "session", a))
-	if engineEmitsAllEvents {
-		if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", a, "reason", "status_5xx"); got < 1 {
-			t.Errorf("refresh_failures_total{status_5xx} = %v after a 500", got)
-		}
-	} else if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", a, "reason", "other"); got != 1 {
-		t.Errorf("refresh_failures_total{other} = %v, want 1 (the engine gives no reason yet)", got)
+	if got := m.one(t, "caddy_inject_token_refresh_failures_total", "session", a, "reason", "status_5xx"); got < 1 {
+		t.Errorf("refresh_failures_total{status_5xx} = %v after a 500", got)
 	}
 	// Each failed attempt is one failure, whatever its reason.
 	var failedAttempts float64
@@ -703,10 +676,6 @@ func checkReferences(t *testing.T, m scrape) {
 			labels[x.name][l][v] = true
 		}
 	}
-	// Until the engine reports it, no session can be in login_failed.
-	pending := func(metric, label, value string) bool {
-		return !engineEmitsAllEvents && metric == "caddy_inject_token_session_state" && label == "state" && value == "login_failed"
-	}
 	refs := queries(t)
 	if len(refs) < 10 {
 		t.Fatalf("only %d queries found in the rules and the dashboard", len(refs))
@@ -752,7 +721,7 @@ func checkReferences(t *testing.T, m scrape) {
 					alts = strings.Split(value, "|")
 				}
 				for _, v := range alts {
-					if !values[v] && !pending(name, label, v) {
+					if !values[v] {
 						t.Errorf("%s: %s{%s=%q} is not in the scrape (have %v)", where, name, label, v, slices.Sorted(maps.Keys(values)))
 					}
 				}
