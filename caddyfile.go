@@ -81,7 +81,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			// A placeholder is checked once it is resolved, at load time.
 			if !strings.Contains(base, "{") {
 				if err := checkBaseURL(base); err != nil {
-					return d.Errf("prelude: %v", err)
+					return d.Errf("prelude '%s': %v", base, err)
 				}
 			}
 			h.Prelude = base
@@ -162,7 +162,7 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 	o.Endpoint = d.Val()
 	if !strings.Contains(o.Endpoint, "{") {
 		if err := checkBaseURL(o.Endpoint); err != nil {
-			return nil, d.Errf("oauth2: %v", err)
+			return nil, d.Errf("oauth2 '%s': %v", o.Endpoint, err)
 		}
 	}
 	if d.NextArg() {

@@ -228,7 +228,7 @@ func (h *Handler) resolve() (*settings, error) {
 		return nil, fmt.Errorf("prelude: %v", err)
 	}
 	if err := checkBaseURL(base); err != nil {
-		return nil, fmt.Errorf("prelude: %v", err)
+		return nil, fmt.Errorf("prelude %q: %v", h.Prelude, err)
 	}
 	if set.client, err = prelude.New(base, prelude.Options{}); err != nil {
 		return nil, err
@@ -249,7 +249,8 @@ func (h *Handler) resolve() (*settings, error) {
 }
 
 // checkBaseURL accepts absolute http(s) URLs without query, fragment or
-// user info.
+// user info. Its errors never quote s, which may be a resolved placeholder:
+// callers quote the configured text.
 func checkBaseURL(s string) error {
 	if s == "" {
 		return errors.New("a base URL is required")
@@ -259,15 +260,15 @@ func checkBaseURL(s string) error {
 	case err != nil:
 		return errors.New("base URL does not parse")
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("base URL must start with http:// or https://, got %q", s)
+		return errors.New("base URL must start with http:// or https://")
 	case u.Host == "":
-		return fmt.Errorf("base URL %q has no host", s)
+		return errors.New("base URL has no host")
 	case u.User != nil:
 		return errors.New("base URL must not contain user info")
 	case u.RawQuery != "" || u.ForceQuery:
-		return fmt.Errorf("base URL %q must not have a query", s)
+		return errors.New("base URL must not have a query")
 	case u.Fragment != "" || u.RawFragment != "":
-		return fmt.Errorf("base URL %q must not have a fragment", s)
+		return errors.New("base URL must not have a fragment")
 	}
 	return nil
 }
