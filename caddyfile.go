@@ -43,6 +43,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			param         <name> <value>
 //		}
 //		dpop ES256|EdDSA|off
+//		seal_key          <key>
+//		seal_key_previous <key...>|unsealed
 //	}
 //
 // Exactly one of prelude and oauth2 is required. session defaults to
@@ -58,6 +60,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if ok, err := h.unmarshalSealing(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[sub] && sub != "strip_header" {
 			return d.Errf("%s already specified", sub)
 		}
@@ -137,7 +145,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.DPoP = v
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header or dpop)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, seal_key or seal_key_previous)", sub)
 		}
 	}
 	switch {

@@ -119,6 +119,10 @@ type Handler struct {
 	// proof for each request as the upstream receives it.
 	DPoP string `json:"dpop,omitempty"`
 
+	// Sealing seals this session's storage; without a seal_key here, the
+	// inject_token app's (global option) applies.
+	Sealing
+
 	sess     *session
 	acquired bool
 	owner    configID
@@ -188,7 +192,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	// Loading the app makes Caddy start it with this config, which starts
 	// the background refresher; validation never starts apps.
-	if _, err := ctx.App("inject_token"); err != nil {
+	app, err := ctx.App("inject_token")
+	if err != nil {
+		return err
+	}
+	if set.sealer, err = h.Sealing.sealer(caddy.NewReplacer(), app.(*App).sealer); err != nil {
 		return err
 	}
 	s, err := acquireSession(ctx, h.Session, set, h.logger)

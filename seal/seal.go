@@ -130,6 +130,12 @@ func (s *Sealer) ID() string {
 	return fmt.Sprintf("%s prev=%s plain=%t", s.current.id, strings.Join(ids, ","), s.AcceptPlain)
 }
 
+// stale reports whether v (which opened) is not sealed with the current
+// key.
+func (s *Sealer) stale(v []byte) bool {
+	return s != nil && !bytes.HasPrefix(v, []byte(prefix+s.current.id+":"))
+}
+
 // Sealed reports whether v is a sealed value.
 func Sealed(v []byte) bool { return bytes.HasPrefix(v, []byte(prefix)) }
 

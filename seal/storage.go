@@ -20,6 +20,12 @@ type Storage struct {
 	certmagic.Storage
 	Sealer *Sealer
 	Prefix string
+	// Immutable, when set, reports keys whose value never changes once
+	// written (a DPoP key file named by its thumbprint). Such a value
+	// opened with a previous key, or plain, is re-sealed with the current
+	// key when loaded, since no later write would do it; rewriting a
+	// mutable value outside its owner's lock could undo a newer write.
+	Immutable func(key string) bool
 }
 
 func (s Storage) sealed(key string) bool { return strings.HasPrefix(key, s.Prefix) }
@@ -46,6 +52,11 @@ func (s Storage) Load(ctx context.Context, key string) ([]byte, error) {
 	plain, err := s.Sealer.Open(v, key)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", key, err)
+	}
+	if s.Immutable != nil && s.Immutable(key) && s.Sealer.stale(v) {
+		// Best effort: the value is read either way, and the next load
+		// tries again.
+		_ = s.Store(ctx, key, plain)
 	}
 	return plain, nil
 }
