@@ -31,20 +31,25 @@ func FuzzResponse(f *testing.F) {
 			t.Fatal(err)
 		}
 		ctx := context.Background()
+		var sent string // the secret this call carried: only it is known to be one
 		switch op % 4 {
 		case 0:
 			var tok *Tokens
+			sent = refresh
 			if tok, err = cl.Refresh(ctx, key, refresh); err == nil && (tok.AccessToken == "" || tok.RefreshToken == "") {
 				t.Fatalf("refresh succeeded without tokens: %v", tok)
 			}
 		case 1:
 			var list *SessionList
+			sent = access
 			if list, err = cl.ListSessions(ctx, access, 10, 0); err == nil && list.Sessions == nil {
 				t.Fatal("listing succeeded with a nil list")
 			}
 		case 2:
+			sent = password
 			_, err = cl.LoginPassword(ctx, "a@b.c", password)
 		case 3:
+			sent = refresh
 			err = cl.Revoke(ctx, key, refresh)
 		}
 		if err == nil {
@@ -54,10 +59,8 @@ func FuzzResponse(f *testing.F) {
 		if !errors.As(err, &pe) || pe.Kind < KindTransient || pe.Kind > KindUnknownOutcome {
 			t.Fatalf("not a classified *Error: %#v", err)
 		}
-		for _, s := range []string{refresh, access, password} {
-			if strings.Contains(err.Error(), s) {
-				t.Fatalf("error text holds a secret: %s", err)
-			}
+		if strings.Contains(err.Error(), sent) {
+			t.Fatalf("error text holds a secret: %s", err)
 		}
 	})
 }
