@@ -51,6 +51,9 @@ func FuzzTokenResponse(f *testing.F) {
 		if !errors.As(err, &oe) || oe.Kind < KindTransient || oe.Kind > KindUnknownOutcome {
 			t.Fatalf("not a classified *Error: %#v", err)
 		}
+		if oe.Op == "discover" {
+			return // a GET that carried no secret
+		}
 		for _, s := range []string{secret, refresh} {
 			if strings.Contains(err.Error(), s) {
 				t.Fatalf("error text holds a secret: %s", err)
