@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -68,6 +69,9 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		}
 		if _, err := h.resolve(); err != nil && err.Error() == "" {
 			t.Fatal("empty validation error")
+		}
+		if _, err := h.Sealing.sealer(caddy.NewReplacer(), nil); err != nil && err.Error() == "" {
+			t.Fatal("empty seal key error")
 		}
 	})
 }
