@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,17 +21,14 @@ import (
 // parsers' cost grows with the input, not with anything hidden in it.
 const maxFuzzConfig = 4 << 10
 
-// fuzzDispenser tokenizes input like a Caddyfile; ok is false for input
-// the lexer itself refuses (Caddy's business, not ours).
-func fuzzDispenser(input string) (*caddyfile.Dispenser, bool) {
+// fuzzTokens tokenizes input like a Caddyfile; ok is false for input the
+// lexer itself refuses (Caddy's business, not ours).
+func fuzzTokens(input string) ([]caddyfile.Token, bool) {
 	if len(input) > maxFuzzConfig {
 		return nil, false
 	}
 	tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
-	if err != nil || len(tokens) == 0 {
-		return nil, false
-	}
-	return caddyfile.NewDispenser(tokens), true
+	return tokens, err == nil && len(tokens) > 0
 }
 
 // assertLocated fails unless err says where in the Caddyfile it is.
@@ -41,18 +39,23 @@ func assertLocated(t *testing.T, err error) {
 	}
 }
 
-// FuzzHandlerCaddyfile: the inject_token directive either parses into a
+// FuzzHandlerCaddyfile: the inject_token directive (and global option)
+// either parses into a
 // handler whose provision-free validation (placeholder resolution, URL
 // checks, building the backend client) gives a clear answer, or fails with
 // an error that names its line. Never a panic.
 func FuzzHandlerCaddyfile(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input string) {
-		d, ok := fuzzDispenser(input)
+		tokens, ok := fuzzTokens(input)
 		if !ok {
 			return
 		}
+		// The same text as the inject_token global option.
+		if _, err := parseGlobalOption(caddyfile.NewDispenser(slices.Clone(tokens)), nil); err != nil {
+			assertLocated(t, err)
+		}
 		h := new(Handler)
-		if err := h.UnmarshalCaddyfile(d); err != nil {
+		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
 			assertLocated(t, err)
 			return
 		}
@@ -81,12 +84,12 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 // gives a clear answer, or fails with an error that names its line.
 func FuzzTransportCaddyfile(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input string) {
-		d, ok := fuzzDispenser(input)
+		tokens, ok := fuzzTokens(input)
 		if !ok {
 			return
 		}
 		tr := new(Transport)
-		if err := tr.UnmarshalCaddyfile(d); err != nil {
+		if err := tr.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
 			if err.Error() == "" {
 				t.Fatal("empty parse error")
 			}
