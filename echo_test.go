@@ -224,6 +224,7 @@ func TestHostileServerEchoes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	clientKeyD := base64.StdEncoding.EncodeToString(ck.D.Bytes()) // the assertion key's material
 	der, _ := x509.MarshalPKCS8PrivateKey(ck)
 	keyFile := filepath.Join(dir, "client.pem")
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
@@ -310,7 +311,7 @@ func TestHostileServerEchoes(t *testing.T) {
 	} {
 		ops = append(ops, op{o.kind, o.session, nil, func() (string, []string) {
 			return adminRaw(t, "POST", "/inject_token/sessions/"+o.session+"/login/refresh-token",
-				`{"refresh_token":"`+refreshIn+`"}`), []string{refreshIn, clientSecret}
+				`{"refresh_token":"`+refreshIn+`"}`), []string{refreshIn, clientSecret, clientKeyD}
 		}, func() error { _, err := oc.Token(context.Background(), key, refreshIn); return err }})
 	}
 
