@@ -49,6 +49,14 @@ func Scrub(s string, secrets []string) string {
 	if len(s) > maxScrubInput {
 		s = s[:maxScrubInput]
 	}
+	// Control characters become spaces first: done after redaction, a
+	// secret echoed with a tab for its space would come out whole.
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 	var forms []string
 	for _, sec := range secrets {
 		if sec != "" {
@@ -181,13 +189,39 @@ func decodesToSecret(run string, forms []string) bool {
 // characters that begins one of the forms.
 func scrubTail(s string, forms []string) string {
 	for _, f := range forms {
-		for n := min(len(f)-1, len(s)); n >= minSecret; n-- {
-			if strings.HasSuffix(s, f[:n]) {
-				return s[:len(s)-n] + Redacted
-			}
+		if n := prefixAtEnd(s, f); n >= minSecret {
+			return s[:len(s)-n] + Redacted
 		}
 	}
 	return s
+}
+
+// prefixAtEnd is the length of the longest proper prefix of f that s ends
+// with, in linear time (Knuth-Morris-Pratt): secrets and texts may be long.
+func prefixAtEnd(s, f string) int {
+	if len(f) < 2 {
+		return 0
+	}
+	fail := make([]int, len(f)) // fail[i]: longest proper border of f[:i+1]
+	for i, k := 1, 0; i < len(f); i++ {
+		for k > 0 && f[i] != f[k] {
+			k = fail[k-1]
+		}
+		if f[i] == f[k] {
+			k++
+		}
+		fail[i] = k
+	}
+	k := 0
+	for i := max(0, len(s)-len(f)+1); i < len(s); i++ {
+		for k > 0 && (k == len(f)-1 || s[i] != f[k]) {
+			k = fail[k-1]
+		}
+		if s[i] == f[k] {
+			k++
+		}
+	}
+	return k
 }
 
 // readable reports whether a secret can still be read out of s once its
@@ -274,17 +308,13 @@ func unescapeJSON(s string) string {
 	return b.String()
 }
 
-// bound turns control characters (log injection) into spaces, cuts s to
-// MaxTextRunes runes (marked by "…") and trims it.
+// bound cuts s to MaxTextRunes runes (marked by "…") and trims it.
 func bound(s string) string {
 	out := make([]rune, 0, min(len(s), MaxTextRunes+1))
 	for _, r := range s {
 		if len(out) == MaxTextRunes {
 			out = append(out, '…')
 			break
-		}
-		if unicode.IsControl(r) {
-			r = ' '
 		}
 		out = append(out, r)
 	}

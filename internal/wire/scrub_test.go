@@ -122,3 +122,45 @@ func TestScrubKeepsWhatIsNotSecret(t *testing.T) {
 		t.Errorf("Scrub changed text without secrets: %q", got)
 	}
 }
+
+// FuzzScrub: whatever a server wraps a secret in, the scrubbed text does
+// not hold it, and it stays bounded. (A secret that Scrub's own markers
+// could spell is left out: a server cannot make those.)
+func FuzzScrub(f *testing.F) {
+	f.Add("got Basic Z3c6U1VQRVItQ0xJRU5ULVNFQ1JFVC00Mg==", "SUPER-CLIENT-SECRET-42")
+	f.Add("client_secret=s3cr%2Bt%2F%3D%26x+y&refresh_token=rt%2Babc%2Fdef%3D%3D", "s3cr+t/=&x y")
+	f.Add(`"password":"Sec\u0026ret\u003cPw\"2"`, `Sec&ret<Pw"2`)
+	f.Add("x\tyzzy-secret", "x yzzy-secret")
+	f.Fuzz(func(t *testing.T, text, secret string) {
+		if len(secret) < minSecret || strings.TrimSpace(secret) != secret ||
+			strings.Contains(Redacted+Withheld+"…", secret) {
+			return
+		}
+		out := Scrub(text, []string{secret})
+		if strings.Contains(out, secret) {
+			t.Fatalf("Scrub(%q, %q) = %q", text, secret, out)
+		}
+		if n := len([]rune(out)); n > MaxTextRunes+1 {
+			t.Fatalf("%d runes", n)
+		}
+	})
+}
+
+func TestPrefixAtEnd(t *testing.T) {
+	for _, tc := range []struct {
+		s, f string
+		want int
+	}{
+		{"token abcde", "abcdef", 5},
+		{"token abcdef", "abcdef", 0}, // whole: not a truncation (ReplaceAll's)
+		{"aaab", "aab", 0},
+		{"xaabaa", "aabaab", 5},
+		{"abab", "ababc", 4},
+		{"", "abc", 0},
+		{"abc", "", 0},
+	} {
+		if got := prefixAtEnd(tc.s, tc.f); got != tc.want {
+			t.Errorf("prefixAtEnd(%q, %q) = %d, want %d", tc.s, tc.f, got, tc.want)
+		}
+	}
+}
