@@ -59,7 +59,9 @@ var echoStyles = []struct {
 	}},
 	{"html", func(_, s string) string { return "<pre>" + html.EscapeString(s) + "</pre>" }},
 	{"go quoted", func(_, s string) string { return "value " + strconv.Quote(s) }},
-	{"base64", func(_, s string) string { return "dump " + base64.StdEncoding.EncodeToString([]byte("secret="+s+"&a=b")) }},
+	{"base64", func(_, s string) string {
+		return "dump " + base64.StdEncoding.EncodeToString([]byte("secret="+s+"&a=b"))
+	}},
 	{"base64url raw", func(_, s string) string { return "dump " + base64.RawURLEncoding.EncodeToString([]byte(s)) }},
 	{"double encoded", func(_, s string) string { return "x=" + url.QueryEscape(url.QueryEscape(s)) }},
 	{"truncated by the server", func(_, s string) string { return "token " + s[:len(s)-1] }},
