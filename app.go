@@ -2,18 +2,25 @@ package injecttoken
 
 import (
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/tokenwarden/caddy-inject-token/seal"
 )
 
 func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the inject_token app. It needs no configuration: every
-// inject_token handler loads it, and Caddy starts it only when a config
-// really runs (never for `caddy validate` or `caddy adapt`). Starting it
-// starts the sessions' background refreshers, so validating a config never
-// logs in or refreshes.
-type App struct{}
+// App is the inject_token app. Every inject_token handler loads it, and
+// Caddy starts it only when a config really runs (never for `caddy
+// validate` or `caddy adapt`). Starting it starts the sessions' background
+// refreshers, so validating a config never logs in or refreshes. Its only
+// configuration is the default sealing of every session's storage (the
+// inject_token global option); a handler may set its own.
+type App struct {
+	Sealing
+
+	sealer *seal.Sealer
+}
 
 // CaddyModule returns the Caddy module information.
 func (App) CaddyModule() caddy.ModuleInfo {
@@ -21,6 +28,13 @@ func (App) CaddyModule() caddy.ModuleInfo {
 		ID:  "inject_token",
 		New: func() caddy.Module { return new(App) },
 	}
+}
+
+// Provision resolves the seal keys.
+func (a *App) Provision(caddy.Context) error {
+	var err error
+	a.sealer, err = a.Sealing.sealer(caddy.NewReplacer(), nil)
+	return err
 }
 
 // Start starts the background refresher of every live session.
@@ -36,4 +50,7 @@ func (App) Start() error {
 func (App) Stop() error { return nil }
 
 // Interface guards
-var _ caddy.App = (*App)(nil)
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)

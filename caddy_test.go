@@ -664,7 +664,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"session too long", "inject_token {\n session " + strings.Repeat("a", 65) + "\n prelude https://a.b\n}", "invalid session name", 2},
 		{"no prelude", "inject_token {\n session a\n}", "a backend is required", 3},
 		{"prelude no arg", "inject_token {\n prelude\n}", "prelude: expected exactly one base URL", 2},
-		{"prelude relative", "inject_token {\n prelude acme.session.prelude.dev\n}", "must start with http:// or https://, got \"acme.session.prelude.dev\"", 2},
+		{"prelude relative", "inject_token {\n prelude acme.session.prelude.dev\n}", "prelude 'acme.session.prelude.dev': base URL must start with http:// or https://", 2},
 		{"prelude ftp", "inject_token {\n prelude ftp://a.b\n}", "must start with http:// or https://", 2},
 		{"prelude query", "inject_token {\n prelude https://a.b/?x=1\n}", "must not have a query", 2},
 		{"prelude no host", "inject_token {\n prelude https:///x\n}", "has no host", 2},

@@ -44,6 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		dpop ES256|EdDSA|off
 //		allow_browser_origins <origin...>|*
+//		seal_key          <key>
+//		seal_key_previous <key...>|unsealed
 //	}
 //
 // Exactly one of prelude and oauth2 is required. session defaults to
@@ -59,6 +61,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if ok, err := h.unmarshalSealing(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[sub] && sub != "strip_header" && sub != "allow_browser_origins" {
 			return d.Errf("%s already specified", sub)
 		}
@@ -82,7 +90,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			// A placeholder is checked once it is resolved, at load time.
 			if !strings.Contains(base, "{") {
 				if err := checkBaseURL(base); err != nil {
-					return d.Errf("prelude: %v", err)
+					return d.Errf("prelude '%s': %v", base, err)
 				}
 			}
 			h.Prelude = base
@@ -152,7 +160,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop or allow_browser_origins)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, allow_browser_origins, seal_key or seal_key_previous)", sub)
 		}
 	}
 	switch {
@@ -177,7 +185,7 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 	o.Endpoint = d.Val()
 	if !strings.Contains(o.Endpoint, "{") {
 		if err := checkBaseURL(o.Endpoint); err != nil {
-			return nil, d.Errf("oauth2: %v", err)
+			return nil, d.Errf("oauth2 '%s': %v", o.Endpoint, err)
 		}
 	}
 	if d.NextArg() {

@@ -120,6 +120,10 @@ type Handler struct {
 	// that send neither header (anything but a browser) are never affected.
 	AllowBrowserOrigins []string `json:"allow_browser_origins,omitempty"`
 
+	// Sealing seals this session's storage; without a seal_key here, the
+	// inject_token app's (global option) applies.
+	Sealing
+
 	allowAll bool
 	allowed  map[string]bool // lowercased origins
 	// placeholders provides {http.inject_token.*} on demand, so a
@@ -198,7 +202,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	// Loading the app makes Caddy start it with this config, which starts
 	// the background refresher; validation never starts apps.
-	if _, err := ctx.App("inject_token"); err != nil {
+	app, err := ctx.App("inject_token")
+	if err != nil {
+		return err
+	}
+	if set.sealer, err = h.Sealing.sealer(caddy.NewReplacer(), app.(*App).sealer); err != nil {
 		return err
 	}
 	s, err := acquireSession(ctx, h.Session, set, h.logger)
@@ -258,7 +266,7 @@ func (h *Handler) resolve() (*settings, error) {
 		return nil, fmt.Errorf("prelude: %v", err)
 	}
 	if err := checkBaseURL(base); err != nil {
-		return nil, fmt.Errorf("prelude: %v", err)
+		return nil, fmt.Errorf("prelude %q: %v", h.Prelude, err)
 	}
 	if set.client, err = prelude.New(base, prelude.Options{}); err != nil {
 		return nil, err
@@ -279,7 +287,8 @@ func (h *Handler) resolve() (*settings, error) {
 }
 
 // checkBaseURL accepts absolute http(s) URLs without query, fragment or
-// user info.
+// user info. Its errors never quote s, which may be a resolved placeholder:
+// callers quote the configured text.
 func checkBaseURL(s string) error {
 	if s == "" {
 		return errors.New("a base URL is required")
@@ -287,19 +296,19 @@ func checkBaseURL(s string) error {
 	u, err := url.Parse(s)
 	switch {
 	case err != nil && !strings.Contains(s, "://"), err == nil && u.Host == "" && u.Opaque != "":
-		return fmt.Errorf("base URL %q has no scheme: write http://%s or https://%s", s, s, s)
+		return errors.New("base URL has no scheme: write http:// or https:// before the host")
 	case err != nil:
-		return fmt.Errorf("base URL %q does not parse: %v", s, errors.Unwrap(err))
+		return errors.New("base URL does not parse")
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("base URL must start with http:// or https://, got %q", s)
+		return errors.New("base URL must start with http:// or https://")
 	case u.Host == "":
-		return fmt.Errorf("base URL %q has no host", s)
+		return errors.New("base URL has no host")
 	case u.User != nil:
 		return errors.New("base URL must not contain user info")
 	case u.RawQuery != "" || u.ForceQuery:
-		return fmt.Errorf("base URL %q must not have a query", s)
+		return errors.New("base URL must not have a query")
 	case u.Fragment != "" || u.RawFragment != "":
-		return fmt.Errorf("base URL %q must not have a fragment", s)
+		return errors.New("base URL must not have a fragment")
 	}
 	return nil
 }

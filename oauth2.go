@@ -66,7 +66,7 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 		return err
 	}
 	if err := checkBaseURL(cfg.Endpoint); err != nil {
-		return fmt.Errorf("oauth2 endpoint: %v", err)
+		return fmt.Errorf("oauth2 endpoint %q: %v", o.Endpoint, err)
 	}
 	if cfg.ClientID, err = field("client_id", o.ClientID); err != nil {
 		return err

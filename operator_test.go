@@ -253,7 +253,7 @@ func TestURLWithoutScheme(t *testing.T) {
 			}
 			err = caddy.Validate(&cfg)
 		}
-		if err == nil || !strings.Contains(err.Error(), "has no scheme: write http://"+u) {
+		if err == nil || !strings.Contains(err.Error(), "has no scheme") || !strings.Contains(err.Error(), u) {
 			t.Errorf("prelude %s: %v", u, err)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
+	"github.com/tokenwarden/caddy-inject-token/seal"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -46,12 +47,14 @@ type settings struct {
 	email         string
 	password      string
 	refreshBefore time.Duration
+	sealer        *seal.Sealer // nil: stored plain
 }
 
 // same reports whether two configs describe the session identically.
 func (s *settings) same(o *settings) bool {
 	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password &&
-		s.refreshBefore == o.refreshBefore && s.oauthKey == o.oauthKey && s.dpopAlg == o.dpopAlg
+		s.refreshBefore == o.refreshBefore && s.oauthKey == o.oauthKey && s.dpopAlg == o.dpopAlg &&
+		s.sealer.ID() == o.sealer.ID()
 }
 
 // sameCredentials reports whether two configs log in with the same
@@ -162,7 +165,11 @@ func (s *session) Destruct() error {
 // it, or binding the new settings to it if one does. On success the caller
 // must call releaseSession exactly once.
 func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.Logger) (*session, error) {
-	b := &binding{owner: configOf(ctx), refs: 1, set: set, storage: ctx.Storage(), logger: logger}
+	storage, err := sealedStorage(ctx, name, set.sealer)
+	if err != nil {
+		return nil, err
+	}
+	b := &binding{owner: configOf(ctx), refs: 1, set: set, storage: storage, logger: logger}
 	val, loaded, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
 		s := &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst)}
 		s.bindings = []*binding{b}

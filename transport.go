@@ -71,6 +71,20 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
+	if err := t.validate(); err != nil {
+		return err
+	}
+	if err := t.HTTPTransport.Provision(ctx); err != nil {
+		return err
+	}
+	liveTransports.Add(1)
+	t.counted = true
+	return nil
+}
+
+// validate checks the transport's own options and parses origin; it needs
+// no context, so the Caddyfile fuzz test can run it.
+func (t *Transport) validate() error {
 	if t.Origin != "" {
 		u, err := url.Parse(t.Origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
@@ -81,11 +95,6 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if t.Session != "" && !validSessionName(t.Session) {
 		return fmt.Errorf("invalid session name %q: %s", t.Session, sessionNameHint)
 	}
-	if err := t.HTTPTransport.Provision(ctx); err != nil {
-		return err
-	}
-	liveTransports.Add(1)
-	t.counted = true
 	return nil
 }
 

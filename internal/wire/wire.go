@@ -26,7 +26,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode"
 
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -154,30 +153,6 @@ func readBounded(r io.Reader, limit int64) ([]byte, error) {
 
 // MaxTextRunes bounds server text copied into errors (and so into logs).
 const MaxTextRunes = 200
-
-// Scrub makes server- or library-provided text safe for an error string and
-// a log line: every non-empty secret is replaced by "[redacted]", control
-// characters (log injection) become spaces, the result is cut to
-// MaxTextRunes runes (marked by "…") and trimmed.
-func Scrub(s string, secrets []string) string {
-	for _, sec := range secrets {
-		if sec != "" {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	out := make([]rune, 0, min(len(s), MaxTextRunes+1))
-	for _, r := range s {
-		if len(out) == MaxTextRunes {
-			out = append(out, '…')
-			break
-		}
-		if unicode.IsControl(r) {
-			r = ' '
-		}
-		out = append(out, r)
-	}
-	return strings.TrimSpace(string(out))
-}
 
 // RetryHint is the server's Retry-After hint for r (see RetryAfter): only
 // a 429 or 503 carries one; any other status yields 0.

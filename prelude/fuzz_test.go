@@ -1,0 +1,66 @@
+package prelude
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/internal/fuzzhttp"
+)
+
+// FuzzResponse feeds a hostile server's answer (status, headers, body) to
+// each call the gateway makes: the result is tokens that are there, or an
+// *Error with a kind and a text that never holds the secrets the request
+// carried. Seeds in testdata/fuzz/FuzzResponse.
+func FuzzResponse(f *testing.F) {
+	const (
+		refresh  = "rt-FUZZ-0123456789abcdef"
+		access   = "at-FUZZ-0123456789abcdef"
+		password = "pw-FUZZ-0123456789abcdef"
+	)
+	key, err := dpop.GenerateKey(dpop.ES256)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, op uint8, status int, header string, body []byte) {
+		srv := fuzzhttp.Server{Status: status, Header: header, Body: body}
+		cl, err := New("http://prelude.test", Options{HTTPClient: srv.Client(), MaxResponseBytes: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		var sent string // the secret this call carried: only it is known to be one
+		switch op % 4 {
+		case 0:
+			var tok *Tokens
+			sent = refresh
+			if tok, err = cl.Refresh(ctx, key, refresh); err == nil && (tok.AccessToken == "" || tok.RefreshToken == "") {
+				t.Fatalf("refresh succeeded without tokens: %v", tok)
+			}
+		case 1:
+			var list *SessionList
+			sent = access
+			if list, err = cl.ListSessions(ctx, access, 10, 0); err == nil && list.Sessions == nil {
+				t.Fatal("listing succeeded with a nil list")
+			}
+		case 2:
+			sent = password
+			_, err = cl.LoginPassword(ctx, "a@b.c", password)
+		case 3:
+			sent = refresh
+			err = cl.Revoke(ctx, key, refresh)
+		}
+		if err == nil {
+			return
+		}
+		var pe *Error
+		if !errors.As(err, &pe) || pe.Kind < KindTransient || pe.Kind > KindUnknownOutcome {
+			t.Fatalf("not a classified *Error: %#v", err)
+		}
+		if strings.Contains(err.Error(), sent) {
+			t.Fatalf("error text holds a secret: %s", err)
+		}
+	})
+}
