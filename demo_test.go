@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
@@ -53,10 +54,18 @@ func exampleDemo(t *testing.T, storage string) demo {
 	return demo{config: cfg, sandbox: "http://127.0.0.1:" + sb, gateway: "http://127.0.0.1:" + gw, dashboard: "http://127.0.0.1:" + db}
 }
 
-// start loads the demo into the in-process Caddy.
+// start loads the demo into the in-process Caddy and waits for its session
+// to be active: the demo logs in by itself, in the background, and its
+// first attempt may run before the sandbox site listens (then it retries
+// after a short backoff).
 func (d demo) start(t *testing.T) *caddytest.Tester {
 	t.Helper()
-	return startConfig(t, d.config)
+	tester := startConfig(t, d.config)
+	a := &adminClient{t: t}
+	waitWithin(t, "the demo session to be active", 30*time.Second, func() bool {
+		return a.call("GET", "/inject_token/sessions/demo", "", http.StatusOK)["state"] == "active"
+	})
+	return tester
 }
 
 // stop unloads every config, as stopping the process would: the sandbox
