@@ -69,6 +69,7 @@ const (
 	sessionName = "drill"
 	keyPrefix   = "drill"
 	lockKey     = keyPrefix + "/locks/inject_token_" + sessionName
+	recordKey   = keyPrefix + "/inject_token/" + sessionName + "/state.json"
 )
 
 // clusterOptions shape one drill's cluster.
@@ -78,6 +79,7 @@ type clusterOptions struct {
 	refreshBefore time.Duration
 	persist       bool          // Redis append-only file
 	lockTTL       time.Duration // lease; default 2s
+	redisTimeout  time.Duration // per Redis read/write; default 1s
 }
 
 // cluster is one Redis, one sandbox and several Caddy processes, each
@@ -107,6 +109,9 @@ func startCluster(t *testing.T, opts clusterOptions) *cluster {
 	t.Helper()
 	if opts.lockTTL == 0 {
 		opts.lockTTL = 2 * time.Second
+	}
+	if opts.redisTimeout == 0 {
+		opts.redisTimeout = time.Second
 	}
 	r := interop.StartRedis(t, interop.RedisOptions{Persist: opts.persist})
 	bin := caddyBinary(t)
@@ -158,7 +163,7 @@ func (c *cluster) startNode(bin, name string) *node {
 		lock_ttl %s
 		lock_refresh %s
 		lock_poll 100ms
-		timeout 1s
+		timeout %s
 	}
 }
 
@@ -174,7 +179,7 @@ func (c *cluster) startNode(bin, name string) *node {
 		rewrite /whoami
 	}
 }
-`, strings.TrimPrefix(n.admin, "http://"), n.proxy.addr, keyPrefix, c.opts.lockTTL, c.opts.lockTTL/4,
+`, strings.TrimPrefix(n.admin, "http://"), n.proxy.addr, keyPrefix, c.opts.lockTTL, c.opts.lockTTL/4, c.opts.redisTimeout,
 		n.url, sessionName, c.sb.URL, sandbox.DemoEmail, sandbox.DemoPassword, c.opts.refreshBefore, sandboxHost)
 	cfgPath := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -370,5 +375,14 @@ func (c *cluster) assertExactlyOnce(base sandbox.Stats, lifetimes int64) {
 	}
 	if st.MaxRefreshInFlight > 1 {
 		c.t.Errorf("max refreshes in flight = %d, want 1", st.MaxRefreshInFlight)
+	}
+}
+
+// waitLockFree waits until no instance holds the session lock, i.e. the
+// last refresh has been written and the lease released.
+func (c *cluster) waitLockFree() {
+	c.t.Helper()
+	if !poll(10*time.Second, 5*time.Millisecond, func() bool { return c.lockOwner(context.Background()) == 0 }) {
+		c.t.Fatal("session lock still held after 10s")
 	}
 }

@@ -9,7 +9,12 @@
 package drills
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"slices"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -113,5 +118,191 @@ func TestDrillPartition(t *testing.T) {
 	}
 	if victimAll.failed != victimAll.unavailable {
 		t.Errorf("victim failures other than 503+Retry-After: %v", victimAll.byStatus)
+	}
+}
+
+// Drill 4: the lock holder is stopped (SIGSTOP) after it has taken the
+// lease and re-read the record, before it writes its intent and presents
+// the refresh token, and stays stopped past the lease, so another instance
+// takes the lock and refreshes. When it resumes it still believes it holds
+// the lock and its view of the record is stale; fencing — the engine
+// re-reading the record's generation and intent before presenting and
+// before writing — must keep it from presenting the refresh token the
+// other instance has already spent. Reuse events must stay 0 and the
+// session must survive.
+//
+// The stop point is exact: the holder's fault proxy recognises the lease
+// being taken (redislock's obtain script, the only call on the lock key
+// with seven RESP elements) and then the re-read of the record, and stops
+// the process before delivering that read's reply.
+//
+// NEEDS ENGINE FENCING (issue 8 item 5, branch engine). Without it the
+// resumed holder presents the spent token: "reuse events = 1".
+func TestDrillPausedHolder(t *testing.T) {
+	// Redis reads may take 10 s: the stop then looks to the holder like a
+	// pause between reading the reply and acting on it (a GC pause, a VM
+	// freeze), not like a timed-out read it would give up on.
+	c := startCluster(t, clusterOptions{instances: 3, ttl: 3 * time.Second, refreshBefore: 2 * time.Second,
+		lockTTL: time.Second, redisTimeout: 10 * time.Second})
+	l := c.startLoad()
+	c.waitRefreshes(c.sb.Stats().RefreshSuccesses+1, 30*time.Second)
+	stopped := make(chan *node, 1)
+	var once sync.Once
+	for _, n := range c.nodes {
+		var (
+			mu       sync.Mutex
+			obtained bool // the lease was just taken; the next read of the record is the re-read
+		)
+		n.proxy.setIntercept(func(req []byte) func() {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case bytes.HasPrefix(req, []byte("*7\r\n")) && bytes.Contains(req, []byte(lockKey)):
+				obtained = true
+			case obtained && bytes.Contains(req, []byte("get")) && bytes.Contains(req, []byte(recordKey)):
+				obtained = false
+				var f func()
+				once.Do(func() {
+					f = func() {
+						_ = n.cmd.Process.Signal(syscall.SIGSTOP)
+						stopped <- n
+					}
+				})
+				return f
+			}
+			return nil
+		})
+	}
+	var victim *node
+	select {
+	case victim = <-stopped:
+		victim.stopped = true
+	case <-time.After(30 * time.Second):
+		t.Fatal("no instance took the session lock and re-read the record within 30s")
+	}
+	for _, n := range c.nodes {
+		n.proxy.setIntercept(nil)
+	}
+	ctx := context.Background()
+	vi := slices.Index(c.nodes, victim)
+	l.pause(vi, true)
+	paused := time.Now()
+	atPause := c.sb.Stats()
+	// Stay stopped until the others have moved the session on by two
+	// events (refreshes or logins), or three lifetimes.
+	moved := poll(3*c.opts.ttl, 20*time.Millisecond, func() bool {
+		st := c.sb.Stats()
+		return st.RefreshSuccesses+st.Logins-atPause.RefreshSuccesses-atPause.Logins >= 2
+	})
+	owner := c.nodeByPid(c.lockOwner(ctx))
+	victim.signal(t, syscall.SIGCONT)
+	pausedFor := time.Since(paused)
+	l.pause(vi, false)
+	resumed := time.Now()
+	c.waitRefreshes(c.sb.Stats().RefreshSuccesses+3, 60*time.Second)
+	for _, n := range c.nodes {
+		c.waitServing(n, 60*time.Second)
+	}
+	l.finish()
+	c.logCounts("drill 4")
+	rs := l.snapshot()
+	others := count(rs, func(r result) bool { return r.node != vi })
+	after := count(rs, func(r result) bool { return r.start.After(resumed) })
+	ownerName := "nobody"
+	if owner != nil {
+		ownerName = owner.name
+	}
+	t.Logf("drill 4: %s stopped holding the lease for %v (lease %v; others moved on: %v; lease then held by %s); refresh calls at stop %d; others: %d requests, %d failed %v; after resume: %d requests, %d failed %v",
+		victim.name, pausedFor.Round(time.Millisecond), c.opts.lockTTL, moved, ownerName, atPause.RefreshCalls,
+		others.total, others.failed, others.byStatus, after.total, after.failed, after.byStatus)
+	if st := c.sb.Stats(); st.ReuseEvents != 0 {
+		t.Errorf("reuse events = %d, want 0: the resumed holder presented a spent refresh token", st.ReuseEvents)
+	}
+}
+
+// Drill 5: Redis restarted without persistence mid-run, losing every key.
+// The instances keep serving from memory; the first to notice writes its
+// state back instead of logging in again; no spent refresh token is
+// presented.
+//
+// NEEDS ENGINE WRITE-BACK (branch engine). Without it the first instance
+// to find the record gone logs in again: "logins = 2, want 1".
+func TestDrillDataLoss(t *testing.T) {
+	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second})
+	l := c.startLoad()
+	base := c.sb.Stats()
+	c.waitRefreshes(base.RefreshSuccesses+2, 30*time.Second)
+	c.waitLockFree()
+	c.redis.Kill()
+	c.redis.Start()
+	lost := time.Now()
+	c.waitRefreshes(c.sb.Stats().RefreshSuccesses+4, 60*time.Second)
+	l.finish()
+	c.logCounts("drill 5")
+	keys, _ := c.rdb.Keys(context.Background(), keyPrefix+"/*").Result()
+	tl := count(l.snapshot(), nil)
+	afterLoss := count(l.snapshot(), func(r result) bool { return r.start.After(lost) })
+	t.Logf("drill 5: requests=%d failed=%d (after the loss %d, failed %d %v); keys in Redis afterwards: %q",
+		tl.total, tl.failed, afterLoss.total, afterLoss.failed, afterLoss.byStatus, keys)
+	c.assertExactlyOnce(base, 6)
+	if tl.failed != 0 {
+		t.Errorf("failed requests = %d, want 0 (%v)", tl.failed, tl.byStatus)
+	}
+}
+
+// Drill 6: Redis killed for 30 s (with persistence, so it comes back with
+// its data). Valid tokens keep serving, then 503 with Retry-After; no
+// refresh is attempted without the lock; the cluster recovers by itself.
+func TestDrillRedisDown(t *testing.T) {
+	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second, persist: true})
+	l := c.startLoad()
+	base := c.sb.Stats()
+	c.waitRefreshes(base.RefreshSuccesses+1, 30*time.Second)
+	// Kill between refreshes: a refresh cut in the middle is drill 5's
+	// and the lost-response rule's business, not this drill's.
+	c.waitLockFree()
+	c.redis.Kill()
+	down := time.Now()
+	atKill := c.sb.Stats()
+	usable := make([]time.Time, len(c.nodes))
+	for i, n := range c.nodes {
+		exp, err := time.Parse(time.RFC3339Nano, fmt.Sprint(c.status(n)["expires_at"]))
+		if err != nil {
+			t.Fatalf("%s: token expiry: %v", n.name, err)
+		}
+		usable[i] = exp.Add(-300 * time.Millisecond)
+	}
+	<-time.After(30 * time.Second) // the outage itself
+	duringOutage := c.sb.Stats()
+	c.redis.Start()
+	up := time.Now()
+	recovery := make([]time.Duration, len(c.nodes))
+	for i := range c.nodes {
+		if !poll(150*time.Second, 50*time.Millisecond, func() bool {
+			return count(l.snapshot(), func(r result) bool { return r.node == i && r.start.After(up) }).ok > 0
+		}) {
+			t.Errorf("%s did not serve again within 150s of Redis coming back", c.nodes[i].name)
+		}
+		recovery[i] = time.Since(up)
+	}
+	c.waitRefreshes(c.sb.Stats().RefreshSuccesses+2, 60*time.Second)
+	l.finish()
+	c.logCounts("drill 6")
+	rs := l.snapshot()
+	valid := count(rs, func(r result) bool { return r.start.After(down) && r.end.Before(usable[r.node]) })
+	outage := count(rs, func(r result) bool { return r.start.After(down) && r.end.Before(up) })
+	all := count(rs, nil)
+	t.Logf("drill 6: Redis down %v; refresh calls during the outage: %d; while tokens were valid: %d requests, %d failed; whole outage: %d requests, %d ok, %d × 503+Retry-After %v; serving again after %v",
+		up.Sub(down).Round(time.Millisecond), duringOutage.RefreshCalls-atKill.RefreshCalls, valid.total, valid.failed,
+		outage.total, outage.ok, outage.unavailable, outage.byStatus, recovery)
+	c.assertExactlyOnce(base, 3)
+	if n := duringOutage.RefreshCalls - atKill.RefreshCalls; n != 0 {
+		t.Errorf("%d refresh calls while Redis was down (no lock to take), want 0", n)
+	}
+	if valid.failed != 0 {
+		t.Errorf("%d requests failed while their instance's token was valid (%v)", valid.failed, valid.byStatus)
+	}
+	if all.failed != all.unavailable {
+		t.Errorf("failures other than 503 with Retry-After: %v", all.byStatus)
 	}
 }

@@ -24,6 +24,29 @@ type faultProxy struct {
 	minLat      time.Duration
 	maxLat      time.Duration
 	calls       int64 // client→server chunks forwarded
+	// intercept, when set, sees every client→server chunk; a func it
+	// returns runs just before the reply to that chunk is delivered.
+	intercept func(req []byte) (beforeReply func())
+}
+
+// pair is one proxied connection's pending interception.
+type pair struct {
+	mu          sync.Mutex
+	beforeReply func()
+}
+
+func (c *pair) set(f func()) {
+	c.mu.Lock()
+	c.beforeReply = f
+	c.mu.Unlock()
+}
+
+func (c *pair) take() func() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.beforeReply
+	c.beforeReply = nil
+	return f
 }
 
 func newFaultProxy(t *testing.T, target string) *faultProxy {
@@ -87,14 +110,15 @@ func (p *faultProxy) handle(client net.Conn) {
 	}
 	defer p.untrack(server)
 	done := make(chan struct{}, 2)
-	go func() { p.pipe(server, client, true); done <- struct{}{} }()
-	go func() { p.pipe(client, server, false); done <- struct{}{} }()
+	pr := new(pair)
+	go func() { p.pipe(server, client, pr, true); done <- struct{}{} }()
+	go func() { p.pipe(client, server, pr, false); done <- struct{}{} }()
 	<-done
 }
 
 // pipe copies src to dst; upstream chunks get the configured latency, and
 // during a partition nothing is forwarded in either direction.
-func (p *faultProxy) pipe(dst, src net.Conn, upstream bool) {
+func (p *faultProxy) pipe(dst, src net.Conn, pr *pair, upstream bool) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
@@ -109,6 +133,11 @@ func (p *faultProxy) pipe(dst, src net.Conn, upstream bool) {
 			}
 			if upstream {
 				p.delay()
+				if f := p.interceptor(); f != nil {
+					pr.set(f(buf[:n]))
+				}
+			} else if f := pr.take(); f != nil {
+				f()
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
@@ -145,6 +174,19 @@ func (p *faultProxy) delay() {
 	}
 	// The fault being injected, not synchronisation.
 	time.Sleep(d)
+}
+
+func (p *faultProxy) interceptor() func([]byte) func() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.intercept
+}
+
+// setIntercept installs (or, with nil, removes) an interceptor.
+func (p *faultProxy) setIntercept(f func(req []byte) (beforeReply func())) {
+	p.mu.Lock()
+	p.intercept = f
+	p.mu.Unlock()
 }
 
 // setLatency delays every call by a uniform random time in [lo, hi].
