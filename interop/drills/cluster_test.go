@@ -51,6 +51,8 @@ func TestMain(m *testing.M) {
 func caddyBinary(t *testing.T) string {
 	t.Helper()
 	buildOne.Do(func() {
+		start := time.Now()
+		defer func() { t.Logf("built caddy-redis in %v", time.Since(start).Round(time.Millisecond)) }()
 		binPath = filepath.Join(binDir, "caddy-redis")
 		cmd := exec.Command("go", "build", "-o", binPath, "github.com/tokenwarden/caddy-inject-token/interop/cmd/caddy-redis")
 		out, err := cmd.CombinedOutput()
@@ -102,7 +104,8 @@ type node struct {
 	admin   string // the admin endpoint
 	logPath string
 	exited  chan struct{}
-	stopped bool // SIGSTOP sent and no SIGCONT yet
+	ready   chan struct{} // closed once Caddy serves its config
+	stopped bool          // SIGSTOP sent and no SIGCONT yet
 }
 
 func startCluster(t *testing.T, opts clusterOptions) *cluster {
@@ -123,12 +126,17 @@ func startCluster(t *testing.T, opts clusterOptions) *cluster {
 		rdb:   redis.NewClient(&redis.Options{Addr: r.Addr, DisableIdentity: true}),
 	}
 	t.Cleanup(func() { c.rdb.Close() })
+	start := time.Now()
 	for i := range opts.instances {
 		c.nodes = append(c.nodes, c.startNode(bin, fmt.Sprintf("caddy%d", i+1)))
 	}
 	for _, n := range c.nodes {
+		c.waitReady(n)
+	}
+	for _, n := range c.nodes {
 		c.waitServing(n, 60*time.Second)
 	}
+	t.Logf("cluster of %d serving after %v", opts.instances, time.Since(start).Round(time.Millisecond))
 	return c
 }
 
@@ -152,6 +160,7 @@ func (c *cluster) startNode(bin, name string) *node {
 		admin:   "http://" + freeAddr(t),
 		logPath: filepath.Join(dir, "caddy.log"),
 		exited:  make(chan struct{}),
+		ready:   make(chan struct{}),
 	}
 	sandboxHost := strings.TrimPrefix(c.sb.URL, "http://")
 	cfg := fmt.Sprintf(`{
@@ -200,7 +209,6 @@ func (c *cluster) startNode(bin, name string) *node {
 		t.Fatal(err)
 	}
 	n.cmd = cmd
-	ready := make(chan struct{})
 	go func() {
 		defer close(n.exited)
 		sc := bufio.NewScanner(stderr)
@@ -210,7 +218,7 @@ func (c *cluster) startNode(bin, name string) *node {
 			fmt.Fprintln(logf, sc.Text())
 			if !signalled && strings.Contains(sc.Text(), "serving initial configuration") {
 				signalled = true
-				close(ready)
+				close(n.ready)
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr)
@@ -226,15 +234,20 @@ func (c *cluster) startNode(bin, name string) *node {
 			t.Logf("%s log (last 6000 bytes):\n%s", n.name, tail(b, 6000))
 		}
 	})
+	return n
+}
+
+// waitReady waits until n's Caddy serves its config.
+func (c *cluster) waitReady(n *node) {
+	c.t.Helper()
 	select {
-	case <-ready:
+	case <-n.ready:
 	case <-n.exited:
 		b, _ := os.ReadFile(n.logPath)
-		t.Fatalf("%s exited at start:\n%s", name, tail(b, 6000))
+		c.t.Fatalf("%s exited at start:\n%s", n.name, tail(b, 6000))
 	case <-time.After(60 * time.Second):
-		t.Fatalf("%s not ready after 60s", name)
+		c.t.Fatalf("%s not ready after 60s", n.name)
 	}
-	return n
 }
 
 func tail(b []byte, n int) string {
