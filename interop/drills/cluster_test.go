@@ -2,6 +2,7 @@ package drills
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -80,8 +81,8 @@ type clusterOptions struct {
 	ttl           time.Duration // access-token lifetime at the sandbox
 	refreshBefore time.Duration
 	persist       bool          // Redis append-only file
-	lockTTL       time.Duration // lease; default 2s
-	redisTimeout  time.Duration // per Redis read/write; default 1s
+	lockTTL       time.Duration // lease; default 5s (the module's)
+	redisTimeout  time.Duration // per Redis read/write; default 3s (go-redis's), below the lease
 }
 
 // cluster is one Redis, one sandbox and several Caddy processes, each
@@ -111,10 +112,10 @@ type node struct {
 func startCluster(t *testing.T, opts clusterOptions) *cluster {
 	t.Helper()
 	if opts.lockTTL == 0 {
-		opts.lockTTL = 2 * time.Second
+		opts.lockTTL = 5 * time.Second
 	}
 	if opts.redisTimeout == 0 {
-		opts.redisTimeout = time.Second
+		opts.redisTimeout = 3 * time.Second
 	}
 	r := interop.StartRedis(t, interop.RedisOptions{Persist: opts.persist})
 	bin := caddyBinary(t)
@@ -231,7 +232,7 @@ func (c *cluster) startNode(bin, name string) *node {
 		<-n.exited
 		if t.Failed() {
 			b, _ := os.ReadFile(n.logPath)
-			t.Logf("%s log (last 6000 bytes):\n%s", n.name, tail(b, 6000))
+			t.Logf("%s log (engine, warnings and errors):\n%s", n.name, tail(relevant(b), 8000))
 		}
 	})
 	return n
@@ -248,6 +249,21 @@ func (c *cluster) waitReady(n *node) {
 	case <-time.After(60 * time.Second):
 		c.t.Fatalf("%s not ready after 60s", n.name)
 	}
+}
+
+// relevant keeps the log lines worth reading after a failure: the engine's
+// and every warning or error, without the admin API's request lines.
+func relevant(b []byte) []byte {
+	var out []byte
+	for line := range bytes.Lines(b) {
+		if bytes.Contains(line, []byte(`"logger":"admin.api"`)) || bytes.Contains(line, []byte("skipped because it requires TLS")) {
+			continue
+		}
+		if bytes.Contains(line, []byte("inject_token")) || bytes.Contains(line, []byte(`"level":"warn"`)) || bytes.Contains(line, []byte(`"level":"error"`)) {
+			out = append(out, line...)
+		}
+	}
+	return out
 }
 
 func tail(b []byte, n int) string {

@@ -49,6 +49,7 @@ func (m *Module) CertMagicStorage() (certmagic.Storage, error) {
 		LockRefresh: time.Duration(m.LockRefresh),
 		LockPoll:    time.Duration(m.LockPoll),
 		Timeout:     time.Duration(m.Timeout),
+		Logger:      caddy.Log().Named("redisstore"),
 	})
 }
 

@@ -39,6 +39,7 @@ import (
 	"github.com/bsm/redislock"
 	"github.com/caddyserver/certmagic"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 // Defaults of Options, the same as the Caddy Redis storage module's.
@@ -73,6 +74,9 @@ type Options struct {
 	// lease's random token), so an operator or a test can see who holds
 	// it. Default "<hostname>:<pid>".
 	Owner string
+	// Logger receives a warning when a held lease could not be renewed
+	// or turned out to be lost. Default: no logging.
+	Logger *zap.Logger
 }
 
 func (o *Options) setDefaults() error {
@@ -96,6 +100,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
 	}
 	if o.Owner == "" {
 		host, _ := os.Hostname()
@@ -333,8 +340,16 @@ func (s *Storage) hold(key string, lock *redislock.Lock) {
 				return
 			case <-t.C:
 			}
-			if err := lock.Refresh(ctx, s.opts.LockTTL, nil); errors.Is(err, redislock.ErrNotObtained) {
+			err := lock.Refresh(ctx, s.opts.LockTTL, nil)
+			switch {
+			case err == nil || ctx.Err() != nil:
+			case errors.Is(err, redislock.ErrNotObtained):
+				// The holder goes on believing it has the lock: only the
+				// caller's own fencing can save it now.
+				s.opts.Logger.Warn("lock lease lost while held", zap.String("key", key))
 				return
+			default:
+				s.opts.Logger.Warn("renewing lock lease", zap.String("key", key), zap.Error(err))
 			}
 		}
 	}()
