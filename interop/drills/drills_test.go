@@ -80,11 +80,11 @@ func TestDrillPartition(t *testing.T) {
 	if err != nil {
 		t.Fatalf("victim's token expiry %v: %v", st["expires_at"], err)
 	}
-	// Two lifetimes: two refreshes by the others, and two token lifetimes
-	// of wall time, so the victim's token (issued before the partition)
-	// has been expired for at least one of them.
+	// Two lifetimes past the victim's token's end (and two refreshes by
+	// the others): long enough that waiting out the partition is no
+	// answer, so the victim must say 503.
 	c.waitRefreshes(base.RefreshSuccesses+2, 60*time.Second)
-	poll(10*time.Second, 50*time.Millisecond, func() bool { return time.Since(partStart) > 2*c.opts.ttl })
+	poll(10*time.Second, 50*time.Millisecond, func() bool { return time.Now().After(expiresAt.Add(2 * c.opts.ttl)) })
 	victim.proxy.setPartition(false)
 	healed := time.Now()
 	recovered := poll(150*time.Second, 50*time.Millisecond, func() bool {
