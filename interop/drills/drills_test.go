@@ -102,9 +102,16 @@ func TestDrillPartition(t *testing.T) {
 	})
 	during := count(rs, func(r result) bool { return r.node == 2 && r.start.After(partStart) && r.end.Before(healed) })
 	victimAll := count(rs, func(r result) bool { return r.node == 2 })
+	var slowest time.Duration
+	for _, r := range rs {
+		if r.node == 2 && r.start.After(partStart) {
+			slowest = max(slowest, r.end.Sub(r.start))
+		}
+	}
 	t.Logf("drill 3: partition %v (token valid for %v of it); victim during partition: %d requests, %d ok with its valid token, %d × 503+Retry-After, %v",
 		healed.Sub(partStart).Round(time.Millisecond), expiresAt.Sub(partStart).Round(time.Millisecond), during.total, valid.ok, during.unavailable, during.byStatus)
-	t.Logf("drill 3: victim serving again %v after the partition healed; others: %d requests, %d failed", recovery.Round(time.Millisecond), others.total, others.failed)
+	t.Logf("drill 3: victim's slowest request from the partition on took %v; serving again %v after the partition healed; others: %d requests, %d failed",
+		slowest.Round(time.Millisecond), recovery.Round(time.Millisecond), others.total, others.failed)
 
 	c.assertExactlyOnce(base, 2, 1)
 	if !recovered {
