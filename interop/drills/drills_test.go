@@ -19,7 +19,10 @@ import (
 	"time"
 )
 
-// Drill 1: three processes, one session, 20 lifetimes under load.
+// Drill 1: three processes, one session, 20 lifetimes under load. In this
+// steady state the instances' jitter and peek keep them apart (one
+// refreshes, the others adopt) even without a storage lock; drill 2's
+// slower calls are what make them collide on the lock.
 func TestDrillSteady(t *testing.T) {
 	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second})
 	base := c.sb.Stats()
