@@ -129,9 +129,6 @@ func (r *Redis) Kill() {
 	r.cmd = nil
 }
 
-// Log returns what the server printed so far.
-func (r *Redis) Log() string { return r.logTail.String() }
-
 // freePort asks the kernel for a free loopback port. Another process could
 // take it before redis-server binds it; that fails the start loudly.
 func freePort() (int, error) {
