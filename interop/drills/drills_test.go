@@ -19,12 +19,23 @@ import (
 	"time"
 )
 
+// Every drill's sandbox issues access tokens for lifetime, and the
+// instances refresh refreshBefore their end (so, given the engine's rule of
+// not before half the lifetime, every 2 s or so). Shorter tokens would
+// run faster, but the engine will not hand out a token with less than 1 s
+// of use left, and on a busy machine a refresh plus adoption can take
+// that long.
+const (
+	lifetime      = 4 * time.Second
+	refreshBefore = 2 * time.Second
+)
+
 // Drill 1: three processes, one session, 20 lifetimes under load. In this
 // steady state the instances' jitter and peek keep them apart (one
 // refreshes, the others adopt) even without a storage lock; drill 2's
 // slower calls are what make them collide on the lock.
 func TestDrillSteady(t *testing.T) {
-	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second})
+	c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore})
 	base := c.sb.Stats()
 	l := c.startLoad()
 	start := time.Now()
@@ -43,7 +54,7 @@ func TestDrillSteady(t *testing.T) {
 // Drill 2: 50–200 ms on every Redis call of every process. Same figures,
 // and no request fails, so every refresh finished before its token's end.
 func TestDrillLatency(t *testing.T) {
-	c := startCluster(t, clusterOptions{instances: 3, ttl: 3 * time.Second, refreshBefore: 2 * time.Second})
+	c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore})
 	for _, n := range c.nodes {
 		n.proxy.setLatency(50*time.Millisecond, 200*time.Millisecond)
 	}
@@ -70,7 +81,7 @@ func TestDrillLatency(t *testing.T) {
 // Redis calls time out after 1 s here: with go-redis's 3 s (and one
 // retry) a partition shorter than that only delays requests.
 func TestDrillPartition(t *testing.T) {
-	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second, redisTimeout: time.Second})
+	c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore, redisTimeout: time.Second})
 	l := c.startLoad()
 	c.waitRefreshes(c.sb.Stats().RefreshSuccesses+2, 30*time.Second)
 	victim := c.nodes[2]
@@ -156,7 +167,7 @@ func TestDrillPausedHolder(t *testing.T) {
 	// Redis reads may take 10 s: the stop then looks to the holder like a
 	// pause between reading the reply and acting on it (a GC pause, a VM
 	// freeze), not like a timed-out read it would give up on.
-	c := startCluster(t, clusterOptions{instances: 3, ttl: 3 * time.Second, refreshBefore: 2 * time.Second,
+	c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore,
 		lockTTL: time.Second, redisTimeout: 10 * time.Second})
 	l := c.startLoad()
 	c.waitRefreshes(c.sb.Stats().RefreshSuccesses+1, 30*time.Second)
@@ -248,7 +259,7 @@ func TestDrillPausedHolder(t *testing.T) {
 // A write-back that could be proven safe would make logins 1, which this
 // drill also accepts.
 func TestDrillDataLoss(t *testing.T) {
-	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second})
+	c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore})
 	l := c.startLoad()
 	base := c.sb.Stats()
 	c.waitRefreshes(base.RefreshSuccesses+2, 30*time.Second)
@@ -274,7 +285,7 @@ func TestDrillDataLoss(t *testing.T) {
 // its data). Valid tokens keep serving, then 503 with Retry-After; no
 // refresh is attempted without the lock; the cluster recovers by itself.
 func TestDrillRedisDown(t *testing.T) {
-	c := startCluster(t, clusterOptions{instances: 3, ttl: 2 * time.Second, refreshBefore: time.Second, persist: true})
+	c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore, persist: true})
 	l := c.startLoad()
 	base := c.sb.Stats()
 	c.waitRefreshes(base.RefreshSuccesses+1, 30*time.Second)
