@@ -100,9 +100,14 @@ func TestTwoProcessesSurviveAFrozenLockHolder(t *testing.T) {
 	}
 }
 
-// buildCaddy builds ./cmd/caddy once for the test.
+// buildCaddy builds ./cmd/caddy once for the test, or uses the xcaddy
+// build of this checkout that .ci/run makes (it has every module the drill
+// loads), which saves CI a second full Caddy build.
 func buildCaddy(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("XCADDY_BIN"); bin != "" {
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "caddy")
 	out, err := exec.Command("go", "build", "-o", bin, "./cmd/caddy").CombinedOutput()
 	if err != nil {

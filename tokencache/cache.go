@@ -106,6 +106,7 @@ type Cache struct {
 
 	mu           sync.Mutex // guards the fields below
 	flight       *call
+	epoch        uint64 // bumped when a token is rejected or a refresh forced
 	forced       string // a token a forced refresh must replace, not adopt
 	rejected     string // a token an upstream rejected: never adopted or re-installed
 	failures     int    // consecutive failed attempts (backoff exponent)
@@ -122,9 +123,10 @@ type Cache struct {
 }
 
 type call struct {
-	done chan struct{}
-	snap *snapshot
-	err  error
+	done  chan struct{}
+	snap  *snapshot
+	err   error
+	epoch uint64 // c.epoch when the flight started
 }
 
 // New loads the session from storage (no network calls). Start starts the
@@ -367,19 +369,24 @@ func (c *Cache) unavailable(s *snapshot, retry time.Duration, err error) error {
 }
 
 // startFlightLocked returns the refresh in flight, starting one if none is.
-// The refresh runs on the cache's own context so a caller that gives up
-// does not cancel it for the others. c.mu must be held.
+// A flight that started before a token was rejected or a refresh forced is
+// not joined: its result may be the very token to replace. The new one
+// queues behind it (operations take opMu) and then adopts its result or
+// refreshes. The refresh runs on the cache's own context so a caller that
+// gives up does not cancel it for the others. c.mu must be held.
 func (c *Cache) startFlightLocked() *call {
-	if c.flight != nil {
-		return c.flight
+	if f := c.flight; f != nil && f.epoch == c.epoch {
+		return f
 	}
-	f := &call{done: make(chan struct{})}
+	f := &call{done: make(chan struct{}), epoch: c.epoch}
 	c.flight = f
 	go func() {
 		snap, err := c.runOp(context.Background(), (*op).refresh)
 		c.mu.Lock()
 		f.snap, f.err = snap, err
-		c.flight = nil
+		if c.flight == f {
+			c.flight = nil
+		}
 		c.mu.Unlock()
 		close(f.done)
 	}()
@@ -400,6 +407,7 @@ func (c *Cache) Refresh(ctx context.Context) error {
 		c.forced = s.tok.Value
 	}
 	c.nextAttempt = time.Time{}
+	c.epoch++
 	f := c.startFlightLocked()
 	c.mu.Unlock()
 	select {
@@ -429,6 +437,7 @@ func (c *Cache) Invalidate(token string) bool {
 		ns.rejected, ns.refreshAt = true, time.Time{}
 		if c.snap.CompareAndSwap(s, &ns) { // an install may have raced us
 			c.rejected = token
+			c.epoch++
 			c.signalWake()
 			return true
 		}
