@@ -51,6 +51,10 @@ type op struct {
 	start time.Time
 	rtt   time.Duration // token server round trips
 	prev  time.Time     // expiry of the token being replaced (Event.Lead)
+	// operator marks an operator's call (Login, Logout): the admin layer
+	// logs its outcome, so the engine does not log it again at INFO, and a
+	// failure is the operator's answer, not a retry to schedule.
+	operator bool
 }
 
 // pendingWrite is a result that could not be stored yet. next may be
