@@ -145,3 +145,32 @@ func TestEngineLeavesOperatorCallsToTheAdminLog(t *testing.T) {
 	}
 	noSecrets(t, logs, "wrong-password", demoPassword)
 }
+
+// A refresh answered without a rotated refresh token keeps the current one:
+// logged at debug, the intent cleared, and the token presented again
+// without being taken for a spent one.
+func TestUnrotatedRefreshClearsIntent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c, logs := e.observed(nil)
+	e.login(c)
+	e.srv.SkipRotation(1)
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatalf("unrotated refresh: %v", err)
+	}
+	if n := logs.FilterMessage("refresh token not rotated").FilterLevelExact(zapcore.DebugLevel).Len(); n != 1 {
+		t.Errorf("%d debug lines saying the refresh token was not rotated; want 1", n)
+	}
+	if rec := storedRecord(t, e.dir); rec["intent"] != nil || rec["state"] != tokencache.StateActive {
+		t.Fatalf("after an unrotated refresh storage holds state %v, intent %v", rec["state"], rec["intent"])
+	}
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatalf("refresh with the kept token: %v", err)
+	}
+	if st := e.srv.Stats(); st.ReuseEvents != 0 || st.Logins != 1 || st.RefreshSuccesses != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := logs.FilterMessage("refresh token not rotated").Len(); n != 1 {
+		t.Errorf("%d lines about an unrotated token after a rotated refresh; want 1", n)
+	}
+}

@@ -285,6 +285,12 @@ func (o *op) storeGrant(over *record, g *Grant) (*snapshot, error) {
 	c := o.c
 	next := o.successor(over)
 	applyGrant(next, g, c.clock.Now())
+	if g.RefreshToken == "" && over.RefreshToken != "" {
+		// The server kept the refresh token (Prelude's SDKs read a missing
+		// X-Refresh-Token so): it stays the one to present, and writing
+		// next clears the intent that would otherwise mark it spent.
+		c.log().Debug("refresh token not rotated", zap.String("session", c.cfg.Name))
+	}
 	err := o.writeRetry(over, next)
 	switch {
 	case errors.Is(err, errFenced):
