@@ -94,6 +94,9 @@ func printStatus(w io.Writer, st *Status) {
 	if st.OTPPending {
 		row("otp login", "code sent, waiting for it: caddy inject-token login "+st.Session+" --code <code>")
 	}
+	if st.OTPFlow != "" {
+		row("otp flow", otpFlow(st.OTPFlow))
+	}
 	if st.KeyThumbprint != "" {
 		row("dpop key", st.KeyAlgorithm+" jkt="+st.KeyThumbprint)
 	}
@@ -101,6 +104,18 @@ func printStatus(w io.Writer, st *Status) {
 		row("backend", strings.TrimSpace(st.Backend+" "+st.BaseURL))
 	}
 	tw.Flush()
+}
+
+// otpFlow names the one-time-code flow the server accepted: the fallback
+// is worth knowing about, since the current flow was refused.
+func otpFlow(flow string) string {
+	switch flow {
+	case "login_otp":
+		return flow + " (current)"
+	case "otp":
+		return flow + " (documented fallback; the server refused login_otp)"
+	}
+	return flow
 }
 
 func yesNo(b bool) string {

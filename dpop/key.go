@@ -45,6 +45,10 @@ type Key struct {
 	// header is the proof's JOSE header, base64url encoded, plus the ".":
 	// it is the same for every proof, so it is encoded once.
 	header string
+	// ath is the last access token hashed into a proof, with its hash: a
+	// session presents one token on every request until it is refreshed.
+	// It is boxed so that a Key stays copyable by value (see privateKey).
+	ath *athCache
 }
 
 // privateKey boxes the private key so that fmt prints only its address even
@@ -117,6 +121,7 @@ func newKey(alg Algorithm, priv crypto.Signer) (*Key, error) {
 		public:     pub,
 		thumbprint: base64.RawURLEncoding.EncodeToString(tp),
 		header:     base64.RawURLEncoding.EncodeToString(hdr) + ".",
+		ath:        new(athCache),
 	}, nil
 }
 

@@ -71,6 +71,7 @@ func (c *Cache) Forget(ctx context.Context, reason string) error {
 // then op with the stored record (or the error reading it).
 func (c *Cache) lockedOp(ctx context.Context, fn func(o *op, rec *record, loadErr error) (*snapshot, error)) error {
 	_, err := c.runOp(ctx, func(o *op) (*snapshot, error) {
+		o.operator = true
 		unlock, err := o.lock()
 		if err != nil {
 			return nil, err
@@ -169,7 +170,10 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	if err != nil {
 		o.st.deleteKey(o.ctx, key.Thumbprint())
 		err = fmt.Errorf("login: %w", err)
-		if auto && errors.Is(err, ErrCredentialsRejected) {
+		switch {
+		case !auto:
+			return nil, o.refused(reasonOf(err, ReasonOther), err)
+		case errors.Is(err, ErrCredentialsRejected):
 			return nil, o.credentialsRejected(err)
 		}
 		return nil, o.fail(OutcomeLoginFail, reasonOf(err, ReasonOther), err)
@@ -198,7 +202,6 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	c.mu.Lock()
 	c.resumeLoginLocked()
 	c.mu.Unlock()
-	c.log().Info("session logged in", zap.String("session", c.cfg.Name), zap.String("jkt", key.Thumbprint()))
 	return o.install(next, key, OutcomeLoggedIn, ""), nil
 }
 

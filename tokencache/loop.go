@@ -86,6 +86,7 @@ func (c *Cache) nextWake() (time.Time, bool) {
 func (o *op) install(rec *record, key *dpop.Key, outcome, reason string) *snapshot {
 	c := o.c
 	s := c.newSnapshot(rec, key)
+	held := c.current().rec.AccessToken
 	c.publish(s)
 	if outcome == "" {
 		c.signalWake()
@@ -97,6 +98,8 @@ func (o *op) install(rec *record, key *dpop.Key, outcome, reason string) *snapsh
 		reason = ReasonUnusableToken
 	}
 	c.mu.Lock()
+	// A forced refresh is an operator's: the admin layer logs it.
+	forced := c.forced != ""
 	if rec.AccessToken != c.forced {
 		c.forced = ""
 	}
@@ -118,6 +121,9 @@ func (o *op) install(rec *record, key *dpop.Key, outcome, reason string) *snapsh
 	}
 	c.lastRefresh, c.lastOutcome = now, outcome
 	c.mu.Unlock()
+	if !(outcome == OutcomeAdopted && rec.AccessToken == held) {
+		o.logNewToken(s, outcome, o.operator || forced)
+	}
 	e := Event{Kind: EventAttempt, Outcome: outcome, Reason: reason, Duration: o.rtt}
 	if outcome == OutcomeRefreshed && !o.prev.IsZero() {
 		e.Lead = o.prev.Sub(now)
@@ -125,6 +131,47 @@ func (o *op) install(rec *record, key *dpop.Key, outcome, reason string) *snapsh
 	c.event(e)
 	c.signalWake()
 	return s
+}
+
+// logNewToken logs a token this instance now holds, once, saying who the
+// session is and until when; never the token. quiet: an operator asked,
+// and the admin layer logs the outcome at INFO already.
+func (o *op) logNewToken(s *snapshot, outcome string, quiet bool) {
+	var msg string
+	switch outcome {
+	case OutcomeRefreshed:
+		msg = "token refreshed"
+	case OutcomeAdopted:
+		msg = "adopted the token another instance stored"
+	case OutcomeLoggedIn:
+		msg = "session logged in"
+	}
+	if msg == "" || s.tok == nil {
+		return
+	}
+	level := zap.InfoLevel
+	if quiet {
+		level = zap.DebugLevel
+	}
+	fields := []zap.Field{zap.String("session", o.c.cfg.Name), zap.String("sub", s.tok.Subject),
+		zap.String("sid", s.tok.SessionID), zap.Time("expires_at", s.tok.Expiry)}
+	if s.key != nil {
+		fields = append(fields, zap.String("jkt", s.key.Thumbprint()))
+	}
+	o.c.log().Log(level, msg, fields...)
+}
+
+// refused records an operator's call the server refused: the operator has
+// the answer and the admin layer logs it, and nothing is retried, so no
+// backoff is scheduled and the engine logs it at debug only.
+func (o *op) refused(reason string, err error) error {
+	c := o.c
+	c.mu.Lock()
+	c.lastErr, c.lastRefresh, c.lastOutcome = err, c.clock.Now(), OutcomeLoginFail
+	c.mu.Unlock()
+	c.log().Debug("operator's login failed", zap.String("session", c.cfg.Name), zap.Error(err))
+	c.event(Event{Kind: EventAttempt, Outcome: OutcomeLoginFail, Reason: reason, Duration: o.rtt})
+	return err
 }
 
 // fail records a failed attempt and schedules the next one.

@@ -51,6 +51,10 @@ type op struct {
 	start time.Time
 	rtt   time.Duration // token server round trips
 	prev  time.Time     // expiry of the token being replaced (Event.Lead)
+	// operator marks an operator's call (Login, Logout): the admin layer
+	// logs its outcome, so the engine does not log it again at INFO, and a
+	// failure is the operator's answer, not a retry to schedule.
+	operator bool
 }
 
 // pendingWrite is a result that could not be stored yet. next may be
@@ -281,6 +285,12 @@ func (o *op) storeGrant(over *record, g *Grant) (*snapshot, error) {
 	c := o.c
 	next := o.successor(over)
 	applyGrant(next, g, c.clock.Now())
+	if g.RefreshToken == "" && over.RefreshToken != "" {
+		// The server kept the refresh token (Prelude's SDKs read a missing
+		// X-Refresh-Token so): it stays the one to present, and writing
+		// next clears the intent that would otherwise mark it spent.
+		c.log().Debug("refresh token not rotated", zap.String("session", c.cfg.Name))
+	}
 	err := o.writeRetry(over, next)
 	switch {
 	case errors.Is(err, errFenced):
