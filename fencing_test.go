@@ -3,7 +3,6 @@
 package injecttoken
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -13,11 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -122,13 +121,13 @@ type caddyProc struct {
 	cmd     *exec.Cmd
 	admin   string // host:port
 	http    string // base URL
-	out     *syncBuffer
+	out     *interop.SyncBuffer
 	stopped bool
 }
 
 func startCaddy(t *testing.T, bin, name, storage, prelude string) *caddyProc {
 	t.Helper()
-	p := &caddyProc{name: name, admin: "127.0.0.1:" + freePort(t), out: &syncBuffer{}}
+	p := &caddyProc{name: name, admin: "127.0.0.1:" + freePort(t), out: &interop.SyncBuffer{}}
 	httpPort := freePort(t)
 	p.http = "http://127.0.0.1:" + httpPort
 	home := t.TempDir()
@@ -175,25 +174,6 @@ http://127.0.0.1:%s {
 
 // logs is the process's output so far.
 func (p *caddyProc) logs() string { return p.out.String() }
-
-// syncBuffer is a bytes.Buffer that exec's copying goroutine may write
-// while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func (p *caddyProc) post(path string) error {
 	cl := &http.Client{Timeout: 90 * time.Second}

@@ -95,7 +95,7 @@ type Provider struct {
 	// are the provider's endpoints (as its metadata advertises them).
 	TokenEndpoint, RevocationEndpoint, IntrospectionEndpoint, JWKSURL string
 
-	stderr *syncBuffer
+	stderr *SyncBuffer
 }
 
 // JWKS fetches the provider's public signing keys.
@@ -170,7 +170,7 @@ func StartOIDCProvider(t testing.TB, opts ProviderOptions) *Provider {
 	if err != nil {
 		t.Fatalf("interop: %v", err)
 	}
-	p := &Provider{stderr: new(syncBuffer)}
+	p := &Provider{stderr: new(SyncBuffer)}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("interop: starting node: %v", err)
@@ -289,20 +289,20 @@ func ensureModules(dir string, deadline time.Time) error {
 	return nil
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer goroutine (exec's stderr
-// copier) and readers.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for a writer goroutine (exec's stderr
+// copier) and readers; tests that run processes use it for their output.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

@@ -27,7 +27,7 @@ type Redis struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	logTail *syncBuffer
+	logTail *SyncBuffer
 }
 
 // RedisOptions configure StartRedis.
@@ -64,7 +64,7 @@ func StartRedis(t testing.TB, opts RedisOptions) *Redis {
 			"--dir", t.TempDir(), "--save", "", "--appendonly", appendonly, "--appendfsync", "always",
 			"--daemonize", "no", "--loglevel", "notice",
 		},
-		logTail: new(syncBuffer),
+		logTail: new(SyncBuffer),
 	}
 	r.Start()
 	t.Cleanup(r.Kill)
