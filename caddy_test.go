@@ -727,16 +727,22 @@ http://localhost:9081 {
 	caddytest.AssertLoadError(t, badURL.String(), "caddyfile", "must start with http:// or https://")
 }
 
-// waitUntil polls cond until it holds, failing after 10 s: a deadline on an
-// observable condition, not a sleep.
+// waitUntil polls cond until it holds, failing after 10 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	waitWithin(t, what, 10*time.Second, cond)
+}
+
+// waitWithin polls cond until it holds, failing after d: a deadline on an
+// observable condition, not a sleep.
+func waitWithin(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		<-tick.C
 	}

@@ -219,19 +219,6 @@ func waitActive(t *testing.T, p *caddyProc) {
 	waitWithin(t, p.name+" active", 60*time.Second, func() bool { return p.status(t).State == tokencache.StateActive })
 }
 
-// waitUntil polls cond until it holds or the deadline passes (a deadline on
-// an observable condition, not a sleep for synchronisation).
-func waitWithin(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // storedSID is the sid claim of the access token in the stored session.
 func storedSID(t *testing.T, dir string) string {
 	t.Helper()
