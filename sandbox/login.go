@@ -156,15 +156,7 @@ func (s *Sandbox) handleLoginOTPCheck(w http.ResponseWriter, r *http.Request) *a
 		return aerr
 	}
 	http.SetCookie(w, verificationCookie(r, "", -1))
-	sess := s.newSession(v.user, proof.Thumbprint, r)
-	s.revokePrevious(previous)
-	g, aerr := s.issue(r, sess, true)
-	if aerr != nil {
-		return aerr
-	}
-	s.logins.Add(1)
-	writeGrant(w, g)
-	return nil
+	return s.logIn(w, r, v.user, proof.Thumbprint, previous)
 }
 
 // handleLoginOTPRetry resends the code of a current-flow login.
@@ -317,7 +309,14 @@ func (s *Sandbox) handleFinalize(w http.ResponseWriter, r *http.Request) *apiErr
 		return apiErr(http.StatusConflict, "token_reused", "challenge token already used")
 	}
 	ch.used = true
-	sess := s.newSession(ch.user, proof.Thumbprint, r)
+	return s.logIn(w, r, ch.user, proof.Thumbprint, previous)
+}
+
+// logIn starts a session for u bound to the DPoP key jkt, ends the session
+// whose refresh token the client handed over, and answers with the grant.
+// Both login flows end here. s.mu must be held.
+func (s *Sandbox) logIn(w http.ResponseWriter, r *http.Request, u *user, jkt, previous string) *apiError {
+	sess := s.newSession(u, jkt, r)
 	s.revokePrevious(previous)
 	g, aerr := s.issue(r, sess, true)
 	if aerr != nil {
