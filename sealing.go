@@ -154,6 +154,7 @@ func sealedStorage(ctx caddy.Context, name string, sl *seal.Sealer) (seal.Storag
 		// DPoP key files are written once, at login; state is rewritten
 		// at every refresh.
 		Immutable: func(key string) bool { return strings.Contains(key, "/keys/") },
+		Plain:     tokencache.IsClaim,
 	}
 	if err := st.Check(ctx, tokencache.StoragePrefix+"/"+certmagic.StorageKeys.Safe(name)); err != nil {
 		return st, fmt.Errorf("session %q: its stored state cannot be opened: %w "+

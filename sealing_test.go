@@ -22,6 +22,7 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/seal"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // sealKey makes a random seal key, sets it as the environment variable
@@ -90,7 +91,12 @@ func assertSealedOnDisk(t *testing.T, dir string, secrets [][]byte) {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, path)
-		if strings.HasPrefix(rel, "inject_token"+string(filepath.Separator)) && !strings.HasSuffix(rel, ".lock") {
+		if tokencache.IsClaim(filepath.ToSlash(rel)) {
+			// A write claim holds the id of the operation that claimed.
+			if !strings.HasSuffix(rel, "."+string(b)) {
+				t.Errorf("%s holds %.60q, not its writer's id", rel, b)
+			}
+		} else if strings.HasPrefix(rel, "inject_token"+string(filepath.Separator)) && !strings.HasSuffix(rel, ".lock") {
 			n++
 			if !seal.Sealed(b) {
 				t.Errorf("%s is not sealed: %.60q", rel, b)

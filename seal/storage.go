@@ -26,9 +26,16 @@ type Storage struct {
 	// key when loaded, since no later write would do it; rewriting a
 	// mutable value outside its owner's lock could undo a newer write.
 	Immutable func(key string) bool
+	// Plain, when set, reports keys under Prefix that hold no secret and
+	// are stored as they are (the engine's write claims): sealing them
+	// would only make a plain one left from before sealing was turned on
+	// fail the load-time check.
+	Plain func(key string) bool
 }
 
-func (s Storage) sealed(key string) bool { return strings.HasPrefix(key, s.Prefix) }
+func (s Storage) sealed(key string) bool {
+	return strings.HasPrefix(key, s.Prefix) && (s.Plain == nil || !s.Plain(key))
+}
 
 // Store seals value when key is under Prefix.
 func (s Storage) Store(ctx context.Context, key string, value []byte) error {
@@ -70,7 +77,7 @@ func (s Storage) Check(ctx context.Context, dir string) error {
 		return nil // nothing stored yet (or unlistable: Load will tell)
 	}
 	for _, k := range keys {
-		if info, err := s.Storage.Stat(ctx, k); err == nil && !info.IsTerminal {
+		if info, err := s.Storage.Stat(ctx, k); err == nil && !info.IsTerminal || !s.sealed(k) {
 			continue
 		}
 		if _, err := s.Load(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -99,7 +99,7 @@ func (o *op) forget(over *record, reason string) (*snapshot, error) {
 	c := o.c
 	next := &record{State: StateLoggedOut, Reason: reason, NoAutoLogin: true, Writer: o.id}
 	if over != nil {
-		next.Generation = over.Generation + 1
+		next.Generation = o.nextGen(over)
 	}
 	if err := o.write(over, next); err != nil {
 		return nil, err
@@ -180,7 +180,7 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	}
 	next := &record{KeyThumbprint: key.Thumbprint(), Writer: o.id}
 	if over != nil {
-		next.Generation = over.Generation + 1
+		next.Generation = o.nextGen(over)
 	}
 	applyGrant(next, grant, c.clock.Now())
 	switch err := o.writeRetry(over, next); {

@@ -36,6 +36,20 @@ import (
 var errFenced = errors.New("session state changed while this instance held the storage lock " +
 	"(the lock was lost, e.g. after a stall longer than its lease); nothing presented or overwritten")
 
+// contestedError means write claims show that another instance wrote the
+// session after this operation read it, so this operation's intent may
+// have overwritten newer state; the token it names is not presented.
+type contestedError struct {
+	gen, claimed int64 // this write's generation; the highest another writer claimed
+}
+
+func (e *contestedError) Error() string {
+	return fmt.Sprintf("write claims show another instance wrote the session after this one read it "+
+		"(generation %d claimed; this write: %d), so the refresh token is not presented", e.claimed, e.gen)
+}
+
+func (e *contestedError) Is(target error) bool { return target == errFenced }
+
 // op is one state-changing operation (refresh, login, logout): the storage
 // it pinned, its time limits and what it measured.
 type op struct {
@@ -51,6 +65,9 @@ type op struct {
 	start time.Time
 	rtt   time.Duration // token server round trips
 	prev  time.Time     // expiry of the token being replaced (Event.Lead)
+	// floor is a generation every later write of this operation goes
+	// above: the highest one claimed when it stood down (see standDown).
+	floor int64
 	// operator marks an operator's call (Login, Logout): the admin layer
 	// logs its outcome, so the engine does not log it again at INFO, and a
 	// failure is the operator's answer, not a retry to schedule.
@@ -120,25 +137,74 @@ func (o *op) lock() (func(), error) {
 	}, nil
 }
 
+// nextGen is the generation of a record this operation writes over r.
+func (o *op) nextGen(r *record) int64 { return max(r.Generation, o.floor) + 1 }
+
 // successor is a copy of r written by this operation.
 func (o *op) successor(r *record) *record {
 	n := *r
-	n.Generation, n.Writer, n.Intent = r.Generation+1, o.id, ""
+	n.Generation, n.Writer, n.Intent = o.nextGen(r), o.id, ""
 	return &n
 }
 
 // write stores next only if storage still holds over (nil: whatever it
-// holds, for replacing unreadable state). This read right before the write
-// is the fence; certmagic storage has no compare-and-swap, so a window of
-// one write remains, which the read-back after an intent closes for the
-// case that matters (presenting a token).
+// holds, for replacing unreadable state). The read right before the write
+// is the fence; the claims settle what that read cannot (see settle).
 func (o *op) write(over, next *record) error {
-	if over != nil {
-		if err := o.check(over); err != nil {
+	if over == nil || over.Generation == 0 && over.Writer == "" {
+		// A first record, or one replacing unreadable or lost state:
+		// claims left from before would contest every write from now on.
+		o.st.clearClaims(o.ctx)
+	}
+	if over == nil {
+		return o.st.save(o.ctx, next)
+	}
+	if err := o.put(over, next); err != nil {
+		return err
+	}
+	return o.settle(next)
+}
+
+// put is one fenced write: check that storage holds over, claim next's
+// generation, store next.
+func (o *op) put(over, next *record) error {
+	if err := o.check(over); err != nil {
+		return err
+	}
+	if err := o.st.claim(o.ctx, next.Generation, o.id); err != nil {
+		return err
+	}
+	if err := o.st.save(o.ctx, next); err != nil {
+		o.st.unclaim(o.ctx, next.Generation, o.id)
+		return err
+	}
+	return nil
+}
+
+// settle looks for claims that contest the write of next (see
+// store.contested): this instance may have stalled between its fence and
+// its write and overwritten newer state. An intent that is contested is
+// reported, and its token must not be presented. Any other record stays,
+// being the newest state left (what it overwrote is gone), and is written
+// again above the claims so that they do not contest the writes that
+// follow.
+func (o *op) settle(next *record) error {
+	for range 3 {
+		err := o.st.contested(o.ctx, next.Generation, o.id)
+		ce, ok := errors.AsType[*contestedError](err)
+		if !ok || next.spent() {
+			return err
+		}
+		o.c.log().Warn("this instance's write may have overwritten newer state (its storage lock had expired); "+
+			"writing it again above the other writers' claims", zap.String("session", o.c.cfg.Name), zap.Error(ce))
+		o.floor = max(o.floor, ce.claimed)
+		written := *next
+		next.Generation = o.nextGen(&written)
+		if err := o.put(&written, next); err != nil {
 			return err
 		}
 	}
-	return o.st.save(o.ctx, next)
+	return nil
 }
 
 // writeRetry is write for a record that must become durable: a failing
@@ -217,12 +283,16 @@ func (o *op) refresh() (*snapshot, error) {
 	if rec.RefreshToken != "" {
 		intent := o.successor(rec)
 		intent.Intent = tokenHash(rec.RefreshToken)
-		if err := o.write(rec, intent); err != nil {
-			return o.fenced(err)
+		err := o.write(rec, intent)
+		if err == nil {
+			// Read it back: if another instance wrote in between, both
+			// may believe they hold the lock; neither may present.
+			err = o.check(intent)
 		}
-		// Read it back: if another instance wrote in between, both may
-		// believe they hold the lock; neither may present.
-		if err := o.check(intent); err != nil {
+		if ce, ok := errors.AsType[*contestedError](err); ok {
+			return o.standDown(intent, ce)
+		}
+		if err != nil {
 			if !errors.Is(err, errFenced) {
 				// Unconfirmed, so not presented; clear our intent on the
 				// next attempt rather than let it look spent.
@@ -254,6 +324,16 @@ func (o *op) refresh() (*snapshot, error) {
 		return nil, o.credentialsRejected(err)
 	}
 	return nil, o.fail(OutcomeTransient, reasonOf(err, ReasonOther), err)
+}
+
+// standDown ends a refresh whose intent may have overwritten newer state.
+// The state it overwrote is gone and the intent names a token that may be
+// spent, so the session is given up (and logged in again when configured),
+// with generations above every claim so that stale claims do not contest
+// the writes that follow.
+func (o *op) standDown(intent *record, ce *contestedError) (*snapshot, error) {
+	o.floor = max(o.floor, ce.claimed)
+	return o.kill(intent, ce.Error()+"; the session is given up", true, ReasonLostOutcome)
 }
 
 // present spends refreshToken at the token server.
@@ -364,7 +444,7 @@ func applyGrant(r *record, g *Grant, now time.Time) {
 // token is lost), unless an upstream rejected it.
 func (o *op) kill(over *record, reason string, keepAccess bool, why string) (*snapshot, error) {
 	c := o.c
-	next := &record{State: StateLoggedOut, Reason: reason, KeyThumbprint: over.KeyThumbprint, Generation: over.Generation + 1, Writer: o.id}
+	next := &record{State: StateLoggedOut, Reason: reason, KeyThumbprint: over.KeyThumbprint, Generation: o.nextGen(over), Writer: o.id}
 	if keepAccess && !c.isRejected(over.AccessToken) {
 		next.AccessToken, next.TokenType, next.Expiry, next.IssuedAt = over.AccessToken, over.TokenType, over.Expiry, over.IssuedAt
 	}

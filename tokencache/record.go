@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,6 +113,13 @@ func (st store) recordKey() string { return st.dir() + "/state.json" }
 func (st store) keyKey(thumbprint string) string {
 	return st.dir() + "/keys/" + certmagic.StorageKeys.Safe(thumbprint) + ".pem"
 }
+func (st store) claimDir() string { return st.dir() + "/" + claimsDir }
+
+const claimsDir = "claims"
+
+// IsClaim reports whether key is one of the engine's write claims, which
+// hold only the id of the operation that claimed (no secret).
+func IsClaim(key string) bool     { return strings.Contains(key, "/"+claimsDir+"/") }
 func (st store) lockName() string { return StoragePrefix + "_" + certmagic.StorageKeys.Safe(st.name) }
 
 // load returns the stored record; a missing record is a fresh logged-out
@@ -141,6 +150,83 @@ func (st store) save(ctx context.Context, r *record) error {
 	}
 	if err := st.s.Store(ctx, st.recordKey(), data); err != nil {
 		return st.report("store", fmt.Errorf("storing session state: %w", err))
+	}
+	return nil
+}
+
+// claimsKept is how many generations of claims stay in storage behind the
+// newest write. Only claims at or above an operation's own generation
+// decide anything, so older ones are clutter.
+const claimsKept = 8
+
+// claim records that writer is about to write generation gen. Claims are
+// separate keys, never overwritten, so they survive the overwrite they
+// announce; see contested.
+func (st store) claim(ctx context.Context, gen int64, writer string) error {
+	if err := st.s.Store(ctx, st.claimKey(gen, writer), []byte(writer)); err != nil {
+		return st.report("store", fmt.Errorf("storing write claim: %w", err))
+	}
+	return nil
+}
+
+func (st store) claimKey(gen int64, writer string) string {
+	return fmt.Sprintf("%s/%020d.%s", st.claimDir(), gen, writer)
+}
+
+// unclaim withdraws a claim whose write did not happen (best effort).
+func (st store) unclaim(ctx context.Context, gen int64, writer string) {
+	if err := st.s.Delete(ctx, st.claimKey(gen, writer)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		st.report("delete", err)
+	}
+}
+
+// clearClaims deletes every claim (best effort).
+func (st store) clearClaims(ctx context.Context) {
+	if err := st.s.Delete(ctx, st.claimDir()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		st.report("delete", err)
+	}
+}
+
+// contested reports a *contestedError if any writer other than writer has claimed
+// generation gen or a later one, and deletes claims too old to matter.
+//
+// Storage has no compare-and-swap: the read that fences a write and the
+// write are two steps, and an instance stalled between them past its lease
+// overwrites newer state. Its own read-back then finds its own write. The
+// claims do not: every writer claims before it writes and lists after, so
+// of two writers that read the same record the later to list sees the
+// other, and one that read an old record sees the claims of everyone who
+// wrote since. A claim whose write never happened (a crash) can make a
+// writer stand down needlessly. Standing down after the write leaves its
+// intent in storage, so the session is given up (and logged in again when
+// configured) rather than risk presenting a spent token.
+func (st store) contested(ctx context.Context, gen int64, writer string) error {
+	keys, err := st.s.List(ctx, st.claimDir(), false)
+	if err != nil {
+		return st.report("list", fmt.Errorf("listing write claims: %w", err))
+	}
+	var (
+		stale   []string
+		claimed int64 = -1
+	)
+	for _, k := range keys {
+		g, w, ok := strings.Cut(path.Base(k), ".")
+		n, perr := strconv.ParseInt(g, 10, 64)
+		switch {
+		case !ok || perr != nil:
+		case n >= gen && w != writer:
+			claimed = max(claimed, n)
+		case n < gen-claimsKept:
+			stale = append(stale, k)
+		}
+	}
+	if claimed >= 0 {
+		return &contestedError{gen: gen, claimed: claimed}
+	}
+	for _, k := range stale {
+		if err := st.s.Delete(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			st.report("delete", err)
+		}
 	}
 	return nil
 }

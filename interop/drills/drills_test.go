@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -248,8 +249,18 @@ func TestDrillPausedHolder(t *testing.T) {
 	if st.ReuseEvents != 0 {
 		t.Errorf("reuse events = %d, want 0: the resumed holder presented a spent refresh token", st.ReuseEvents)
 	}
-	if st.Logins != 1 {
-		t.Errorf("logins = %d, want 1: the session did not survive", st.Logins)
+	// The stop is meant to land right after the re-read, where fencing
+	// keeps the session. SIGSTOP is not instant: on a loaded machine the
+	// holder sometimes runs on for a few storage calls and stops later,
+	// between a fence read and its write, or after presenting. Then its late
+	// write may overwrite newer state, and the write claims make it (or
+	// the instance that finds its intent) give the session up, which costs
+	// a login; it must never cost a reuse (asserted above), and the holder
+	// must say so in its log.
+	log, _ := os.ReadFile(victim.logPath)
+	contested := bytes.Contains(log, []byte("write claims show")) || bytes.Contains(log, []byte("storage moved on meanwhile"))
+	if st.Logins != 1 && !(st.Logins <= 3 && contested) {
+		t.Errorf("logins = %d, want 1: the session did not survive (the holder ran on past the re-read: %v)", st.Logins, contested)
 	}
 }
 
