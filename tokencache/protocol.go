@@ -149,7 +149,10 @@ func (o *op) successor(r *record) *record {
 
 // write stores next only if storage still holds over (nil: whatever it
 // holds, for replacing unreadable state). The read right before the write
-// is the fence; the claims settle what that read cannot (see settle).
+// is the fence. An intent is also checked against the write claims (see
+// store.contested), since it is the write a presentation depends on; any
+// other record stays as written, even one that may have overwritten newer
+// state, because rewriting it would reopen the same gap.
 func (o *op) write(over, next *record) error {
 	if over == nil || over.Generation == 0 && over.Writer == "" {
 		// A first record, or one replacing unreadable or lost state:
@@ -159,15 +162,6 @@ func (o *op) write(over, next *record) error {
 	if over == nil {
 		return o.st.save(o.ctx, next)
 	}
-	if err := o.put(over, next); err != nil {
-		return err
-	}
-	return o.settle(next)
-}
-
-// put is one fenced write: check that storage holds over, claim next's
-// generation, store next.
-func (o *op) put(over, next *record) error {
 	if err := o.check(over); err != nil {
 		return err
 	}
@@ -178,31 +172,8 @@ func (o *op) put(over, next *record) error {
 		o.st.unclaim(o.ctx, next.Generation, o.id)
 		return err
 	}
-	return nil
-}
-
-// settle looks for claims that contest the write of next (see
-// store.contested): this instance may have stalled between its fence and
-// its write and overwritten newer state. An intent that is contested is
-// reported, and its token must not be presented. Any other record stays,
-// being the newest state left (what it overwrote is gone), and is written
-// again above the claims so that they do not contest the writes that
-// follow.
-func (o *op) settle(next *record) error {
-	for range 3 {
-		err := o.st.contested(o.ctx, next.Generation, o.id)
-		ce, ok := errors.AsType[*contestedError](err)
-		if !ok || next.spent() {
-			return err
-		}
-		o.c.log().Warn("this instance's write may have overwritten newer state (its storage lock had expired); "+
-			"writing it again above the other writers' claims", zap.String("session", o.c.cfg.Name), zap.Error(ce))
-		o.floor = max(o.floor, ce.claimed)
-		written := *next
-		next.Generation = o.nextGen(&written)
-		if err := o.put(&written, next); err != nil {
-			return err
-		}
+	if next.spent() {
+		return o.st.contested(o.ctx, next.Generation, o.id)
 	}
 	return nil
 }
@@ -284,7 +255,8 @@ func (o *op) refresh() (*snapshot, error) {
 		intent := o.successor(rec)
 		intent.Intent = tokenHash(rec.RefreshToken)
 		err := o.write(rec, intent)
-		if err == nil {
+		confirmed := err == nil
+		if confirmed {
 			// Read it back: if another instance wrote in between, both
 			// may believe they hold the lock; neither may present.
 			err = o.check(intent)
@@ -293,9 +265,12 @@ func (o *op) refresh() (*snapshot, error) {
 			return o.standDown(intent, ce)
 		}
 		if err != nil {
-			if !errors.Is(err, errFenced) {
-				// Unconfirmed, so not presented; clear our intent on the
-				// next attempt rather than let it look spent.
+			if confirmed && !errors.Is(err, errFenced) {
+				// Stored and uncontested, but the read-back failed: not
+				// presented, so clear the intent on the next attempt rather
+				// than let it look spent. An intent whose write or claim
+				// listing failed stays as a spent marker: it may have
+				// landed over newer state.
 				c.pending.Store(&pendingWrite{over: *intent, next: *o.successor(intent)})
 			}
 			return o.fenced(err)

@@ -117,10 +117,15 @@ func (st store) claimDir() string { return st.dir() + "/" + claimsDir }
 
 const claimsDir = "claims"
 
-// IsClaim reports whether key is one of the engine's write claims, which
-// hold only the id of the operation that claimed (no secret).
-func IsClaim(key string) bool     { return strings.Contains(key, "/"+claimsDir+"/") }
 func (st store) lockName() string { return StoragePrefix + "_" + certmagic.StorageKeys.Safe(st.name) }
+
+// IsClaim reports whether key is one of the engine's write claims
+// (inject_token/<session>/claims/<generation>.<writer>), which hold only
+// the id of the operation that claimed (no secret).
+func IsClaim(key string) bool {
+	parts := strings.Split(key, "/")
+	return len(parts) == 4 && parts[0] == StoragePrefix && parts[2] == claimsDir
+}
 
 // load returns the stored record; a missing record is a fresh logged-out
 // one. A record that cannot be decoded is an error and is left untouched.
