@@ -7,12 +7,17 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // Claims is the payload of a DPoP proof.
@@ -63,21 +68,52 @@ func (k *Key) ProofForURL(method string, u *url.URL, opts ProofOptions) (string,
 	if now.IsZero() {
 		now = time.Now()
 	}
-	claims := Claims{
-		JTI:   NewJTI(),
-		HTM:   method,
-		HTU:   htu,
-		IAT:   now.Unix(),
-		Nonce: opts.Nonce,
-	}
+	var ath string
 	if opts.AccessToken != "" {
-		claims.ATH = k.accessTokenHash(opts.AccessToken)
+		ath = k.accessTokenHash(opts.AccessToken)
 	}
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		return "", fmt.Errorf("dpop: encoding claims: %w", err)
+	var scratch [512]byte
+	return k.sign(appendClaims(scratch[:0], method, htu, now.Unix(), opts.Nonce, ath))
+}
+
+// appendClaims appends the JSON of a proof's claims (the fields of Claims,
+// in its order) with a fresh jti. Written by hand rather than through
+// json.Marshal, which costs reflection and four allocations per proof on
+// the request path; strings that need escaping go through json.Marshal.
+func appendClaims(dst []byte, htm, htu string, iat int64, nonce, ath string) []byte {
+	var jti [16]byte
+	_, _ = rand.Read(jti[:]) // crypto/rand.Read never fails on supported platforms
+	dst = append(dst, `{"jti":"`...)
+	dst = base64.RawURLEncoding.AppendEncode(dst, jti[:])
+	dst = append(dst, `","htm":`...)
+	dst = appendJSONString(dst, htm)
+	dst = append(dst, `,"htu":`...)
+	dst = appendJSONString(dst, htu)
+	dst = append(dst, `,"iat":`...)
+	dst = strconv.AppendInt(dst, iat, 10)
+	if nonce != "" {
+		dst = append(dst, `,"nonce":`...)
+		dst = appendJSONString(dst, nonce)
 	}
-	return k.sign(payload)
+	if ath != "" {
+		dst = append(dst, `,"ath":`...)
+		dst = appendJSONString(dst, ath)
+	}
+	return append(dst, '}')
+}
+
+// appendJSONString appends s as a JSON string: printable ASCII other than
+// the quote and backslash as is, anything else through encoding/json.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			b, _ := json.Marshal(s) // a string always marshals
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // sign returns the compact JWS of payload under the key's fixed header.
@@ -94,25 +130,50 @@ func (k *Key) sign(payload []byte) (string, error) {
 	buf := make([]byte, 0, len(k.header)+enc.EncodedLen(len(payload))+1+enc.EncodedLen(64))
 	buf = append(buf, k.header...)
 	buf = enc.AppendEncode(buf, payload)
-	var sig []byte
+	var sig [64]byte
 	switch priv := k.private.Signer.(type) {
 	case *ecdsa.PrivateKey:
 		digest := sha256.Sum256(buf)
-		r, s, err := ecdsa.Sign(rand.Reader, priv, digest[:])
+		// SignASN1 and a DER read into fixed R||S (RFC 7518 §3.4) rather
+		// than ecdsa.Sign, which makes the same DER and then two big.Ints.
+		der, err := ecdsa.SignASN1(rand.Reader, priv, digest[:])
 		if err != nil {
 			return "", fmt.Errorf("dpop: signing proof: %w", err)
 		}
-		// RFC 7518 §3.4: R and S as fixed 32-byte big-endian integers.
-		sig = make([]byte, 64)
-		r.FillBytes(sig[:32])
-		s.FillBytes(sig[32:])
+		if !derToFixed(sig[:], der) {
+			return "", errors.New("dpop: signing proof: malformed ECDSA signature")
+		}
 	case ed25519.PrivateKey:
-		sig = ed25519.Sign(priv, buf)
+		copy(sig[:], ed25519.Sign(priv, buf))
 	default:
 		return "", fmt.Errorf("dpop: signing proof: unsupported key %T", priv)
 	}
 	buf = append(buf, '.')
-	return string(enc.AppendEncode(buf, sig)), nil
+	return string(enc.AppendEncode(buf, sig[:])), nil
+}
+
+// derToFixed reads an ASN.1 ECDSA-Sig-Value into dst as R||S, each a
+// 32-byte big-endian integer.
+func derToFixed(dst, der []byte) bool {
+	var seq, r, s cryptobyte.String
+	in := cryptobyte.String(der)
+	if !in.ReadASN1(&seq, asn1.SEQUENCE) || !in.Empty() ||
+		!seq.ReadASN1(&r, asn1.INTEGER) || !seq.ReadASN1(&s, asn1.INTEGER) || !seq.Empty() {
+		return false
+	}
+	return putFixed(dst[:32], r) && putFixed(dst[32:], s)
+}
+
+// putFixed right-aligns the non-negative DER integer v in dst.
+func putFixed(dst []byte, v []byte) bool {
+	for len(v) > 0 && v[0] == 0 {
+		v = v[1:]
+	}
+	if len(v) > len(dst) {
+		return false
+	}
+	copy(dst[len(dst)-len(v):], v)
+	return true
 }
 
 // NewJTI returns 128 random bits, base64url encoded.

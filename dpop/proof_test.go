@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"encoding/json"
 	"github.com/go-jose/go-jose/v4"
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
 )
 
 func TestProofHeader(t *testing.T) {
@@ -226,5 +229,66 @@ func TestAccessTokenHash(t *testing.T) {
 	// SHA-256 of "" is e3b0c442…: base64url, no padding.
 	if got := AccessTokenHash(""); got != "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU" {
 		t.Errorf("AccessTokenHash(\"\") = %s", got)
+	}
+}
+
+// The hand-written claims JSON decodes to exactly what was put in, for
+// plain values and for ones that need escaping.
+func TestClaimsJSONDecodes(t *testing.T) {
+	for _, tc := range []struct{ htm, htu, nonce, ath string }{
+		{"GET", "https://rs.example/a/b%20c", "", ""},
+		{"POST", "https://rs.example/", "n-1_.~", "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"},
+		{"PUT", "https://rs.example/\"q\"\\<&>", "tab\there\nnl", "é\u2028\x00"},
+	} {
+		raw := appendClaims(nil, tc.htm, tc.htu, 1_712_345_678, tc.nonce, tc.ath)
+		var c Claims
+		if err := json.Unmarshal(raw, &c); err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		jti, err := b64.DecodeString(c.JTI)
+		if c.HTM != tc.htm || c.HTU != tc.htu || c.IAT != 1_712_345_678 || c.Nonce != tc.nonce || c.ATH != tc.ath || err != nil || len(jti) != 16 {
+			t.Errorf("%s decoded to %+v", raw, c)
+		}
+	}
+}
+
+// derToFixed right-aligns R and S, including values with leading zero
+// bytes (one signature in 256) and the DER sign byte.
+func TestDERToFixed(t *testing.T) {
+	for _, tc := range [][2]*big.Int{
+		{big.NewInt(1), big.NewInt(2)},
+		{new(big.Int).Lsh(big.NewInt(1), 255), new(big.Int).Lsh(big.NewInt(1), 200)}, // sign byte on R
+		{new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 256), big.NewInt(1)), big.NewInt(0x7f)},
+	} {
+		var b cryptobyte.Builder
+		b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1BigInt(tc[0])
+			b.AddASN1BigInt(tc[1])
+		})
+		der := b.BytesOrPanic()
+		var got, want [64]byte
+		tc[0].FillBytes(want[:32])
+		tc[1].FillBytes(want[32:])
+		if !derToFixed(got[:], der) || got != want {
+			t.Errorf("r=%x s=%x: got %x", tc[0], tc[1], got)
+		}
+	}
+	if derToFixed(make([]byte, 64), []byte{0x30, 0x03, 0x02, 0x01}) {
+		t.Error("accepted truncated DER")
+	}
+}
+
+// Many ES256 proofs all verify: among them are signatures whose R or S
+// has leading zero bytes.
+func TestManyES256ProofsVerify(t *testing.T) {
+	k := mustKey(t, ES256)
+	pub := k.private.Signer.Public().(*ecdsa.PublicKey)
+	for range 1000 {
+		p := mustProof(t, k, "GET", "https://rs.example/", ProofOptions{})
+		_, _, sig := splitProof(t, p)
+		digest := sha256.Sum256([]byte(p[:strings.LastIndexByte(p, '.')]))
+		if !ecdsa.Verify(pub, digest[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+			t.Fatalf("proof %s does not verify", p)
+		}
 	}
 }
