@@ -20,7 +20,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
-	"golang.org/x/time/rate"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
@@ -131,7 +130,7 @@ func benchSession(b *testing.B, typ string, alg dpop.Algorithm) *session {
 		b.Fatal(err)
 	}
 	b.Cleanup(c.Close)
-	s := &session{name: "bench", rejects: rate.NewLimiter(rate.Every(time.Second), 1)}
+	s := newSession("bench")
 	s.tc.Store(c)
 	if _, err := c.Token(context.Background()); err != nil {
 		b.Fatal(err)
@@ -141,7 +140,7 @@ func benchSession(b *testing.B, typ string, alg dpop.Algorithm) *session {
 
 func benchTransport(b *testing.B, typ string, alg dpop.Algorithm) {
 	s := benchSession(b, typ, alg)
-	t := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport), base: noopBase{}, logger: zap.NewNop(), bearer: new(bearerHeader)}
+	t := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport), base: noopBase{}, logger: zap.NewNop(), auth: new(authHeader)}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

@@ -221,38 +221,44 @@ func nonceChallenged(h http.Header) bool {
 	return false
 }
 
+// dpopHeader is "DPoP" in the canonical form net/http keys headers by.
+var dpopHeader = http.CanonicalHeaderKey("DPoP")
+
 // presentBearer sets tok, a Bearer token, as the Authorization of h.
-func presentBearer(h http.Header, tok *tokencache.Token, cache *bearerHeader) {
+func presentBearer(h http.Header, tok *tokencache.Token, cache *authHeader) {
 	h.Set("Authorization", cache.value(tok))
 	h.Del("DPoP")
 }
 
-// bearerHeader remembers the Authorization value of the last token it was
+// authHeader remembers the Authorization value of the last token it was
 // asked for: the same token serves many requests, and building the value
-// each time is an allocation per request.
-type bearerHeader struct{ last atomic.Pointer[bearerValue] }
+// each time is an allocation (of the token's size) per request.
+type authHeader struct{ last atomic.Pointer[authValue] }
 
-type bearerValue struct {
+type authValue struct {
 	tok   *tokencache.Token
 	value string
 }
 
-func (b *bearerHeader) value(tok *tokencache.Token) string {
+func (b *authHeader) value(tok *tokencache.Token) string {
+	scheme := "Bearer "
+	if isDPoP(tok) {
+		scheme = "DPoP "
+	}
 	if b == nil {
-		return "Bearer " + tok.Value
+		return scheme + tok.Value
 	}
 	if v := b.last.Load(); v != nil && v.tok == tok {
 		return v.value
 	}
-	v := &bearerValue{tok: tok, value: "Bearer " + tok.Value}
+	v := &authValue{tok: tok, value: scheme + tok.Value}
 	b.last.Store(v)
 	return v.value
 }
 
 // presentDPoP sets the credential headers of out, an attempt's own copy of
-// the request, for tok, a DPoP-bound token: the token and a fresh proof for
-// out's method and htu, with the origin's latest nonce.
-func presentDPoP(out *http.Request, tok *tokencache.Token, htu *url.URL, nonces *dpop.NonceStore) error {
+// the request: tok as a DPoP Authorization and a fresh proof for htu.
+func presentDPoP(out *http.Request, tok *tokencache.Token, htu *url.URL, nonces *dpop.NonceStore, cache *authHeader) error {
 	if tok.Key == nil {
 		return errors.New("the token is DPoP-bound but the session has no DPoP key")
 	}
@@ -263,8 +269,10 @@ func presentDPoP(out *http.Request, tok *tokencache.Token, htu *url.URL, nonces 
 	if err != nil {
 		return fmt.Errorf("signing DPoP proof: %w", err)
 	}
-	out.Header.Set("Authorization", "DPoP "+tok.Value)
-	out.Header.Set("DPoP", proof)
+	out.Header.Set("Authorization", cache.value(tok))
+	// The canonical form of "DPoP", set directly: Set would canonicalise
+	// (and allocate) the name on every request.
+	out.Header[dpopHeader] = []string{proof}
 	return nil
 }
 

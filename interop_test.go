@@ -334,7 +334,7 @@ func TestResourceServerNonceOnBody(t *testing.T) {
 func TestCredentialPrintsNoSecret(t *testing.T) {
 	// The credential holds no token at all; what it refers to (the
 	// session, its nonces) must not be printed through it either.
-	c := &credential{name: "s", sess: &session{name: "s"}}
+	c := &credential{name: "s", sess: newSession("s")}
 	c.sess.rsNonces.Set(&url.URL{Scheme: "https", Host: "x"}, "secret-token-value")
 	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c)} {
 		if strings.Contains(s, "secret-token-value") {

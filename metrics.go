@@ -48,7 +48,7 @@ var (
 	storageOps     = []string{"load", "store", "lock", "unlock", "delete", labelOther}
 	requestResults = []string{resultInjected, resultUnavailable, resultRetried401}
 	// proofKinds are the attempts the transport signs proofs for.
-	proofKinds     = []string{"first", "nonce_retry"}
+	proofKinds     = []string{proofFirst, proofNonceRetry}
 	rejectionKinds = []string{rejectionToken, rejectionNonce, rejectionRateLimited}
 )
 
@@ -277,6 +277,12 @@ func forgetSessionMetrics(name string) {
 func countRequest(session, result string) {
 	requestsTotal.WithLabelValues(session, result).Inc()
 }
+
+// The kind label of dpop_proofs_total.
+const (
+	proofFirst      = "first"
+	proofNonceRetry = "nonce_retry"
+)
 
 // countProof counts one DPoP proof the transport signed.
 func countProof(session, kind string) {

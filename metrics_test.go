@@ -523,7 +523,7 @@ func TestMetricsForgetSparesNamesake(t *testing.T) {
 	const name = "unit-namesake"
 	observeRefresh(name)(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeRefreshed})
 	if _, _, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
-		return &session{name: name}, nil // no cache: Destruct only forgets
+		return newSession(name), nil // no cache: Destruct only forgets
 	}); err != nil {
 		t.Fatal(err)
 	}

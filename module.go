@@ -130,7 +130,7 @@ type Handler struct {
 	// placeholders provides {http.inject_token.*} on demand, so a
 	// request that uses none costs nothing for them.
 	placeholders func(string) (any, bool)
-	bearer       *bearerHeader
+	auth         *authHeader
 	injected     prometheus.Counter // requests_total{session, injected}
 	sess         *session
 	acquired     bool
@@ -218,7 +218,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.sess, h.acquired, h.owner = s, true, configOf(ctx)
 	// Resolved once: a label lookup per request is measurable on the hot path.
 	h.injected = requestsTotal.WithLabelValues(h.Session, resultInjected)
-	h.bearer = new(bearerHeader)
+	h.auth = new(authHeader)
 	h.placeholders = func(key string) (any, bool) {
 		switch key {
 		case "http.inject_token.session":
@@ -349,7 +349,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !isDPoP(tok) {
 		// For a reverse_proxy without the transport; the transport
 		// replaces it with the token current when each attempt leaves.
-		presentBearer(r.Header, tok, h.bearer)
+		presentBearer(r.Header, tok, h.auth)
 	} else if liveTransports.Load() == 0 {
 		h.logger.Error("DPoP-bound token but no 'transport inject_token' in any reverse_proxy; refusing to forward",
 			zap.String("session", h.Session))

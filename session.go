@@ -3,6 +3,7 @@ package injecttoken
 import (
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -113,6 +114,9 @@ type session struct {
 	// rsNonces are the DPoP nonces resource servers sent, per origin; they
 	// outlive the cache so a rebuild keeps them.
 	rsNonces dpop.NonceStore
+	// firstProofs is dpop_proofs_total{session, first}, resolved once: a
+	// label lookup per request is measurable on the hot path.
+	firstProofs prometheus.Counter
 	// rejects bounds refreshes caused by upstream 401s: an upstream that
 	// rejects every token (wrong audience, missing permission) must not
 	// turn each request into a refresh.
@@ -160,6 +164,12 @@ func (s *session) Destruct() error {
 	return nil
 }
 
+// newSession is an unbound session named name.
+func newSession(name string) *session {
+	return &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),
+		firstProofs: proofsTotal.WithLabelValues(name, proofFirst)}
+}
+
 // acquireSession takes a reference on the named session for the config of
 // ctx, creating it (from storage, without network I/O) if no config has
 // it, or binding the new settings to it if one does. On success the caller
@@ -171,7 +181,7 @@ func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.L
 	}
 	b := &binding{owner: configOf(ctx), refs: 1, set: set, storage: storage, logger: logger}
 	val, loaded, err := sessions.LoadOrNew(name, func() (caddy.Destructor, error) {
-		s := &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst)}
+		s := newSession(name)
 		s.bindings = []*binding{b}
 		if err := s.applyLocked(); err != nil {
 			return nil, err

@@ -52,7 +52,7 @@ type Transport struct {
 
 	origin  *url.URL
 	logger  *zap.Logger
-	bearer  *bearerHeader
+	auth    *authHeader
 	base    http.RoundTripper // what sends an attempt; the embedded HTTPTransport unless a benchmark sets one
 	counted bool              // Provision added this transport to liveTransports
 }
@@ -67,7 +67,7 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up the wrapped http transport.
 func (t *Transport) Provision(ctx caddy.Context) error {
-	t.logger, t.bearer = ctx.Logger(), new(bearerHeader)
+	t.logger, t.auth = ctx.Logger(), new(authHeader)
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
@@ -145,7 +145,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	cache := c.sess.cache()
-	nonceRetried, freshRetried, kind := false, false, "first"
+	nonceRetried, freshRetried, kind := false, false, proofFirst
 	for range maxAttempts {
 		tok, err := cache.Token(req.Context())
 		if err != nil {
@@ -164,7 +164,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if nonceRetried || !c.full {
 				return resp, nil
 			}
-			nonceRetried, kind = true, "nonce_retry"
+			nonceRetried, kind = true, proofNonceRetry
 		case answerRejected:
 			c.rejected(tok, t.logger)
 			if freshRetried || !c.full {
@@ -174,7 +174,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil || fresh.Value == tok.Value {
 				return resp, nil // no fresh token: the upstream's answer stands
 			}
-			freshRetried, kind = true, "first"
+			freshRetried, kind = true, proofFirst
 			countRequest(c.name, resultRetried401)
 		default:
 			return resp, nil
@@ -204,12 +204,16 @@ func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.To
 	var htu *url.URL
 	if isDPoP(tok) {
 		htu = t.htu(req)
-		if err := presentDPoP(out, tok, htu, &c.sess.rsNonces); err != nil {
+		if err := presentDPoP(out, tok, htu, &c.sess.rsNonces, t.auth); err != nil {
 			return nil, nil, fmt.Errorf("inject_token transport: session %q: %w", c.name, err)
 		}
-		countProof(c.name, kind)
+		if kind == proofFirst {
+			c.sess.firstProofs.Inc()
+		} else {
+			countProof(c.name, kind)
+		}
 	} else {
-		presentBearer(out.Header, tok, t.bearer)
+		presentBearer(out.Header, tok, t.auth)
 	}
 	c.presented.Store(true)
 	base := t.base

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,8 @@ type NonceStore struct {
 	m   map[string]*list.Element // origin → element of lru holding a *nonceEntry
 	lru list.List                // most recently used first
 	now func() time.Time         // for tests; nil means time.Now
+	// size mirrors lru.Len() for Get's lock-free fast path.
+	size atomic.Int64
 }
 
 type nonceEntry struct {
@@ -44,6 +47,11 @@ func (s *NonceStore) clock() time.Time {
 
 // Get returns the latest nonce for u's origin, or "".
 func (s *NonceStore) Get(u *url.URL) string {
+	if s.size.Load() == 0 {
+		// Most resource servers never send a nonce: skip building the
+		// origin and taking the lock on every request.
+		return ""
+	}
 	origin := Origin(u)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -55,6 +63,7 @@ func (s *NonceStore) Get(u *url.URL) string {
 	if s.clock().Sub(e.at) > MaxNonceAge {
 		s.lru.Remove(el)
 		delete(s.m, origin)
+		s.size.Store(int64(s.lru.Len()))
 		return ""
 	}
 	s.lru.MoveToFront(el)
@@ -85,6 +94,7 @@ func (s *NonceStore) Set(u *url.URL, nonce string) {
 		s.lru.Remove(oldest)
 	}
 	s.m[origin] = s.lru.PushFront(&nonceEntry{origin: origin, nonce: nonce, at: now})
+	s.size.Store(int64(s.lru.Len()))
 }
 
 // Len returns how many origins the store remembers.
