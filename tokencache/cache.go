@@ -80,10 +80,14 @@ type Cache struct {
 	cfg    Config
 	clock  Clock
 	jitter float64 // in [0,1): this instance's share of the refresh window
-	st     atomic.Pointer[store]
-	logger atomic.Pointer[zap.Logger]
-	snap   atomic.Pointer[snapshot]
-	waits  atomic.Int64
+	// claimer names this instance in write claims. Its operations never
+	// overlap (opMu), so they never need to contest each other, and a
+	// claim left behind by a failed write does not stop its own retry.
+	claimer string
+	st      atomic.Pointer[store]
+	logger  atomic.Pointer[zap.Logger]
+	snap    atomic.Pointer[snapshot]
+	waits   atomic.Int64
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -153,7 +157,7 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
-	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64()}
+	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64(), claimer: randomID()}
 	c.SetStorage(cfg.Storage)
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())

@@ -109,3 +109,38 @@ func TestIsClaimMatchesOnlyClaimKeys(t *testing.T) {
 		}
 	}
 }
+
+// A claim left behind by a write that failed (the save failed, and so did
+// removing the claim) does not stop the same instance's next refresh: an
+// instance's own operations never overlap, so its claims never contest
+// each other. Failed with per-operation claim names: the orphan claim made
+// the next refresh give the session up.
+func TestOrphanClaimDoesNotStopItsOwnInstance(t *testing.T) {
+	e := newEnv(t)
+	l := newLeases(e.clk, 10*time.Second)
+	stA := &hooked{leased: newLeased(e.dir, l, "A")}
+	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = stA, true })
+	e.login(a)
+	var down atomic.Bool
+	setHook(stA, func(op, key string) error {
+		if op == "store" && tokencache.IsClaim(key) && !down.Load() {
+			down.Store(true) // storage goes down right after the claim
+			return nil
+		}
+		if down.Load() && (op == "delete" || op == "store" && strings.HasSuffix(key, "state.json")) {
+			return errors.New("injected outage")
+		}
+		return nil
+	})
+	if err := a.Refresh(context.Background()); err == nil {
+		t.Fatal("refresh during the outage reported success")
+	}
+	setHook(stA, func(string, string) error { return nil })
+	e.clk.Advance(time.Second)
+	if err := a.Refresh(context.Background()); err != nil {
+		t.Fatalf("refresh after storage came back: %v (state %v)", err, storedRecord(t, e.dir)["state"])
+	}
+	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses != 1 {
+		t.Fatalf("refresh successes %d, reuse events %d", s.RefreshSuccesses, s.ReuseEvents)
+	}
+}

@@ -84,9 +84,15 @@ type pendingWrite struct {
 }
 
 func (c *Cache) newOp(ctx, quit context.Context) *op {
+	return &op{c: c, st: c.store(), id: randomID(), ctx: ctx, quit: quit, start: c.clock.Now()}
+}
+
+// randomID is 72 random bits, base64url: an operation's or an instance's
+// name in storage.
+func randomID() string {
 	var b [9]byte
 	_, _ = rand.Read(b[:])
-	return &op{c: c, st: c.store(), id: base64.RawURLEncoding.EncodeToString(b[:]), ctx: ctx, quit: quit, start: c.clock.Now()}
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // runOp runs fn under the process-wide op lock with a bounded context.
@@ -165,15 +171,15 @@ func (o *op) write(over, next *record) error {
 	if err := o.check(over); err != nil {
 		return err
 	}
-	if err := o.st.claim(o.ctx, next.Generation, o.id); err != nil {
+	if err := o.st.claim(o.ctx, next.Generation, o.c.claimer); err != nil {
 		return err
 	}
 	if err := o.st.save(o.ctx, next); err != nil {
-		o.st.unclaim(o.ctx, next.Generation, o.id)
+		o.st.unclaim(o.ctx, next.Generation, o.c.claimer)
 		return err
 	}
 	if next.spent() {
-		return o.st.contested(o.ctx, next.Generation, o.id)
+		return o.st.contested(o.ctx, next.Generation, o.c.claimer)
 	}
 	return nil
 }
