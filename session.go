@@ -164,6 +164,15 @@ func (s *session) Destruct() error {
 	return nil
 }
 
+// countProof counts one DPoP proof signed for this session.
+func (s *session) countProof(kind string) {
+	if kind == proofFirst {
+		s.firstProofs.Inc() // every request's proof: no label lookup
+		return
+	}
+	countProof(s.name, kind)
+}
+
 // newSession is an unbound session named name.
 func newSession(name string) *session {
 	return &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),

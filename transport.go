@@ -207,11 +207,7 @@ func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.To
 		if err := presentDPoP(out, tok, htu, &c.sess.rsNonces, t.auth); err != nil {
 			return nil, nil, fmt.Errorf("inject_token transport: session %q: %w", c.name, err)
 		}
-		if kind == proofFirst {
-			c.sess.firstProofs.Inc()
-		} else {
-			countProof(c.name, kind)
-		}
+		c.sess.countProof(kind)
 	} else {
 		presentBearer(out.Header, tok, t.auth)
 	}

@@ -120,8 +120,8 @@ const claimsDir = "claims"
 func (st store) lockName() string { return StoragePrefix + "_" + certmagic.StorageKeys.Safe(st.name) }
 
 // IsClaim reports whether key is one of the engine's write claims
-// (inject_token/<session>/claims/<generation>.<writer>), which hold only
-// the id of the operation that claimed (no secret).
+// (inject_token/<session>/claims/<generation>.<instance>), which hold only
+// the id of the instance that claimed (no secret).
 func IsClaim(key string) bool {
 	parts := strings.Split(key, "/")
 	return len(parts) == 4 && parts[0] == StoragePrefix && parts[2] == claimsDir
@@ -164,7 +164,7 @@ func (st store) save(ctx context.Context, r *record) error {
 // decide anything, so older ones are clutter.
 const claimsKept = 8
 
-// claim records that writer is about to write generation gen. Claims are
+// claim records that writer (an instance) is about to write generation gen. Claims are
 // separate keys, never overwritten, so they survive the overwrite they
 // announce; see contested.
 func (st store) claim(ctx context.Context, gen int64, writer string) error {
@@ -180,14 +180,18 @@ func (st store) claimKey(gen int64, writer string) string {
 
 // unclaim withdraws a claim whose write did not happen (best effort).
 func (st store) unclaim(ctx context.Context, gen int64, writer string) {
-	if err := st.s.Delete(ctx, st.claimKey(gen, writer)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		st.report("delete", err)
-	}
+	st.delete(ctx, st.claimKey(gen, writer))
 }
 
 // clearClaims deletes every claim (best effort).
 func (st store) clearClaims(ctx context.Context) {
-	if err := st.s.Delete(ctx, st.claimDir()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	st.delete(ctx, st.claimDir())
+}
+
+// delete removes key and everything under it (best effort: a failure is
+// reported, a missing key is not a failure).
+func (st store) delete(ctx context.Context, key string) {
+	if err := st.s.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		st.report("delete", err)
 	}
 }
@@ -229,9 +233,7 @@ func (st store) contested(ctx context.Context, gen int64, writer string) error {
 		return &contestedError{gen: gen, claimed: claimed}
 	}
 	for _, k := range stale {
-		if err := st.s.Delete(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			st.report("delete", err)
-		}
+		st.delete(ctx, k)
 	}
 	return nil
 }
@@ -267,9 +269,7 @@ func (st store) saveKey(ctx context.Context, k *dpop.Key) error {
 
 func (st store) deleteKey(ctx context.Context, thumbprint string) {
 	if thumbprint != "" {
-		if err := st.s.Delete(ctx, st.keyKey(thumbprint)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			st.report("delete", err)
-		}
+		st.delete(ctx, st.keyKey(thumbprint))
 	}
 }
 
