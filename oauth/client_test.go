@@ -63,6 +63,10 @@ func TestMalformedTokenResponses(t *testing.T) {
 		{"no access_token", func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, map[string]any{"token_type": "Bearer", "expires_in": 60, "refresh_token": testRefresh})
 		}},
+		{"names in another case", func(w http.ResponseWriter, r *http.Request) {
+			// Member names are case-sensitive (RFC 8259, RFC 6749 §5.1).
+			writeJSON(w, 200, map[string]any{"ACCESS_TOKEN": testAccess, "Token_Type": "Bearer", "expires_in": 60})
+		}},
 		{"unknown token_type", func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, map[string]any{"access_token": testAccess, "token_type": "mac", "expires_in": 60})
 		}},

@@ -2,7 +2,6 @@ package oauth
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -155,7 +154,7 @@ func (c *Client) parseMetadata(body []byte) (*metadata, error) {
 		Token      string `json:"token_endpoint"`
 		Revocation string `json:"revocation_endpoint"`
 	}
-	if err := json.Unmarshal(body, &doc); err != nil || doc.Token == "" {
+	if err := wire.UnmarshalExact(body, &doc); err != nil || doc.Token == "" {
 		return nil, errNotMetadata
 	}
 	if strings.TrimRight(doc.Issuer, "/") != strings.TrimRight(c.cfg.Endpoint, "/") {

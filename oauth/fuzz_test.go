@@ -2,12 +2,14 @@ package oauth
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/internal/fuzzhttp"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // FuzzTokenResponse feeds a hostile authorization server's answer (status,
@@ -40,8 +42,8 @@ func FuzzTokenResponse(f *testing.F) {
 			err = c.Revoke(ctx, key, refresh)
 		} else {
 			g, terr := c.Token(ctx, key, refresh)
-			if err = terr; err == nil && (g.AccessToken == "" || (g.TokenType != "DPoP" && g.TokenType != "Bearer") || g.Expiry.IsZero()) {
-				t.Fatalf("unusable grant accepted: %+v", g)
+			if err = terr; err == nil {
+				checkGrant(t, g, body)
 			}
 		}
 		if err == nil {
@@ -60,4 +62,22 @@ func FuzzTokenResponse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkGrant is what a successful token response promises: an access_token
+// member spelled exactly so (wire.UnmarshalExact), a token type that can be
+// presented, and an expiry (possibly already past: Grant.Usable then says
+// the cache will not hand the token out).
+func checkGrant(t *testing.T, g *tokencache.Grant, body []byte) {
+	t.Helper()
+	var members map[string]json.RawMessage
+	if json.Unmarshal(body, &members) != nil || members["access_token"] == nil {
+		t.Fatalf("grant accepted without an exact access_token member: %+v", g)
+	}
+	if g.AccessToken == "" || (g.TokenType != "DPoP" && g.TokenType != "Bearer") || g.Expiry.IsZero() {
+		t.Fatalf("unusable grant accepted: %+v", g)
+	}
+	if g.Usable(g.Expiry) {
+		t.Fatalf("a token is usable at its own expiry: %+v", g)
+	}
 }

@@ -133,7 +133,7 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, err
 		return nil, x.fail(x.lost(), resp.Status, resp.BodyErr)
 	}
 	var tr tokenResponse
-	if err := json.Unmarshal(resp.Body, &tr); err != nil {
+	if err := wire.UnmarshalExact(resp.Body, &tr); err != nil {
 		return nil, bad("body is not a JSON object")
 	}
 	x.secrets = append(x.secrets, tr.AccessToken, tr.RefreshToken)

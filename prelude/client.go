@@ -305,12 +305,13 @@ func clockSkew(localNow, date time.Time) time.Duration {
 	return skew
 }
 
-// decode unmarshals a 2xx JSON body into v.
+// decode unmarshals a 2xx JSON object into the struct v, matching member
+// names exactly as the SDKs do (wire.UnmarshalExact).
 func (c *call) decode(rep *reply, v any) error {
 	if rep.BodyErr != nil {
 		return c.fail(c.afterWrite(), rep.Status, rep.BodyErr)
 	}
-	if err := json.Unmarshal(rep.Body, v); err != nil {
+	if err := wire.UnmarshalExact(rep.Body, v); err != nil {
 		return c.malformed(rep, "body is not the expected JSON")
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -392,7 +393,12 @@ func TestMalformedSuccess(t *testing.T) {
 			_, _ = io.WriteString(w, `{"access_token":"a","expires_at":`)
 		}},
 		{"no_access_token", func(w http.ResponseWriter, r *http.Request) { writeTokens(w, "", good, testRotated) }},
-		{"no_expiry_anywhere", func(w http.ResponseWriter, r *http.Request) { writeTokens(w, "opaque", nil, testRotated) }},
+		{"names_in_other_case", func(w http.ResponseWriter, r *http.Request) {
+			// CI's FuzzResponse finding 9c30edfb2e39a0f8: encoding/json would
+			// have matched these names; the SDKs read data.access_token.
+			w.Header().Set("X-Refresh-Token", testRotated)
+			_, _ = io.WriteString(w, `{"ACCess_token":"0","eXpires_At":"1"}`)
+		}},
 		{"wrong_types", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("X-Refresh-Token", testRotated)
 			_, _ = io.WriteString(w, `{"access_token":42,"expires_at":true}`)
@@ -433,6 +439,51 @@ func TestMalformedSuccess(t *testing.T) {
 		_, err := c.LoginPassword(context.Background(), "a@example.com", testPassword)
 		asError(t, err, KindUnknownOutcome)
 	})
+}
+
+// TestSloppySuccess is how a 2xx token answer is read when it is odd but
+// carries an access token: expires_at as a number (Unix seconds, the
+// current API) or a string (RFC 3339, the older API, or decimal seconds);
+// an expiry in the past or none readable anywhere keeps the answer — its
+// rotated refresh token is the live one — but says, through Usable, that
+// the cache will not hand the access token out.
+func TestSloppySuccess(t *testing.T) {
+	now := time.Now()
+	later := now.Add(time.Hour).Truncate(time.Second)
+	for _, tc := range []struct {
+		name      string
+		expiresAt any // nil: absent
+		access    string
+		want      time.Time // zero: expired on arrival
+	}{
+		{"number", later.Unix(), "opaque", later},
+		{"rfc3339_string", later.UTC().Format(time.RFC3339), "opaque", later},
+		{"decimal_string", strconv.FormatInt(later.Unix(), 10), "opaque", later},
+		{"past", now.Add(-time.Hour).Unix(), "opaque", time.Time{}},
+		{"unix_1", "1", "opaque", time.Time{}},
+		{"absent_no_jwt", nil, "opaque", time.Time{}},
+		{"garbage", "soon", "opaque", time.Time{}},
+		{"absent_jwt_exp", nil, fakeJWT(map[string]any{"exp": later.Unix()}), later},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := misbehaving(t, func(w http.ResponseWriter, r *http.Request) {
+				writeTokens(w, tc.access, tc.expiresAt, testRotated)
+			})
+			tok, err := c.Refresh(context.Background(), newKey(t), testRefresh)
+			if err != nil {
+				t.Fatalf("refresh: %v", err)
+			}
+			if tok.RefreshToken != testRotated {
+				t.Errorf("rotated refresh token lost")
+			}
+			if usable := tok.Usable(time.Now()); usable != !tc.want.IsZero() {
+				t.Errorf("Usable = %v, want %v (expiry %v)", usable, !usable, tok.ExpiresAt)
+			}
+			if !tc.want.IsZero() && !tok.ExpiresAt.Equal(tc.want) {
+				t.Errorf("expiry %v, want %v", tok.ExpiresAt, tc.want)
+			}
+		})
+	}
 }
 
 // TestErrorClassification is the decided list of answers that prove the

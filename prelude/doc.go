@@ -41,11 +41,20 @@
 //
 // Prelude's API has changed over time. The client sends no X-App-Id header
 // (the app is taken from the Host) and no body on /refresh. It accepts both
-// old and new answers: expires_at as Unix seconds (current) or an RFC 3339
-// string (older), error bodies as {"code","message","type"} with
+// old and new answers: expires_at as Unix seconds (current; a decimal
+// string is read the same way) or an RFC 3339 string (older), error bodies as {"code","message","type"} with
 // "display_message" as an alias for "message" and RFC 6749
 // {"error","error_description"} as a fallback, and non-JSON error bodies
 // from proxies (Code is then "", the status still classifies).
+//
+// A sloppy or hostile 2xx is read as the SDKs read it: member names match
+// exactly ("ACCESS_TOKEN" is not access_token, unlike encoding/json's
+// default), so an answer without an exactly named access_token is
+// malformed. An answer with an access token whose expiry is already past,
+// or readable neither in expires_at nor in the JWT's exp, is kept: its
+// rotated refresh token is the live one. Tokens.Usable then reports false —
+// the token cache stores the answer, never hands that access token out, and
+// refreshes again after a backoff.
 //
 // # DPoP nonces and clocks
 //

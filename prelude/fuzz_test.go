@@ -2,6 +2,7 @@ package prelude
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -11,9 +12,9 @@ import (
 )
 
 // FuzzResponse feeds a hostile server's answer (status, headers, body) to
-// each call the gateway makes: the result is tokens that are there, or an
-// *Error with a kind and a text that never holds the secrets the request
-// carried. Seeds in testdata/fuzz/FuzzResponse.
+// each call the gateway makes: the result is tokens that are there (see
+// checkTokens), or an *Error with a kind and a text that never holds the
+// secrets the request carried. Seeds in testdata/fuzz/FuzzResponse.
 func FuzzResponse(f *testing.F) {
 	const (
 		refresh  = "rt-FUZZ-0123456789abcdef"
@@ -36,8 +37,8 @@ func FuzzResponse(f *testing.F) {
 		case 0:
 			var tok *Tokens
 			sent = refresh
-			if tok, err = cl.Refresh(ctx, key, refresh); err == nil && (tok.AccessToken == "" || tok.RefreshToken == "") {
-				t.Fatalf("refresh succeeded without tokens: %v", tok)
+			if tok, err = cl.Refresh(ctx, key, refresh); err == nil {
+				checkTokens(t, tok, body)
 			}
 		case 1:
 			var list *SessionList
@@ -63,4 +64,23 @@ func FuzzResponse(f *testing.F) {
 			t.Fatalf("error text holds a secret: %s", err)
 		}
 	})
+}
+
+// checkTokens is what a successful refresh promises, as decided in
+// TestSloppySuccess: an access_token member spelled exactly so, an expiry
+// (possibly already past: Usable then says the cache will not hand the
+// token out), and a refresh token only when the server sent one — "" keeps
+// the presented one (the SDK 0.6.0 behaviour).
+func checkTokens(t *testing.T, tok *Tokens, body []byte) {
+	t.Helper()
+	var members map[string]json.RawMessage
+	if json.Unmarshal(body, &members) != nil || members["access_token"] == nil {
+		t.Fatalf("refresh succeeded without an exact access_token member: %v", tok)
+	}
+	if tok.AccessToken == "" || tok.ExpiresAt.IsZero() {
+		t.Fatalf("refresh succeeded without a token or an expiry: %v", tok)
+	}
+	if tok.Usable(tok.ExpiresAt) {
+		t.Fatalf("a token is usable at its own expiry: %v", tok)
+	}
 }

@@ -31,6 +31,14 @@ type Tokens struct {
 	RefreshExpiresAt time.Time
 }
 
+// Usable reports whether the token cache will hand out t's access token
+// when t arrives at now (tokencache.Grant.Usable). An answer whose access
+// token is already expired on arrival — an expires_at in the past, or
+// none readable in the body or the JWT — is still a success: its refresh
+// token is the live one and is stored, but requests get no token from it
+// and the cache refreshes again after a backoff.
+func (t *Tokens) Usable(now time.Time) bool { return t.Grant().Usable(now) }
+
 // String describes t without its secrets.
 func (t Tokens) String() string {
 	return fmt.Sprintf("prelude.Tokens{AccessToken: %s, ExpiresAt: %s, RefreshToken: %s, RefreshExpiresAt: %s}",
@@ -57,7 +65,8 @@ func redacted(s string) string {
 // {"access_token", "expires_at"} in the body, the rotated refresh token in
 // X-Refresh-Token and its expiry in X-Refresh-Token-Expires-At.
 //
-// A 2xx without an access token is KindUnknownOutcome (call.malformed):
+// Member names match exactly (call.decode). A 2xx without an access token
+// is KindUnknownOutcome (call.malformed):
 // the server has probably rotated, so the refresh token that was sent may
 // already be spent and must not be presented again. A refresh answered
 // with an access token but no X-Refresh-Token was not rotated: the SDKs
@@ -84,14 +93,17 @@ func (cl *Client) tokens(ctx context.Context, c *call) (*Tokens, error) {
 	}
 	exp, ok := parseTimestamp(body.ExpiresAt)
 	if !ok {
-		// The tokens are good; only the expiry is unreadable. Losing a
-		// rotated refresh token over that would kill the session, so fall
-		// back to the JWT's own exp claim.
-		if exp, ok = jwtExpiry(t.AccessToken); !ok {
-			return nil, c.malformed(rep, "no usable expires_at")
-		}
+		exp, ok = jwtExpiry(t.AccessToken)
 	}
-	t.ExpiresAt = exp.Add(rep.skew)
+	if ok {
+		t.ExpiresAt = exp.Add(rep.skew)
+	} else {
+		// The tokens are good; only the expiry is unreadable. Losing a
+		// rotated refresh token over that would kill the session, so the
+		// answer is kept as expired on arrival: the refresh token is
+		// stored, the access token never handed out (Usable is false).
+		t.ExpiresAt = rep.ReceivedAt
+	}
 	if t.RefreshToken == "" {
 		return t, nil // not rotated: any expiry header is not about a new token
 	}

@@ -74,6 +74,26 @@ func (e *UnavailableError) Unwrap() error { return e.Err }
 // the next refresh backs off instead of spinning.
 const minUsable = time.Second
 
+// usableUntil is when the engine stops handing out a token issued at
+// issued that expires at expiry: shortly before it expires, so it does not
+// die in flight — 5 s, or a tenth of the lifetime for short-lived tokens.
+func usableUntil(issued, expiry time.Time) time.Time {
+	life := expiry.Sub(issued)
+	if issued.IsZero() || life <= 0 {
+		life = 0
+	}
+	return expiry.Add(-min(5*time.Second, life/10))
+}
+
+// Usable reports whether the engine will hand out g's access token when g
+// arrives at now. A grant that is not usable (already expired on arrival, or
+// expiring within a second) is stored all the same, because its rotated
+// refresh token is the only live one, but requests get no token from it:
+// the next refresh follows after a backoff.
+func (g *Grant) Usable(now time.Time) bool {
+	return g != nil && g.AccessToken != "" && usableUntil(now, g.Expiry).After(now.Add(minUsable))
+}
+
 // snapshot is an immutable view of the session for lock-free readers.
 type snapshot struct {
 	rec       record
@@ -114,13 +134,7 @@ func (c *Cache) newSnapshot(rec *record, key *dpop.Key) *snapshot {
 	}
 	s.tok = &Token{Value: rec.AccessToken, Type: typ, Expiry: rec.Expiry, Subject: sub, SessionID: sid, Key: key}
 	s.rejected = c.isRejected(rec.AccessToken)
-	life := rec.Expiry.Sub(rec.IssuedAt)
-	if rec.IssuedAt.IsZero() || life <= 0 {
-		life = 0
-	}
-	// Stop handing out a token shortly before it expires so it does not die
-	// in flight: 5 s, or a tenth of the lifetime for short-lived tokens.
-	s.usable = rec.Expiry.Add(-min(5*time.Second, life/10))
+	s.usable = usableUntil(rec.IssuedAt, rec.Expiry)
 	if rec.State == StateActive && !s.rejected {
 		at := refreshAt(rec.IssuedAt, rec.Expiry, c.cfg.RefreshBefore)
 		// Instances sharing storage see the same record; a per-instance
