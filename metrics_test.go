@@ -254,7 +254,7 @@ http://localhost:9081 {
 			t.Fatalf("GET: %d %s, want %d", status, body, wantStatus)
 		}
 	}
-	adm := &adminClient{t: t}
+	adm := &adminClient{T: t}
 
 	// Login: the background login, then one injected request.
 	get(http.StatusOK)
@@ -297,7 +297,7 @@ http://localhost:9081 {
 	}
 
 	// A refresh: one more refreshed attempt, and its lead.
-	adm.call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
+	adm.Call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
 	expectA["refreshed"]++
 	checkAttempts(scrapeMetrics(t))
 
@@ -315,7 +315,7 @@ http://localhost:9081 {
 	refreshed := make(chan struct{})
 	go func() {
 		defer close(refreshed)
-		adm.call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
+		adm.Call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
 	}()
 	waitUntil(t, "the refresh waiting for the lock", waitingForFileLock)
 	if err := fs.Unlock(ctx, lockName); err != nil {
@@ -437,7 +437,7 @@ http://localhost:9081 {
 	}
 
 	// A logout: state and auto-login follow at once.
-	adm.call("POST", "/inject_token/sessions/"+a+"/logout", "", 200)
+	adm.Call("POST", "/inject_token/sessions/"+a+"/logout", "", 200)
 	m = scrapeMetrics(t)
 	if len(m.match("caddy_inject_token_session_state", "session", a, "state", "logged_out")) != 1 ||
 		len(m.match("caddy_inject_token_session_state", "session", a)) != 1 {
