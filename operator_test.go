@@ -159,7 +159,7 @@ func TestOperatorFindings(t *testing.T) {
 	}
 }
 
-// TestStatusTable checks the README's status table against what the admin
+// TestStatusTable checks the status table in docs/admin-api.md against what the admin
 // API answers, for both backends where a backend is involved.
 func TestStatusTable(t *testing.T) {
 	srv := sandboxtest.NewServer(t, sandbox.Options{})
@@ -191,18 +191,18 @@ func TestStatusTable(t *testing.T) {
 	}
 }
 
-// TestStatusFieldsMatchREADME: every status field the README lists is in
-// the JSON, also for a session that has nothing to show, and the README
+// TestStatusFieldsMatchDocs: every status field docs/admin-api.md lists is in
+// the JSON, also for a session that has nothing to show, and the page
 // lists every field the JSON has.
-func TestStatusFieldsMatchREADME(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+func TestStatusFieldsMatchDocs(t *testing.T) {
+	readme, err := os.ReadFile("docs/admin-api.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, section, ok := strings.Cut(string(readme), "<!-- status-fields -->")
 	section, _, ok2 := strings.Cut(section, "<!-- /status-fields -->")
 	if !ok || !ok2 {
-		t.Fatal("README has no <!-- status-fields --> section")
+		t.Fatal("docs/admin-api.md has no <!-- status-fields --> section")
 	}
 	var documented []string
 	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z_]+)`").FindAllStringSubmatch(section, -1) {
@@ -217,12 +217,12 @@ func TestStatusFieldsMatchREADME(t *testing.T) {
 	}
 	for _, f := range documented {
 		if _, ok := got[f]; !ok {
-			t.Errorf("README lists %q; the status JSON of a logged-out session lacks it", f)
+			t.Errorf("docs/admin-api.md lists %q; the status JSON of a logged-out session lacks it", f)
 		}
 	}
 	for f := range got {
 		if !slices.Contains(documented, f) {
-			t.Errorf("status JSON has %q; the README does not list it", f)
+			t.Errorf("status JSON has %q; docs/admin-api.md does not list it", f)
 		}
 	}
 }
