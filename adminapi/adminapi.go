@@ -42,11 +42,26 @@ const (
 // its DPoP key's public thumbprint. It never holds a token, a refresh
 // token or a private key.
 type Status struct {
-	// Session is the session's name (the `session` subdirective).
-	Session string `json:"session"`
 	// Backend is "prelude" or "oauth2"; BaseURL the server it talks to.
 	Backend string `json:"backend"`
 	BaseURL string `json:"base_url"`
+	// OTPPending reports a one-time-code login waiting for its code.
+	OTPPending bool `json:"otp_pending"`
+	// OTPFlow is the one-time-code flow of the latest OTP login started:
+	// "login_otp" (current) or "otp" (documented fallback); "" before any.
+	OTPFlow string `json:"otp_flow"`
+	// Engine is what the token engine reports; its fields appear at the
+	// top level of the JSON object.
+	Engine
+}
+
+// Engine is what the token engine knows about a session, secret-free:
+// package tokencache reports it (tokencache.Status is this type), so its
+// fields are declared once, here, with the documentation the API's users
+// read.
+type Engine struct {
+	// Session is the session's name (the `session` subdirective).
+	Session string `json:"session"`
 	// State is "active" or "logged_out" (or another engine state); Reason
 	// says why it is not active.
 	State  string `json:"state"`
@@ -54,11 +69,6 @@ type Status struct {
 	// AutoLogin reports whether the session logs itself in again when it
 	// ends (configured login, not disabled by an operator's logout).
 	AutoLogin bool `json:"auto_login"`
-	// OTPPending reports a one-time-code login waiting for its code.
-	OTPPending bool `json:"otp_pending"`
-	// OTPFlow is the one-time-code flow of the latest OTP login started:
-	// "login_otp" (current) or "otp" (documented fallback); "" before any.
-	OTPFlow string `json:"otp_flow"`
 	// Subject and SessionID are the token's sub and sid claims.
 	Subject   string `json:"sub"`
 	SessionID string `json:"sid"`
@@ -70,7 +80,8 @@ type Status struct {
 	// seconds until then (0 when expired or absent).
 	ExpiresAt   *time.Time `json:"expires_at"`
 	SecondsLeft int64      `json:"seconds_left"`
-	// NextRefresh is when the background refresher will refresh.
+	// NextRefresh is when the next attempt is due: the scheduled refresh,
+	// or the end of the backoff while a retry is scheduled.
 	NextRefresh *time.Time `json:"next_refresh"`
 	// LastRefresh is when the last refresh or login attempt of this
 	// process ended, LastOutcome how ("refreshed", "adopted", "failed", …).

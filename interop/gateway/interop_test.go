@@ -12,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	// The module under test registers inject_token with Caddy.
+	_ "github.com/tokenwarden/caddy-inject-token"
 	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/interop"
