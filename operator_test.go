@@ -54,10 +54,11 @@ func logFile(t *testing.T, storage string) (string, func() []map[string]any) {
 	}
 }
 
-// TestOperatorFindings walks the CLI and admin API findings of issue 11
-// against a real Caddy and sandbox, one operator session from the first
-// code to the revoke.
-func TestOperatorFindings(t *testing.T) {
+// TestOperatorAnswersSayWhatToDo follows one operator session, against a
+// real Caddy and sandbox, from the first code to the revoke: every CLI and
+// admin answer names the next step, Retry-After matches who can help, and
+// each action logs one INFO line saying who, never a token.
+func TestOperatorAnswersSayWhatToDo(t *testing.T) {
 	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
 	globalsWithLog, logs := logFile(t, dir)
