@@ -85,6 +85,7 @@ var sessionOps = map[string]op{
 	adminapi.RouteRefreshToken: {http.MethodPost, handleRefreshToken, "oauth2"},
 	adminapi.RouteList:         {http.MethodGet, handleList, "prelude"},
 	adminapi.RouteRevoke:       {http.MethodPost, handleRevoke, "prelude"},
+	adminapi.RouteTimeline:     {http.MethodGet, handleTimeline, ""},
 }
 
 // dispatch runs the operation path (below the mount: "/sessions/...")

@@ -35,6 +35,7 @@ const (
 	RouteRefreshToken = "/login/refresh-token" // POST RefreshTokenLogin → Status (oauth2)
 	RouteList         = "/list"                // GET ?limit=&offset= → DeviceList (prelude)
 	RouteRevoke       = "/revoke"              // POST Revoke → RevokeResult (prelude)
+	RouteTimeline     = "/timeline"            // GET → Timeline
 )
 
 // Status is one session: its state, the user and token it holds (decoded
@@ -104,6 +105,38 @@ type Engine struct {
 	TokenHeader map[string]any `json:"token_header"`
 	TokenClaims map[string]any `json:"token_claims"`
 }
+
+// Timeline is a session's token events over the last hour (TimelineWindow),
+// oldest first, from a small ring kept per configured session: a busy
+// session shows its latest events only.
+type Timeline struct {
+	Session string `json:"session"`
+	// From and Now bound the window the events fall in.
+	From   time.Time       `json:"from"`
+	Now    time.Time       `json:"now"`
+	Events []TimelineEvent `json:"events"`
+}
+
+// TimelineWindow is how far back a Timeline reaches.
+const TimelineWindow = time.Hour
+
+// TimelineEvent is one thing that happened to the session's token.
+type TimelineEvent struct {
+	At time.Time `json:"at"`
+	// Kind is one of the Event* constants.
+	Kind string `json:"kind"`
+	// ExpiresAt is the expiry of the token the session holds after the
+	// event; null after a failure.
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// Timeline event kinds.
+const (
+	EventIssued    = "issued"    // a login gave the session a new token
+	EventRefreshed = "refreshed" // this instance refreshed the token
+	EventAdopted   = "adopted"   // another instance had refreshed; its token was taken
+	EventFailed    = "failed"    // a refresh or login failed
+)
 
 // SessionList answers GET /inject_token/sessions.
 type SessionList struct {

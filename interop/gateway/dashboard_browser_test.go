@@ -90,7 +90,8 @@ func claimsIat(t *testing.T, ctx context.Context) float64 {
 
 // TestDashboardInBrowser drives the dashboard of Caddyfile.example in a
 // real headless Chromium: the session shows, Refresh changes the token's
-// iat, Log out changes the state, a one-time code logs in again, and a
+// iat and the timeline draws the login and the refresh, Log out changes
+// the state, a one-time code logs in again, and a
 // second device of the user is revoked from the list. A cross-origin
 // state-changing call is refused.
 //
@@ -114,6 +115,14 @@ func TestDashboardInBrowser(t *testing.T) {
 	step(t, ctx, "refresh", click("#btn-refresh"),
 		until(fmt.Sprintf(`JSON.parse(document.querySelector('#d-claims').textContent || "{}").iat > %d`, int64(iat))))
 
+	// The timeline draws the login and the refresh, and a lifetime bar for
+	// each token the session held.
+	tl := `document.querySelectorAll('#timelines .tl[data-session="demo"] `
+	step(t, ctx, "the timeline shows the login and the refresh",
+		until(tl+`[data-kind="issued"]').length === 1`),
+		until(tl+`[data-kind="refreshed"]').length === 1`),
+		until(tl+`rect.life').length === 2`))
+
 	step(t, ctx, "logout", click("#btn-logout"),
 		until(`document.querySelector('#d-state').textContent === "logged_out"`),
 		until(`document.querySelector('#d-claims').textContent === "–"`))
@@ -124,7 +133,8 @@ func TestDashboardInBrowser(t *testing.T) {
 		until(`document.querySelector('#msg').textContent === "Send code: done."`),
 		chromedp.SendKeys(chromedp.CSS("#otp-code"), sandbox.DefaultOTPCode),
 		click("#otp-check"),
-		until(`document.querySelector('#d-state').textContent === "active"`))
+		until(`document.querySelector('#d-state').textContent === "active"`),
+		until(tl+`[data-kind="issued"]').length === 2`))
 
 	other := gatewaytest.NewSandboxLogin(t, d.Sandbox, sandbox.DemoEmail)
 	otherSID := other.SID
@@ -135,7 +145,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join("docs", "dashboard.png"), png, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join("..", "..", "docs", "dashboard.png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
