@@ -36,7 +36,7 @@ func TestOTPLoginBothFlows(t *testing.T) {
 			t.Fatalf("status while pending: %v", st)
 		}
 		// A wrong code is refused and the login stays pending.
-		a.Call("POST", base+"/login/otp/check", `{"code":"000000"}`, 422) // the server refused the code (README status table)
+		a.Call("POST", base+"/login/otp/check", `{"code":"000000"}`, 422) // the server refused the code (status table in docs/admin-api.md)
 		st := a.Call("POST", base+"/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
 		if st["state"] != "active" || st["sub"] != uid || st["otp_flow"] != flow || st["otp_pending"] != false {
 			t.Fatalf("after %s login: %v", flow, st)

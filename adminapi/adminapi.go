@@ -232,7 +232,7 @@ type Error struct {
 	Code  string `json:"code,omitempty"`
 }
 
-// Codes of errors the admin API itself decides. See the README's status
+// Codes of errors the admin API itself decides. See docs/admin-api.md's status
 // table for when each is used.
 const (
 	CodeInvalidRequest   = "invalid_request"    // 400
