@@ -23,21 +23,21 @@ func TestOTPLoginBothFlows(t *testing.T) {
 	dir := t.TempDir()
 	g := gateway{storage: dir, upstream: srv.URL, rewrite: "/whoami", block: "session otp-flows\nprelude " + srv.URL}
 	tester := g.start(t)
-	a := &adminClient{t: t}
+	a := &adminClient{T: t}
 	const base = "/inject_token/sessions/otp-flows"
 
 	for _, flow := range []string{"login_otp", "otp"} {
 		srv.DisableCurrentOTPLogin(flow == "otp")
-		m := a.call("POST", base+"/login/otp", `{"email_address":"demo@example.com"}`, 200)
+		m := a.Call("POST", base+"/login/otp", `{"email_address":"demo@example.com"}`, 200)
 		if m["status"] != "code_sent" || m["otp_flow"] != flow {
 			t.Fatalf("otp start: %v, want flow %s", m, flow)
 		}
-		if st := a.call("GET", base, "", 200); st["otp_pending"] != true || st["otp_flow"] != flow {
+		if st := a.Call("GET", base, "", 200); st["otp_pending"] != true || st["otp_flow"] != flow {
 			t.Fatalf("status while pending: %v", st)
 		}
 		// A wrong code is refused and the login stays pending.
-		a.call("POST", base+"/login/otp/check", `{"code":"000000"}`, 422) // the server refused the code (README status table)
-		st := a.call("POST", base+"/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
+		a.Call("POST", base+"/login/otp/check", `{"code":"000000"}`, 422) // the server refused the code (status table in docs/admin-api.md)
+		st := a.Call("POST", base+"/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
 		if st["state"] != "active" || st["sub"] != uid || st["otp_flow"] != flow || st["otp_pending"] != false {
 			t.Fatalf("after %s login: %v", flow, st)
 		}
@@ -45,7 +45,7 @@ func TestOTPLoginBothFlows(t *testing.T) {
 			t.Fatalf("proxy uses sid %v, want %v", w.Claims["sid"], st["sid"])
 		}
 		// The session works past its first refresh.
-		a.call("POST", base+"/refresh", "", 200)
+		a.Call("POST", base+"/refresh", "", 200)
 		getWhoami(t, tester)
 	}
 	checks := map[string]int{}
@@ -63,7 +63,7 @@ func TestOTPLoginBothFlows(t *testing.T) {
 	if st := srv.Stats(); st.ReuseEvents != 0 || st.Logins != 2 {
 		t.Errorf("sandbox: %+v", st)
 	}
-	a.assertNoSecrets(storedString(t, dir, "otp-flows", "refresh_token"), storedString(t, dir, "otp-flows", "access_token"))
+	a.AssertNoSecrets(storedString(t, dir, "otp-flows", "refresh_token"), storedString(t, dir, "otp-flows", "access_token"))
 }
 
 // passwordGateway is a Caddy with one password-login session in front of
@@ -76,7 +76,7 @@ func passwordGateway(t *testing.T, srv *sandboxtest.Server, name string) (*admin
 		block: fmt.Sprintf("session %s\nprelude %s\nlogin password %s {env.IT_TEST_PASSWORD}", name, srv.URL, sandbox.DemoEmail)}
 	tester := g.start(t)
 	sid := getWhoami(t, tester).Claims["sid"].(string)
-	return &adminClient{t: t}, sid
+	return &adminClient{T: t}, sid
 }
 
 // refreshUntilOK forces refreshes until one succeeds; every failure must
@@ -86,9 +86,9 @@ func refreshUntilOK(t *testing.T, a *adminClient, name string, check func(st map
 	for range 5 {
 		status, _, body := do(t, http.DefaultClient, "POST", adminURL+"/inject_token/sessions/"+name+"/refresh", nil)
 		if status == 200 {
-			return a.call("GET", "/inject_token/sessions/"+name, "", 200)
+			return a.Call("GET", "/inject_token/sessions/"+name, "", 200)
 		}
-		st := a.call("GET", "/inject_token/sessions/"+name, "", 200)
+		st := a.Call("GET", "/inject_token/sessions/"+name, "", 200)
 		if st["state"] != "active" {
 			t.Fatalf("refresh answered %d %s and the session is %v", status, body, st)
 		}
@@ -107,11 +107,11 @@ func TestRefreshWithoutRotationKeepsSession(t *testing.T) {
 	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	a, sid := passwordGateway(t, srv, "no-rotate")
 	srv.SkipRotation(1)
-	st := a.call("POST", "/inject_token/sessions/no-rotate/refresh", "", 200)
+	st := a.Call("POST", "/inject_token/sessions/no-rotate/refresh", "", 200)
 	if st["state"] != "active" || st["sid"] != sid {
 		t.Fatalf("after an unrotated refresh: %v", st)
 	}
-	st = a.call("POST", "/inject_token/sessions/no-rotate/refresh", "", 200)
+	st = a.Call("POST", "/inject_token/sessions/no-rotate/refresh", "", 200)
 	if st["state"] != "active" || st["sid"] != sid {
 		t.Fatalf("after refreshing with the kept token: %v", st)
 	}

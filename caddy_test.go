@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
@@ -25,8 +25,6 @@ import (
 // the whole package: no t.Parallel) in front of a real sandbox on
 // 127.0.0.1. Each test uses its own session names, sandbox and storage
 // directory.
-
-const adminURL = "http://localhost:2999"
 
 // gateway is a test Caddy config: one site on :9080 with inject_token in
 // front of reverse_proxy.
@@ -54,134 +52,35 @@ func (g gateway) String() string {
 `, g.block, rewrite, g.upstream, g.extra)
 }
 
-// globals are the global options of every test config: the tester's admin
-// address, test ports, and storage in the test's own directory.
-func globals(storage string) string {
-	return fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	skip_install_trust
-	storage file_system %s
-}
-`, storage)
-}
+// The helpers shared with the interop module's tests live in
+// internal/gatewaytest; these names keep this package's tests short.
+const adminURL = gatewaytest.AdminURL
 
-// start loads g into the in-process Caddy and, when the test ends (before
-// its temp dirs are removed), unloads it so no session keeps writing there.
+type (
+	whoami      = gatewaytest.Whoami
+	adminClient = gatewaytest.AdminClient
+	demo        = gatewaytest.Demo
+)
+
+var (
+	globals         = gatewaytest.Globals
+	startConfig     = gatewaytest.StartConfig
+	do              = gatewaytest.Do
+	stored          = gatewaytest.Stored
+	freePort        = gatewaytest.FreePort
+	waitWithin      = gatewaytest.WaitWithin
+	newSandboxLogin = gatewaytest.NewSandboxLogin
+)
+
+// start loads g into the in-process Caddy and unloads it when the test ends.
 func (g gateway) start(t *testing.T) *caddytest.Tester {
 	t.Helper()
 	return startConfig(t, g.String())
 }
 
-// startConfig loads a Caddyfile into the in-process Caddy and unloads it
-// when the test ends.
-func startConfig(t *testing.T, caddyfile string) *caddytest.Tester {
+func exampleDemo(t *testing.T, storage string) demo {
 	t.Helper()
-	tester := caddytest.NewTester(t)
-	tester.InitServer(caddyfile, "caddyfile")
-	t.Cleanup(func() {
-		resp, err := http.Post(adminURL+"/load", "application/json",
-			strings.NewReader(`{"admin":{"listen":"localhost:2999"}}`))
-		if err != nil {
-			t.Errorf("unloading config: %v", err)
-			return
-		}
-		resp.Body.Close()
-	})
-	return tester
-}
-
-// whoami is the sandbox's /whoami answer.
-type whoami struct {
-	Claims  map[string]any    `json:"claims"`
-	Headers map[string]string `json:"headers"`
-}
-
-// do sends a request and returns status, headers and body.
-func do(t *testing.T, c *http.Client, method, url string, body []byte, hdr ...string) (int, http.Header, []byte) {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Add(hdr[i], hdr[i+1])
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, resp.Header, b
-}
-
-// admin calls the admin API, records every answer for the secrets check,
-// and decodes the JSON answer into a map.
-type adminClient struct {
-	t       *testing.T
-	mu      sync.Mutex
-	answers [][]byte
-}
-
-func (a *adminClient) call(method, path, body string, wantStatus int) map[string]any {
-	a.t.Helper()
-	var b []byte
-	if body != "" {
-		b = []byte(body)
-	}
-	status, hdr, out := do(a.t, http.DefaultClient, method, adminURL+path, b, "Content-Type", "application/json")
-	a.mu.Lock()
-	a.answers = append(a.answers, out)
-	a.mu.Unlock()
-	if status != wantStatus {
-		a.t.Fatalf("%s %s: status %d, want %d; body %s", method, path, status, wantStatus, out)
-	}
-	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		a.t.Fatalf("%s %s: Content-Type %q", method, path, ct)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(out, &m); err != nil {
-		a.t.Fatalf("%s %s: %v in %s", method, path, err, out)
-	}
-	if code := hdr.Get("Inject-Token-Code"); code != "" {
-		m["code"] = code
-	}
-	return m
-}
-
-// assertNoSecrets fails if any admin answer so far contains a secret.
-func (a *adminClient) assertNoSecrets(secrets ...string) {
-	a.t.Helper()
-	for _, ans := range a.answers {
-		for _, s := range secrets {
-			if s != "" && bytes.Contains(ans, []byte(s)) {
-				a.t.Fatalf("admin answer contains a secret: %s", ans)
-			}
-		}
-	}
-}
-
-// stored reads a session's state record from file storage.
-func stored(t *testing.T, dir, session string) map[string]any {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "inject_token", session, "state.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return gatewaytest.ExampleDemo(t, "Caddyfile.example", storage)
 }
 
 func storedString(t *testing.T, dir, session, field string) string {
@@ -441,14 +340,14 @@ http://localhost:9081 {
 	}
 	respond "b"`, srv.URL)}
 	tester := g.start(t)
-	a := &adminClient{t: t}
+	a := &adminClient{T: t}
 
 	// Status of a session never logged in.
-	st := a.call("GET", "/inject_token/sessions/adm-a", "", 200)
+	st := a.Call("GET", "/inject_token/sessions/adm-a", "", 200)
 	if st["state"] != "logged_out" || st["backend"] != "prelude" || st["base_url"] != srv.URL || st["session"] != "adm-a" {
 		t.Errorf("status = %v", st)
 	}
-	all := a.call("GET", "/inject_token/sessions", "", 200)
+	all := a.Call("GET", "/inject_token/sessions", "", 200)
 	names := map[string]bool{}
 	for _, s := range all["sessions"].([]any) {
 		names[s.(map[string]any)["session"].(string)] = true
@@ -459,35 +358,35 @@ http://localhost:9081 {
 	assertUnavailable(t, tester, "adm-a")
 
 	// Errors: unknown session, wrong method, bad bodies, logged out.
-	a.call("GET", "/inject_token/sessions/nope", "", 404)
-	a.call("GET", "/inject_token/sessions/adm-a/bogus", "", 404)
-	a.call("POST", "/inject_token/sessions/adm-a", "", 405)
-	a.call("GET", "/inject_token/sessions/adm-a/refresh", "", 405)
-	a.call("POST", "/inject_token/sessions", "", 405)
-	e := a.call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"x","password":"y","extra":1}`, 400)
+	a.Call("GET", "/inject_token/sessions/nope", "", 404)
+	a.Call("GET", "/inject_token/sessions/adm-a/bogus", "", 404)
+	a.Call("POST", "/inject_token/sessions/adm-a", "", 405)
+	a.Call("GET", "/inject_token/sessions/adm-a/refresh", "", 405)
+	a.Call("POST", "/inject_token/sessions", "", 405)
+	e := a.Call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"x","password":"y","extra":1}`, 400)
 	if !strings.Contains(e["error"].(string), `"password"`) || strings.Contains(e["error"].(string), `"y"`) {
 		t.Errorf("bad body error = %v", e)
 	}
-	a.call("POST", "/inject_token/sessions/adm-a/login/password", `not json`, 400)
-	a.call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"x"}`, 400)
-	a.call("POST", "/inject_token/sessions/adm-a/login/otp", `{"email_address":"a@b.c","phone_number":"+15550100"}`, 400)
-	a.call("POST", "/inject_token/sessions/adm-a/login/otp/check", `{"code":"123456"}`, 409)
-	a.call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"everything"}`, 400)
-	a.call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"session"}`, 400)
-	a.call("GET", "/inject_token/sessions/adm-a/list?limit=x", "", 400)
-	a.call("POST", "/inject_token/sessions/adm-a/login/password", strings.Repeat(" ", 65<<10)+"{}", 413)
-	e = a.call("GET", "/inject_token/sessions/adm-a/list", "", 409)
+	a.Call("POST", "/inject_token/sessions/adm-a/login/password", `not json`, 400)
+	a.Call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"x"}`, 400)
+	a.Call("POST", "/inject_token/sessions/adm-a/login/otp", `{"email_address":"a@b.c","phone_number":"+15550100"}`, 400)
+	a.Call("POST", "/inject_token/sessions/adm-a/login/otp/check", `{"code":"123456"}`, 409)
+	a.Call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"everything"}`, 400)
+	a.Call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"session"}`, 400)
+	a.Call("GET", "/inject_token/sessions/adm-a/list?limit=x", "", 400)
+	a.Call("POST", "/inject_token/sessions/adm-a/login/password", strings.Repeat(" ", 65<<10)+"{}", 413)
+	e = a.Call("GET", "/inject_token/sessions/adm-a/list", "", 409)
 	if !strings.Contains(e["error"].(string), "logged out") {
 		t.Errorf("list while logged out: %v", e)
 	}
-	a.call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"others"}`, 409)
-	e = a.call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"demo@example.com","password":"wrong"}`, 422)
+	a.Call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"others"}`, 409)
+	e = a.Call("POST", "/inject_token/sessions/adm-a/login/password", `{"email":"demo@example.com","password":"wrong"}`, 422)
 	if e["code"] == nil || e["code"] == "" {
 		t.Errorf("Prelude error code not passed on: %v", e)
 	}
 
 	// Password login makes the proxy work.
-	st = a.call("POST", "/inject_token/sessions/adm-a/login/password",
+	st = a.Call("POST", "/inject_token/sessions/adm-a/login/password",
 		fmt.Sprintf(`{"email":%q,"password":%q}`, sandbox.DemoEmail, sandbox.DemoPassword), 200)
 	if st["state"] != "active" || st["sub"] != uid || st["dpop_jkt"] == "" || st["expires_at"] == nil {
 		t.Errorf("after password login: %v", st)
@@ -499,7 +398,7 @@ http://localhost:9081 {
 
 	// Refresh increments the refresh count and changes the token.
 	before := storedString(t, dir, "adm-a", "access_token")
-	st = a.call("POST", "/inject_token/sessions/adm-a/refresh", "", 200)
+	st = a.Call("POST", "/inject_token/sessions/adm-a/refresh", "", 200)
 	if st["refresh_count"].(float64) != 1 || st["last_outcome"] != "refreshed" {
 		t.Errorf("after refresh: %v", st)
 	}
@@ -508,21 +407,21 @@ http://localhost:9081 {
 	}
 
 	// OTP login for session b.
-	if m := a.call("POST", "/inject_token/sessions/adm-b/login/otp", `{"email_address":"demo@example.com"}`, 200); m["status"] != "code_sent" {
+	if m := a.Call("POST", "/inject_token/sessions/adm-b/login/otp", `{"email_address":"demo@example.com"}`, 200); m["status"] != "code_sent" {
 		t.Errorf("otp start: %v", m)
 	}
-	if st := a.call("GET", "/inject_token/sessions/adm-b", "", 200); st["otp_pending"] != true {
+	if st := a.Call("GET", "/inject_token/sessions/adm-b", "", 200); st["otp_pending"] != true {
 		t.Errorf("otp not pending: %v", st)
 	}
-	a.call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"000000"}`, 422)
-	st = a.call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
+	a.Call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"000000"}`, 422)
+	st = a.Call("POST", "/inject_token/sessions/adm-b/login/otp/check", `{"code":"`+sandbox.DefaultOTPCode+`"}`, 200)
 	if st["state"] != "active" || st["sub"] != uid {
 		t.Errorf("after otp login: %v", st)
 	}
 	sidB := st["sid"].(string)
 
 	// List from a: both sessions, a marked current.
-	list := a.call("GET", "/inject_token/sessions/adm-a/list?limit=10", "", 200)
+	list := a.Call("GET", "/inject_token/sessions/adm-a/list?limit=10", "", 200)
 	current := map[string]bool{}
 	for _, s := range list["sessions"].([]any) {
 		m := s.(map[string]any)
@@ -538,33 +437,33 @@ http://localhost:9081 {
 		storedString(t, dir, "adm-b", "access_token"), storedString(t, dir, "adm-b", "refresh_token")}
 
 	// Revoke others from a: b's session ends server-side, a keeps going.
-	r := a.call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"others"}`, 200)
+	r := a.Call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"others"}`, 200)
 	if r["target"] != "others" || r["local_cleared"] != false {
 		t.Errorf("revoke others: %v", r)
 	}
-	list = a.call("GET", "/inject_token/sessions/adm-a/list", "", 200)
+	list = a.Call("GET", "/inject_token/sessions/adm-a/list", "", 200)
 	if n := len(list["sessions"].([]any)); n != 1 {
 		t.Errorf("after revoke others: %d sessions", n)
 	}
 	getWhoami(t, tester)
 
 	// Revoke mine: local state cleared, requests 503.
-	r = a.call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"mine"}`, 200)
+	r = a.Call("POST", "/inject_token/sessions/adm-a/revoke", `{"target":"mine"}`, 200)
 	if r["local_cleared"] != true {
 		t.Errorf("revoke mine: %v", r)
 	}
-	if st := a.call("GET", "/inject_token/sessions/adm-a", "", 200); st["state"] != "logged_out" {
+	if st := a.Call("GET", "/inject_token/sessions/adm-a", "", 200); st["state"] != "logged_out" {
 		t.Errorf("after revoke mine: %v", st)
 	}
 	assertUnavailable(t, tester, "adm-a")
 
 	// Log in again, then log out: revoked at Prelude, 503 again.
-	a.call("POST", "/inject_token/sessions/adm-a/login/password",
+	a.Call("POST", "/inject_token/sessions/adm-a/login/password",
 		fmt.Sprintf(`{"email":%q,"password":%q}`, sandbox.DemoEmail, sandbox.DemoPassword), 200)
 	getWhoami(t, tester)
 	secrets = append(secrets, storedString(t, dir, "adm-a", "access_token"), storedString(t, dir, "adm-a", "refresh_token"))
 	revokes := srv.Stats().Revokes
-	st = a.call("POST", "/inject_token/sessions/adm-a/logout", "", 200)
+	st = a.Call("POST", "/inject_token/sessions/adm-a/logout", "", 200)
 	if st["state"] != "logged_out" || st["auto_login"] != false {
 		t.Errorf("after logout: %v", st)
 	}
@@ -572,9 +471,9 @@ http://localhost:9081 {
 		t.Error("logout did not revoke at Prelude")
 	}
 	assertUnavailable(t, tester, "adm-a")
-	a.call("GET", "/inject_token/sessions", "", 200)
+	a.Call("GET", "/inject_token/sessions", "", 200)
 
-	a.assertNoSecrets(secrets...)
+	a.AssertNoSecrets(secrets...)
 }
 
 // TestReloadKeepsSession: a reload with changed settings keeps the logged
@@ -604,7 +503,7 @@ func TestReloadKeepsSession(t *testing.T) {
 	if n, ok := sessions.References("reload-1"); !ok || n != 1 {
 		t.Errorf("pool references = %d, %t; want 1", n, ok)
 	}
-	st := (&adminClient{t: t}).call("GET", "/inject_token/sessions/reload-1", "", 200)
+	st := (&adminClient{T: t}).Call("GET", "/inject_token/sessions/reload-1", "", 200)
 	if st["state"] != "active" || st["sid"] != sid {
 		t.Errorf("status after reload: %v", st)
 	}
@@ -731,21 +630,6 @@ http://localhost:9081 {
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	waitWithin(t, what, 10*time.Second, cond)
-}
-
-// waitWithin polls cond until it holds, failing after d: a deadline on an
-// observable condition, not a sleep.
-func waitWithin(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		<-tick.C
-	}
 }
 
 // TestUpstreamAlways401IsBounded: an upstream that rejects every token (a

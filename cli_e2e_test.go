@@ -3,18 +3,13 @@ package injecttoken
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 
 	"github.com/tokenwarden/caddy-inject-token/cli"
-	"github.com/tokenwarden/caddy-inject-token/dpop"
-	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
-	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // TestCLIWalkthrough follows the README as a newcomer would, with the real
@@ -70,7 +65,7 @@ func TestCLIWalkthrough(t *testing.T) {
 		}
 	}
 	run("", "revoke", "--session", "walk", "--target", "others")
-	if !cl.revoked() {
+	if !cl.Revoked() {
 		t.Fatal("revoke --target others left the other device's session alive")
 	}
 	getWhoami(t, tester) // ours still works
@@ -80,57 +75,4 @@ func TestCLIWalkthrough(t *testing.T) {
 		t.Fatal("logout did not revoke at the server")
 	}
 	assertUnavailable(t, tester, "walk")
-}
-
-// otherDevice is a second session of a sandbox user, logged in directly
-// with the Prelude client as another device would.
-type otherDevice struct {
-	t   *testing.T
-	cl  *prelude.Client
-	key *dpop.Key
-	rt  string
-	sid string // the sid claim of its first access token
-}
-
-func newSandboxLogin(t *testing.T, baseURL, email string) *otherDevice {
-	t.Helper()
-	ctx := context.Background()
-	cl, err := prelude.New(baseURL, prelude.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vt, err := cl.StartOTP(ctx, prelude.EmailIdentifier(email))
-	if err != nil {
-		t.Fatal(err)
-	}
-	challenge, err := cl.CheckOTP(ctx, vt, sandbox.DefaultOTPCode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := dpop.GenerateKey(dpop.ES256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	toks, err := cl.Finalize(ctx, key, challenge, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var claims struct {
-		SID string `json:"sid"`
-	}
-	parts := strings.Split(toks.AccessToken, ".")
-	if len(parts) != 3 {
-		t.Fatal("access token is not a JWT")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil || json.Unmarshal(payload, &claims) != nil || claims.SID == "" {
-		t.Fatalf("no sid in the access token: %v", err)
-	}
-	return &otherDevice{t: t, cl: cl, key: key, rt: toks.RefreshToken, sid: claims.SID}
-}
-
-// revoked reports whether the device's session can no longer refresh.
-func (d *otherDevice) revoked() bool {
-	_, err := d.cl.Refresh(context.Background(), d.key, d.rt)
-	return errors.Is(err, tokencache.ErrSessionDead) || err != nil && strings.Contains(err.Error(), "unauthorized")
 }

@@ -25,8 +25,8 @@ func TestWrongPasswordPausesUntilReloadChangesIt(t *testing.T) {
 		return strings.Replace(g.String(), globals(dir), globalsWithLog, 1)
 	}
 	tester := startConfig(t, config("wrong-password", "1"))
-	a := &adminClient{t: t}
-	status := func() map[string]any { return a.call("GET", "/inject_token/sessions/creds", "", http.StatusOK) }
+	a := &adminClient{T: t}
+	status := func() map[string]any { return a.Call("GET", "/inject_token/sessions/creds", "", http.StatusOK) }
 	pausedLines := func() (n int) {
 		for _, l := range logs() {
 			if l["level"] == "error" && l["session"] == "creds" && strings.Contains(l["msg"].(string), "automatic login is paused") {

@@ -210,7 +210,7 @@ func waitingForFileLock() bool {
 
 // TestMetricsEndToEnd drives a real Caddy through a login, refreshes, a
 // lock wait, an upstream 401, a reload, a forced failure, a failed login
-// and a logout, and asserts each series moves as described in the README;
+// and a logout, and asserts each series moves as described in the docs/metrics.md;
 // then that the dashboard and the alert rules reference only series that
 // this scrape contains, that a session dropped by a reload stops being
 // exported, and that an unloaded session leaves no series.
@@ -254,7 +254,7 @@ http://localhost:9081 {
 			t.Fatalf("GET: %d %s, want %d", status, body, wantStatus)
 		}
 	}
-	adm := &adminClient{t: t}
+	adm := &adminClient{T: t}
 
 	// Login: the background login, then one injected request.
 	get(http.StatusOK)
@@ -297,7 +297,7 @@ http://localhost:9081 {
 	}
 
 	// A refresh: one more refreshed attempt, and its lead.
-	adm.call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
+	adm.Call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
 	expectA["refreshed"]++
 	checkAttempts(scrapeMetrics(t))
 
@@ -315,7 +315,7 @@ http://localhost:9081 {
 	refreshed := make(chan struct{})
 	go func() {
 		defer close(refreshed)
-		adm.call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
+		adm.Call("POST", "/inject_token/sessions/"+a+"/refresh", "", 200)
 	}()
 	waitUntil(t, "the refresh waiting for the lock", waitingForFileLock)
 	if err := fs.Unlock(ctx, lockName); err != nil {
@@ -437,7 +437,7 @@ http://localhost:9081 {
 	}
 
 	// A logout: state and auto-login follow at once.
-	adm.call("POST", "/inject_token/sessions/"+a+"/logout", "", 200)
+	adm.Call("POST", "/inject_token/sessions/"+a+"/logout", "", 200)
 	m = scrapeMetrics(t)
 	if len(m.match("caddy_inject_token_session_state", "session", a, "state", "logged_out")) != 1 ||
 		len(m.match("caddy_inject_token_session_state", "session", a)) != 1 {
@@ -463,7 +463,7 @@ http://localhost:9081 {
 
 // TestMetricsObserveBoundsLabels: reasons and storage operations outside
 // the fixed sets are counted as "other", never as new label values; lock
-// waits, late refreshes and storage errors land where the README says.
+// waits, late refreshes and storage errors land where the docs/metrics.md says.
 func TestMetricsObserveBoundsLabels(t *testing.T) {
 	const name = "unit-observe"
 	t.Cleanup(func() { forgetSessionMetrics(name) })
@@ -747,8 +747,8 @@ func checkReferences(t *testing.T, m scrape) {
 			}
 		}
 	}
-	// And the README lists every metric the module exports.
-	readme, err := os.ReadFile("README.md")
+	// And docs/metrics.md lists every metric the module exports.
+	readme, err := os.ReadFile("docs/metrics.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -761,14 +761,14 @@ func checkReferences(t *testing.T, m scrape) {
 			name = base
 		}
 		if !bytes.Contains(readme, []byte("`"+name+"{")) {
-			t.Errorf("README does not list %s", name)
+			t.Errorf("docs/metrics.md does not list %s", name)
 		}
 	}
 	t.Logf("%d queries checked; metrics used: %v", len(refs), slices.Sorted(maps.Keys(metricsSeen)))
 }
 
 // TestMetricsRulesTestedAndDocumented: every alert in the rules file has a
-// promtool case that fires it and one that expects silence, and the README
+// promtool case that fires it and one that expects silence, and the docs/metrics.md
 // names it.
 func TestMetricsRulesTestedAndDocumented(t *testing.T) {
 	var rules struct {
@@ -803,7 +803,7 @@ func TestMetricsRulesTestedAndDocumented(t *testing.T) {
 			}
 		}
 	}
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile("docs/metrics.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -818,7 +818,7 @@ func TestMetricsRulesTestedAndDocumented(t *testing.T) {
 				t.Errorf("%s: a case that fires it: %t, one that does not: %t", r.Alert, fires[r.Alert], silent[r.Alert])
 			}
 			if !bytes.Contains(readme, []byte("`"+r.Alert+"`")) {
-				t.Errorf("README does not name alert %s", r.Alert)
+				t.Errorf("docs/metrics.md does not name alert %s", r.Alert)
 			}
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/certmagic"
 
 	"github.com/tokenwarden/caddy-inject-token/seal"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -153,10 +152,10 @@ func sealedStorage(ctx caddy.Context, name string, sl *seal.Sealer) (seal.Storag
 		Storage: ctx.Storage(), Sealer: sl, Prefix: tokencache.StoragePrefix + "/",
 		// DPoP key files are written once, at login; state is rewritten
 		// at every refresh.
-		Immutable: func(key string) bool { return strings.Contains(key, "/keys/") },
+		Immutable: tokencache.IsKeyFile,
 		Plain:     tokencache.IsClaim,
 	}
-	if err := st.Check(ctx, tokencache.StoragePrefix+"/"+certmagic.StorageKeys.Safe(name)); err != nil {
+	if err := st.Check(ctx, tokencache.SessionDir(name)); err != nil {
 		return st, fmt.Errorf("session %q: its stored state cannot be opened: %w "+
 			"(check seal_key, and seal_key_previous during a rotation)", name, err)
 	}

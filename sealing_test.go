@@ -130,7 +130,7 @@ func TestSealedAtRest(t *testing.T) {
 			sandbox.DemoEmail, sandbox.DemoPassword, extra)
 	}
 	g := gateway{storage: dir, upstream: srv.URL, rewrite: "/whoami", block: block("seal-1", "")}
-	a := &adminClient{t: t}
+	a := &adminClient{T: t}
 
 	// A plain session first.
 	tester := g.start(t)
@@ -141,7 +141,7 @@ func TestSealedAtRest(t *testing.T) {
 	caddytest.AssertLoadError(t, g.String(), "caddyfile", "stored unsealed, but a seal key is configured")
 	g.block = block("seal-1", "seal_key {env.IT_SEAL_A}\nseal_key_previous unsealed")
 	tester.InitServer(g.String(), "caddyfile")
-	a.call("POST", "/inject_token/sessions/seal-1/refresh", "", 200) // the next write seals the record
+	a.Call("POST", "/inject_token/sessions/seal-1/refresh", "", 200) // the next write seals the record
 	assertSealedOnDisk(t, dir, sealedSecrets(t, dir, "seal-1", keyA))
 
 	// Sealed only: the app-level key (global option) serves, no logout.
@@ -164,7 +164,7 @@ func TestSealedAtRest(t *testing.T) {
 	// under B and A can go.
 	g.block = block("seal-1", "seal_key {env.IT_SEAL_B}\nseal_key_previous {env.IT_SEAL_A}")
 	tester.InitServer(g.String(), "caddyfile")
-	a.call("POST", "/inject_token/sessions/seal-1/refresh", "", 200)
+	a.Call("POST", "/inject_token/sessions/seal-1/refresh", "", 200)
 	secrets := sealedSecrets(t, dir, "seal-1", keyB)
 	assertSealedOnDisk(t, dir, secrets)
 	g.block = block("seal-1", "seal_key {env.IT_SEAL_B}")

@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/internal/ring"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/seal"
@@ -124,6 +126,9 @@ type session struct {
 	// rejectedTok is the last token whose rejection spent the budget, so
 	// a burst of 401s for one token spends it once (credential.rejected).
 	rejectedTok atomic.Pointer[tokencache.Token]
+	// timeline holds the session's latest token events for the dashboard
+	// (timeline.go); like the session it outlives config reloads.
+	timeline *ring.Ring[adminapi.TimelineEvent]
 
 	mu       sync.Mutex // guards the fields below
 	bindings []*binding // oldest first
@@ -176,7 +181,7 @@ func (s *session) countProof(kind string) {
 // newSession is an unbound session named name.
 func newSession(name string) *session {
 	return &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),
-		firstProofs: proofsTotal.WithLabelValues(name, proofFirst)}
+		firstProofs: proofsTotal.WithLabelValues(name, proofFirst), timeline: ring.New[adminapi.TimelineEvent](timelineSize)}
 }
 
 // acquireSession takes a reference on the named session for the config of
@@ -284,7 +289,7 @@ func (s *session) applyLocked() error {
 		RefreshBefore: want.refreshBefore,
 		KeyAlgorithm:  want.keyAlg,
 		Logger:        b.logger,
-		Observe:       observeRefresh(s.name),
+		Observe:       s.observer(),
 	}
 	if want.autoLogin {
 		cfg.Login = s.autoLogin

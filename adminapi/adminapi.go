@@ -35,6 +35,7 @@ const (
 	RouteRefreshToken = "/login/refresh-token" // POST RefreshTokenLogin → Status (oauth2)
 	RouteList         = "/list"                // GET ?limit=&offset= → DeviceList (prelude)
 	RouteRevoke       = "/revoke"              // POST Revoke → RevokeResult (prelude)
+	RouteTimeline     = "/timeline"            // GET → Timeline
 )
 
 // Status is one session: its state, the user and token it holds (decoded
@@ -42,11 +43,26 @@ const (
 // its DPoP key's public thumbprint. It never holds a token, a refresh
 // token or a private key.
 type Status struct {
-	// Session is the session's name (the `session` subdirective).
-	Session string `json:"session"`
 	// Backend is "prelude" or "oauth2"; BaseURL the server it talks to.
 	Backend string `json:"backend"`
 	BaseURL string `json:"base_url"`
+	// OTPPending reports a one-time-code login waiting for its code.
+	OTPPending bool `json:"otp_pending"`
+	// OTPFlow is the one-time-code flow of the latest OTP login started:
+	// "login_otp" (current) or "otp" (documented fallback); "" before any.
+	OTPFlow string `json:"otp_flow"`
+	// Engine is what the token engine reports; its fields appear at the
+	// top level of the JSON object.
+	Engine
+}
+
+// Engine is what the token engine knows about a session, secret-free:
+// package tokencache reports it (tokencache.Status is this type), so its
+// fields are declared once, here, with the documentation the API's users
+// read.
+type Engine struct {
+	// Session is the session's name (the `session` subdirective).
+	Session string `json:"session"`
 	// State is "active" or "logged_out" (or another engine state); Reason
 	// says why it is not active.
 	State  string `json:"state"`
@@ -54,11 +70,6 @@ type Status struct {
 	// AutoLogin reports whether the session logs itself in again when it
 	// ends (configured login, not disabled by an operator's logout).
 	AutoLogin bool `json:"auto_login"`
-	// OTPPending reports a one-time-code login waiting for its code.
-	OTPPending bool `json:"otp_pending"`
-	// OTPFlow is the one-time-code flow of the latest OTP login started:
-	// "login_otp" (current) or "otp" (documented fallback); "" before any.
-	OTPFlow string `json:"otp_flow"`
 	// Subject and SessionID are the token's sub and sid claims.
 	Subject   string `json:"sub"`
 	SessionID string `json:"sid"`
@@ -70,7 +81,8 @@ type Status struct {
 	// seconds until then (0 when expired or absent).
 	ExpiresAt   *time.Time `json:"expires_at"`
 	SecondsLeft int64      `json:"seconds_left"`
-	// NextRefresh is when the background refresher will refresh.
+	// NextRefresh is when the next attempt is due: the scheduled refresh,
+	// or the end of the backoff while a retry is scheduled.
 	NextRefresh *time.Time `json:"next_refresh"`
 	// LastRefresh is when the last refresh or login attempt of this
 	// process ended, LastOutcome how ("refreshed", "adopted", "failed", …).
@@ -93,6 +105,38 @@ type Status struct {
 	TokenHeader map[string]any `json:"token_header"`
 	TokenClaims map[string]any `json:"token_claims"`
 }
+
+// Timeline is a session's token events over the last hour (TimelineWindow),
+// oldest first, from a small ring kept per configured session: a busy
+// session shows its latest events only.
+type Timeline struct {
+	Session string `json:"session"`
+	// From and Now bound the window the events fall in.
+	From   time.Time       `json:"from"`
+	Now    time.Time       `json:"now"`
+	Events []TimelineEvent `json:"events"`
+}
+
+// TimelineWindow is how far back a Timeline reaches.
+const TimelineWindow = time.Hour
+
+// TimelineEvent is one thing that happened to the session's token.
+type TimelineEvent struct {
+	At time.Time `json:"at"`
+	// Kind is one of the Event* constants.
+	Kind string `json:"kind"`
+	// ExpiresAt is the expiry of the token the session holds after the
+	// event; null after a failure.
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// Timeline event kinds.
+const (
+	EventIssued    = "issued"    // a login gave the session a new token
+	EventRefreshed = "refreshed" // this instance refreshed the token
+	EventAdopted   = "adopted"   // another instance had refreshed; its token was taken
+	EventFailed    = "failed"    // a refresh or login failed
+)
 
 // SessionList answers GET /inject_token/sessions.
 type SessionList struct {
@@ -188,7 +232,7 @@ type Error struct {
 	Code  string `json:"code,omitempty"`
 }
 
-// Codes of errors the admin API itself decides. See the README's status
+// Codes of errors the admin API itself decides. See docs/admin-api.md's status
 // table for when each is used.
 const (
 	CodeInvalidRequest   = "invalid_request"    // 400

@@ -3,6 +3,8 @@ package cli
 import (
 	"strings"
 	"testing"
+
+	"github.com/tokenwarden/caddy-inject-token/adminapi"
 )
 
 // The text status says which one-time-code flow the server accepted, once
@@ -14,7 +16,7 @@ func TestStatusTextShowsOTPFlow(t *testing.T) {
 		"":          "",
 	} {
 		var b strings.Builder
-		printStatus(&b, &Status{Session: "demo", State: "active", OTPFlow: flow})
+		printStatus(&b, &Status{OTPFlow: flow, Engine: adminapi.Engine{Session: "demo", State: "active"}})
 		out := strings.Join(strings.Fields(b.String()), " ")
 		if want == "" && strings.Contains(out, "otp flow") || !strings.Contains(out, want) {
 			t.Errorf("otp_flow %q:\n%s", flow, out)

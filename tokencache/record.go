@@ -108,10 +108,24 @@ func (st store) report(op string, err error) error {
 	return err
 }
 
-func (st store) dir() string       { return StoragePrefix + "/" + certmagic.StorageKeys.Safe(st.name) }
+// SessionDir is the storage directory of the session called name: every
+// key the engine writes for it lives below (inject_token/<session>/).
+func SessionDir(name string) string { return StoragePrefix + "/" + certmagic.StorageKeys.Safe(name) }
+
+// IsKeyFile reports whether key is one of the sessions' DPoP key files
+// (inject_token/<session>/keys/<thumbprint>.pem): written once, at login,
+// and never rewritten, unlike the state record.
+func IsKeyFile(key string) bool {
+	parts := strings.Split(key, "/")
+	return len(parts) == 4 && parts[0] == StoragePrefix && parts[2] == keysDir
+}
+
+const keysDir = "keys"
+
+func (st store) dir() string       { return SessionDir(st.name) }
 func (st store) recordKey() string { return st.dir() + "/state.json" }
 func (st store) keyKey(thumbprint string) string {
-	return st.dir() + "/keys/" + certmagic.StorageKeys.Safe(thumbprint) + ".pem"
+	return st.dir() + "/" + keysDir + "/" + certmagic.StorageKeys.Safe(thumbprint) + ".pem"
 }
 func (st store) claimDir() string { return st.dir() + "/" + claimsDir }
 

@@ -2,35 +2,13 @@ package tokencache
 
 import (
 	"strings"
-	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/adminapi"
 )
 
-// Status is a secret-free view of the session for the admin API.
-type Status struct {
-	Session     string     `json:"session"`
-	State       string     `json:"state"`
-	Reason      string     `json:"reason,omitempty"`
-	AutoLogin   bool       `json:"auto_login"`
-	Subject     string     `json:"sub,omitempty"`
-	SessionID   string     `json:"sid,omitempty"`
-	Scopes      []string   `json:"scopes,omitempty"`
-	TokenType   string     `json:"token_type,omitempty"`
-	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
-	SecondsLeft int64      `json:"seconds_left"`
-	// NextRefresh is when the next attempt is due: the scheduled refresh,
-	// or the end of the backoff while a retry is scheduled.
-	NextRefresh   *time.Time     `json:"next_refresh,omitempty"`
-	LastRefresh   *time.Time     `json:"last_refresh,omitempty"`
-	LastOutcome   string         `json:"last_outcome,omitempty"`
-	RefreshCount  int64          `json:"refresh_count"`
-	AdoptCount    int64          `json:"adopt_count"`
-	WaitCount     int64          `json:"wait_count"`
-	LastError     string         `json:"last_error,omitempty"`
-	KeyThumbprint string         `json:"dpop_jkt,omitempty"`
-	KeyAlgorithm  string         `json:"dpop_alg,omitempty"`
-	TokenHeader   map[string]any `json:"token_header,omitempty"`
-	TokenClaims   map[string]any `json:"token_claims,omitempty"`
-}
+// Status is a secret-free view of the session. It is the admin API's
+// adminapi.Engine, so a new field is declared (and documented) once.
+type Status = adminapi.Engine
 
 // Status reports the session's state. It holds no secrets: no token, no
 // refresh token, no private key.

@@ -1,4 +1,4 @@
-package injecttoken
+package gateway_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 )
 
@@ -89,7 +90,8 @@ func claimsIat(t *testing.T, ctx context.Context) float64 {
 
 // TestDashboardInBrowser drives the dashboard of Caddyfile.example in a
 // real headless Chromium: the session shows, Refresh changes the token's
-// iat, Log out changes the state, a one-time code logs in again, and a
+// iat and the timeline draws the login and the refresh, Log out changes
+// the state, a one-time code logs in again, and a
 // second device of the user is revoked from the list. A cross-origin
 // state-changing call is refused.
 //
@@ -97,13 +99,13 @@ func claimsIat(t *testing.T, ctx context.Context) float64 {
 // docs/dashboard.png.
 func TestDashboardInBrowser(t *testing.T) {
 	ctx := browser(t)
-	d := exampleDemo(t, t.TempDir())
-	d.start(t)
-	d.whoami(t) // the demo session is logged in
+	d := gatewaytest.ExampleDemo(t, "../../Caddyfile.example", t.TempDir())
+	d.Start(t)
+	d.Whoami(t) // the demo session is logged in
 	sb, _ := sandbox.Lookup("default")
 
 	step(t, ctx, "loading the page",
-		chromedp.Navigate(d.dashboard+"/"),
+		chromedp.Navigate(d.Dashboard+"/"),
 		until(`document.querySelector('#sessions tr[data-session="demo"] .badge')?.textContent === "active"`),
 		until(`document.querySelector('#d-claims').textContent.includes('"sid"')`))
 	iat := claimsIat(t, ctx)
@@ -112,6 +114,14 @@ func TestDashboardInBrowser(t *testing.T) {
 	sb.AdvanceClock(2 * time.Second)
 	step(t, ctx, "refresh", click("#btn-refresh"),
 		until(fmt.Sprintf(`JSON.parse(document.querySelector('#d-claims').textContent || "{}").iat > %d`, int64(iat))))
+
+	// The timeline draws the login and the refresh, and a lifetime bar for
+	// each token the session held.
+	tl := `document.querySelectorAll('#timelines .tl[data-session="demo"] `
+	step(t, ctx, "the timeline shows the login and the refresh",
+		until(tl+`[data-kind="issued"]').length === 1`),
+		until(tl+`[data-kind="refreshed"]').length === 1`),
+		until(tl+`rect.life').length === 2`))
 
 	step(t, ctx, "logout", click("#btn-logout"),
 		until(`document.querySelector('#d-state').textContent === "logged_out"`),
@@ -123,10 +133,11 @@ func TestDashboardInBrowser(t *testing.T) {
 		until(`document.querySelector('#msg').textContent === "Send code: done."`),
 		chromedp.SendKeys(chromedp.CSS("#otp-code"), sandbox.DefaultOTPCode),
 		click("#otp-check"),
-		until(`document.querySelector('#d-state').textContent === "active"`))
+		until(`document.querySelector('#d-state').textContent === "active"`),
+		until(tl+`[data-kind="issued"]').length === 2`))
 
-	other := newSandboxLogin(t, d.sandbox, sandbox.DemoEmail)
-	otherSID := other.sid
+	other := gatewaytest.NewSandboxLogin(t, d.Sandbox, sandbox.DemoEmail)
+	otherSID := other.SID
 	row := fmt.Sprintf(`#devices tr[data-id=%q]`, otherSID)
 	step(t, ctx, "the other device is listed", until(fmt.Sprintf(`document.querySelector('%s') !== null`, row)))
 	if os.Getenv("UPDATE_SCREENSHOT") != "" {
@@ -134,7 +145,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join("docs", "dashboard.png"), png, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join("..", "..", "docs", "dashboard.png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -143,33 +154,33 @@ func TestDashboardInBrowser(t *testing.T) {
 		until(fmt.Sprintf(`document.querySelector('%s button').classList.contains("armed")`, row)),
 		click(row+" button"), // confirms
 		until(fmt.Sprintf(`document.querySelector('%s') === null && document.querySelector('#devices tbody tr') !== null`, row)))
-	if !other.revoked() {
+	if !other.Revoked() {
 		t.Error("the page dropped the row but the session still refreshes")
 	}
 
 	// The page's API refuses state changes that do not come from its origin.
-	refresh := d.dashboard + "/api/sessions/demo/refresh"
+	refresh := d.Dashboard + "/api/sessions/demo/refresh"
 	for _, hdr := range [][]string{
 		{"Origin", "http://evil.example"},
-		{"Origin", d.gateway}, // same host, other port: another origin
+		{"Origin", d.Gateway}, // same host, other port: another origin
 		{"Sec-Fetch-Site", "cross-site"},
 		nil, // no Origin at all (curl)
 	} {
-		status, h, body := do(t, http.DefaultClient, http.MethodPost, refresh, nil, hdr...)
+		status, h, body := gatewaytest.Do(t, http.DefaultClient, http.MethodPost, refresh, nil, hdr...)
 		if status != http.StatusForbidden || h.Get("Inject-Token-Code") != "cross_origin" {
 			t.Errorf("POST with %q: %d %s, want 403 cross_origin", hdr, status, body)
 		}
 	}
-	if status, _, body := do(t, http.DefaultClient, http.MethodPost, refresh, nil, "Origin", d.dashboard); status != http.StatusOK {
+	if status, _, body := gatewaytest.Do(t, http.DefaultClient, http.MethodPost, refresh, nil, "Origin", d.Dashboard); status != http.StatusOK {
 		t.Errorf("same-origin POST: %d %s", status, body)
 	}
 	// And from a page of another origin, in the browser: the request is
 	// sent (no-cors) and refused; the session is not refreshed.
 	count := func() float64 {
-		return (&adminClient{t: t}).call("GET", "/inject_token/sessions/demo", "", http.StatusOK)["refresh_count"].(float64)
+		return (&gatewaytest.AdminClient{T: t}).Call("GET", "/inject_token/sessions/demo", "", http.StatusOK)["refresh_count"].(float64)
 	}
 	before := count()
-	step(t, ctx, "open a page of another origin", chromedp.Navigate(d.gateway+"/"))
+	step(t, ctx, "open a page of another origin", chromedp.Navigate(d.Gateway+"/"))
 	answer, err := chromedp.Run(ctx, chromedp.Evaluate[string](
 		fmt.Sprintf(`fetch(%q, {method: "POST", mode: "no-cors"}).then(() => "sent", (e) => "error: " + e)`, refresh),
 		chromedp.EvalAwaitPromise))

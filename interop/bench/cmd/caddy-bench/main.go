@@ -8,7 +8,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/tokenwarden/caddy-inject-token"
-	_ "github.com/tokenwarden/caddy-inject-token/bench/rawsign"
+	_ "github.com/tokenwarden/caddy-inject-token/interop/bench/rawsign"
 )
 
 func main() {

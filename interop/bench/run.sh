@@ -6,7 +6,7 @@
 # nothing: it says what is missing and stops. Uses 127.0.0.1 ports
 # $PORT_BASE..+7, +19 and +100 (default 18000) and a temporary directory.
 #
-#   bench/run.sh [rounds] [seconds]      # default 3 rounds of 6 s per site
+#   interop/bench/run.sh [rounds] [seconds]      # default 3 rounds of 6 s per site
 #
 # Two Caddy processes: the upstream (a `respond` plus a static token
 # endpoint) and the gateway, with one site per variant:
@@ -37,7 +37,7 @@ command -v wrk >/dev/null || missing+=("wrk (e.g. apt-get install wrk)")
 command -v curl >/dev/null || missing+=("curl")
 [ -r /proc/self/stat ] || missing+=("Linux /proc")
 if [ ${#missing[@]} -gt 0 ]; then
-	printf 'bench/run.sh needs: %s\n' "${missing[@]}" >&2
+	printf 'interop/bench/run.sh needs: %s\n' "${missing[@]}" >&2
 	exit 1
 fi
 

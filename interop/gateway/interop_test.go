@@ -1,4 +1,4 @@
-package injecttoken
+package gateway_test
 
 import (
 	"bytes"
@@ -6,15 +6,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	// The module under test registers inject_token with Caddy.
+	_ "github.com/tokenwarden/caddy-inject-token"
 	"github.com/tokenwarden/caddy-inject-token/cli"
+	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 )
 
@@ -35,7 +36,9 @@ type oauthGateway struct {
 	requireRSNonce           bool
 }
 
-func (g oauthGateway) String() string { return globals(g.storage) + g.site("http://localhost:9080") }
+func (g oauthGateway) String() string {
+	return gatewaytest.Globals(g.storage) + g.site("http://localhost:9080")
+}
 
 // site is the gateway's site block at addr.
 func (g oauthGateway) site(addr string) string {
@@ -84,7 +87,7 @@ func startOAuthGateway(t *testing.T, g oauthGateway) *caddytest.Tester {
 func startOAuthGatewayConfig(t *testing.T, cfg string) *caddytest.Tester {
 	t.Helper()
 	t.Setenv("IT_CLIENT_SECRET", itSecret)
-	return startConfig(t, cfg)
+	return gatewaytest.StartConfig(t, cfg)
 }
 
 // rsAnswer is what interop.ResourceServer echoes for an accepted request.
@@ -102,7 +105,7 @@ func getRS(t *testing.T, tester *caddytest.Tester, method, path, body string, hd
 	if body != "" {
 		b = []byte(body)
 	}
-	status, _, out := do(t, tester.Client, method, "http://localhost:9080"+path, b, hdr...)
+	status, _, out := gatewaytest.Do(t, tester.Client, method, "http://localhost:9080"+path, b, hdr...)
 	var a rsAnswer
 	if status == http.StatusOK {
 		if err := json.Unmarshal(out, &a); err != nil {
@@ -207,7 +210,7 @@ func TestResourceServerNonce(t *testing.T) {
 	}
 	// GET: first proof + the transport's nonce retry; POST: the proof that
 	// used the learned nonce. Every attempt had a proof of its own.
-	_, _, metrics := do(t, http.DefaultClient, http.MethodGet, adminURL+"/metrics", nil)
+	_, _, metrics := gatewaytest.Do(t, http.DefaultClient, http.MethodGet, gatewaytest.AdminURL+"/metrics", nil)
 	for _, want := range []string{
 		`caddy_inject_token_dpop_proofs_total{kind="first",session="` + name + `"} 2`,
 		`caddy_inject_token_dpop_proofs_total{kind="nonce_retry",session="` + name + `"} 1`,
@@ -254,7 +257,7 @@ func TestDPoPRouteWithoutTransport(t *testing.T) {
 	bare := g
 	bare.transport = false
 	tester := startOAuthGatewayConfig(t, g.String()+bare.site("http://localhost:9081"))
-	if status, _, _ := do(t, tester.Client, http.MethodGet, "http://localhost:9081/x", nil); status != http.StatusUnauthorized {
+	if status, _, _ := gatewaytest.Do(t, tester.Client, http.MethodGet, "http://localhost:9081/x", nil); status != http.StatusUnauthorized {
 		t.Fatalf("status %d, want the upstream's 401", status)
 	}
 	if st := rs.Stats(); st[interop.ReasonMissingToken] != 1 {
@@ -263,7 +266,7 @@ func TestDPoPRouteWithoutTransport(t *testing.T) {
 	if status, _ := getRS(t, tester, http.MethodGet, "/y", ""); status != http.StatusOK {
 		t.Fatalf("site with the transport: status %d", status)
 	}
-	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/half-transport", nil)
+	_, _, body := gatewaytest.Do(t, tester.Client, http.MethodGet, gatewaytest.AdminURL+"/inject_token/sessions/half-transport", nil)
 	if !bytes.Contains(body, []byte(`"refresh_count":0`)) {
 		t.Fatalf("a 401 to an unsigned request refreshed the token: %s", body)
 	}
@@ -293,7 +296,7 @@ func TestRefreshTokenGrantThroughCLI(t *testing.T) {
 		}
 		// Force a refresh between the requests: it spends the rotated
 		// refresh token, never the one handed in.
-		status, _, body := do(t, tester.Client, http.MethodPost, adminURL+"/inject_token/sessions/rt-grant/refresh", nil)
+		status, _, body := gatewaytest.Do(t, tester.Client, http.MethodPost, gatewaytest.AdminURL+"/inject_token/sessions/rt-grant/refresh", nil)
 		if status != http.StatusOK || bytes.Contains(body, []byte(rt)) {
 			t.Fatalf("admin refresh %d: %s", status, body)
 		}
@@ -303,7 +306,7 @@ func TestRefreshTokenGrantThroughCLI(t *testing.T) {
 		State   string `json:"state"`
 		Count   int    `json:"refresh_count"`
 	}
-	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/rt-grant", nil)
+	_, _, body := gatewaytest.Do(t, tester.Client, http.MethodGet, gatewaytest.AdminURL+"/inject_token/sessions/rt-grant", nil)
 	if err := json.Unmarshal(body, &st); err != nil || st.Backend != "oauth2" || st.State != "active" || st.Count != 2 {
 		t.Fatalf("status %s", body)
 	}
@@ -323,41 +326,22 @@ func TestResourceServerNonceOnBody(t *testing.T) {
 		t.Fatalf("resource server saw %v, want one nonce challenge then one accepted request", st)
 	}
 	// The nonce challenge is not a token rejection: no refresh happened.
-	_, _, body := do(t, tester.Client, http.MethodGet, adminURL+"/inject_token/sessions/rs-nonce-body", nil)
+	_, _, body := gatewaytest.Do(t, tester.Client, http.MethodGet, gatewaytest.AdminURL+"/inject_token/sessions/rs-nonce-body", nil)
 	if !bytes.Contains(body, []byte(`"refresh_count":0`)) {
 		t.Fatalf("status after a nonce challenge: %s", body)
 	}
 }
 
-// The request variable that carries the token to the transport prints
-// without the token, whatever a config does with {http.vars.*}.
-func TestCredentialPrintsNoSecret(t *testing.T) {
-	// The credential holds no token at all; what it refers to (the
-	// session, its nonces) must not be printed through it either.
-	c := &credential{name: "s", sess: newSession("s")}
-	c.sess.rsNonces.Set(&url.URL{Scheme: "https", Host: "x"}, "secret-token-value")
-	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c)} {
-		if strings.Contains(s, "secret-token-value") {
-			t.Fatalf("credential printed its token: %s", s)
-		}
+// TestStatusTableOAuth: an OAuth server's refusal follows the same rule as
+// Prelude's: 422 with the server's code (here invalid_grant), not 503.
+func TestStatusTableOAuth(t *testing.T) {
+	p := provider(t, false)
+	startOAuthGateway(t, oauthGateway{storage: t.TempDir(), session: "tbl-oauth", issuer: p.Issuer,
+		grant: "refresh_token", upstreams: []string{"127.0.0.1:1"}})
+	a := &gatewaytest.AdminClient{T: t}
+	m := a.Call("POST", "/inject_token/sessions/tbl-oauth/login/refresh-token", `{"refresh_token":"not-a-real-token"}`, 422)
+	if m["code"] != "invalid_grant" || !strings.Contains(m["error"].(string), "--refresh-token") {
+		t.Errorf("refused refresh token: %v", m)
 	}
-}
-
-// A transport whose Provision fails is cleaned up without having counted
-// itself, so the live count (which decides whether DPoP requests may be
-// forwarded) stays right across a failed reload.
-func TestFailedTransportProvisionKeepsCount(t *testing.T) {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	before := liveTransports.Load()
-	tr := &Transport{Origin: "not a url"}
-	if err := tr.Provision(ctx); err == nil {
-		t.Fatal("bad origin accepted")
-	}
-	if err := tr.Cleanup(); err != nil {
-		t.Fatal(err)
-	}
-	if got := liveTransports.Load(); got != before {
-		t.Fatalf("live transports %d → %d after a failed provision", before, got)
-	}
+	a.AssertNoSecrets("not-a-real-token")
 }

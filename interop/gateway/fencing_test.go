@@ -1,6 +1,6 @@
 //go:build unix
 
-package injecttoken
+package gateway_test
 
 import (
 	"encoding/base64"
@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
@@ -51,7 +52,7 @@ func TestTwoProcessesSurviveAFrozenLockHolder(t *testing.T) {
 	calls := srv.Stats().RefreshCalls
 	aDone := make(chan error, 1)
 	go func() { aDone <- a.post("/refresh") }()
-	waitWithin(t, "A's refresh at the token server", 30*time.Second, func() bool { return srv.Stats().RefreshCalls > calls })
+	gatewaytest.WaitWithin(t, "A's refresh at the token server", 30*time.Second, func() bool { return srv.Stats().RefreshCalls > calls })
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func TestTwoProcessesSurviveAFrozenLockHolder(t *testing.T) {
 	if stored != bStatus.SessionID {
 		t.Fatalf("storage holds session %s, B logged in %s: the resumed instance overwrote newer state", stored, bStatus.SessionID)
 	}
-	waitWithin(t, "A to follow storage", 30*time.Second, func() bool {
+	gatewaytest.WaitWithin(t, "A to follow storage", 30*time.Second, func() bool {
 		st := a.status(t)
 		return st.State == tokencache.StateActive && st.SessionID == stored
 	})
@@ -108,7 +109,7 @@ func buildCaddy(t *testing.T) string {
 		return bin
 	}
 	bin := filepath.Join(t.TempDir(), "caddy")
-	out, err := exec.Command("go", "build", "-o", bin, "./cmd/caddy").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/tokenwarden/caddy-inject-token/cmd/caddy").CombinedOutput()
 	if err != nil {
 		t.Skipf("\n\n*** SKIPPING the two-process fencing drill: cannot build ./cmd/caddy: %v\n%s\n", err, out)
 	}
@@ -127,8 +128,8 @@ type caddyProc struct {
 
 func startCaddy(t *testing.T, bin, name, storage, prelude string) *caddyProc {
 	t.Helper()
-	p := &caddyProc{name: name, admin: "127.0.0.1:" + freePort(t), out: &interop.SyncBuffer{}}
-	httpPort := freePort(t)
+	p := &caddyProc{name: name, admin: "127.0.0.1:" + gatewaytest.FreePort(t), out: &interop.SyncBuffer{}}
+	httpPort := gatewaytest.FreePort(t)
 	p.http = "http://127.0.0.1:" + httpPort
 	home := t.TempDir()
 	conf := fmt.Sprintf(`{
@@ -216,7 +217,7 @@ func (p *caddyProc) whoami(t *testing.T) {
 
 func waitActive(t *testing.T, p *caddyProc) {
 	t.Helper()
-	waitWithin(t, p.name+" active", 60*time.Second, func() bool { return p.status(t).State == tokencache.StateActive })
+	gatewaytest.WaitWithin(t, p.name+" active", 60*time.Second, func() bool { return p.status(t).State == tokencache.StateActive })
 }
 
 // storedSID is the sid claim of the access token in the stored session.
