@@ -14,20 +14,53 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
 
-// The exactly-once protocol. A refresh token is presented at most once:
+// The exactly-once protocol: a refresh token is presented at most once,
+// across goroutines, reloads, restarts and instances sharing one storage.
+// Every storage call of a refresh, in order (S = the session's state key,
+// inject_token/<session>/state.json; C = its claims directory):
 //
-//  1. peek: read storage without the lock and adopt a fresh token;
-//  2. lock the session in storage, re-read, adopt if fresh now;
-//  3. write an intent (the hash of the refresh token about to be presented)
-//     over the record just read, then read it back: present the token only
-//     if storage holds exactly that intent;
-//  4. present it; write the outcome over the intent, again only if storage
-//     still holds exactly the intent (fencing).
+//	peek     Load S                    fresh token stored? adopt it, done
+//	         Lock                      failure or timeout: transient, backoff
+//	re-read  Load S                    failure: transient; newer format: refused
+//	         pending result in memory? written first, only over the record it
+//	           resolves (else dropped); an unchecked intent's claims first
+//	         fresh now? adopt; logged out? log in (below) or report
+//	         unresolved intent for S's refresh token? it may be spent: the
+//	           session is given up (written logged out, access token kept)
+//	         refresh token expired? never presented: given up the same way
+//	intent   write(S: intent = hash of the refresh token) over the re-read
+//	           (grants without a refresh token skip it)
+//	         refused (another write came first): adopt what storage holds
+//	         unknown outcome: kept in memory as "clear this intent", not presented
+//	present  backend.Refresh           not acted: clear the intent; lost:
+//	                                   given up; dead: given up, key dropped
+//	result   write(S: the new grant) over the intent (retried ×3)
+//	         refused: the grant is dropped and storage adopted; failed: kept
+//	           in memory and written first next time
+//	         Unlock
 //
-// Every write names the record it replaces (generation, writer, intent)
-// and is refused if storage holds anything else: an instance whose lock
-// expired while it was stalled (VM freeze, GC pause, NFS hang) can neither
-// present a token another instance has spent nor overwrite newer state.
+// write(next over r) is one of two, chosen by the storage:
+//
+//   - conditional (VersionedStorage): StoreIfVersion(S, next, version of
+//     r). Refused or failed: Load S; next found (its generation and writer)
+//     means it landed; r found means it did not; anything else is a fence.
+//     Nothing else is needed: a refused write changes nothing. A steady
+//     refresh is 6 calls: Load, Lock, Load, StoreIfVersion ×2, Unlock.
+//   - claims (any other storage): List C (×3; pruned to the newest
+//     claimsKept generations), Store C/<gen>.<instance> with gen above
+//     every other instance's visible claim, Load S (the fence: r still
+//     there?), Store S, and for an intent List C again: another instance's
+//     claim at or above gen means it wrote after r was read, so the intent
+//     may have overwritten its result and the session is given up
+//     (contested). A failed Store S keeps its claim and is resolved by
+//     Load S as above. Correct while List and Load are linearizable.
+//
+// Login (operator or automatic): Store the new DPoP key, backend login,
+// write(S: new session) over the re-read, Delete the old key. An operator's
+// Login or Logout retries a failed Load S; only a record that was read and
+// cannot be decoded is replaced (keeping its version, and above the
+// claims), so a storage hiccup never resets the generation.
+//
 // An intent found unresolved means the outcome of that presentation is
 // unknown: the token is given up, never presented again.
 
