@@ -483,3 +483,34 @@ func TestStorageCallsPerRefresh(t *testing.T) {
 		})
 	}
 }
+
+// A session written by a newer release is refused, with a clear error, by
+// every operation (refresh, login, logout), and nothing is overwritten.
+func TestNewerFormatIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
+	e.login(a)
+	a.Close()
+	rec := storedRecord(t, e.dir)
+	rec["format"] = 99
+	writeRecord(t, e.dir, rec)
+	before, _ := os.ReadFile(e.dir + "/inject_token/test/state.json")
+	b := e.cache(func(cfg *tokencache.Config) { cfg.Lazy, cfg.Login = true, e.passwordLogin() })
+	for name, err := range map[string]error{
+		"refresh": b.Refresh(context.Background()),
+		"login":   b.Login(context.Background(), e.passwordLogin()),
+		"logout":  b.Logout(context.Background()),
+		"forget":  b.Forget(context.Background(), "test"),
+	} {
+		if !errors.Is(err, tokencache.ErrNewerFormat) {
+			t.Errorf("%s: %v; want ErrNewerFormat", name, err)
+		}
+	}
+	if after, _ := os.ReadFile(e.dir + "/inject_token/test/state.json"); string(after) != string(before) {
+		t.Fatal("a record of a newer format was overwritten")
+	}
+	if s := e.srv.Stats(); s.RefreshCalls != 0 || s.Logins != 1 {
+		t.Fatalf("refresh calls %d, logins %d", s.RefreshCalls, s.Logins)
+	}
+}
