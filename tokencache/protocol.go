@@ -485,6 +485,9 @@ func (o *op) resolvePending(rec *record) (*record, *snapshot, error) {
 		c.pending.Store(nil)
 		return rec, nil, nil
 	}
+	// The version storage holds beside it, which an unconfirmed write
+	// never learnt.
+	p.over.ver = rec.ver
 	if p.recheck {
 		err := o.st.contested(o.ctx, p.over.Generation, c.claimer)
 		if ce, ok := errors.AsType[*contestedError](err); ok {

@@ -295,38 +295,53 @@ func TestScheduleOneListingFails(t *testing.T) {
 // claim deleted.
 func TestScheduleAmbiguousIntentStore(t *testing.T) {
 	t.Parallel()
-	for name, cas := range map[string]bool{"claims": false, "conditional": true} {
-		t.Run(name, func(t *testing.T) {
-			e := newEnv(t)
-			l := newLeases(e.clk, 10*time.Second)
-			var st certmagic.Storage
-			var f *faulty
-			if cas {
-				s := newFaultyCAS(e, l, "A")
-				st, f = s, s.faulty
-			} else {
-				f = newFaulty(e, l, "A")
-				st = f
+	for _, cas := range []bool{false, true} {
+		for _, readFails := range []bool{false, true} {
+			name := map[bool]string{false: "claims", true: "conditional"}[cas]
+			if readFails {
+				name += ", and the read-back fails"
 			}
-			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
-			e.login(a)
-			first := once()
-			f.setFault(func(op, key string) (error, error) {
-				if op == "store" && isState(key) && first() {
-					return nil, errors.New("injected reply timeout after the write")
-				}
-				return nil, nil
-			})
-			_ = a.Refresh(context.Background())
-			e.clk.Advance(time.Second)
-			_ = a.Refresh(context.Background())
-			if st := a.Status(); st.State != tokencache.StateActive {
-				t.Fatalf("session %s (%s) after one ambiguous write", st.State, st.Reason)
-			}
-			if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses == 0 {
-				t.Fatalf("refresh successes %d, reuse %d", s.RefreshSuccesses, s.ReuseEvents)
-			}
-		})
+			t.Run(name, func(t *testing.T) { ambiguousIntent(t, cas, readFails) })
+		}
+	}
+}
+
+// ambiguousIntent is schedule 4 on claims or conditional writes, with the
+// read that resolves the write failing too (readFails) or not.
+func ambiguousIntent(t *testing.T, cas, readFails bool) {
+	t.Parallel()
+	e := newEnv(t)
+	l := newLeases(e.clk, 10*time.Second)
+	var st certmagic.Storage
+	var f *faulty
+	if cas {
+		s := newFaultyCAS(e, l, "A")
+		st, f = s, s.faulty
+	} else {
+		f = newFaulty(e, l, "A")
+		st = f
+	}
+	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
+	e.login(a)
+	first, failRead := once(), atomic.Bool{}
+	f.setFault(func(op, key string) (error, error) {
+		if op == "store" && isState(key) && first() {
+			failRead.Store(readFails)
+			return nil, errors.New("injected reply timeout after the write")
+		}
+		if op == "load" && isState(key) && failRead.CompareAndSwap(true, false) {
+			return errors.New("injected read failure"), nil
+		}
+		return nil, nil
+	})
+	_ = a.Refresh(context.Background())
+	e.clk.Advance(time.Second)
+	_ = a.Refresh(context.Background())
+	if st := a.Status(); st.State != tokencache.StateActive {
+		t.Fatalf("session %s (%s) after one ambiguous write", st.State, st.Reason)
+	}
+	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses == 0 {
+		t.Fatalf("refresh successes %d, reuse %d", s.RefreshSuccesses, s.ReuseEvents)
 	}
 }
 
