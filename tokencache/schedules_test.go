@@ -181,6 +181,8 @@ func TestScheduleStaleListing(t *testing.T) {
 	mustToken(t, b)
 	stA.freezeList(t, claimsDir)
 	f, stalled, resume := pause()
+	release := sync.OnceFunc(func() { close(resume) })
+	t.Cleanup(release) // a failing test must not leave A frozen
 	first := once()
 	stA.setFault(func(op, key string) (error, error) {
 		if op == "store" && isState(key) && first() {
@@ -196,7 +198,7 @@ func TestScheduleStaleListing(t *testing.T) {
 		t.Fatalf("B: %v", err)
 	}
 	fresh := mustToken(t, b)
-	close(resume)
+	release()
 	t.Logf("A's refresh: %v", <-done)
 	e.clk.Advance(time.Second)
 	_ = a.Refresh(context.Background())
@@ -224,6 +226,8 @@ func TestScheduleLoginOverLoadTimeout(t *testing.T) {
 	e.login(a)
 	mustToken(t, b)
 	f, stalled, resume := pause()
+	release := sync.OnceFunc(func() { close(resume) })
+	t.Cleanup(release) // a failing test must not leave A frozen
 	first := once()
 	stA.setFault(func(op, key string) (error, error) {
 		if op == "store" && tokencache.IsClaim(key) && first() {
@@ -249,7 +253,7 @@ func TestScheduleLoginOverLoadTimeout(t *testing.T) {
 	if err := c.Login(context.Background(), e.passwordLogin()); err != nil {
 		t.Fatalf("C's login: %v", err)
 	}
-	close(resume)
+	release()
 	t.Logf("A's refresh: %v", <-done)
 	e.clk.Advance(time.Second)
 	_ = a.Refresh(context.Background())
