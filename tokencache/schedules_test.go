@@ -51,6 +51,17 @@ func newFaultyCAS(e *env, l *leases, who string) *faultyCAS {
 	return &faultyCAS{faulty: f, cas: filecas.New(f.FileStorage)}
 }
 
+// newFaultyAs is faulty storage with conditional writes (cas) or without,
+// and its faults.
+func newFaultyAs(e *env, l *leases, who string, cas bool) (certmagic.Storage, *faulty) {
+	if cas {
+		s := newFaultyCAS(e, l, who)
+		return s, s.faulty
+	}
+	f := newFaulty(e, l, who)
+	return f, f
+}
+
 func (s *faulty) setFault(f func(op, key string) (before, after error)) { s.fault.Store(&f) }
 
 func (s *faulty) at(op, key string) (before, after error) {
@@ -270,23 +281,31 @@ func TestScheduleLoginOverLoadTimeout(t *testing.T) {
 // intent stood as a spent marker and the session was given up.
 func TestScheduleOneListingFails(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	l := newLeases(e.clk, 10*time.Second)
-	st := newFaulty(e, l, "A")
-	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
-	e.login(a)
 	first := once()
-	st.setFault(func(op, key string) (error, error) {
+	survivesOneFault(t, false, "one failed listing", func(op, key string) (error, error) {
 		if op == "list" && first() {
 			return errors.New("injected listing failure"), nil
 		}
 		return nil, nil
 	})
+}
+
+// survivesOneFault logs a session in on one instance (with conditional
+// writes or claims), injects fault and refreshes twice: the session must
+// stay active, refreshed, with no reuse.
+func survivesOneFault(t *testing.T, cas bool, what string, fault func(op, key string) (before, after error)) {
+	t.Helper()
+	e := newEnv(t)
+	l := newLeases(e.clk, 10*time.Second)
+	st, f := newFaultyAs(e, l, "A", cas)
+	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
+	e.login(a)
+	f.setFault(fault)
 	_ = a.Refresh(context.Background())
 	e.clk.Advance(time.Second)
 	_ = a.Refresh(context.Background())
 	if st := a.Status(); st.State != tokencache.StateActive {
-		t.Fatalf("session %s (%s) after one failed listing", st.State, st.Reason)
+		t.Fatalf("session %s (%s) after %s", st.State, st.Reason, what)
 	}
 	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses == 0 {
 		t.Fatalf("refresh successes %d, reuse %d", s.RefreshSuccesses, s.ReuseEvents)
@@ -314,21 +333,8 @@ func TestScheduleAmbiguousIntentStore(t *testing.T) {
 // read that resolves the write failing too (readFails) or not.
 func ambiguousIntent(t *testing.T, cas, readFails bool) {
 	t.Parallel()
-	e := newEnv(t)
-	l := newLeases(e.clk, 10*time.Second)
-	var st certmagic.Storage
-	var f *faulty
-	if cas {
-		s := newFaultyCAS(e, l, "A")
-		st, f = s, s.faulty
-	} else {
-		f = newFaulty(e, l, "A")
-		st = f
-	}
-	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
-	e.login(a)
 	first, failRead := once(), atomic.Bool{}
-	f.setFault(func(op, key string) (error, error) {
+	survivesOneFault(t, cas, "one ambiguous write", func(op, key string) (error, error) {
 		if op == "store" && isState(key) && first() {
 			failRead.Store(readFails)
 			return nil, errors.New("injected reply timeout after the write")
@@ -338,15 +344,6 @@ func ambiguousIntent(t *testing.T, cas, readFails bool) {
 		}
 		return nil, nil
 	})
-	_ = a.Refresh(context.Background())
-	e.clk.Advance(time.Second)
-	_ = a.Refresh(context.Background())
-	if st := a.Status(); st.State != tokencache.StateActive {
-		t.Fatalf("session %s (%s) after one ambiguous write", st.State, st.Reason)
-	}
-	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses == 0 {
-		t.Fatalf("refresh successes %d, reuse %d", s.RefreshSuccesses, s.ReuseEvents)
-	}
 }
 
 // Schedule 5 (claims): an outage right after the intent's claim fails the
@@ -473,15 +470,7 @@ func TestStorageCallsPerRefresh(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
 			l := newLeases(e.clk, 10*time.Second)
-			var st certmagic.Storage
-			var f *faulty
-			if cas {
-				s := newFaultyCAS(e, l, "A")
-				st, f = s, s.faulty
-			} else {
-				f = newFaulty(e, l, "A")
-				st = f
-			}
+			st, f := newFaultyAs(e, l, "A", cas)
 			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
 			e.login(a)
 			for range 3 { // the first refresh after a login is steady state too
