@@ -9,7 +9,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/certmagic"
 
+	"github.com/tokenwarden/caddy-inject-token/filecas"
 	"github.com/tokenwarden/caddy-inject-token/seal"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -146,18 +148,24 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 // sealedStorage wraps a config's storage for the session called name,
 // sealing its values with sl (nil: plain), and checks that what the
 // session already has in storage opens, so a wrong or missing key fails
-// the config load instead of looking like a logged-out session.
-func sealedStorage(ctx caddy.Context, name string, sl *seal.Sealer) (seal.Storage, error) {
+// the config load instead of looking like a logged-out session. Caddy's
+// file_system storage gets conditional writes (filecas), which the sealed
+// storage forwards to the engine.
+func sealedStorage(ctx caddy.Context, name string, sl *seal.Sealer) (certmagic.Storage, error) {
+	inner := ctx.Storage()
+	if fst, ok := inner.(*certmagic.FileStorage); ok {
+		inner = filecas.New(fst)
+	}
 	st := seal.Storage{
-		Storage: ctx.Storage(), Sealer: sl, Prefix: tokencache.StoragePrefix + "/",
+		Storage: inner, Sealer: sl, Prefix: tokencache.StoragePrefix + "/",
 		// DPoP key files are written once, at login; state is rewritten
 		// at every refresh.
 		Immutable: tokencache.IsKeyFile,
 		Plain:     tokencache.IsClaim,
 	}
 	if err := st.Check(ctx, tokencache.SessionDir(name)); err != nil {
-		return st, fmt.Errorf("session %q: its stored state cannot be opened: %w "+
+		return nil, fmt.Errorf("session %q: its stored state cannot be opened: %w "+
 			"(check seal_key, and seal_key_previous during a rotation)", name, err)
 	}
-	return st, nil
+	return st.WithVersions(), nil
 }

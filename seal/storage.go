@@ -39,13 +39,23 @@ func (s Storage) sealed(key string) bool {
 
 // Store seals value when key is under Prefix.
 func (s Storage) Store(ctx context.Context, key string, value []byte) error {
-	if s.sealed(key) {
-		var err error
-		if value, err = s.Sealer.Seal(value, key); err != nil {
-			return fmt.Errorf("sealing %s: %w", key, err)
-		}
+	value, err := s.seal(key, value)
+	if err != nil {
+		return err
 	}
 	return s.Storage.Store(ctx, key, value)
+}
+
+// seal seals value when key is under Prefix.
+func (s Storage) seal(key string, value []byte) ([]byte, error) {
+	if !s.sealed(key) {
+		return value, nil
+	}
+	v, err := s.Sealer.Seal(value, key)
+	if err != nil {
+		return nil, fmt.Errorf("sealing %s: %w", key, err)
+	}
+	return v, nil
 }
 
 // Load opens the value when key is under Prefix. An error opening it
@@ -87,4 +97,54 @@ func (s Storage) Check(ctx context.Context, dir string) error {
 	return nil
 }
 
-var _ certmagic.Storage = Storage{}
+// versioned is a storage with conditional writes (the methods of
+// tokencache.VersionedStorage, named here so seal need not import it).
+type versioned interface {
+	LoadVersioned(ctx context.Context, key string) ([]byte, int64, error)
+	StoreIfVersion(ctx context.Context, key string, value []byte, prev, next int64) error
+}
+
+// Versioned is Storage over a storage with conditional writes, which it
+// forwards, sealing and opening values as Store and Load do. The version
+// is a plain number the storage keeps beside the sealed value: sealing is
+// randomized, so comparing values could never work.
+type Versioned struct {
+	Storage
+}
+
+// WithVersions is s as a Versioned when the storage it wraps has
+// conditional writes, else s.
+func (s Storage) WithVersions() certmagic.Storage {
+	if _, ok := s.Storage.(versioned); ok {
+		return Versioned{s}
+	}
+	return s
+}
+
+// LoadVersioned is Load with the version stored beside the value.
+func (s Versioned) LoadVersioned(ctx context.Context, key string) ([]byte, int64, error) {
+	v, ver, err := s.Storage.Storage.(versioned).LoadVersioned(ctx, key)
+	if err != nil || !s.sealed(key) {
+		return v, ver, err
+	}
+	plain, err := s.Sealer.Open(v, key)
+	if err != nil {
+		return nil, ver, fmt.Errorf("opening %s: %w", key, err)
+	}
+	return plain, ver, nil
+}
+
+// StoreIfVersion is Store, only if the version beside key is still prev.
+func (s Versioned) StoreIfVersion(ctx context.Context, key string, value []byte, prev, next int64) error {
+	value, err := s.seal(key, value)
+	if err != nil {
+		return err
+	}
+	return s.Storage.Storage.(versioned).StoreIfVersion(ctx, key, value, prev, next)
+}
+
+// Interface guards
+var (
+	_ certmagic.Storage = Storage{}
+	_ versioned         = Versioned{}
+)

@@ -166,7 +166,7 @@ func New(cfg Config) (*Cache, error) {
 	defer cancel()
 	rec, err := c.store().load(ctx)
 	if err != nil {
-		c.log().Error("session state unreadable; treating as logged out until a login replaces it",
+		c.log().Error("session state cannot be used (unreadable: a login replaces it; newer format: upgrade); treating as logged out",
 			zap.String("session", cfg.Name), zap.Error(err))
 		rec = &record{State: StateLoggedOut, Reason: err.Error()}
 	}

@@ -33,6 +33,7 @@ const (
 	ReasonMalformedResponse = "malformed_response"
 	ReasonStorage           = "storage"
 	ReasonLostOutcome       = "lost_outcome"
+	ReasonRefreshExpired    = "refresh_expired"
 	ReasonUnusableToken     = "unusable_token"
 	ReasonOther             = "other"
 )

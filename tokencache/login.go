@@ -16,12 +16,10 @@ import (
 func (c *Cache) Login(ctx context.Context, login LoginFunc) error {
 	c.ResumeLogin()
 	return c.lockedOp(ctx, func(o *op, rec *record, err error) (*snapshot, error) {
-		over := rec
-		if err != nil {
-			// A login replaces unreadable state.
-			rec, over = &record{State: StateLoggedOut}, nil
+		if rec, err = replaceable(rec, err); err != nil {
+			return nil, err
 		}
-		return o.login(over, c.live(rec), login, false)
+		return o.login(rec, c.live(rec), login, false)
 	})
 }
 
@@ -60,8 +58,8 @@ func (c *Cache) Logout(ctx context.Context) error {
 // stays off until the next explicit Login.
 func (c *Cache) Forget(ctx context.Context, reason string) error {
 	return c.lockedOp(ctx, func(o *op, rec *record, err error) (*snapshot, error) {
-		if err != nil {
-			rec = nil
+		if rec, err = replaceable(rec, err); err != nil {
+			return nil, err
 		}
 		return o.forget(rec, reason)
 	})
@@ -77,10 +75,34 @@ func (c *Cache) lockedOp(ctx context.Context, fn func(o *op, rec *record, loadEr
 			return nil, err
 		}
 		defer unlock()
-		rec, err := o.st.load(o.ctx)
+		var rec *record
+		for range 3 { // one storage hiccup must not make an operator's call fail
+			if rec, err = o.st.load(o.ctx); !transient(err) {
+				break
+			}
+		}
 		return fn(o, rec, err)
 	})
 	return err
+}
+
+// transient reports whether err is a failure to read storage that another
+// try may not meet.
+func transient(err error) bool {
+	_, unreadable := errors.AsType[*unreadableError](err)
+	return err != nil && !unreadable && !errors.Is(err, ErrNewerFormat)
+}
+
+// replaceable is the record a login or forget writes over: the stored one,
+// or one standing for a stored record that cannot be decoded (it keeps the
+// storage version, and without versions the claims set the generation, so
+// replacing it never goes back to generation 0). A record that could not
+// be read at all, or of a newer format, is not replaced.
+func replaceable(rec *record, err error) (*record, error) {
+	if ue, ok := errors.AsType[*unreadableError](err); ok {
+		return &record{State: StateLoggedOut, ver: ue.ver, unreadable: true}, nil
+	}
+	return rec, err
 }
 
 // live returns the result this process holds in memory in place of the
@@ -94,20 +116,15 @@ func (c *Cache) live(rec *record) *record {
 }
 
 // forget writes a logged-out record with automatic login off over over
-// (nil: unreadable state) and deletes the key.
+// and deletes the key.
 func (o *op) forget(over *record, reason string) (*snapshot, error) {
 	c := o.c
-	next := &record{State: StateLoggedOut, Reason: reason, NoAutoLogin: true, Writer: o.id}
-	if over != nil {
-		next.Generation = o.nextGen(over)
-	}
+	next := o.build(over, record{State: StateLoggedOut, Reason: reason, NoAutoLogin: true})
 	if err := o.write(over, next); err != nil {
 		return nil, err
 	}
-	if over != nil {
-		o.st.deleteKey(o.ctx, over.KeyThumbprint)
-	}
-	if p := c.pending.Swap(nil); p != nil && (over == nil || p.next.KeyThumbprint != over.KeyThumbprint) {
+	o.st.deleteKey(o.ctx, over.KeyThumbprint)
+	if p := c.pending.Swap(nil); p != nil && p.next.KeyThumbprint != over.KeyThumbprint {
 		o.st.deleteKey(o.ctx, p.next.KeyThumbprint)
 	}
 	return o.install(next, nil, OutcomeLoggedOut, ""), nil
@@ -137,8 +154,8 @@ func (o *op) loginOrReport(rec *record) (*snapshot, error) {
 	return s, fmt.Errorf("%w: %s", ErrLoggedOut, reason)
 }
 
-// login starts a new session with a new key over the stored record over
-// (nil: unreadable). live is the session being replaced: its refresh token
+// login starts a new session with a new key over the stored record over.
+// live is the session being replaced: its refresh token
 // goes to the server as the previous one, unless an interrupted refresh
 // may have spent it. The key is stored before the login so the stored
 // record never points at a missing key; the old key is deleted after the
@@ -178,10 +195,7 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 		}
 		return nil, o.fail(OutcomeLoginFail, reasonOf(err, ReasonOther), err)
 	}
-	next := &record{KeyThumbprint: key.Thumbprint(), Writer: o.id}
-	if over != nil {
-		next.Generation = o.nextGen(over)
-	}
+	next := o.build(over, record{KeyThumbprint: key.Thumbprint()})
 	applyGrant(next, grant, c.clock.Now())
 	switch err := o.writeRetry(over, next); {
 	case errors.Is(err, errFenced):
@@ -190,11 +204,11 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 			zap.String("session", c.cfg.Name), zap.Error(err))
 		return o.adoptLatest(err)
 	case err != nil:
-		c.pending.Store(&pendingWrite{over: *orEmpty(over), next: *next, outcome: OutcomeLoggedIn})
+		c.pending.Store(&pendingWrite{over: *over, next: *next, outcome: OutcomeLoggedIn})
 		return nil, o.fail(OutcomeLoginFail, ReasonStorage, fmt.Errorf("logged in but could not store the session: %w", err))
 	}
 	c.pending.Store(nil) // whatever it resolved is superseded
-	for _, old := range []string{live.KeyThumbprint, orEmpty(over).KeyThumbprint} {
+	for _, old := range []string{live.KeyThumbprint, over.KeyThumbprint} {
 		if old != key.Thumbprint() {
 			o.st.deleteKey(o.ctx, old)
 		}
@@ -203,11 +217,4 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	c.resumeLoginLocked()
 	c.mu.Unlock()
 	return o.install(next, key, OutcomeLoggedIn, ""), nil
-}
-
-func orEmpty(r *record) *record {
-	if r == nil {
-		return &record{}
-	}
-	return r
 }

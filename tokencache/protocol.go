@@ -14,20 +14,53 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
 
-// The exactly-once protocol. A refresh token is presented at most once:
+// The exactly-once protocol: a refresh token is presented at most once,
+// across goroutines, reloads, restarts and instances sharing one storage.
+// Every storage call of a refresh, in order (S = the session's state key,
+// inject_token/<session>/state.json; C = its claims directory):
 //
-//  1. peek: read storage without the lock and adopt a fresh token;
-//  2. lock the session in storage, re-read, adopt if fresh now;
-//  3. write an intent (the hash of the refresh token about to be presented)
-//     over the record just read, then read it back: present the token only
-//     if storage holds exactly that intent;
-//  4. present it; write the outcome over the intent, again only if storage
-//     still holds exactly the intent (fencing).
+//	peek     Load S                    fresh token stored? adopt it, done
+//	         Lock                      failure or timeout: transient, backoff
+//	re-read  Load S                    failure: transient; newer format: refused
+//	         pending result in memory? written first, only over the record it
+//	           resolves (else dropped); an unchecked intent's claims first
+//	         fresh now? adopt; logged out? log in (below) or report
+//	         unresolved intent for S's refresh token? it may be spent: the
+//	           session is given up (written logged out, access token kept)
+//	         refresh token expired? never presented: given up the same way
+//	intent   write(S: intent = hash of the refresh token) over the re-read
+//	           (grants without a refresh token skip it)
+//	         refused (another write came first): adopt what storage holds
+//	         unknown outcome: kept in memory as "clear this intent", not presented
+//	present  backend.Refresh           not acted: clear the intent; lost:
+//	                                   given up; dead: given up, key dropped
+//	result   write(S: the new grant) over the intent (retried ×3)
+//	         refused: the grant is dropped and storage adopted; failed: kept
+//	           in memory and written first next time
+//	         Unlock
 //
-// Every write names the record it replaces (generation, writer, intent)
-// and is refused if storage holds anything else: an instance whose lock
-// expired while it was stalled (VM freeze, GC pause, NFS hang) can neither
-// present a token another instance has spent nor overwrite newer state.
+// write(next over r) is one of two, chosen by the storage:
+//
+//   - conditional (VersionedStorage): StoreIfVersion(S, next, version of
+//     r). Refused or failed: Load S; next found (its generation and writer)
+//     means it landed; r found means it did not; anything else is a fence.
+//     Nothing else is needed: a refused write changes nothing. A steady
+//     refresh is 6 calls: Load, Lock, Load, StoreIfVersion ×2, Unlock.
+//   - claims (any other storage): List C (×3; pruned to the newest
+//     claimsKept generations), Store C/<gen>.<instance> with gen above
+//     every other instance's visible claim, Load S (the fence: r still
+//     there?), Store S, and for an intent List C again: another instance's
+//     claim at or above gen means it wrote after r was read, so the intent
+//     may have overwritten its result and the session is given up
+//     (contested). A failed Store S keeps its claim and is resolved by
+//     Load S as above. Correct while List and Load are linearizable.
+//
+// Login (operator or automatic): Store the new DPoP key, backend login,
+// write(S: new session) over the re-read, Delete the old key. An operator's
+// Login or Logout retries a failed Load S; only a record that was read and
+// cannot be decoded is replaced (keeping its version, and above the
+// claims), so a storage hiccup never resets the generation.
+//
 // An intent found unresolved means the outcome of that presentation is
 // unknown: the token is given up, never presented again.
 
@@ -81,6 +114,10 @@ type pendingWrite struct {
 	// outcome is reported once next is stored; "" for a resolved intent
 	// (the server did not act), after which the refresh still has to run.
 	outcome string
+	// recheck: over is an intent whose write claims were never checked
+	// (its store or listing failed); they are checked before next clears
+	// it, since it may have overwritten newer state.
+	recheck bool
 }
 
 func (c *Cache) newOp(ctx, quit context.Context) *op {
@@ -143,40 +180,95 @@ func (o *op) lock() (func(), error) {
 	}, nil
 }
 
-// nextGen is the generation of a record this operation writes over r.
-func (o *op) nextGen(r *record) int64 { return max(r.Generation, o.floor) + 1 }
+// nextGen is the generation of a record this operation writes over r:
+// above r's, the storage version read with it and every generation this
+// operation already had to go above.
+func (o *op) nextGen(r *record) int64 { return max(r.Generation, r.ver, o.floor) + 1 }
 
-// successor is a copy of r written by this operation.
-func (o *op) successor(r *record) *record {
-	n := *r
-	n.Generation, n.Writer, n.Intent = o.nextGen(r), o.id, ""
+// build is the one function that makes a record to write: content over
+// over, at the next generation, written by this operation, in this
+// binary's format. content.Intent is kept (only the intent sets one).
+func (o *op) build(over *record, content record) *record {
+	n := content
+	n.Generation, n.Writer, n.Format, n.ver, n.unreadable = o.nextGen(over), o.id, recordFormat, 0, false
 	return &n
 }
 
-// write stores next only if storage still holds over (nil: whatever it
-// holds, for replacing unreadable state). The read right before the write
-// is the fence. An intent is also checked against the write claims (see
-// store.contested), since it is the write a presentation depends on; any
-// other record stays as written, even one that may have overwritten newer
-// state, because rewriting it would reopen the same gap.
+// successor is r as the next write of this operation, intent cleared.
+func (o *op) successor(r *record) *record {
+	n := *r
+	n.Intent = ""
+	return o.build(r, n)
+}
+
+// write stores next only if storage still holds over (an unreadable record
+// stands for whatever storage holds, since it cannot be compared). With
+// conditional writes the storage compares versions; without, the write is
+// claimed, fenced by a read and, for an intent, checked against the
+// claims (writeClaimed).
 func (o *op) write(over, next *record) error {
-	if over == nil || over.Generation == 0 && over.Writer == "" {
-		// A first record, or one replacing unreadable or lost state:
-		// claims left from before would contest every write from now on.
-		o.st.clearClaims(o.ctx)
+	if vs := o.st.versioned(); vs != nil {
+		return o.writeIf(vs, over, next)
 	}
-	if over == nil {
-		return o.st.save(o.ctx, next)
+	return o.writeClaimed(over, next)
+}
+
+// writeIf is write on a storage with conditional writes. A refused or
+// failed write is resolved by reading: the record this operation wrote
+// (generation and writer) means an earlier attempt landed.
+func (o *op) writeIf(vs VersionedStorage, over, next *record) error {
+	err := o.st.saveIf(o.ctx, vs, next, over.ver)
+	if err == nil {
+		return nil
 	}
-	if err := o.check(over); err != nil {
+	cur, lerr := o.st.load(o.ctx)
+	switch {
+	case lerr == nil && cur.sameWrite(next):
+		next.ver = cur.ver
+		return nil
+	case errors.Is(err, errFenced):
+		return errFenced
+	case lerr == nil && !cur.sameWrite(over):
+		return errFenced
+	}
+	return err // not applied (storage still holds over), or unknown: retried
+}
+
+// writeClaimed is write on a storage without conditional writes: list the
+// claims (pruning old ones), claim a generation above every other
+// instance's visible claim, read the fence, store, and for an intent list
+// again (contested). A claim above the fence is an orphan of a crashed
+// write or a writer in flight: going above it keeps an orphan from
+// contesting, and a writer in flight still sees this claim (see
+// contested). A store that fails keeps its claim and is resolved by
+// reading.
+func (o *op) writeClaimed(over, next *record) error {
+	kept, _, err := o.st.claims(o.ctx)
+	if err != nil {
 		return err
 	}
+	for _, e := range kept {
+		if e.writer != o.c.claimer && e.gen >= next.Generation {
+			next.Generation = e.gen + 1
+		}
+	}
+	o.floor = max(o.floor, next.Generation-1)
 	if err := o.st.claim(o.ctx, next.Generation, o.c.claimer); err != nil {
 		return err
 	}
+	if !over.unreadable {
+		if err := o.check(over); err != nil {
+			return err
+		}
+	}
 	if err := o.st.save(o.ctx, next); err != nil {
-		o.st.unclaim(o.ctx, next.Generation, o.c.claimer)
-		return err
+		cur, lerr := o.st.load(o.ctx)
+		switch {
+		case lerr != nil || cur.sameWrite(over) || over.unreadable && !cur.sameWrite(next):
+			return err
+		case !cur.sameWrite(next):
+			return errFenced
+		}
 	}
 	if next.spent() {
 		return o.st.contested(o.ctx, next.Generation, o.c.claimer)
@@ -244,40 +336,49 @@ func (o *op) refresh() (*snapshot, error) {
 	key, err := c.keyFor(o, rec)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errKeyBroken) || rec.KeyThumbprint == "" {
-			return o.kill(rec, "DPoP key unavailable: "+err.Error(), false, ReasonOther)
+			return o.kill(rec, "DPoP key unavailable: "+err.Error(), false, OutcomeDead, ReasonOther)
 		}
 		return nil, o.fail(OutcomeTransient, ReasonStorage, err) // a storage hiccup; the key is still there
 	}
 	if rec.spent() {
-		return o.kill(rec, "an earlier refresh was interrupted after sending; its refresh token may be spent and is not presented again", true, ReasonLostOutcome)
+		return o.kill(rec, "an earlier refresh was interrupted after sending; its refresh token may be spent and is not presented again", true, OutcomeUnknown, ReasonLostOutcome)
 	}
 	if err := o.stopped(); err != nil {
 		return nil, err
+	}
+	if rec.RefreshToken != "" && !rec.RefreshExpiry.IsZero() && !c.clock.Now().Before(rec.RefreshExpiry) {
+		// Presenting it would only be refused, and some servers take an
+		// expired token for a reuse and end the session: the access token
+		// keeps serving until its own expiry while the session logs in.
+		return o.kill(rec, "the refresh token expired", true, OutcomeDead, ReasonRefreshExpired)
 	}
 	over := rec
 	// Write-ahead: record that this refresh token is about to be presented.
 	// Grants without one (client_credentials) spend nothing and skip it.
 	if rec.RefreshToken != "" {
-		intent := o.successor(rec)
-		intent.Intent = tokenHash(rec.RefreshToken)
+		n := *rec
+		n.Intent = tokenHash(rec.RefreshToken)
+		intent := o.build(rec, n)
 		err := o.write(rec, intent)
-		confirmed := err == nil
-		if confirmed {
+		if err == nil && o.st.versioned() == nil {
 			// Read it back: if another instance wrote in between, both
 			// may believe they hold the lock; neither may present.
-			err = o.check(intent)
+			if err = o.check(intent); err != nil && !errors.Is(err, errFenced) {
+				// Stored and uncontested: clear it on the next attempt.
+				c.pending.Store(&pendingWrite{over: *intent, next: *o.successor(intent)})
+				return o.fenced(err)
+			}
 		}
 		if ce, ok := errors.AsType[*contestedError](err); ok {
 			return o.standDown(intent, ce)
 		}
 		if err != nil {
-			if confirmed && !errors.Is(err, errFenced) {
-				// Stored and uncontested, but the read-back failed: not
-				// presented, so clear the intent on the next attempt rather
-				// than let it look spent. An intent whose write or claim
-				// listing failed stays as a spent marker: it may have
-				// landed over newer state.
-				c.pending.Store(&pendingWrite{over: *intent, next: *o.successor(intent)})
+			if !errors.Is(err, errFenced) {
+				// The intent may or may not be stored, and without
+				// conditional writes its claims are not checked yet: the
+				// next attempt finds it by its writer, checks the claims,
+				// and clears it (it was never presented).
+				c.pending.Store(&pendingWrite{over: *intent, next: *o.successor(intent), recheck: o.st.versioned() == nil})
 			}
 			return o.fenced(err)
 		}
@@ -289,9 +390,9 @@ func (o *op) refresh() (*snapshot, error) {
 	case err == nil:
 		return o.storeGrant(over, grant)
 	case errors.Is(err, ErrOutcomeUnknown):
-		return o.kill(over, "refresh response lost; the refresh token may have been rotated and is given up: "+err.Error(), true, ReasonLostOutcome)
+		return o.kill(over, "refresh response lost; the refresh token may have been rotated and is given up: "+err.Error(), true, OutcomeUnknown, ReasonLostOutcome)
 	case errors.Is(err, ErrSessionDead):
-		return o.kill(over, err.Error(), false, reasonOf(err, ReasonInvalidGrant))
+		return o.kill(over, err.Error(), false, OutcomeDead, reasonOf(err, ReasonInvalidGrant))
 	}
 	// The backend says the server did not act: the refresh token is still
 	// ours, so the intent is resolved by clearing it.
@@ -314,7 +415,7 @@ func (o *op) refresh() (*snapshot, error) {
 // the writes that follow.
 func (o *op) standDown(intent *record, ce *contestedError) (*snapshot, error) {
 	o.floor = max(o.floor, ce.claimed)
-	return o.kill(intent, ce.Error()+"; the session is given up", true, ReasonLostOutcome)
+	return o.kill(intent, ce.Error()+"; the session is given up", true, OutcomeUnknown, ReasonLostOutcome)
 }
 
 // present spends refreshToken at the token server.
@@ -384,6 +485,21 @@ func (o *op) resolvePending(rec *record) (*record, *snapshot, error) {
 		c.pending.Store(nil)
 		return rec, nil, nil
 	}
+	// The version storage holds beside it, which an unconfirmed write
+	// never learnt.
+	p.over.ver = rec.ver
+	if p.recheck {
+		err := o.st.contested(o.ctx, p.over.Generation, c.claimer)
+		if ce, ok := errors.AsType[*contestedError](err); ok {
+			c.pending.Store(nil)
+			s, err := o.standDown(&p.over, ce)
+			return nil, s, err
+		}
+		if err != nil {
+			return nil, nil, o.fail(OutcomeTransient, ReasonStorage, err)
+		}
+		p.recheck = false
+	}
 	if err := o.writeRetry(&p.over, &p.next); err != nil {
 		return nil, nil, o.fail(OutcomeTransient, ReasonStorage, err)
 	}
@@ -423,16 +539,13 @@ func applyGrant(r *record, g *Grant, now time.Time) {
 // When keepAccess is true the current access token keeps serving until it
 // expires (the session may still be alive server-side; only the refresh
 // token is lost), unless an upstream rejected it.
-func (o *op) kill(over *record, reason string, keepAccess bool, why string) (*snapshot, error) {
+func (o *op) kill(over *record, reason string, keepAccess bool, outcome, why string) (*snapshot, error) {
 	c := o.c
-	next := &record{State: StateLoggedOut, Reason: reason, KeyThumbprint: over.KeyThumbprint, Generation: o.nextGen(over), Writer: o.id}
+	content := record{State: StateLoggedOut, Reason: reason, KeyThumbprint: over.KeyThumbprint}
 	if keepAccess && !c.isRejected(over.AccessToken) {
-		next.AccessToken, next.TokenType, next.Expiry, next.IssuedAt = over.AccessToken, over.TokenType, over.Expiry, over.IssuedAt
+		content.AccessToken, content.TokenType, content.Expiry, content.IssuedAt = over.AccessToken, over.TokenType, over.Expiry, over.IssuedAt
 	}
-	outcome := OutcomeDead
-	if keepAccess {
-		outcome = OutcomeUnknown
-	}
+	next := o.build(over, content)
 	c.log().Warn("session ended", zap.String("session", c.cfg.Name), zap.String("reason", reason))
 	if err := o.writeRetry(over, next); err != nil {
 		return o.fenced(err)

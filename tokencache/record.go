@@ -66,7 +66,61 @@ type record struct {
 	Generation int64     `json:"generation"`
 	Writer     string    `json:"writer,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at,omitzero"`
+	// Format is the record layout's version (recordFormat when written by
+	// this binary; absent in records older than formats). A binary refuses
+	// a record of a newer format rather than misread or overwrite it.
+	Format int `json:"format,omitempty"`
+
+	// ver is the version a VersionedStorage holds beside the record (0:
+	// none, or a storage without versions): the one a conditional write
+	// over this record compares with.
+	ver int64
+	// unreadable: this stands for a stored record that could not be
+	// decoded, which a login or forget replaces without comparing it.
+	unreadable bool
 }
+
+// recordFormat is the record layout this binary writes. 2: written with
+// conditional writes where the storage has them (see VersionedStorage);
+// records without a format are 1, from binaries that relied on claims alone.
+const recordFormat = 2
+
+// ErrNewerFormat is reported for a session whose stored state was written
+// by a newer release: this binary does not read or overwrite it.
+var ErrNewerFormat = errors.New("session state was written by a newer release of inject_token; " +
+	"nothing read or overwritten: upgrade this instance (see docs/storage-guarantees.md)")
+
+// VersionedStorage is implemented by a storage that can write a value only
+// if the version stored beside it is still the one the writer read: a
+// compare-and-swap on a plain number the storage sees (values may be
+// sealed with randomized AEAD, so comparing values is no use). With it the
+// engine needs no write claims: a stalled instance's late write, or one
+// that read through a stale cache, fails instead of overwriting newer
+// state. Wrappers (seal.Storage) forward it.
+type VersionedStorage interface {
+	certmagic.Storage
+	// LoadVersioned returns the value at key and the version stored beside
+	// it (0 when the value was stored without one). A missing key is
+	// fs.ErrNotExist.
+	LoadVersioned(ctx context.Context, key string) (value []byte, version int64, err error)
+	// StoreIfVersion stores value with version next only if the version
+	// stored beside key is still prev (0: missing, or stored without one).
+	// Otherwise it stores nothing and returns an error wrapping
+	// fs.ErrExist. Any other error leaves the outcome unknown: the write
+	// may or may not have happened.
+	StoreIfVersion(ctx context.Context, key string, value []byte, prev, next int64) error
+}
+
+// errUnreadable marks a stored record that is there but cannot be decoded;
+// ver is the version stored beside it, so a login can replace it with a
+// conditional write.
+type unreadableError struct {
+	err error
+	ver int64
+}
+
+func (e *unreadableError) Error() string { return e.err.Error() }
+func (e *unreadableError) Unwrap() error { return e.err }
 
 // sameWrite reports whether r and o are the same write: same generation,
 // writer and intent.
@@ -141,10 +195,26 @@ func IsClaim(key string) bool {
 	return len(parts) == 4 && parts[0] == StoragePrefix && parts[2] == claimsDir
 }
 
+// versioned is the storage's conditional writes, or nil.
+func (st store) versioned() VersionedStorage {
+	v, _ := st.s.(VersionedStorage)
+	return v
+}
+
 // load returns the stored record; a missing record is a fresh logged-out
-// one. A record that cannot be decoded is an error and is left untouched.
+// one. A record that cannot be decoded is an *unreadableError and is left
+// untouched; one of a newer format is ErrNewerFormat.
 func (st store) load(ctx context.Context) (*record, error) {
-	data, err := st.s.Load(ctx, st.recordKey())
+	var (
+		data []byte
+		ver  int64
+		err  error
+	)
+	if vs := st.versioned(); vs != nil {
+		data, ver, err = vs.LoadVersioned(ctx, st.recordKey())
+	} else {
+		data, err = st.s.Load(ctx, st.recordKey())
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return &record{State: StateLoggedOut, Reason: "not logged in"}, nil
 	}
@@ -153,17 +223,21 @@ func (st store) load(ctx context.Context) (*record, error) {
 	}
 	var r record
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("session state in storage is unreadable (%s): %v", st.recordKey(), redactJSONError(err))
+		return nil, &unreadableError{ver: ver, err: fmt.Errorf("session state in storage is unreadable (%s): %v", st.recordKey(), redactJSONError(err))}
+	}
+	if r.Format > recordFormat {
+		return nil, fmt.Errorf("%w (%s has format %d; this binary reads up to %d)", ErrNewerFormat, st.recordKey(), r.Format, recordFormat)
 	}
 	if r.State != StateActive && r.State != StateLoggedOut {
-		return nil, fmt.Errorf("session state in storage has unknown state %q", r.State)
+		return nil, &unreadableError{ver: ver, err: fmt.Errorf("session state in storage has unknown state %q", r.State)}
 	}
+	r.ver = ver
 	return &r, nil
 }
 
+// save stores r unconditionally (storages without versions).
 func (st store) save(ctx context.Context, r *record) error {
-	r.UpdatedAt = st.now().UTC()
-	data, err := json.Marshal(r)
+	data, err := st.encode(r)
 	if err != nil {
 		return err
 	}
@@ -173,10 +247,39 @@ func (st store) save(ctx context.Context, r *record) error {
 	return nil
 }
 
-// claimsKept is how many generations of claims stay in storage behind the
-// newest write. Only claims at or above an operation's own generation
-// decide anything, so older ones are clutter.
-const claimsKept = 8
+// saveIf stores r with version r.Generation only if storage still holds
+// version prev; errFenced if it does not.
+func (st store) saveIf(ctx context.Context, vs VersionedStorage, r *record, prev int64) error {
+	data, err := st.encode(r)
+	if err != nil {
+		return err
+	}
+	err = vs.StoreIfVersion(ctx, st.recordKey(), data, prev, r.Generation)
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		return errFenced
+	case err != nil:
+		return st.report("store", fmt.Errorf("storing session state: %w", err))
+	}
+	r.ver = r.Generation
+	return nil
+}
+
+func (st store) encode(r *record) ([]byte, error) {
+	r.UpdatedAt, r.Format = st.now().UTC(), recordFormat
+	return json.Marshal(r)
+}
+
+// claimsKept is how many generations of claims stay in storage below the
+// highest one. Only claims at or above an operation's own generation
+// decide anything, and the highest alone is above every stalled writer's,
+// so older ones are clutter; pruning on every write keeps a session's keys
+// bounded whatever its grant.
+const claimsKept = 4
+
+// listTries is how many times a claims listing is tried: one failed
+// listing must not cost a session.
+const listTries = 3
 
 // claim records that writer (an instance) is about to write generation gen. Claims are
 // separate keys, never overwritten, so they survive the overwrite they
@@ -192,16 +295,6 @@ func (st store) claimKey(gen int64, writer string) string {
 	return fmt.Sprintf("%s/%020d.%s", st.claimDir(), gen, writer)
 }
 
-// unclaim withdraws a claim whose write did not happen (best effort).
-func (st store) unclaim(ctx context.Context, gen int64, writer string) {
-	st.delete(ctx, st.claimKey(gen, writer))
-}
-
-// clearClaims deletes every claim (best effort).
-func (st store) clearClaims(ctx context.Context) {
-	st.delete(ctx, st.claimDir())
-}
-
 // delete removes key and everything under it (best effort: a failure is
 // reported, a missing key is not a failure).
 func (st store) delete(ctx context.Context, key string) {
@@ -210,44 +303,78 @@ func (st store) delete(ctx context.Context, key string) {
 	}
 }
 
-// contested reports a *contestedError if any writer other than writer has claimed
-// generation gen or a later one, and deletes claims too old to matter.
-//
-// Storage has no compare-and-swap: the read that fences a write and the
-// write are two steps, and an instance stalled between them past its lease
-// overwrites newer state. Its own read-back then finds its own write. The
-// claims do not: every writer claims before it writes and lists after, so
-// of two writers that read the same record the later to list sees the
-// other, and one that read an old record sees the claims of everyone who
-// wrote since. A claim whose write never happened (a crash) can make a
-// writer stand down needlessly. Standing down after the write leaves its
-// intent in storage, so the session is given up (and logged in again when
-// configured) rather than risk presenting a spent token.
-func (st store) contested(ctx context.Context, gen int64, writer string) error {
-	keys, err := st.s.List(ctx, st.claimDir(), false)
-	if err != nil {
-		return st.report("list", fmt.Errorf("listing write claims: %w", err))
+type claimEntry struct {
+	key    string
+	gen    int64
+	writer string
+}
+
+// claims lists the write claims (tried listTries times; a missing
+// directory is none) and deletes those below the highest by more than
+// claimsKept. It returns what it kept and the highest generation claimed
+// (-1: none).
+func (st store) claims(ctx context.Context) ([]claimEntry, int64, error) {
+	var (
+		keys []string
+		err  error
+	)
+	for range listTries {
+		if keys, err = st.s.List(ctx, st.claimDir(), false); err == nil || errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		st.report("list", err)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, -1, fmt.Errorf("listing write claims: %w", err)
 	}
 	var (
-		stale   []string
-		claimed int64 = -1
+		all     []claimEntry
+		highest int64 = -1
 	)
 	for _, k := range keys {
 		g, w, ok := strings.Cut(path.Base(k), ".")
-		n, perr := strconv.ParseInt(g, 10, 64)
-		switch {
-		case !ok || perr != nil:
-		case n >= gen && w != writer:
-			claimed = max(claimed, n)
-		case n < gen-claimsKept:
-			stale = append(stale, k)
+		if n, perr := strconv.ParseInt(g, 10, 64); ok && perr == nil {
+			all = append(all, claimEntry{key: k, gen: n, writer: w})
+			highest = max(highest, n)
+		}
+	}
+	kept := all[:0]
+	for _, e := range all {
+		if e.gen < highest-claimsKept {
+			st.delete(ctx, e.key)
+			continue
+		}
+		kept = append(kept, e)
+	}
+	return kept, highest, nil
+}
+
+// contested reports a *contestedError if any writer other than writer has claimed
+// generation gen or a later one.
+//
+// Without conditional writes the read that fences a write and the write
+// are two steps, and an instance stalled between them past its lease
+// overwrites newer state. Its own read-back then finds its own write. The
+// claims do not: every writer claims, then reads the fence, then writes,
+// then lists, so of two writers that both read the same record the later
+// to list sees the other's claim (its claim came before the other's fence
+// read, which came before its own write), and one that read an old record
+// sees the claims of everyone who wrote since. This holds only while List
+// tells the truth: a listing served from a stale cache can hide a claim,
+// which is why conditional writes come first (see VersionedStorage).
+func (st store) contested(ctx context.Context, gen int64, writer string) error {
+	kept, _, err := st.claims(ctx)
+	if err != nil {
+		return err
+	}
+	claimed := int64(-1)
+	for _, e := range kept {
+		if e.gen >= gen && e.writer != writer {
+			claimed = max(claimed, e.gen)
 		}
 	}
 	if claimed >= 0 {
 		return &contestedError{gen: gen, claimed: claimed}
-	}
-	for _, k := range stale {
-		st.delete(ctx, k)
 	}
 	return nil
 }

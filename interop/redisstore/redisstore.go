@@ -178,6 +178,9 @@ type envelope struct {
 	Value    []byte    `json:"value"`
 	Modified time.Time `json:"modified"`
 	Size     int64     `json:"size"`
+	// Version is compared by StoreIfVersion; the module's decoder
+	// ignores it, so both can share one Redis.
+	Version int64 `json:"version,omitempty"`
 }
 
 func (s *Storage) key(k string) string { return path.Join(s.opts.KeyPrefix, k) }
@@ -209,6 +212,46 @@ func (s *Storage) load(ctx context.Context, key string) (envelope, error) {
 		return e, fmt.Errorf("redisstore: decoding %s: %w", key, err)
 	}
 	return e, nil
+}
+
+// storeIfVersion sets KEYS[1] to ARGV[2] only if the version in the JSON
+// envelope it holds (0: none, or missing) is ARGV[1]; it returns -1 when
+// it did, else the version found. One script, so atomic on the server.
+var storeIfVersion = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+local v = 0
+if cur then
+	local ok, e = pcall(cjson.decode, cur)
+	if ok and type(e) == 'table' and tonumber(e.version) then v = tonumber(e.version) end
+end
+if v ~= tonumber(ARGV[1]) then return v end
+redis.call('SET', KEYS[1], ARGV[2])
+return -1
+`)
+
+// LoadVersioned returns the value under key and its version (see
+// tokencache.VersionedStorage).
+func (s *Storage) LoadVersioned(ctx context.Context, key string) ([]byte, int64, error) {
+	e, err := s.load(ctx, key)
+	return e.Value, e.Version, err
+}
+
+// StoreIfVersion stores value with version next only if key's version is
+// prev; otherwise an error wrapping fs.ErrExist. A failed call (a reply
+// timeout) may or may not have stored it.
+func (s *Storage) StoreIfVersion(ctx context.Context, key string, value []byte, prev, next int64) error {
+	b, err := json.Marshal(envelope{Value: value, Modified: time.Now(), Size: int64(len(value)), Version: next})
+	if err != nil {
+		return err
+	}
+	cur, err := storeIfVersion.Run(ctx, s.client, []string{s.key(key)}, prev, b).Int64()
+	switch {
+	case err != nil:
+		return fmt.Errorf("redisstore: storing %s: %w", key, err)
+	case cur != -1:
+		return fmt.Errorf("redisstore: %s is at version %d, not %d: %w", key, cur, prev, fs.ErrExist)
+	}
+	return nil
 }
 
 // Load returns the value under key, or an error wrapping fs.ErrNotExist.

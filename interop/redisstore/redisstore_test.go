@@ -116,3 +116,33 @@ func TestLockExcludesAndLeaseExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Conditional writes: of writers that read one version, one wins; a stale
+// one is refused; plain Store and Load still see the value.
+func TestStoreIfVersion(t *testing.T) {
+	r := interop.StartRedis(t, interop.RedisOptions{})
+	a := newStorage(t, r, Options{KeyPrefix: "p"})
+	b := newStorage(t, r, Options{KeyPrefix: "p"})
+	ctx := context.Background()
+	if err := a.StoreIfVersion(ctx, "s", []byte("v1"), 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StoreIfVersion(ctx, "s", []byte("v2"), 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.StoreIfVersion(ctx, "s", []byte("late"), 1, 2); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("stale write: %v, want fs.ErrExist", err)
+	}
+	if v, ver, err := a.LoadVersioned(ctx, "s"); err != nil || string(v) != "v2" || ver != 2 {
+		t.Fatalf("LoadVersioned = %q, %d, %v", v, ver, err)
+	}
+	if v, err := b.Load(ctx, "s"); err != nil || string(v) != "v2" {
+		t.Fatalf("Load = %q, %v", v, err)
+	}
+	if err := a.Store(ctx, "plain", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.StoreIfVersion(ctx, "plain", []byte("y"), 0, 1); err != nil {
+		t.Fatalf("a value stored without a version is at version 0: %v", err)
+	}
+}
