@@ -169,7 +169,7 @@ func dispatch(r *http.Request, path, via string) (any, error) {
 	if r.Method != o.method {
 		return nil, methodNotAllowed(r, o.method)
 	}
-	if b := s.settings().backend(); o.backend != "" && o.backend != b {
+	if b := s.settings().backendName; o.backend != "" && o.backend != b {
 		return nil, errorf(http.StatusBadRequest, adminapi.CodeWrongBackend,
 			"session %q uses the %s backend; %s is only for %s sessions", s.name, b, sub, o.backend)
 	}
@@ -188,7 +188,7 @@ func statusOf(s *session) adminapi.Status {
 	set := s.settings()
 	out := adminapi.Status{
 		Session:       s.name,
-		Backend:       set.backend(),
+		Backend:       set.backendName,
 		BaseURL:       set.baseURL,
 		State:         st.State,
 		Reason:        st.Reason,
@@ -280,7 +280,11 @@ func handleOTPStart(ctx context.Context, c opCall) (any, error) {
 	default:
 		return nil, badRequest(`expected exactly one of "phone_number" or "email_address"`)
 	}
-	login, err := c.s.settings().client.StartOTPLogin(ctx, id)
+	b, err := capability[otpStarter](c)
+	if err != nil {
+		return nil, err
+	}
+	login, err := b.StartOTPLogin(ctx, id)
 	if err != nil {
 		return nil, c.logFailed("sending a one-time code failed", opFailure(c.s, "otp", err))
 	}
@@ -306,7 +310,7 @@ func handleOTPCheck(ctx context.Context, c opCall) (any, error) {
 	// The code is checked inside the login: the current flow signs the
 	// check with the new session's key. A wrong code leaves the login
 	// pending for another try.
-	if err := c.s.cache().Login(ctx, checkedLogin(p.login.Login(body.Code))); err != nil {
+	if err := c.s.cache().Login(ctx, p.login.Login(body.Code)); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, "otp_check", err))
 	}
 	c.s.finishOTP(p)
@@ -325,7 +329,11 @@ func handleRefreshToken(ctx context.Context, c opCall) (any, error) {
 	if body.RefreshToken == "" {
 		return nil, badRequest(`expected {"refresh_token": "..."}`)
 	}
-	if err := c.s.cache().Login(ctx, checkedLogin(c.s.settings().oauth.LoginWithRefreshToken(body.RefreshToken))); err != nil {
+	b, err := capability[refreshTokenLoginer](c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.s.cache().Login(ctx, b.LoginWithRefreshToken(body.RefreshToken)); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, "refresh_token_login", err))
 	}
 	c.logDone("session logged in by operator", zap.String("method", "refresh_token"))
@@ -340,7 +348,11 @@ func handlePassword(ctx context.Context, c opCall) (any, error) {
 	if body.Email == "" || body.Password == "" {
 		return nil, badRequest(`expected {"email": "...", "password": "..."}`)
 	}
-	if err := c.s.cache().Login(ctx, checkedLogin(prelude.PasswordLogin(c.s.settings().client, body.Email, body.Password))); err != nil {
+	b, err := capability[passwordLoginer](c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.s.cache().Login(ctx, b.PasswordLogin(body.Email, body.Password)); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, "password_login", err))
 	}
 	c.logDone("session logged in by operator", zap.String("method", "password"))
@@ -357,11 +369,15 @@ func handleList(ctx context.Context, c opCall) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	b, err := capability[deviceSessions](c)
+	if err != nil {
+		return nil, err
+	}
 	var list *prelude.SessionList
 	var sid string
 	err = withToken(ctx, c.s, func(tok *tokencache.Token) (err error) {
 		sid = tok.SessionID
-		list, err = c.s.settings().client.ListSessions(ctx, tok.Value, limit, offset)
+		list, err = b.ListSessions(ctx, tok.Value, limit, offset)
 		return err
 	})
 	if err != nil {
@@ -414,11 +430,15 @@ func handleRevoke(ctx context.Context, c opCall) (any, error) {
 	default:
 		return nil, badRequest(`expected "target" to be one of all, others, mine or session`)
 	}
+	b, err := capability[deviceSessions](c)
+	if err != nil {
+		return nil, err
+	}
 	var ours bool
-	err := withToken(ctx, c.s, func(tok *tokencache.Token) error {
+	err = withToken(ctx, c.s, func(tok *tokencache.Token) error {
 		ours = body.Target == adminapi.TargetAll || body.Target == adminapi.TargetMine ||
 			(body.Target == adminapi.TargetSession && body.SessionID == tok.SessionID)
-		return c.s.settings().client.RevokeSessions(ctx, tok.Value, body.Target, body.SessionID)
+		return b.RevokeSessions(ctx, tok.Value, body.Target, body.SessionID)
 	})
 	if err != nil {
 		return nil, c.logFailed("operator revoke failed", opFailure(c.s, "revoke", err))
@@ -434,9 +454,9 @@ func handleRevoke(ctx context.Context, c opCall) (any, error) {
 	return adminapi.RevokeResult{Target: body.Target, LocalCleared: ours}, nil
 }
 
-// withToken runs call with the session's access token; if Prelude rejects
-// the token (401), it is invalidated and call runs once more with a fresh
-// one.
+// withToken runs call with the session's access token; if the server
+// rejects the token (a session-dead answer), it is invalidated and call
+// runs once more with a fresh one.
 func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token) error) error {
 	c := s.cache()
 	tok, err := c.Token(ctx)
@@ -444,8 +464,7 @@ func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token)
 		return err
 	}
 	err = call(tok)
-	var pe *prelude.Error
-	if !errors.As(err, &pe) || pe.Status != http.StatusUnauthorized {
+	if !errors.Is(err, tokencache.ErrSessionDead) {
 		return err
 	}
 	c.Invalidate(tok.Value)
@@ -454,6 +473,37 @@ func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token)
 		return err
 	}
 	return call(fresh)
+}
+
+// The operator's logins and Prelude's device sessions are capabilities
+// some backends have; the admin routes reach them by interface, never by a
+// backend's type.
+type (
+	passwordLoginer interface {
+		PasswordLogin(email, password string) tokencache.LoginFunc
+	}
+	refreshTokenLoginer interface {
+		LoginWithRefreshToken(refreshToken string) tokencache.LoginFunc
+	}
+	otpStarter interface {
+		StartOTPLogin(ctx context.Context, id prelude.Identifier) (*prelude.OTPLogin, error)
+	}
+	deviceSessions interface {
+		ListSessions(ctx context.Context, accessToken string, limit, offset int) (*prelude.SessionList, error)
+		RevokeSessions(ctx context.Context, accessToken, target, sessionID string) error
+	}
+)
+
+// capability is the session's backend as T, or the API's wrong_backend
+// answer.
+func capability[T any](c opCall) (T, error) {
+	set := c.s.settings()
+	b, ok := set.backend.(T)
+	if !ok {
+		return b, errorf(http.StatusBadRequest, adminapi.CodeWrongBackend,
+			"session %q uses the %s backend, which does not offer this operation", c.s.name, set.backendName)
+	}
+	return b, nil
 }
 
 // backendFailure is a token server's answer, whichever the backend.
@@ -466,19 +516,17 @@ type backendFailure struct {
 }
 
 func asBackendFailure(err error) (backendFailure, bool) {
-	var pe *prelude.Error
-	if errors.As(err, &pe) {
-		return backendFailure{status: pe.Status, code: pe.Code, words: firstNonEmpty(pe.Message, pe.Error()),
-			refused: pe.Kind == prelude.KindDead || pe.Kind == prelude.KindCredentials || pe.Kind == prelude.KindCaller, transient: pe.Kind == prelude.KindTransient,
-			unknown: pe.Kind == prelude.KindUnknownOutcome, retry: pe.RetryDelay}, true
+	f, ok := tokencache.FailureOf(err)
+	if !ok {
+		return backendFailure{}, false
 	}
-	var oe *oauth.Error
-	if errors.As(err, &oe) {
-		return backendFailure{status: oe.Status, code: oe.Code, words: firstNonEmpty(oe.Description, oe.Error()),
-			refused:   oe.Kind == oauth.KindDead || oe.Kind == oauth.KindConfig || oe.Kind == oauth.KindRejected,
-			transient: oe.Kind == oauth.KindTransient, unknown: oe.Kind == oauth.KindUnknownOutcome, retry: oe.RetryDelay}, true
+	var words string
+	if fe, ok := errors.AsType[tokencache.Failure](err); ok {
+		words = firstNonEmpty(f.Message, fe.Error())
 	}
-	return backendFailure{}, false
+	return backendFailure{status: f.Status, code: f.Code, words: words,
+		refused:   f.Class == tokencache.ClassSessionDead || f.Class == tokencache.ClassCredentialsRejected || f.Class == tokencache.ClassDidNotAct,
+		transient: f.Class == tokencache.ClassRetryLater, unknown: f.Class == tokencache.ClassOutcomeUnknown, retry: f.RetryDelay}, true
 }
 
 func firstNonEmpty(s ...string) string {
@@ -500,7 +548,7 @@ func (b backendFailure) where(backend string) string {
 
 // loginHint is the command that logs the session in.
 func loginHint(s *session) string {
-	if s.settings().backend() == "oauth2" {
+	if s.settings().backendName == oauth.BackendName {
 		return "caddy inject-token login " + s.name + " --refresh-token"
 	}
 	return "caddy inject-token login " + s.name + " --email <address>"
@@ -538,7 +586,7 @@ func opFailure(s *session, op string, err error) error {
 	if errors.As(err, &oe) {
 		return oe
 	}
-	backend := s.settings().backend()
+	backend := s.settings().backendName
 	if bf, ok := asBackendFailure(err); ok {
 		switch {
 		case bf.refused:
@@ -639,4 +687,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // Interface guards
 var (
 	_ caddy.AdminRouter = adminAPI{}
+
+	_ passwordLoginer     = prelude.Backend{}
+	_ otpStarter          = prelude.Backend{}
+	_ deviceSessions      = prelude.Backend{}
+	_ refreshTokenLoginer = (*oauth.Client)(nil)
 )

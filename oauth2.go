@@ -1,9 +1,6 @@
 package injecttoken
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -74,13 +71,12 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	if cfg.ClientSecret, err = field("client_secret", o.ClientSecret); err != nil {
 		return err
 	}
-	var keyPEM string
-	if keyPEM, err = field("client_key", o.ClientKey); err != nil {
+	keyPEM, err := field("client_key", o.ClientKey)
+	if err != nil {
 		return err
 	}
-	cfg.ClientKeyPEM = []byte(keyPEM)
-	if len(keyPEM) == 0 {
-		cfg.ClientKeyPEM = nil
+	if keyPEM != "" {
+		cfg.ClientKeyPEM = []byte(keyPEM)
 	}
 	if cfg.Resource, err = field("resource", o.Resource); err != nil {
 		return err
@@ -90,22 +86,8 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 			return err
 		}
 	}
-	client, err := oauth.New(cfg)
-	if err != nil {
+	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg); err != nil {
 		return fmt.Errorf("oauth2: %w", err)
 	}
-	set.oauth, set.baseURL = client, cfg.Endpoint
-	set.oauthLogin = cfg.Grant == "" || cfg.Grant == oauth.GrantClientCredentials
-	set.oauthKey = fingerprint(cfg, keyPEM)
 	return nil
-}
-
-// fingerprint identifies resolved oauth2 settings (secrets included, hashed)
-// so a reload can tell whether they changed.
-func fingerprint(cfg oauth.Config, keyPEM string) string {
-	// encoding/json writes map keys sorted, so Params encode canonically.
-	b, _ := json.Marshal([]any{cfg.Endpoint, cfg.ClientID, cfg.ClientSecret, keyPEM, cfg.Auth, cfg.Grant,
-		cfg.Scopes, cfg.Resource, cfg.Params, cfg.DPoP})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
 }

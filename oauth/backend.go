@@ -2,7 +2,9 @@ package oauth
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 
@@ -10,7 +12,33 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
+func init() { tokencache.Register(BackendName, Open) }
+
+// BackendName is the name this backend is registered under.
+const BackendName = "oauth2"
+
 var _ tokencache.Backend = (*Client)(nil)
+
+// Open is the backend's tokencache.Factory: it builds a Client from a
+// Config in JSON (the fields that have a JSON name). It does no network
+// I/O.
+func Open(raw json.RawMessage) (tokencache.Backend, error) {
+	var cfg Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("oauth settings: %w", err)
+	}
+	return New(cfg)
+}
+
+// AutoLogin implements tokencache.Backend: a client_credentials client
+// fetches tokens by itself; a refresh_token client needs an operator's
+// refresh token (LoginWithRefreshToken), so it has no automatic login.
+func (c *Client) AutoLogin() tokencache.LoginFunc {
+	if c.cfg.Grant != GrantClientCredentials {
+		return nil
+	}
+	return c.Login()
+}
 
 // Refresh implements tokencache.Backend. It is Token: for client_credentials
 // a "refresh" is simply a new token request (refreshToken is ignored).

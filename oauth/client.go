@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/internal/wire"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // Defaults applied by New for zero Config fields.
@@ -48,56 +49,56 @@ type Config struct {
 	// names the token and revocation endpoints. A URL whose last path
 	// segment contains "token" is used as the token endpoint without any
 	// discovery; see Client.Discover for the rest.
-	Endpoint string
+	Endpoint string `json:"endpoint"`
 	// ClientID identifies the client; required.
-	ClientID string
+	ClientID string `json:"client_id"`
 	// ClientSecret is the shared secret for AuthBasic and AuthPost.
-	ClientSecret string
+	ClientSecret string `json:"client_secret,omitempty"`
 	// Auth is the client authentication method: AuthBasic, AuthPost,
 	// AuthPrivateKeyJWT or AuthNone. "" picks AuthBasic when ClientSecret
 	// is set, AuthPrivateKeyJWT when a client key is, else AuthNone.
-	Auth string
+	Auth string `json:"auth,omitempty"`
 	// ClientKey signs private_key_jwt client assertions (ECDSA P-256/384,
 	// Ed25519 or RSA ≥ 2048 bits). ClientKeyPEM is the same as a PEM block
 	// (PKCS#8, SEC 1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY").
-	ClientKey    crypto.Signer
-	ClientKeyPEM []byte
+	ClientKey    crypto.Signer `json:"-"`
+	ClientKeyPEM []byte        `json:"client_key_pem,omitempty"`
 	// ClientKeyID is the "kid" put in assertion headers, so a server with
 	// several registered keys knows which one to use.
-	ClientKeyID string
+	ClientKeyID string `json:"client_key_id,omitempty"`
 	// AssertionAudience is the assertion's "aud": "" means the token
 	// endpoint URL (what most servers accept), "issuer" the discovered
 	// issuer identifier (what draft-ietf-oauth-rfc7523bis asks for), any
 	// other value is used as is.
-	AssertionAudience string
+	AssertionAudience string `json:"assertion_audience,omitempty"`
 	// Grant is GrantClientCredentials ("", the default) or
 	// GrantRefreshToken.
-	Grant string
+	Grant string `json:"grant,omitempty"`
 	// Scopes are sent space-separated as "scope" when non-empty.
-	Scopes []string
+	Scopes []string `json:"scopes,omitempty"`
 	// Resource is the RFC 8707 resource indicator, sent when non-empty.
-	Resource string
+	Resource string `json:"resource,omitempty"`
 	// Params are extra token request parameters (e.g. "audience"). They
 	// cannot replace the parameters this package sets itself.
-	Params map[string]string
+	Params map[string]string `json:"params,omitempty"`
 	// DPoP sends a DPoP proof (RFC 9449) with every token and revocation
 	// request, signed with the key Token, Refresh or Revoke is given.
-	DPoP bool
+	DPoP bool `json:"dpop,omitempty"`
 	// DefaultExpiresIn replaces DefaultExpiresIn when > 0.
-	DefaultExpiresIn time.Duration
+	DefaultExpiresIn time.Duration `json:"default_expires_in,omitempty"`
 	// HTTPClient sends the requests. nil means a client with a 10 s overall
 	// timeout. Whatever client is given, a copy is used that never follows
 	// a redirect of a POST: a redirected token request would either turn
 	// into a GET or carry its credentials to another URL.
-	HTTPClient *http.Client
+	HTTPClient *http.Client `json:"-"`
 	// Nonces remembers DPoP nonces per origin; share one store between the
 	// clients of a process. nil means a store owned by this client.
-	Nonces *dpop.NonceStore
+	Nonces *dpop.NonceStore `json:"-"`
 	// MaxResponseBytes bounds every response body read; a longer body is
 	// an error. ≤ 0 means DefaultMaxResponseBytes.
-	MaxResponseBytes int64
+	MaxResponseBytes int64 `json:"max_response_bytes,omitempty"`
 	// UserAgent is sent on every request; "" means DefaultUserAgent.
-	UserAgent string
+	UserAgent string `json:"user_agent,omitempty"`
 }
 
 // Client requests tokens from one OAuth 2.0 authorization server for one
@@ -233,12 +234,10 @@ func (x *exchange) fail(kind Kind, status int, cause error) *Error {
 	return e
 }
 
-// lost is the Kind for a request that was written but got no usable answer.
-func (x *exchange) lost() Kind {
-	if x.spends {
-		return KindUnknownOutcome
-	}
-	return KindTransient
+// lost is the Kind for a request that was written but got no usable
+// answer (status: the 2xx whose body failed, or 0).
+func (x *exchange) lost(status int) Kind {
+	return x.kind(tokencache.Attempt{Written: true, Status: status}, 0)
 }
 
 // do sends x, retrying exactly once when the server answers
@@ -295,11 +294,7 @@ func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 	}
 	r, written, err := wire.Do(c.hc, req, c.maxBody, c.nonces.Observe)
 	if err != nil {
-		kind := KindTransient
-		if written {
-			kind = x.lost()
-		}
-		return nil, x.fail(kind, 0, err)
+		return nil, x.fail(x.kind(tokencache.Attempt{Written: written}, 0), 0, err)
 	}
 	return &response{Reply: r, skew: c.observeDate(r)}, nil
 }

@@ -14,33 +14,15 @@ import (
 // where the HTTP exchange is understood, so callers never interpret status
 // codes or OAuth error codes themselves.
 //
-// Kind, Error and classify look like package prelude's but are not
-// shared: they are each package's public API, and the classes differ
-// (prelude has no configuration class and kills on 401). Only the
-// formatting and scrubbing are common, in internal/wire.
-//
-// # What proves the server did not act
-//
-// A refresh_token request presents a refresh token that the server may
-// rotate; presenting it again after that is reuse. So for a request that
-// spends one, a failure is KindTransient (the same token may be presented
-// again) only when the answer proves the server did not act:
-//
-//   - the request was never fully written (connection refused, DNS or TLS
-//     failure, a reset before httptrace reports WroteRequest);
-//   - 429 Too Many Requests (with or without Retry-After);
-//   - 503 Service Unavailable with a Retry-After header;
-//   - a 400 or 401 whose error is about the DPoP proof or nonce
-//     (invalid_dpop_proof, use_dpop_nonce, missing_dpop_proof): RFC 9449
-//     servers check the proof before the grant.
-//
-// The client-authentication and configuration refusals (KindConfig) and
-// invalid_grant (KindDead) are verdicts of their own. Everything else after
-// the request was written — 500, 502, 504, a 503 without Retry-After,
-// another 3xx/4xx, a timeout or reset while waiting, a 2xx that cannot be
-// used — is KindUnknownOutcome: that refresh token is never presented
-// again. A client_credentials request spends nothing, so there those are
-// KindTransient (5xx, lost answers) or KindRejected (other 4xx).
+// Kind stays exported: it is this package's public API for programs that
+// use the Client directly, and it is finer than the token engine needs
+// (KindConfig tells "fix the client registration" from KindDead's "log in
+// again"). Each Kind maps onto exactly one tokencache.Class (Kind.Class);
+// the rules for what proves the server did not act are tokencache's
+// (tokencache.Attempt), not repeated here. This package's own verdicts:
+// invalid_grant ends the grant; invalid_client, unauthorized_client,
+// unsupported_grant_type, invalid_scope, invalid_target and a bare 401
+// reject the client configuration.
 type Kind int
 
 const (
@@ -96,12 +78,9 @@ var ErrClientConfig = errors.New("oauth client configuration rejected")
 // or access token: server text is scrubbed of every secret the request
 // carried before it is stored.
 //
-// Error matches the tokencache sentinels through its Is method: KindDead
-// matches tokencache.ErrSessionDead, KindConfig
-// tokencache.ErrCredentialsRejected (and ErrClientConfig), and
-// KindUnknownOutcome tokencache.ErrOutcomeUnknown; KindTransient and
-// KindRejected match none, which tells the cache the server did not act.
-// Its RetryAfter and FailureReason methods make it a
+// Error matches the tokencache sentinels of its Kind's class through its
+// Is method (KindConfig also matches ErrClientConfig). Its Failure,
+// RetryAfter and FailureReason methods make it a tokencache.Failure, a
 // tokencache.RetryAfterError and a tokencache.ReasonError.
 type Error struct {
 	// Op is "token", "revoke" or "discover".
@@ -134,19 +113,20 @@ func (e *Error) Error() string {
 // error), so errors.Is(err, context.DeadlineExceeded) works.
 func (e *Error) Unwrap() error { return e.err }
 
-// Is maps Kind onto the token cache's error classes and ErrClientConfig.
+// Is matches the tokencache sentinel of e's class, and ErrClientConfig
+// for KindConfig.
 func (e *Error) Is(target error) bool {
-	switch target {
-	case tokencache.ErrSessionDead:
-		return e.Kind == KindDead
-	case tokencache.ErrCredentialsRejected:
-		return e.Kind == KindConfig
-	case tokencache.ErrOutcomeUnknown:
-		return e.Kind == KindUnknownOutcome
-	case ErrClientConfig:
+	if target == ErrClientConfig {
 		return e.Kind == KindConfig
 	}
-	return false
+	return e.Failure().Is(target)
+}
+
+// Failure is e in the token engine's terms; it makes *Error a
+// tokencache.Failure.
+func (e *Error) Failure() *tokencache.Error {
+	return &tokencache.Error{Class: e.Kind.Class(), Status: e.Status, Code: e.Code, Message: e.Description,
+		RetryDelay: e.RetryDelay, Reason: e.FailureReason()}
 }
 
 // RetryAfter returns RetryDelay; it makes *Error a
@@ -195,26 +175,52 @@ var configCodes = map[string]bool{
 }
 
 // classify maps a non-2xx token or revocation response to x to a Kind.
-// retryAfter says whether it carried a usable Retry-After header. See Kind
-// for the rules.
+// retryAfter says whether it carried a usable Retry-After header. The
+// shared rules are tokencache.Attempt's; only the OAuth verdicts are
+// decided here.
 func (x *exchange) classify(status int, code string, retryAfter bool) Kind {
+	var verdict Kind
 	switch {
-	case (status == http.StatusBadRequest || status == http.StatusUnauthorized) && proofCodes[code],
-		status == http.StatusTooManyRequests,
-		status == http.StatusServiceUnavailable && retryAfter:
-		return KindTransient
 	case code == codeInvalidGrant:
-		return KindDead
+		verdict = KindDead
 	case configCodes[code] || status == http.StatusUnauthorized:
 		// RFC 6749 §5.2 lets invalid_client come as a bare 401.
-		return KindConfig
-	case x.spends:
-		return KindUnknownOutcome
-	case status >= 500:
+		verdict = KindConfig
+	}
+	return x.kind(tokencache.Attempt{Written: true, Status: status, ProofRejected: proofCodes[code], RetryAfter: retryAfter}, verdict)
+}
+
+// kind completes a with what x is and applies the shared rules. verdict
+// (0: none) is this package's reading of the answer.
+func (x *exchange) kind(a tokencache.Attempt, verdict Kind) Kind {
+	a.Spends, a.Repeatable = x.spends, !x.spends
+	a.Verdict = verdict.Class()
+	switch a.Class() {
+	case tokencache.ClassRetryLater:
 		return KindTransient
-	default:
+	case tokencache.ClassOutcomeUnknown:
+		return KindUnknownOutcome
+	case tokencache.ClassDidNotAct:
 		return KindRejected
 	}
+	return verdict
+}
+
+// Class is the token engine's class of k.
+func (k Kind) Class() tokencache.Class {
+	switch k {
+	case KindTransient:
+		return tokencache.ClassRetryLater
+	case KindDead:
+		return tokencache.ClassSessionDead
+	case KindConfig:
+		return tokencache.ClassCredentialsRejected
+	case KindRejected:
+		return tokencache.ClassDidNotAct
+	case KindUnknownOutcome:
+		return tokencache.ClassOutcomeUnknown
+	}
+	return 0
 }
 
 // errorBody extracts error and error_description from an OAuth error

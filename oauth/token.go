@@ -127,10 +127,10 @@ type tokenResponse struct {
 // server accepted the request and may have rotated the refresh token.
 func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, error) {
 	bad := func(what string) error {
-		return x.fail(x.lost(), resp.Status, errors.New("malformed token response: "+what))
+		return x.fail(x.lost(resp.Status), resp.Status, errors.New("malformed token response: "+what))
 	}
 	if resp.BodyErr != nil {
-		return nil, x.fail(x.lost(), resp.Status, resp.BodyErr)
+		return nil, x.fail(x.lost(resp.Status), resp.Status, resp.BodyErr)
 	}
 	var tr tokenResponse
 	if err := json.Unmarshal(resp.Body, &tr); err != nil {

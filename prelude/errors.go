@@ -2,8 +2,6 @@ package prelude
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -15,34 +13,14 @@ import (
 // where the HTTP exchange is understood, so that callers never have to
 // interpret status codes or server error codes themselves.
 //
-// Kind, Error and classify look like package oauth's but are not shared:
-// they are each package's public API, and the classes differ (oauth tells
-// a rejected client configuration from a rejected request, and kills only
-// on invalid_grant). Only the formatting and scrubbing are common, in
-// internal/wire.
-//
-// # What proves the server did not act
-//
-// A refresh presents a single-use refresh token: presenting it again after
-// the server rotated it is token reuse, and Prelude revokes the session.
-// So a failed refresh is KindTransient (the same token may be presented
-// again) only when the answer proves the server did not act on it:
-//
-//   - the request was never fully written (connection refused, DNS or TLS
-//     failure, a reset before httptrace reports WroteRequest);
-//   - 429 Too Many Requests (with or without Retry-After);
-//   - 503 Service Unavailable with a Retry-After header;
-//   - a 400 or 401 whose code is about the DPoP proof or nonce:
-//     invalid_dpop_proof, missing_dpop_proof, use_dpop_nonce (the server
-//     checks the proof before it looks at the token), and
-//     dpop_key_mismatch, which is KindKeyMismatch.
-//
-// Everything else after the request was written — 500, 502, 504, a 503
-// without Retry-After, any other 3xx/4xx that is not a session verdict, a
-// timeout or reset while waiting, a 2xx that cannot be used — is
-// KindUnknownOutcome for a refresh: the server (or the one behind a load
-// balancer that answered for it) may have rotated, so that token is never
-// presented again. 401 unauthorized and token_reused are KindDead.
+// Kind stays exported: it is this package's public API for programs that
+// use the Client directly (an OTP code that was wrong is KindCaller, a
+// DPoP key mismatch KindKeyMismatch), finer than the token engine needs.
+// Each Kind maps onto exactly one tokencache.Class (see Kind.Class), and
+// the rules for what proves the server did not act are tokencache's
+// (tokencache.Attempt), not repeated here. Prelude's own verdicts: 401 on
+// a password login rejects the credentials; any other 401, unauthorized
+// and token_reused end the session; dpop_key_mismatch is a bug to report.
 type Kind int
 
 const (
@@ -148,6 +126,16 @@ func (e *Error) Unwrap() error { return e.err }
 // tokencache.RetryAfterError.
 func (e *Error) RetryAfter() time.Duration { return e.RetryDelay }
 
+// Is matches the tokencache sentinel of e's class.
+func (e *Error) Is(target error) bool { return e.Failure().Is(target) }
+
+// Failure is e in the token engine's terms; it makes *Error a
+// tokencache.Failure.
+func (e *Error) Failure() *tokencache.Error {
+	return &tokencache.Error{Class: e.Kind.Class(), Status: e.Status, Code: e.Code, Message: e.Message,
+		RetryDelay: e.RetryDelay, Reason: e.FailureReason()}
+}
+
 // FailureReason says which tokencache.Reason* constant explains e; it
 // makes *Error a tokencache.ReasonError.
 func (e *Error) FailureReason() string {
@@ -191,31 +179,59 @@ var deadCodes = map[string]bool{
 }
 
 // classify maps a non-2xx answer to c to a Kind. retryAfter says whether
-// the answer carried a usable Retry-After header. See Kind for the rules.
+// the answer carried a usable Retry-After header. The shared rules are
+// tokencache.Attempt's; only Prelude's own verdicts are decided here.
 func (c *call) classify(status int, code string, retryAfter bool) Kind {
 	proofAnswer := status == http.StatusBadRequest || status == http.StatusUnauthorized
+	var verdict Kind
 	switch {
-	case proofAnswer && proofCodes[code]:
-		// Reaching here means the in-call retry (nonce, re-dated proof)
-		// was spent or not possible; the token cache backs off and tries
-		// again with a fresh proof.
-		return KindTransient
 	case proofAnswer && code == codeKeyMismatch:
-		return KindKeyMismatch
-	case status == http.StatusTooManyRequests,
-		status == http.StatusServiceUnavailable && retryAfter:
-		return KindTransient
+		verdict = KindKeyMismatch
 	case c.op == opLoginPassword && status == http.StatusUnauthorized:
-		return KindCredentials
+		verdict = KindCredentials
 	case status == http.StatusUnauthorized || deadCodes[code]:
-		return KindDead
-	case c.spends:
-		return KindUnknownOutcome
-	case status >= 500:
+		verdict = KindDead
+	}
+	return c.kind(tokencache.Attempt{Status: status, Written: true, ProofRejected: proofCodes[code], RetryAfter: retryAfter}, verdict)
+}
+
+// kind completes a with what c is and applies the shared rules. verdict
+// (0: none) is Prelude's reading of the answer.
+func (c *call) kind(a tokencache.Attempt, verdict Kind) Kind {
+	a.Spends, a.Repeatable = c.spends, c.method == http.MethodGet
+	a.Verdict = verdict.Class()
+	cl := a.Class()
+	if verdict != 0 && verdict.Class() == cl {
+		return verdict
+	}
+	switch cl {
+	case tokencache.ClassRetryLater:
 		return KindTransient
-	default:
+	case tokencache.ClassOutcomeUnknown:
+		return KindUnknownOutcome
+	case tokencache.ClassDidNotAct:
 		return KindCaller
 	}
+	return verdict
+}
+
+// Class is the token engine's class of k.
+func (k Kind) Class() tokencache.Class {
+	switch k {
+	case KindTransient, KindKeyMismatch:
+		// A key mismatch spent nothing: the engine backs off and the
+		// error text asks for a report.
+		return tokencache.ClassRetryLater
+	case KindDead:
+		return tokencache.ClassSessionDead
+	case KindCredentials:
+		return tokencache.ClassCredentialsRejected
+	case KindCaller:
+		return tokencache.ClassDidNotAct
+	case KindUnknownOutcome:
+		return tokencache.ClassOutcomeUnknown
+	}
+	return 0
 }
 
 // envelope extracts code, message and type from an error body. Prelude
@@ -244,23 +260,3 @@ func envelope(body []byte) (code, message, typ string) {
 // a caller for years (or overflow a Duration). The token cache applies its
 // own, lower cap.
 const maxRetryAfter = 24 * time.Hour
-
-// cacheError adds the tokencache sentinel matching err's Kind, keeping err
-// in the chain: KindDead → ErrSessionDead, KindUnknownOutcome →
-// ErrOutcomeUnknown, KindCredentials → ErrCredentialsRejected. Every other
-// Kind is left bare, which tells the cache the server did not act.
-func cacheError(err error) error {
-	var e *Error
-	if !errors.As(err, &e) {
-		return err
-	}
-	switch e.Kind {
-	case KindDead:
-		return fmt.Errorf("%w: %w", tokencache.ErrSessionDead, err)
-	case KindUnknownOutcome:
-		return fmt.Errorf("%w: %w", tokencache.ErrOutcomeUnknown, err)
-	case KindCredentials:
-		return fmt.Errorf("%w: %w", tokencache.ErrCredentialsRejected, err)
-	}
-	return err
-}
