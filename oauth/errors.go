@@ -23,50 +23,44 @@ import (
 // invalid_grant ends the grant; invalid_client, unauthorized_client,
 // unsupported_grant_type, invalid_scope, invalid_target and a bare 401
 // reject the client configuration.
-type Kind int
+type Kind tokencache.Class
 
 const (
 	// KindTransient: retry later, honouring Error.RetryAfter. For a
 	// refresh_token request only the answers listed above, which prove the
 	// server did not act; for requests that spend nothing also 5xx and
 	// lost answers.
-	KindTransient Kind = iota + 1
+	KindTransient = Kind(tokencache.ClassRetryLater)
+	// KindRejected: the server refused a request that spends nothing (any
+	// other 4xx, an unexpected redirect). A later attempt may succeed, so
+	// the token cache backs off and retries.
+	KindRejected = Kind(tokencache.ClassDidNotAct)
+	// KindUnknownOutcome: a refresh_token request was written but the
+	// answer does not prove the server did not act (see above). The server
+	// may have rotated the refresh token, so it must be treated as spent.
+	KindUnknownOutcome = Kind(tokencache.ClassOutcomeUnknown)
 	// KindDead: the grant is gone (invalid_grant: the refresh token is
 	// invalid, expired, revoked or was reused). Log in again.
-	KindDead
+	KindDead = Kind(tokencache.ClassSessionDead)
 	// KindConfig: the server rejected the client itself (invalid_client,
 	// unauthorized_client, unsupported_grant_type, invalid_scope,
 	// invalid_target, a bare HTTP 401) or this package refused the
 	// configuration. Retrying without an operator changing something will
 	// fail the same way and may lock the client out, so it matches
 	// tokencache.ErrCredentialsRejected.
-	KindConfig
-	// KindRejected: the server refused a request that spends nothing (any
-	// other 4xx, an unexpected redirect). A later attempt may succeed, so
-	// the token cache backs off and retries.
-	KindRejected
-	// KindUnknownOutcome: a refresh_token request was written but the
-	// answer does not prove the server did not act (see above). The server
-	// may have rotated the refresh token, so it must be treated as spent.
-	KindUnknownOutcome
+	KindConfig = Kind(tokencache.ClassCredentialsRejected)
 )
 
-// String returns a short lower-case label, used in Error.Error.
+// String returns a short lower-case label, used in Error.Error: the
+// class's, but for the two classes OAuth names its own way.
 func (k Kind) String() string {
 	switch k {
-	case KindTransient:
-		return "transient"
 	case KindDead:
 		return "grant dead"
 	case KindConfig:
 		return "client configuration"
-	case KindRejected:
-		return "rejected"
-	case KindUnknownOutcome:
-		return "outcome unknown"
-	default:
-		return "unclassified"
 	}
+	return k.Class().String()
 }
 
 // ErrClientConfig is matched (errors.Is) by every KindConfig error, so a
@@ -190,38 +184,17 @@ func (x *exchange) classify(status int, code string, retryAfter bool) Kind {
 	return x.kind(tokencache.Attempt{Written: true, Status: status, ProofRejected: proofCodes[code], RetryAfter: retryAfter}, verdict)
 }
 
-// kind completes a with what x is and applies the shared rules. verdict
-// (0: none) is this package's reading of the answer.
+// kind completes a with what x is and applies the shared rules; verdict
+// (0: none) is this package's reading of the answer. Each Kind is a
+// tokencache.Class by value.
 func (x *exchange) kind(a tokencache.Attempt, verdict Kind) Kind {
 	a.Spends, a.Repeatable = x.spends, !x.spends
-	a.Verdict = verdict.Class()
-	switch a.Class() {
-	case tokencache.ClassRetryLater:
-		return KindTransient
-	case tokencache.ClassOutcomeUnknown:
-		return KindUnknownOutcome
-	case tokencache.ClassDidNotAct:
-		return KindRejected
-	}
-	return verdict
+	a.Verdict = tokencache.Class(verdict)
+	return Kind(a.Class())
 }
 
 // Class is the token engine's class of k.
-func (k Kind) Class() tokencache.Class {
-	switch k {
-	case KindTransient:
-		return tokencache.ClassRetryLater
-	case KindDead:
-		return tokencache.ClassSessionDead
-	case KindConfig:
-		return tokencache.ClassCredentialsRejected
-	case KindRejected:
-		return tokencache.ClassDidNotAct
-	case KindUnknownOutcome:
-		return tokencache.ClassOutcomeUnknown
-	}
-	return 0
-}
+func (k Kind) Class() tokencache.Class { return tokencache.Class(k) }
 
 // errorBody extracts error and error_description from an OAuth error
 // response. Anything that is not a JSON object yields empty strings.

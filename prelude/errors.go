@@ -29,53 +29,42 @@ const (
 	// prove the server did not act, so the refresh token that was sent is
 	// still valid. For calls that spend nothing (login steps, listing) it
 	// is also any 5xx or a lost answer to a GET.
-	KindTransient Kind = iota + 1
+	KindTransient = Kind(tokencache.ClassRetryLater)
 	// KindDead: the session is not accepted and never will be (401,
 	// unauthorized, token_reused on a call that carries a refresh or
 	// access token). Log in again.
-	KindDead
+	KindDead = Kind(tokencache.ClassSessionDead)
 	// KindCredentials: the server refused the login credentials (401 on
 	// email + password login). Retrying the same credentials cannot
 	// succeed and may lock the account.
-	KindCredentials
+	KindCredentials = Kind(tokencache.ClassCredentialsRejected)
 	// KindKeyMismatch: the server says the DPoP proof is not signed by the
 	// key the session is bound to (dpop_key_mismatch). The token was not
 	// spent, but the session was logged in with that very key, so this is
 	// a bug (ours, the storage's or the server's) to report, not a reason
 	// to log in again in a loop: the token cache retries with backoff and
 	// the error text says what happened.
-	KindKeyMismatch
+	KindKeyMismatch Kind = 100
 	// KindCaller: the server rejected the request as such (any other 4xx
 	// on a call that spends nothing, including a wrong OTP code, an
 	// unexpected 3xx, or arguments this package refused before sending).
 	// Retrying the same request will fail the same way.
-	KindCaller
+	KindCaller = Kind(tokencache.ClassDidNotAct)
 	// KindUnknownOutcome: the request was written but no usable answer came
 	// back: no response, a 2xx whose body could not be used, or, for a
 	// refresh, any answer not listed above as proving the server did not
 	// act. The server may have acted on it: treat the refresh token as
 	// spent.
-	KindUnknownOutcome
+	KindUnknownOutcome = Kind(tokencache.ClassOutcomeUnknown)
 )
 
-// String returns a short lower-case label, used in Error.Error.
+// String returns a short lower-case label, used in Error.Error: the
+// class's, or for a key mismatch what to do about it.
 func (k Kind) String() string {
-	switch k {
-	case KindTransient:
-		return "transient"
-	case KindDead:
-		return "session dead"
-	case KindCredentials:
-		return "credentials rejected"
-	case KindKeyMismatch:
+	if k == KindKeyMismatch {
 		return "DPoP key mismatch: the server does not accept the key this session was logged in with; this is a bug, please report it"
-	case KindCaller:
-		return "rejected"
-	case KindUnknownOutcome:
-		return "outcome unknown"
-	default:
-		return "unclassified"
 	}
+	return k.Class().String()
 }
 
 // Error is the only error type the Client returns. Its text never contains
@@ -196,42 +185,25 @@ func (c *call) classify(status int, code string, retryAfter bool) Kind {
 }
 
 // kind completes a with what c is and applies the shared rules. verdict
-// (0: none) is Prelude's reading of the answer.
+// (0: none) is Prelude's reading of the answer, kept where the rules agree
+// with its class.
 func (c *call) kind(a tokencache.Attempt, verdict Kind) Kind {
 	a.Spends, a.Repeatable = c.spends, c.method == http.MethodGet
 	a.Verdict = verdict.Class()
-	cl := a.Class()
-	if verdict != 0 && verdict.Class() == cl {
-		return verdict
-	}
-	switch cl {
-	case tokencache.ClassRetryLater:
-		return KindTransient
-	case tokencache.ClassOutcomeUnknown:
-		return KindUnknownOutcome
-	case tokencache.ClassDidNotAct:
-		return KindCaller
+	if cl := a.Class(); verdict == 0 || verdict.Class() != cl {
+		return Kind(cl)
 	}
 	return verdict
 }
 
-// Class is the token engine's class of k.
+// Class is the token engine's class of k: each Kind but KindKeyMismatch
+// is one by value. A key mismatch spent nothing, so the engine backs off
+// and the error text asks for a report.
 func (k Kind) Class() tokencache.Class {
-	switch k {
-	case KindTransient, KindKeyMismatch:
-		// A key mismatch spent nothing: the engine backs off and the
-		// error text asks for a report.
+	if k == KindKeyMismatch {
 		return tokencache.ClassRetryLater
-	case KindDead:
-		return tokencache.ClassSessionDead
-	case KindCredentials:
-		return tokencache.ClassCredentialsRejected
-	case KindCaller:
-		return tokencache.ClassDidNotAct
-	case KindUnknownOutcome:
-		return tokencache.ClassOutcomeUnknown
 	}
-	return 0
+	return tokencache.Class(k)
 }
 
 // envelope extracts code, message and type from an error body. Prelude
