@@ -516,15 +516,11 @@ type backendFailure struct {
 }
 
 func asBackendFailure(err error) (backendFailure, bool) {
-	f, ok := tokencache.FailureOf(err)
-	if !ok {
+	f, be := tokencache.FailureOf(err)
+	if f == nil {
 		return backendFailure{}, false
 	}
-	var words string
-	if fe, ok := errors.AsType[tokencache.Failure](err); ok {
-		words = firstNonEmpty(f.Message, fe.Error())
-	}
-	return backendFailure{status: f.Status, code: f.Code, words: words,
+	return backendFailure{status: f.Status, code: f.Code, words: firstNonEmpty(f.Message, be.Error()),
 		refused:   f.Class == tokencache.ClassSessionDead || f.Class == tokencache.ClassCredentialsRejected || f.Class == tokencache.ClassDidNotAct,
 		transient: f.Class == tokencache.ClassRetryLater, unknown: f.Class == tokencache.ClassOutcomeUnknown, retry: f.RetryDelay}, true
 }

@@ -97,7 +97,9 @@ func (c *Client) Login() tokencache.LoginFunc {
 func (c *Client) LoginWithRefreshToken(rt string) tokencache.LoginFunc {
 	return func(ctx context.Context, key *dpop.Key, _ string) (*tokencache.Grant, error) {
 		if c.cfg.Grant != GrantRefreshToken {
-			return nil, &Error{Op: "token", Kind: KindConfig, detail: "LoginWithRefreshToken needs Grant refresh_token", err: errNotRefreshGrant}
+			e := newError("token", KindConfig, 0, errNotRefreshGrant)
+			e.detail = "LoginWithRefreshToken needs Grant refresh_token"
+			return nil, e
 		}
 		g, err := c.Token(ctx, key, rt)
 		if err != nil {

@@ -227,7 +227,7 @@ type response struct {
 
 // fail builds an Error for x; cause may be nil.
 func (x *exchange) fail(kind Kind, status int, cause error) *Error {
-	e := &Error{Op: x.op, Status: status, Kind: kind, err: cause}
+	e := newError(x.op, kind, status, cause)
 	if cause != nil {
 		e.detail = wire.Scrub(cause.Error(), x.secrets)
 	}
@@ -258,12 +258,12 @@ func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 		if resp.BodyErr == nil {
 			code, desc = errorBody(resp.Body)
 		}
-		if code == codeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
+		if code == wire.CodeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
 			continue // send stored the nonce; the next proof carries it
 		}
 		e := x.fail(x.classify(resp.Status, code, wire.HasRetryAfter(resp.Header)), resp.Status, nil)
 		e.Code = wire.Scrub(code, x.secrets)
-		e.Description = wire.Scrub(desc, x.secrets)
+		e.Message = wire.Scrub(desc, x.secrets)
 		if resp.Status >= 300 && resp.Status < 400 {
 			e.detail = "unexpected redirect (not followed for a POST)"
 		}

@@ -73,23 +73,19 @@ var ErrClientConfig = errors.New("oauth client configuration rejected")
 // carried before it is stored.
 //
 // Error matches the tokencache sentinels of its Kind's class through its
-// Is method (KindConfig also matches ErrClientConfig). Its Failure,
-// RetryAfter and FailureReason methods make it a tokencache.Failure, a
+// Is method (KindConfig also matches ErrClientConfig). Its embedded
+// tokencache.Failure and FailureReason method make it a
 // tokencache.RetryAfterError and a tokencache.ReasonError.
 type Error struct {
+	// Failure is the error in the token engine's terms: the class of Kind,
+	// the HTTP status (0 when no response was received), the OAuth "error"
+	// value as Code ("" when the body was not an OAuth error object, e.g.
+	// a proxy's HTML page), the error_description as Message (sanitised
+	// and truncated) and the Retry-After hint on 429 and 503 (RetryDelay;
+	// see RetryAfter).
+	tokencache.Failure
 	// Op is "token", "revoke" or "discover".
 	Op string
-	// Status is the HTTP status, or 0 when no response was received.
-	Status int
-	// Code is the OAuth "error" value ("" when the body was not an OAuth
-	// error object, e.g. a proxy's HTML page).
-	Code string
-	// Description is the server's error_description, sanitised and
-	// truncated.
-	Description string
-	// RetryDelay is the server's Retry-After hint on 429 and 503 (0 when
-	// absent); see RetryAfter.
-	RetryDelay time.Duration
 	// Kind classifies the failure.
 	Kind Kind
 
@@ -97,10 +93,15 @@ type Error struct {
 	err    error  // cause, for errors.Is / errors.As (never holds secrets)
 }
 
+// newError is the Error for op of kind; cause may be nil.
+func newError(op string, kind Kind, status int, cause error) *Error {
+	return &Error{Failure: tokencache.Failure{Class: kind.Class(), Status: status}, Op: op, Kind: kind, err: cause}
+}
+
 // Error formats as "oauth: <op>: HTTP <status> <code>: <description>:
 // <cause> (<kind>)", leaving out parts that are empty.
 func (e *Error) Error() string {
-	return wire.ErrorText{Pkg: "oauth", Op: e.Op, Status: e.Status, Code: e.Code, Texts: []string{e.Description, e.detail}, Retry: e.RetryDelay, Kind: e.Kind.String()}.String()
+	return wire.ErrorText{Pkg: "oauth", Op: e.Op, Status: e.Status, Code: e.Code, Texts: []string{e.Message, e.detail}, Retry: e.RetryDelay, Kind: e.Kind.String()}.String()
 }
 
 // Unwrap returns the underlying cause (a transport, context or decoding
@@ -113,50 +114,18 @@ func (e *Error) Is(target error) bool {
 	if target == ErrClientConfig {
 		return e.Kind == KindConfig
 	}
-	return e.Failure().Is(target)
+	return e.Failure.Is(target)
 }
-
-// Failure is e in the token engine's terms; it makes *Error a
-// tokencache.Failure.
-func (e *Error) Failure() *tokencache.Error {
-	return &tokencache.Error{Class: e.Kind.Class(), Status: e.Status, Code: e.Code, Message: e.Description,
-		RetryDelay: e.RetryDelay, Reason: e.FailureReason()}
-}
-
-// RetryAfter returns RetryDelay; it makes *Error a
-// tokencache.RetryAfterError.
-func (e *Error) RetryAfter() time.Duration { return e.RetryDelay }
 
 // FailureReason says which tokencache.Reason* constant explains e.
-func (e *Error) FailureReason() string {
-	switch {
-	case e.Code == codeUseDPoPNonce:
-		return tokencache.ReasonNonce
-	case proofCodes[e.Code]:
-		return tokencache.ReasonDPoPRejected
-	case e.Kind == KindConfig:
-		return tokencache.ReasonInvalidClient
-	case e.Kind == KindDead:
-		return tokencache.ReasonInvalidGrant
-	}
-	return wire.Reason(e.Status, e.err)
-}
+func (e *Error) FailureReason() string { return wire.FailureReason(&e.Failure, e.err) }
 
 // OAuth error codes (RFC 6749 §5.2, RFC 8707 §2, RFC 9449 §7.1) that
 // decide a Kind.
 const (
 	codeInvalidGrant  = "invalid_grant"
-	codeUseDPoPNonce  = "use_dpop_nonce"
 	codeInvalidClient = "invalid_client"
 )
-
-// proofCodes are the answers about the DPoP proof or nonce: the server
-// checked the proof before the grant, so it did not act.
-var proofCodes = map[string]bool{
-	codeUseDPoPNonce:     true,
-	"invalid_dpop_proof": true,
-	"missing_dpop_proof": true,
-}
 
 // configCodes are answers about the client registration, not the request:
 // no retry helps until someone changes the configuration.
@@ -181,7 +150,7 @@ func (x *exchange) classify(status int, code string, retryAfter bool) Kind {
 		// RFC 6749 §5.2 lets invalid_client come as a bare 401.
 		verdict = KindConfig
 	}
-	return x.kind(tokencache.Attempt{Written: true, Status: status, ProofRejected: proofCodes[code], RetryAfter: retryAfter}, verdict)
+	return x.kind(tokencache.Attempt{Written: true, Status: status, ProofRejected: wire.ProofCode(code), RetryAfter: retryAfter}, verdict)
 }
 
 // kind completes a with what x is and applies the shared rules; verdict

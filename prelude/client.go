@@ -149,7 +149,7 @@ type reply struct {
 
 // fail builds an Error for c; cause may be nil.
 func (c *call) fail(kind Kind, status int, cause error) *Error {
-	e := &Error{Op: c.op, Status: status, Kind: kind, err: cause}
+	e := &Error{Failure: tokencache.Failure{Class: kind.Class(), Status: status}, Op: c.op, Kind: kind, err: cause}
 	if cause != nil {
 		e.detail = wire.Scrub(cause.Error(), c.secrets)
 	}
@@ -213,10 +213,10 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 		}
 		if c.key != nil {
 			switch {
-			case code == codeUseNonce && !nonceRetried && rep.Header.Get("DPoP-Nonce") != "":
+			case code == wire.CodeUseDPoPNonce && !nonceRetried && rep.Header.Get("DPoP-Nonce") != "":
 				nonceRetried = true // send stored the nonce; the new proof uses it
 				continue
-			case code == codeInvalidProof && !skewRetried && time.Duration(cl.skew.Load()) != skew:
+			case code == wire.CodeInvalidDPoPProof && !skewRetried && time.Duration(cl.skew.Load()) != skew:
 				skewRetried = true
 				continue
 			}

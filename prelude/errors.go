@@ -71,24 +71,18 @@ func (k Kind) String() string {
 // tokens, passwords, codes or keys: server messages are scrubbed of every
 // secret the request carried before they are stored.
 type Error struct {
+	// Failure is the error in the token engine's terms: the class of Kind,
+	// the HTTP status (0 when no response was received), the server's
+	// machine-readable code ("" when the body was not a Prelude error
+	// envelope, e.g. a proxy's HTML page), its message (sanitised and
+	// truncated) and its Retry-After hint on 429 and 503 (RetryDelay, also
+	// the RetryAfter method that tokencache.RetryAfterError asks for).
+	tokencache.Failure
 	// Op names the API call ("refresh", "finalize", "list_sessions", …).
 	Op string
-	// Status is the HTTP status, or 0 when no response was received.
-	Status int
-	// Code is the server's machine-readable error code ("" when the body
-	// was not a Prelude error envelope, e.g. a proxy's HTML page).
-	Code string
 	// Type is the envelope's "type" (the error's category, e.g.
 	// "bad_request"); "" when absent.
 	Type string
-	// Message is the server's human-readable message, sanitised and
-	// truncated.
-	Message string
-	// RetryDelay is the server's Retry-After hint on 429 and 503 (0 when
-	// absent). It is exposed through the RetryAfter method, which is what
-	// tokencache.RetryAfterError asks for; a field of that name cannot
-	// coexist with the method.
-	RetryDelay time.Duration
 	// Kind classifies the failure; see the Kind constants.
 	Kind Kind
 
@@ -111,54 +105,21 @@ func (e *Error) Error() string {
 // error), so errors.Is(err, context.DeadlineExceeded) works.
 func (e *Error) Unwrap() error { return e.err }
 
-// RetryAfter returns RetryDelay; it makes *Error a
-// tokencache.RetryAfterError.
-func (e *Error) RetryAfter() time.Duration { return e.RetryDelay }
-
-// Is matches the tokencache sentinel of e's class.
-func (e *Error) Is(target error) bool { return e.Failure().Is(target) }
-
-// Failure is e in the token engine's terms; it makes *Error a
-// tokencache.Failure.
-func (e *Error) Failure() *tokencache.Error {
-	return &tokencache.Error{Class: e.Kind.Class(), Status: e.Status, Code: e.Code, Message: e.Message,
-		RetryDelay: e.RetryDelay, Reason: e.FailureReason()}
-}
-
 // FailureReason says which tokencache.Reason* constant explains e; it
 // makes *Error a tokencache.ReasonError.
 func (e *Error) FailureReason() string {
 	switch {
-	case e.Code == codeUseNonce:
-		return tokencache.ReasonNonce
-	case proofCodes[e.Code] || e.Kind == KindKeyMismatch:
+	case e.Kind == KindKeyMismatch:
 		return tokencache.ReasonDPoPRejected
-	case e.Kind == KindCredentials:
-		return tokencache.ReasonInvalidClient
-	case e.Kind == KindDead:
-		return tokencache.ReasonInvalidGrant
 	case e.Kind == KindCaller && e.Status == 0:
 		return tokencache.ReasonOther // refused before sending
 	}
-	return wire.Reason(e.Status, e.err)
+	return wire.FailureReason(&e.Failure, e.err)
 }
 
-// Server codes that decide a Kind.
-const (
-	codeUseNonce     = "use_dpop_nonce"
-	codeInvalidProof = "invalid_dpop_proof"
-	codeKeyMismatch  = "dpop_key_mismatch"
-)
-
-// proofCodes are the codes about the DPoP proof or nonce. The server
-// checks the proof before it touches the refresh token, so these prove it
-// did not act; the official web SDK treats them all as a bad request, not
-// as the end of the session.
-var proofCodes = map[string]bool{
-	codeInvalidProof:     true,
-	"missing_dpop_proof": true,
-	codeUseNonce:         true,
-}
+// codeKeyMismatch is Prelude's answer to a proof signed by another key
+// than the session's.
+const codeKeyMismatch = "dpop_key_mismatch"
 
 // deadCodes are the server codes that mean the session is gone whatever
 // the status: a reused token means the server has revoked the session.
@@ -181,7 +142,7 @@ func (c *call) classify(status int, code string, retryAfter bool) Kind {
 	case status == http.StatusUnauthorized || deadCodes[code]:
 		verdict = KindDead
 	}
-	return c.kind(tokencache.Attempt{Status: status, Written: true, ProofRejected: proofCodes[code], RetryAfter: retryAfter}, verdict)
+	return c.kind(tokencache.Attempt{Status: status, Written: true, ProofRejected: wire.ProofCode(code), RetryAfter: retryAfter}, verdict)
 }
 
 // kind completes a with what c is and applies the shared rules. verdict

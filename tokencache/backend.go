@@ -133,53 +133,60 @@ func (c Class) Sentinel() error {
 	return nil
 }
 
-// Error is a backend's failure in the engine's terms. A backend's own
-// error type provides it through a Failure method (see Failure); its text
-// stays the backend's, which is scrubbed of every secret.
-type Error struct {
+// Failure is a backend's failure in the engine's terms, the one
+// classification. Every backend's error type embeds it (which also gives it
+// Is and RetryAfter); its text stays the backend's, scrubbed of every
+// secret.
+type Failure struct {
 	// Class says what the engine does about it.
 	Class Class
 	// Status is the token server's HTTP status, 0 without an answer.
 	Status int
 	// Code is the server's machine-readable error code, if any.
 	Code string
-	// Message is the server's human-readable message, scrubbed.
+	// Message is the server's human-readable message (error_description
+	// for OAuth), scrubbed and truncated.
 	Message string
-	// RetryDelay is the server's Retry-After hint (0 when absent).
+	// RetryDelay is the server's Retry-After hint (0 when absent); see
+	// RetryAfter.
 	RetryDelay time.Duration
-	// Reason is the Reason* constant that labels the failure in metrics.
-	Reason string
 }
 
-// Error describes e; a backend's own error text says more.
-func (e *Error) Error() string {
-	s := e.Class.String()
-	if e.Status != 0 {
-		s += fmt.Sprintf(": HTTP %d %s", e.Status, e.Code)
+// Error describes f; an embedding backend error says more.
+func (f *Failure) Error() string {
+	s := f.Class.String()
+	if f.Status != 0 {
+		s += fmt.Sprintf(": HTTP %d %s", f.Status, f.Code)
 	}
 	return s
 }
 
-// Is matches the engine sentinel of e's Class.
-func (e *Error) Is(target error) bool {
-	s := e.Class.Sentinel()
+// Is matches the engine sentinel of f's Class.
+func (f *Failure) Is(target error) bool {
+	s := f.Class.Sentinel()
 	return s != nil && target == s
 }
 
-// Failure is implemented by every backend's error type: the one
-// classification, whatever the backend.
-type Failure interface {
+// RetryAfter returns RetryDelay; it makes an error that embeds a Failure a
+// RetryAfterError.
+func (f *Failure) RetryAfter() time.Duration { return f.RetryDelay }
+
+func (f *Failure) failure() *Failure { return f }
+
+// failed is implemented by every error that embeds a Failure.
+type failed interface {
 	error
-	Failure() *Error
+	failure() *Failure
 }
 
-// FailureOf returns the classification of the first backend failure in
-// err's chain.
-func FailureOf(err error) (*Error, bool) {
-	if f, ok := errors.AsType[Failure](err); ok {
-		return f.Failure(), true
+// FailureOf returns the classification of the first backend error in err's
+// chain, and that error (whose text is the backend's); nil, nil when there
+// is none.
+func FailureOf(err error) (*Failure, error) {
+	if f, ok := errors.AsType[failed](err); ok {
+		return f.failure(), f
 	}
-	return nil, false
+	return nil, nil
 }
 
 // RetryAfterError is implemented by transient errors that carry a server's

@@ -48,7 +48,7 @@ func TestAttemptClass(t *testing.T) {
 func TestErrorMatchesItsSentinelOnly(t *testing.T) {
 	sentinels := []error{ErrOutcomeUnknown, ErrSessionDead, ErrCredentialsRejected}
 	for c := ClassRetryLater; c <= ClassCredentialsRejected; c++ {
-		err := fmt.Errorf("wrapped: %w", &Error{Class: c})
+		err := fmt.Errorf("wrapped: %w", &Failure{Class: c})
 		for _, s := range sentinels {
 			if got, want := errors.Is(err, s), c.Sentinel() == s; got != want {
 				t.Errorf("%v matches %v: %v", c, s, got)
