@@ -43,6 +43,14 @@ type OAuth2 struct {
 	// Resource is the RFC 8707 resource indicator (the API's URI).
 	Resource string `json:"resource,omitempty"`
 
+	// Resources are more RFC 8707 resource indicators, each sent as its
+	// own "resource" parameter after Resource.
+	Resources []string `json:"resources,omitempty"`
+
+	// OmitResourceOnRefresh leaves the resource parameters off
+	// refresh_token requests (Entra ID rejects them on some flows).
+	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
+
 	// Params are extra token request parameters, e.g. audience.
 	Params map[string]string `json:"params,omitempty"`
 }
@@ -81,6 +89,14 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	if cfg.Resource, err = field("resource", o.Resource); err != nil {
 		return err
 	}
+	for _, r := range o.Resources {
+		v, err := field("resource", r)
+		if err != nil {
+			return err
+		}
+		cfg.Resources = append(cfg.Resources, v)
+	}
+	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
 	for k, v := range o.Params {
 		if cfg.Params[k], err = field("param "+k, v); err != nil {
 			return err

@@ -78,6 +78,14 @@ type Config struct {
 	Scopes []string `json:"scopes,omitempty"`
 	// Resource is the RFC 8707 resource indicator, sent when non-empty.
 	Resource string `json:"resource,omitempty"`
+	// Resources are more RFC 8707 resource indicators, each sent as its
+	// own "resource" parameter after Resource. Each is an absolute URI
+	// without a fragment.
+	Resources []string `json:"resources,omitempty"`
+	// OmitResourceOnRefresh leaves the resource parameters off
+	// refresh_token requests (some servers, e.g. Entra ID on some flows,
+	// reject them there); the refreshed token keeps its audience.
+	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
 	// Params are extra token request parameters (e.g. "audience"). They
 	// cannot replace the parameters this package sets itself.
 	Params map[string]string `json:"params,omitempty"`
@@ -118,6 +126,14 @@ type Client struct {
 	meta *metadata // nil until Discover succeeded
 }
 
+// resources are the resource indicators to send, Resource first.
+func (cfg *Config) resources() []string {
+	if cfg.Resource == "" {
+		return cfg.Resources
+	}
+	return append([]string{cfg.Resource}, cfg.Resources...)
+}
+
 // reservedParams are set by the client itself; Config.Params may not
 // override them (a stray "client_id" or "grant_type" would make requests
 // ambiguous or defeat client authentication).
@@ -142,6 +158,11 @@ func New(cfg Config) (*Client, error) {
 	case GrantClientCredentials, GrantRefreshToken:
 	default:
 		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken)
+	}
+	for _, r := range cfg.resources() {
+		if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Fragment != "" || u.RawFragment != "" {
+			return nil, errors.New("oauth: each resource must be an absolute URI without a fragment (RFC 8707 §2)")
+		}
 	}
 	for k := range cfg.Params {
 		if reservedParams[k] {

@@ -53,8 +53,8 @@ func (c *Client) Token(ctx context.Context, key *dpop.Key, refreshToken string) 
 		if len(c.cfg.Scopes) > 0 {
 			f.Set("scope", strings.Join(c.cfg.Scopes, " "))
 		}
-		if c.cfg.Resource != "" {
-			f.Set("resource", c.cfg.Resource)
+		if !x.spends || !c.cfg.OmitResourceOnRefresh {
+			f["resource"] = c.cfg.resources()
 		}
 		for k, v := range c.cfg.Params {
 			f.Set(k, v)
