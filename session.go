@@ -280,6 +280,7 @@ func (s *session) applyLocked() error {
 		if prev != nil && !prev.sameCredentials(b.set) {
 			old.ResumeLogin() // new credentials may succeed where the old were rejected
 		}
+		replaceForeignToken(old, prev, b.set)
 		return nil
 	}
 	cfg := tokencache.Config{
@@ -310,7 +311,31 @@ func (s *session) applyLocked() error {
 			c.Start()
 		}
 	}
+	replaceForeignToken(c, prev, b.set)
 	return nil
+}
+
+// tokenScope is what the backend's tokens are issued for (see
+// tokencache.Scoped); "" when its tokens depend on nothing a reload changes.
+func (s *settings) tokenScope() string {
+	if sc, ok := s.backend.(tokencache.Scoped); ok {
+		return sc.TokenScope()
+	}
+	return ""
+}
+
+// replaceForeignToken makes c replace the token it holds at once when a
+// reload changed what tokens are issued for (scope, resource, audience):
+// that token is for something else and is never adopted back.
+func replaceForeignToken(c *tokencache.Cache, prev, next *settings) {
+	if prev == nil || prev.tokenScope() == next.tokenScope() {
+		return
+	}
+	now, cancel := context.WithCancel(context.Background())
+	cancel() // only a token held now: never wait for one
+	if tok, err := c.Token(now); err == nil {
+		c.Invalidate(tok.Value)
+	}
 }
 
 func (s *session) logger() *zap.Logger {

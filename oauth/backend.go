@@ -30,6 +30,15 @@ func Open(raw json.RawMessage) (tokencache.Backend, error) {
 	return New(cfg)
 }
 
+var _ tokencache.Scoped = (*Client)(nil)
+
+// TokenScope implements tokencache.Scoped: the scopes, resources and extra
+// parameters (such as audience) every token request carries.
+func (c *Client) TokenScope() string {
+	b, _ := json.Marshal([]any{c.cfg.Scopes, c.cfg.resources(), c.cfg.Params})
+	return string(b)
+}
+
 // AutoLogin implements tokencache.Backend: a client_credentials client
 // fetches tokens by itself; a refresh_token client needs an operator's
 // refresh token (LoginWithRefreshToken), so it has no automatic login.

@@ -49,6 +49,15 @@ type Backend interface {
 	AutoLogin() LoginFunc
 }
 
+// Scoped is implemented by backends whose tokens are issued for settings
+// that a reload can change (scope, resource, audience). TokenScope names
+// them canonically: a token issued under another TokenScope is a token for
+// something else, and is replaced at once, never handed out for the new
+// settings.
+type Scoped interface {
+	TokenScope() string
+}
+
 // LoginFunc starts a new session bound to key. previousRefreshToken is the
 // refresh token of the session being replaced, if any, so the server can
 // revoke it.
