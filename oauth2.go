@@ -32,10 +32,17 @@ type OAuth2 struct {
 	Auth string `json:"auth,omitempty"`
 
 	// Grant is "client_credentials" (default: the proxy fetches and renews
-	// tokens by itself) or "refresh_token" (an initial refresh token is
+	// tokens by itself), "jwt_bearer" (likewise, presenting an assertion;
+	// see AssertionFile) or "refresh_token" (an initial refresh token is
 	// handed in through the admin API or `caddy inject-token login
 	// refresh-token`, and rotated tokens are kept like Prelude's).
 	Grant string `json:"grant,omitempty"`
+
+	// AssertionFile is the file holding the assertion of grant
+	// "jwt_bearer" (RFC 7523): a Kubernetes projected service-account
+	// token or a SPIFFE JWT-SVID, read again whenever it changes. Without
+	// it that grant's assertion is signed with client_key.
+	AssertionFile string `json:"assertion_file,omitempty"`
 
 	// Scopes are requested with every token request.
 	Scopes []string `json:"scopes,omitempty"`
@@ -97,6 +104,9 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 		cfg.Resources = append(cfg.Resources, v)
 	}
 	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
+	if cfg.AssertionFile, err = field("assertion_file", o.AssertionFile); err != nil {
+		return err
+	}
 	for k, v := range o.Params {
 		if cfg.Params[k], err = field("param "+k, v); err != nil {
 			return err

@@ -95,3 +95,21 @@ func TestReloadWithOtherResourceReplacesToken(t *testing.T) {
 		}
 	}
 }
+
+// TestCaddyfileJWTBearer: grant jwt_bearer with its assertion file.
+func TestCaddyfileJWTBearer(t *testing.T) {
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`inject_token {
+		oauth2 https://as.example/token {
+			client_id c
+			grant jwt_bearer
+			assertion_file /var/run/secrets/tokens/gateway
+		}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.OAuth2.Grant != "jwt_bearer" || h.OAuth2.AssertionFile != "/var/run/secrets/tokens/gateway" {
+		t.Errorf("parsed %+v", h.OAuth2)
+	}
+}

@@ -39,11 +39,11 @@ func (c *Client) TokenScope() string {
 	return string(b)
 }
 
-// AutoLogin implements tokencache.Backend: a client_credentials client
-// fetches tokens by itself; a refresh_token client needs an operator's
+// AutoLogin implements tokencache.Backend: a client_credentials or
+// jwt_bearer client fetches tokens by itself; a refresh_token client needs an operator's
 // refresh token (LoginWithRefreshToken), so it has no automatic login.
 func (c *Client) AutoLogin() tokencache.LoginFunc {
-	if c.cfg.Grant != GrantClientCredentials {
+	if c.cfg.Grant == GrantRefreshToken {
 		return nil
 	}
 	return c.Login()

@@ -41,7 +41,15 @@ const (
 const (
 	GrantClientCredentials = "client_credentials"
 	GrantRefreshToken      = "refresh_token"
+	// GrantJWTBearer is the RFC 7523 §2.1 JWT bearer authorization grant:
+	// the assertion from Config.AssertionFile (a Kubernetes projected
+	// service-account token, a SPIFFE JWT-SVID), or signed with the client
+	// key.
+	GrantJWTBearer = "jwt_bearer"
 )
+
+// jwtBearerGrantType is GrantJWTBearer's grant_type on the wire.
+const jwtBearerGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 // Config configures a Client.
 type Config struct {
@@ -71,9 +79,15 @@ type Config struct {
 	// issuer identifier (what draft-ietf-oauth-rfc7523bis asks for), any
 	// other value is used as is.
 	AssertionAudience string `json:"assertion_audience,omitempty"`
-	// Grant is GrantClientCredentials ("", the default) or
-	// GrantRefreshToken.
+	// Grant is GrantClientCredentials ("", the default), GrantRefreshToken
+	// or GrantJWTBearer.
 	Grant string `json:"grant,omitempty"`
+	// AssertionFile holds the assertion for GrantJWTBearer. It is read
+	// again whenever its modification time or size changes (a projected
+	// token is rotated in place). Without it the assertion is signed with
+	// the client key: iss = sub = ClientID, aud as for client assertions,
+	// a fresh jti on every request.
+	AssertionFile string `json:"assertion_file,omitempty"`
 	// Scopes are sent space-separated as "scope" when non-empty.
 	Scopes []string `json:"scopes,omitempty"`
 	// Resource is the RFC 8707 resource indicator, sent when non-empty.
@@ -119,7 +133,8 @@ type Client struct {
 	hc       *http.Client
 	nonces   *dpop.NonceStore
 	maxBody  int64
-	assert   *assertionSigner // nil unless AuthPrivateKeyJWT
+	assert   *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
+	grantJWT *fileSource      // the jwt-bearer assertion file, or nil
 	skew     atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
 
 	mu   sync.Mutex
@@ -140,7 +155,7 @@ func (cfg *Config) resources() []string {
 var reservedParams = map[string]bool{
 	"grant_type": true, "client_id": true, "client_secret": true,
 	"client_assertion": true, "client_assertion_type": true,
-	"refresh_token": true, "scope": true, "resource": true,
+	"refresh_token": true, "scope": true, "resource": true, "assertion": true,
 }
 
 // New validates cfg and returns a Client. It does no network I/O.
@@ -155,9 +170,12 @@ func New(cfg Config) (*Client, error) {
 	switch cfg.Grant {
 	case "":
 		cfg.Grant = GrantClientCredentials
-	case GrantClientCredentials, GrantRefreshToken:
+	case GrantClientCredentials, GrantRefreshToken, GrantJWTBearer:
 	default:
-		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken)
+		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s, %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken, GrantJWTBearer)
+	}
+	if cfg.AssertionFile != "" && cfg.Grant != GrantJWTBearer {
+		return nil, errors.New("oauth: AssertionFile is for Grant jwt_bearer")
 	}
 	for _, r := range cfg.resources() {
 		if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Fragment != "" || u.RawFragment != "" {
@@ -191,7 +209,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, err
 		}
 	case AuthNone:
-		if cfg.ClientSecret != "" || hasKey {
+		if cfg.ClientSecret != "" || hasKey && cfg.Grant != GrantJWTBearer {
 			return nil, errors.New("oauth: Auth \"none\" must not be given a ClientSecret or client key")
 		}
 	default:
@@ -215,6 +233,18 @@ func New(cfg Config) (*Client, error) {
 		params[k] = v
 	}
 	cfg.Params = params
+	if cfg.Grant == GrantJWTBearer {
+		switch {
+		case cfg.AssertionFile != "":
+			c.grantJWT = &fileSource{path: cfg.AssertionFile}
+		case !hasKey:
+			return nil, errors.New("oauth: Grant jwt_bearer needs AssertionFile, or a client key to sign the assertion with")
+		case c.assert == nil:
+			if c.assert, err = newAssertionSigner(cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
 	c.cfg = cfg
 	return c, nil
 }
