@@ -121,7 +121,7 @@ func dispatch(r *http.Request, path, via string) (any, error) {
 	if r.Method != o.method {
 		return nil, methodNotAllowed(r, o.method)
 	}
-	if b := s.settings().backend(); o.backend != "" && o.backend != b {
+	if b := s.settings().backendName; o.backend != "" && o.backend != b {
 		return nil, errorf(http.StatusBadRequest, adminapi.CodeWrongBackend,
 			"session %q uses the %s backend; %s is only for %s sessions", s.name, b, sub, o.backend)
 	}
@@ -131,7 +131,7 @@ func dispatch(r *http.Request, path, via string) (any, error) {
 // statusOf is a session's status on the wire: every field present.
 func statusOf(s *session) adminapi.Status {
 	set := s.settings()
-	out := adminapi.Status{Backend: set.backend(), BaseURL: set.baseURL,
+	out := adminapi.Status{Backend: set.backendName, BaseURL: set.baseURL,
 		OTPPending: s.pendingOTP() != nil, OTPFlow: s.lastOTPFlow(), Engine: s.cache().Status()}
 	out.Session = s.name
 	if out.Scopes == nil {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
-	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -92,19 +91,13 @@ type backendFailure struct {
 }
 
 func asBackendFailure(err error) (backendFailure, bool) {
-	var pe *prelude.Error
-	if errors.As(err, &pe) {
-		return backendFailure{status: pe.Status, code: pe.Code, words: firstNonEmpty(pe.Message, pe.Error()),
-			refused: pe.Kind == prelude.KindDead || pe.Kind == prelude.KindCredentials || pe.Kind == prelude.KindCaller, transient: pe.Kind == prelude.KindTransient,
-			unknown: pe.Kind == prelude.KindUnknownOutcome, retry: pe.RetryDelay}, true
+	f, be := tokencache.FailureOf(err)
+	if f == nil {
+		return backendFailure{}, false
 	}
-	var oe *oauth.Error
-	if errors.As(err, &oe) {
-		return backendFailure{status: oe.Status, code: oe.Code, words: firstNonEmpty(oe.Description, oe.Error()),
-			refused:   oe.Kind == oauth.KindDead || oe.Kind == oauth.KindConfig || oe.Kind == oauth.KindRejected,
-			transient: oe.Kind == oauth.KindTransient, unknown: oe.Kind == oauth.KindUnknownOutcome, retry: oe.RetryDelay}, true
-	}
-	return backendFailure{}, false
+	return backendFailure{status: f.Status, code: f.Code, words: firstNonEmpty(f.Message, be.Error()),
+		refused:   f.Class == tokencache.ClassSessionDead || f.Class == tokencache.ClassCredentialsRejected || f.Class == tokencache.ClassDidNotAct,
+		transient: f.Class == tokencache.ClassRetryLater, unknown: f.Class == tokencache.ClassOutcomeUnknown, retry: f.RetryDelay}, true
 }
 
 func firstNonEmpty(s ...string) string {
@@ -126,7 +119,7 @@ func (b backendFailure) where(backend string) string {
 
 // loginHint is the command that logs the session in.
 func loginHint(s *session) string {
-	if s.settings().backend() == "oauth2" {
+	if s.settings().backendName == oauth.BackendName {
 		return "caddy inject-token login " + s.name + " --refresh-token"
 	}
 	return "caddy inject-token login " + s.name + " --email <address>"
@@ -164,7 +157,7 @@ func opFailure(s *session, op opName, err error) error {
 	if errors.As(err, &oe) {
 		return oe
 	}
-	backend := s.settings().backend()
+	backend := s.settings().backendName
 	if bf, ok := asBackendFailure(err); ok {
 		switch {
 		case bf.refused:

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
+	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -54,7 +55,11 @@ func handleOTPStart(ctx context.Context, c opCall) (any, error) {
 	default:
 		return nil, badRequest(`expected exactly one of "phone_number" or "email_address"`)
 	}
-	login, err := c.s.settings().client.StartOTPLogin(ctx, id)
+	b, err := capability[otpStarter](c)
+	if err != nil {
+		return nil, err
+	}
+	login, err := b.StartOTPLogin(ctx, id)
 	if err != nil {
 		return nil, c.logFailed("sending a one-time code failed", opFailure(c.s, opOTPStart, err))
 	}
@@ -80,7 +85,7 @@ func handleOTPCheck(ctx context.Context, c opCall) (any, error) {
 	// The code is checked inside the login: the current flow signs the
 	// check with the new session's key. A wrong code leaves the login
 	// pending for another try.
-	if err := c.s.cache().Login(ctx, checkedLogin(p.login.Login(body.Code))); err != nil {
+	if err := c.s.cache().Login(ctx, p.login.Login(body.Code)); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, opOTPCheck, err))
 	}
 	c.s.finishOTP(p)
@@ -99,7 +104,11 @@ func handleRefreshToken(ctx context.Context, c opCall) (any, error) {
 	if body.RefreshToken == "" {
 		return nil, badRequest(`expected {"refresh_token": "..."}`)
 	}
-	if err := c.s.cache().Login(ctx, checkedLogin(c.s.settings().oauth.LoginWithRefreshToken(body.RefreshToken))); err != nil {
+	b, err := capability[refreshTokenLoginer](c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.s.cache().Login(ctx, b.LoginWithRefreshToken(body.RefreshToken)); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, opRefreshTokenLogin, err))
 	}
 	c.logDone("session logged in by operator", zap.String("method", "refresh_token"))
@@ -114,7 +123,11 @@ func handlePassword(ctx context.Context, c opCall) (any, error) {
 	if body.Email == "" || body.Password == "" {
 		return nil, badRequest(`expected {"email": "...", "password": "..."}`)
 	}
-	if err := c.s.cache().Login(ctx, checkedLogin(prelude.PasswordLogin(c.s.settings().client, body.Email, body.Password))); err != nil {
+	b, err := capability[passwordLoginer](c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.s.cache().Login(ctx, b.PasswordLogin(body.Email, body.Password)); err != nil {
 		return nil, c.logFailed("operator login failed", opFailure(c.s, opPasswordLogin, err))
 	}
 	c.logDone("session logged in by operator", zap.String("method", "password"))
@@ -131,11 +144,15 @@ func handleList(ctx context.Context, c opCall) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	b, err := capability[deviceSessions](c)
+	if err != nil {
+		return nil, err
+	}
 	var list *prelude.SessionList
 	var sid string
 	err = withToken(ctx, c.s, func(tok *tokencache.Token) (err error) {
 		sid = tok.SessionID
-		list, err = c.s.settings().client.ListSessions(ctx, tok.Value, limit, offset)
+		list, err = b.ListSessions(ctx, tok.Value, limit, offset)
 		return err
 	})
 	if err != nil {
@@ -188,11 +205,15 @@ func handleRevoke(ctx context.Context, c opCall) (any, error) {
 	default:
 		return nil, badRequest(`expected "target" to be one of all, others, mine or session`)
 	}
+	b, err := capability[deviceSessions](c)
+	if err != nil {
+		return nil, err
+	}
 	var ours bool
-	err := withToken(ctx, c.s, func(tok *tokencache.Token) error {
+	err = withToken(ctx, c.s, func(tok *tokencache.Token) error {
 		ours = body.Target == adminapi.TargetAll || body.Target == adminapi.TargetMine ||
 			(body.Target == adminapi.TargetSession && body.SessionID == tok.SessionID)
-		return c.s.settings().client.RevokeSessions(ctx, tok.Value, body.Target, body.SessionID)
+		return b.RevokeSessions(ctx, tok.Value, body.Target, body.SessionID)
 	})
 	if err != nil {
 		return nil, c.logFailed("operator revoke failed", opFailure(c.s, opRevoke, err))
@@ -208,9 +229,9 @@ func handleRevoke(ctx context.Context, c opCall) (any, error) {
 	return adminapi.RevokeResult{Target: body.Target, LocalCleared: ours}, nil
 }
 
-// withToken runs call with the session's access token; if Prelude rejects
-// the token (401), it is invalidated and call runs once more with a fresh
-// one.
+// withToken runs call with the session's access token; if the server
+// rejects the token (a session-dead answer), it is invalidated and call
+// runs once more with a fresh one.
 func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token) error) error {
 	c := s.cache()
 	tok, err := c.Token(ctx)
@@ -218,8 +239,7 @@ func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token)
 		return err
 	}
 	err = call(tok)
-	var pe *prelude.Error
-	if !errors.As(err, &pe) || pe.Status != http.StatusUnauthorized {
+	if !errors.Is(err, tokencache.ErrSessionDead) {
 		return err
 	}
 	c.Invalidate(tok.Value)
@@ -229,3 +249,42 @@ func withToken(ctx context.Context, s *session, call func(tok *tokencache.Token)
 	}
 	return call(fresh)
 }
+
+// The operator's logins and Prelude's device sessions are capabilities
+// some backends have; the admin routes reach them by interface, never by a
+// backend's type.
+type (
+	passwordLoginer interface {
+		PasswordLogin(email, password string) tokencache.LoginFunc
+	}
+	refreshTokenLoginer interface {
+		LoginWithRefreshToken(refreshToken string) tokencache.LoginFunc
+	}
+	otpStarter interface {
+		StartOTPLogin(ctx context.Context, id prelude.Identifier) (*prelude.OTPLogin, error)
+	}
+	deviceSessions interface {
+		ListSessions(ctx context.Context, accessToken string, limit, offset int) (*prelude.SessionList, error)
+		RevokeSessions(ctx context.Context, accessToken, target, sessionID string) error
+	}
+)
+
+// capability is the session's backend as T, or the API's wrong_backend
+// answer.
+func capability[T any](c opCall) (T, error) {
+	set := c.s.settings()
+	b, ok := set.backend.(T)
+	if !ok {
+		return b, errorf(http.StatusBadRequest, adminapi.CodeWrongBackend,
+			"session %q uses the %s backend, which does not offer this operation", c.s.name, set.backendName)
+	}
+	return b, nil
+}
+
+// Interface guards
+var (
+	_ passwordLoginer     = prelude.Backend{}
+	_ otpStarter          = prelude.Backend{}
+	_ deviceSessions      = prelude.Backend{}
+	_ refreshTokenLoginer = (*oauth.Client)(nil)
+)

@@ -121,6 +121,7 @@ func (noRefresh) Refresh(context.Context, *dpop.Key, string) (*tokencache.Grant,
 	return nil, tokencache.ErrSessionDead
 }
 func (noRefresh) Revoke(context.Context, *dpop.Key, string) error { return nil }
+func (noRefresh) AutoLogin() tokencache.LoginFunc                 { return nil }
 
 // benchSession is a session with a valid token of type typ, its key of alg.
 func benchSession(b *testing.B, typ string, alg dpop.Algorithm) *session {

@@ -37,9 +37,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			client_secret <secret>
 //			client_key    <pem>
 //			auth          basic|post|private_key_jwt|none
-//			grant         client_credentials|refresh_token
+//			grant         client_credentials|refresh_token|jwt_bearer
+//			assertion_file <path>
 //			scope         <scopes...>
-//			resource      <uri>
+//			resource      <uri...>
+//			omit_resource_on_refresh
 //			param         <name> <value>
 //		}
 //		dpop ES256|EdDSA|off
@@ -215,9 +217,25 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 		case "auth":
 			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "none")
 		case "grant":
-			err = one(opt, &o.Grant, "client_credentials", "refresh_token")
+			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer")
+		case "assertion_file":
+			err = one(opt, &o.AssertionFile)
 		case "resource":
-			err = one(opt, &o.Resource)
+			// One value keeps the JSON's "resource"; more go to
+			// "resources".
+			uris := d.RemainingArgs()
+			if len(uris) == 0 {
+				return nil, d.Errf("oauth2 resource: expected at least one URI")
+			}
+			if o.Resource == "" {
+				o.Resource, uris = uris[0], uris[1:]
+			}
+			o.Resources = append(o.Resources, uris...)
+		case "omit_resource_on_refresh":
+			if d.NextArg() {
+				return nil, d.Errf("oauth2 omit_resource_on_refresh takes no value")
+			}
+			o.OmitResourceOnRefresh = true
 		case "scope":
 			scopes := d.RemainingArgs()
 			if len(scopes) == 0 {
@@ -234,7 +252,7 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 			}
 			o.Params[name] = value
 		default:
-			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, grant, scope, resource or param)", opt)
+			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
 		}
 		if err != nil {
 			return nil, err

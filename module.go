@@ -269,22 +269,19 @@ func (h *Handler) resolve() (*settings, error) {
 	if err := checkBaseURL(base); err != nil {
 		return nil, fmt.Errorf("prelude %q: %v", h.Prelude, err)
 	}
-	if set.client, err = prelude.New(base, prelude.Options{}); err != nil {
-		return nil, err
-	}
-	set.baseURL = base
+	ps := prelude.Settings{URL: base}
 	if h.Login != nil {
 		if h.Login.Method != "password" {
 			return nil, fmt.Errorf("login: unsupported method %q (want \"password\")", h.Login.Method)
 		}
-		if set.email, err = repl.ReplaceOrErr(h.Login.Email, true, true); err != nil {
+		if ps.Email, err = repl.ReplaceOrErr(h.Login.Email, true, true); err != nil {
 			return nil, fmt.Errorf("login email: %v", err)
 		}
-		if set.password, err = repl.ReplaceOrErr(h.Login.Password, true, true); err != nil {
+		if ps.Password, err = repl.ReplaceOrErr(h.Login.Password, true, true); err != nil {
 			return nil, fmt.Errorf("login password: %v", err)
 		}
 	}
-	return set, nil
+	return set, set.open(prelude.BackendName, base, ps)
 }
 
 // checkBaseURL accepts absolute http(s) URLs without query, fragment or

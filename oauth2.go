@@ -1,9 +1,6 @@
 package injecttoken
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -35,16 +32,31 @@ type OAuth2 struct {
 	Auth string `json:"auth,omitempty"`
 
 	// Grant is "client_credentials" (default: the proxy fetches and renews
-	// tokens by itself) or "refresh_token" (an initial refresh token is
+	// tokens by itself), "jwt_bearer" (likewise, presenting an assertion;
+	// see AssertionFile) or "refresh_token" (an initial refresh token is
 	// handed in through the admin API or `caddy inject-token login
 	// refresh-token`, and rotated tokens are kept like Prelude's).
 	Grant string `json:"grant,omitempty"`
+
+	// AssertionFile is the file holding the assertion of grant
+	// "jwt_bearer" (RFC 7523): a Kubernetes projected service-account
+	// token or a SPIFFE JWT-SVID, read again whenever it changes. Without
+	// it that grant's assertion is signed with client_key.
+	AssertionFile string `json:"assertion_file,omitempty"`
 
 	// Scopes are requested with every token request.
 	Scopes []string `json:"scopes,omitempty"`
 
 	// Resource is the RFC 8707 resource indicator (the API's URI).
 	Resource string `json:"resource,omitempty"`
+
+	// Resources are more RFC 8707 resource indicators, each sent as its
+	// own "resource" parameter after Resource.
+	Resources []string `json:"resources,omitempty"`
+
+	// OmitResourceOnRefresh leaves the resource parameters off
+	// refresh_token requests (Entra ID rejects them on some flows).
+	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
 
 	// Params are extra token request parameters, e.g. audience.
 	Params map[string]string `json:"params,omitempty"`
@@ -74,15 +86,25 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	if cfg.ClientSecret, err = field("client_secret", o.ClientSecret); err != nil {
 		return err
 	}
-	var keyPEM string
-	if keyPEM, err = field("client_key", o.ClientKey); err != nil {
+	keyPEM, err := field("client_key", o.ClientKey)
+	if err != nil {
 		return err
 	}
-	cfg.ClientKeyPEM = []byte(keyPEM)
-	if len(keyPEM) == 0 {
-		cfg.ClientKeyPEM = nil
+	if keyPEM != "" {
+		cfg.ClientKeyPEM = []byte(keyPEM)
 	}
 	if cfg.Resource, err = field("resource", o.Resource); err != nil {
+		return err
+	}
+	for _, r := range o.Resources {
+		v, err := field("resource", r)
+		if err != nil {
+			return err
+		}
+		cfg.Resources = append(cfg.Resources, v)
+	}
+	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
+	if cfg.AssertionFile, err = field("assertion_file", o.AssertionFile); err != nil {
 		return err
 	}
 	for k, v := range o.Params {
@@ -90,22 +112,8 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 			return err
 		}
 	}
-	client, err := oauth.New(cfg)
-	if err != nil {
+	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg); err != nil {
 		return fmt.Errorf("oauth2: %w", err)
 	}
-	set.oauth, set.baseURL = client, cfg.Endpoint
-	set.oauthLogin = cfg.Grant == "" || cfg.Grant == oauth.GrantClientCredentials
-	set.oauthKey = fingerprint(cfg, keyPEM)
 	return nil
-}
-
-// fingerprint identifies resolved oauth2 settings (secrets included, hashed)
-// so a reload can tell whether they changed.
-func fingerprint(cfg oauth.Config, keyPEM string) string {
-	// encoding/json writes map keys sorted, so Params encode canonically.
-	b, _ := json.Marshal([]any{cfg.Endpoint, cfg.ClientID, cfg.ClientSecret, keyPEM, cfg.Auth, cfg.Grant,
-		cfg.Scopes, cfg.Resource, cfg.Params, cfg.DPoP})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
 }

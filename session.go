@@ -2,8 +2,10 @@ package injecttoken
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -11,13 +13,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/internal/ring"
-	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/seal"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -39,43 +41,46 @@ const otpLifetime = 10 * time.Minute
 
 // settings are what one config says about a session. The secrets in it
 // were resolved from placeholders at Provision and exist only in memory.
-// Exactly one of client (Prelude) and oauth (any OAuth 2.0 server) is set.
 type settings struct {
-	baseURL       string // Prelude base URL or OAuth token endpoint / issuer
-	client        *prelude.Client
-	oauth         *oauth.Client
-	oauthKey      string // the resolved oauth2 settings, to compare configs
-	oauthLogin    bool   // the grant fetches tokens by itself (client_credentials)
+	backendName   string             // the backend's registered name
+	backend       tokencache.Backend // built by its registered factory
+	backendKey    string             // hash of its resolved settings, to compare configs
+	baseURL       string             // Prelude base URL or OAuth token endpoint / issuer
 	dpopAlg       dpop.Algorithm
-	email         string
-	password      string
 	refreshBefore time.Duration
 	sealer        *seal.Sealer // nil: stored plain
 }
 
+// open builds the backend registered as name from its resolved settings v
+// (marshalled to JSON for its factory); baseURL is shown by the admin API.
+func (s *settings) open(name, baseURL string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err := tokencache.NewBackend(name, raw)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(append([]byte(name+"\x00"), raw...))
+	s.backendName, s.backend, s.backendKey, s.baseURL = name, b, hex.EncodeToString(sum[:]), baseURL
+	return nil
+}
+
 // same reports whether two configs describe the session identically.
 func (s *settings) same(o *settings) bool {
-	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password &&
-		s.refreshBefore == o.refreshBefore && s.oauthKey == o.oauthKey && s.dpopAlg == o.dpopAlg &&
+	return s.sameCredentials(o) && s.refreshBefore == o.refreshBefore && s.dpopAlg == o.dpopAlg &&
 		s.sealer.ID() == o.sealer.ID()
 }
 
 // sameCredentials reports whether two configs log in with the same
 // credentials (and against the same server).
 func (s *settings) sameCredentials(o *settings) bool {
-	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password && s.oauthKey == o.oauthKey
-}
-
-// backend names the kind of token server, for the admin API.
-func (s *settings) backend() string {
-	if s.oauth != nil {
-		return "oauth2"
-	}
-	return "prelude"
+	return s.backendName == o.backendName && s.backendKey == o.backendKey
 }
 
 // hasLogin reports whether the session can log in by itself.
-func (s *settings) hasLogin() bool { return s.email != "" || s.oauthLogin }
+func (s *settings) hasLogin() bool { return s.backend.AutoLogin() != nil }
 
 // binding is what one live config contributes to a session: its settings,
 // storage and logger. The newest live binding is in force; when a config
@@ -280,6 +285,7 @@ func (s *session) applyLocked() error {
 		if prev != nil && !prev.sameCredentials(b.set) {
 			old.ResumeLogin() // new credentials may succeed where the old were rejected
 		}
+		replaceForeignToken(old, prev, b.set)
 		return nil
 	}
 	cfg := tokencache.Config{
@@ -310,7 +316,31 @@ func (s *session) applyLocked() error {
 			c.Start()
 		}
 	}
+	replaceForeignToken(c, prev, b.set)
 	return nil
+}
+
+// tokenScope is what the backend's tokens are issued for (see
+// tokencache.Scoped); "" when its tokens depend on nothing a reload changes.
+func (s *settings) tokenScope() string {
+	if sc, ok := s.backend.(tokencache.Scoped); ok {
+		return sc.TokenScope()
+	}
+	return ""
+}
+
+// replaceForeignToken makes c replace the token it holds at once when a
+// reload changed what tokens are issued for (scope, resource, audience):
+// that token is for something else and is never adopted back.
+func replaceForeignToken(c *tokencache.Cache, prev, next *settings) {
+	if prev == nil || prev.tokenScope() == next.tokenScope() {
+		return
+	}
+	now, cancel := context.WithCancel(context.Background())
+	cancel() // only a token held now: never wait for one
+	if tok, err := c.Token(now); err == nil {
+		c.Invalidate(tok.Value)
+	}
 }
 
 func (s *session) logger() *zap.Logger {
@@ -322,20 +352,16 @@ func (s *session) logger() *zap.Logger {
 	return s.bindings[len(s.bindings)-1].logger
 }
 
-// autoLogin is the cache's automatic login: the configured email and
-// password, or an OAuth client_credentials token request, read at call
-// time so a reload can change them.
+// autoLogin is the cache's automatic login: the backend's, read at call
+// time so a reload can change it.
 func (s *session) autoLogin(ctx context.Context, key *dpop.Key, prev string) (*tokencache.Grant, error) {
-	set := s.settings()
+	login := s.settings().backend.AutoLogin()
+	if login == nil {
+		return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
+	}
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	switch {
-	case set.oauthLogin:
-		return checkedLogin(set.oauth.Login())(ctx, key, prev)
-	case set.email != "":
-		return checkedLogin(prelude.PasswordLogin(set.client, set.email, set.password))(ctx, key, prev)
-	}
-	return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
+	return login(ctx, key, prev)
 }
 
 // startOTP remembers a started OTP login.
@@ -404,33 +430,25 @@ func allSessions() []*session {
 	return all
 }
 
-// sessionBackend is the tokencache.Backend of a session: the Prelude or
-// OAuth client in force at call time.
+// sessionBackend is the tokencache.Backend of a session: the backend in
+// force at call time.
 type sessionBackend struct{ s *session }
-
-func (b sessionBackend) current() tokencache.Backend {
-	set := b.s.settings()
-	if set.oauth != nil {
-		return set.oauth
-	}
-	return prelude.Backend{Client: set.client}
-}
 
 func (b sessionBackend) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	g, err := b.current().Refresh(ctx, key, refreshToken)
-	if err != nil {
-		return nil, err
-	}
-	return checkGrant(g, true)
+	return b.s.settings().backend.Refresh(ctx, key, refreshToken)
 }
 
 func (b sessionBackend) Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error {
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	return b.current().Revoke(ctx, key, refreshToken)
+	return b.s.settings().backend.Revoke(ctx, key, refreshToken)
 }
+
+// AutoLogin is the session's automatic login, which reads the settings in
+// force when it runs.
+func (b sessionBackend) AutoLogin() tokencache.LoginFunc { return b.s.autoLogin }
 
 // detach keeps ctx's deadline but not its cancellation: a refresh that was
 // sent must get its answer (a rotated refresh token) even if the cache that

@@ -11,6 +11,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -130,4 +133,46 @@ func (a *assertionSigner) sign(clientID, audience string, now time.Time) (string
 		return "", fmt.Errorf("signing client assertion: %w", err)
 	}
 	return jws.CompactSerialize()
+}
+
+// maxAssertionFile bounds what is read from an assertion file.
+const maxAssertionFile = 64 << 10
+
+// fileSource is a credential in a file that its issuer rewrites in place (a
+// Kubernetes projected service-account token, a SPIFFE JWT-SVID): it is
+// read again whenever the file's modification time or size changes, and
+// kept in memory otherwise.
+type fileSource struct {
+	path string
+
+	mu    sync.Mutex
+	mod   time.Time
+	size  int64
+	value string
+}
+
+// read returns the file's current content, trimmed.
+func (f *fileSource) read() (string, error) {
+	st, err := os.Stat(f.path)
+	if err != nil {
+		return "", fmt.Errorf("assertion file: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.value != "" && st.ModTime().Equal(f.mod) && st.Size() == f.size {
+		return f.value, nil
+	}
+	if st.Size() > maxAssertionFile {
+		return "", fmt.Errorf("assertion file: larger than %d bytes", maxAssertionFile)
+	}
+	b, err := os.ReadFile(f.path)
+	if err != nil {
+		return "", fmt.Errorf("assertion file: %w", err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", errors.New("assertion file: empty")
+	}
+	f.value, f.mod, f.size = v, st.ModTime(), st.Size()
+	return v, nil
 }

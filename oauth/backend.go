@@ -2,7 +2,9 @@ package oauth
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 
@@ -10,7 +12,42 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
+func init() { tokencache.Register(BackendName, Open) }
+
+// BackendName is the name this backend is registered under.
+const BackendName = "oauth2"
+
 var _ tokencache.Backend = (*Client)(nil)
+
+// Open is the backend's tokencache.Factory: it builds a Client from a
+// Config in JSON (the fields that have a JSON name). It does no network
+// I/O.
+func Open(raw json.RawMessage) (tokencache.Backend, error) {
+	var cfg Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("oauth settings: %w", err)
+	}
+	return New(cfg)
+}
+
+var _ tokencache.Scoped = (*Client)(nil)
+
+// TokenScope implements tokencache.Scoped: the scopes, resources and extra
+// parameters (such as audience) every token request carries.
+func (c *Client) TokenScope() string {
+	b, _ := json.Marshal([]any{c.cfg.Scopes, c.cfg.resources(), c.cfg.Params})
+	return string(b)
+}
+
+// AutoLogin implements tokencache.Backend: a client_credentials or
+// jwt_bearer client fetches tokens by itself; a refresh_token client needs an operator's
+// refresh token (LoginWithRefreshToken), so it has no automatic login.
+func (c *Client) AutoLogin() tokencache.LoginFunc {
+	if c.cfg.Grant == GrantRefreshToken {
+		return nil
+	}
+	return c.Login()
+}
 
 // Refresh implements tokencache.Backend. It is Token: for client_credentials
 // a "refresh" is simply a new token request (refreshToken is ignored).
@@ -69,7 +106,9 @@ func (c *Client) Login() tokencache.LoginFunc {
 func (c *Client) LoginWithRefreshToken(rt string) tokencache.LoginFunc {
 	return func(ctx context.Context, key *dpop.Key, _ string) (*tokencache.Grant, error) {
 		if c.cfg.Grant != GrantRefreshToken {
-			return nil, &Error{Op: "token", Kind: KindConfig, detail: "LoginWithRefreshToken needs Grant refresh_token", err: errNotRefreshGrant}
+			e := newError("token", KindConfig, 0, errNotRefreshGrant)
+			e.detail = "LoginWithRefreshToken needs Grant refresh_token"
+			return nil, e
 		}
 		g, err := c.Token(ctx, key, rt)
 		if err != nil {

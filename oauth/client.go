@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/internal/wire"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // Defaults applied by New for zero Config fields.
@@ -40,7 +41,15 @@ const (
 const (
 	GrantClientCredentials = "client_credentials"
 	GrantRefreshToken      = "refresh_token"
+	// GrantJWTBearer is the RFC 7523 §2.1 JWT bearer authorization grant:
+	// the assertion from Config.AssertionFile (a Kubernetes projected
+	// service-account token, a SPIFFE JWT-SVID), or signed with the client
+	// key.
+	GrantJWTBearer = "jwt_bearer"
 )
+
+// jwtBearerGrantType is GrantJWTBearer's grant_type on the wire.
+const jwtBearerGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 // Config configures a Client.
 type Config struct {
@@ -48,56 +57,70 @@ type Config struct {
 	// names the token and revocation endpoints. A URL whose last path
 	// segment contains "token" is used as the token endpoint without any
 	// discovery; see Client.Discover for the rest.
-	Endpoint string
+	Endpoint string `json:"endpoint"`
 	// ClientID identifies the client; required.
-	ClientID string
+	ClientID string `json:"client_id"`
 	// ClientSecret is the shared secret for AuthBasic and AuthPost.
-	ClientSecret string
+	ClientSecret string `json:"client_secret,omitempty"`
 	// Auth is the client authentication method: AuthBasic, AuthPost,
 	// AuthPrivateKeyJWT or AuthNone. "" picks AuthBasic when ClientSecret
 	// is set, AuthPrivateKeyJWT when a client key is, else AuthNone.
-	Auth string
+	Auth string `json:"auth,omitempty"`
 	// ClientKey signs private_key_jwt client assertions (ECDSA P-256/384,
 	// Ed25519 or RSA ≥ 2048 bits). ClientKeyPEM is the same as a PEM block
 	// (PKCS#8, SEC 1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY").
-	ClientKey    crypto.Signer
-	ClientKeyPEM []byte
+	ClientKey    crypto.Signer `json:"-"`
+	ClientKeyPEM []byte        `json:"client_key_pem,omitempty"`
 	// ClientKeyID is the "kid" put in assertion headers, so a server with
 	// several registered keys knows which one to use.
-	ClientKeyID string
+	ClientKeyID string `json:"client_key_id,omitempty"`
 	// AssertionAudience is the assertion's "aud": "" means the token
 	// endpoint URL (what most servers accept), "issuer" the discovered
 	// issuer identifier (what draft-ietf-oauth-rfc7523bis asks for), any
 	// other value is used as is.
-	AssertionAudience string
-	// Grant is GrantClientCredentials ("", the default) or
-	// GrantRefreshToken.
-	Grant string
+	AssertionAudience string `json:"assertion_audience,omitempty"`
+	// Grant is GrantClientCredentials ("", the default), GrantRefreshToken
+	// or GrantJWTBearer.
+	Grant string `json:"grant,omitempty"`
+	// AssertionFile holds the assertion for GrantJWTBearer. It is read
+	// again whenever its modification time or size changes (a projected
+	// token is rotated in place). Without it the assertion is signed with
+	// the client key: iss = sub = ClientID, aud as for client assertions,
+	// a fresh jti on every request.
+	AssertionFile string `json:"assertion_file,omitempty"`
 	// Scopes are sent space-separated as "scope" when non-empty.
-	Scopes []string
+	Scopes []string `json:"scopes,omitempty"`
 	// Resource is the RFC 8707 resource indicator, sent when non-empty.
-	Resource string
+	Resource string `json:"resource,omitempty"`
+	// Resources are more RFC 8707 resource indicators, each sent as its
+	// own "resource" parameter after Resource. Each is an absolute URI
+	// without a fragment.
+	Resources []string `json:"resources,omitempty"`
+	// OmitResourceOnRefresh leaves the resource parameters off
+	// refresh_token requests (some servers, e.g. Entra ID on some flows,
+	// reject them there); the refreshed token keeps its audience.
+	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
 	// Params are extra token request parameters (e.g. "audience"). They
 	// cannot replace the parameters this package sets itself.
-	Params map[string]string
+	Params map[string]string `json:"params,omitempty"`
 	// DPoP sends a DPoP proof (RFC 9449) with every token and revocation
 	// request, signed with the key Token, Refresh or Revoke is given.
-	DPoP bool
+	DPoP bool `json:"dpop,omitempty"`
 	// DefaultExpiresIn replaces DefaultExpiresIn when > 0.
-	DefaultExpiresIn time.Duration
+	DefaultExpiresIn time.Duration `json:"default_expires_in,omitempty"`
 	// HTTPClient sends the requests. nil means a client with a 10 s overall
 	// timeout. Whatever client is given, a copy is used that never follows
 	// a redirect of a POST: a redirected token request would either turn
 	// into a GET or carry its credentials to another URL.
-	HTTPClient *http.Client
+	HTTPClient *http.Client `json:"-"`
 	// Nonces remembers DPoP nonces per origin; share one store between the
 	// clients of a process. nil means a store owned by this client.
-	Nonces *dpop.NonceStore
+	Nonces *dpop.NonceStore `json:"-"`
 	// MaxResponseBytes bounds every response body read; a longer body is
 	// an error. ≤ 0 means DefaultMaxResponseBytes.
-	MaxResponseBytes int64
+	MaxResponseBytes int64 `json:"max_response_bytes,omitempty"`
 	// UserAgent is sent on every request; "" means DefaultUserAgent.
-	UserAgent string
+	UserAgent string `json:"user_agent,omitempty"`
 }
 
 // Client requests tokens from one OAuth 2.0 authorization server for one
@@ -110,11 +133,20 @@ type Client struct {
 	hc       *http.Client
 	nonces   *dpop.NonceStore
 	maxBody  int64
-	assert   *assertionSigner // nil unless AuthPrivateKeyJWT
+	assert   *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
+	grantJWT *fileSource      // the jwt-bearer assertion file, or nil
 	skew     atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
 
 	mu   sync.Mutex
 	meta *metadata // nil until Discover succeeded
+}
+
+// resources are the resource indicators to send, Resource first.
+func (cfg *Config) resources() []string {
+	if cfg.Resource == "" {
+		return cfg.Resources
+	}
+	return append([]string{cfg.Resource}, cfg.Resources...)
 }
 
 // reservedParams are set by the client itself; Config.Params may not
@@ -123,7 +155,7 @@ type Client struct {
 var reservedParams = map[string]bool{
 	"grant_type": true, "client_id": true, "client_secret": true,
 	"client_assertion": true, "client_assertion_type": true,
-	"refresh_token": true, "scope": true, "resource": true,
+	"refresh_token": true, "scope": true, "resource": true, "assertion": true,
 }
 
 // New validates cfg and returns a Client. It does no network I/O.
@@ -138,9 +170,17 @@ func New(cfg Config) (*Client, error) {
 	switch cfg.Grant {
 	case "":
 		cfg.Grant = GrantClientCredentials
-	case GrantClientCredentials, GrantRefreshToken:
+	case GrantClientCredentials, GrantRefreshToken, GrantJWTBearer:
 	default:
-		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken)
+		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s, %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken, GrantJWTBearer)
+	}
+	if cfg.AssertionFile != "" && cfg.Grant != GrantJWTBearer {
+		return nil, errors.New("oauth: AssertionFile is for Grant jwt_bearer")
+	}
+	for _, r := range cfg.resources() {
+		if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Fragment != "" || u.RawFragment != "" {
+			return nil, errors.New("oauth: each resource must be an absolute URI without a fragment (RFC 8707 §2)")
+		}
 	}
 	for k := range cfg.Params {
 		if reservedParams[k] {
@@ -169,7 +209,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, err
 		}
 	case AuthNone:
-		if cfg.ClientSecret != "" || hasKey {
+		if cfg.ClientSecret != "" || hasKey && cfg.Grant != GrantJWTBearer {
 			return nil, errors.New("oauth: Auth \"none\" must not be given a ClientSecret or client key")
 		}
 	default:
@@ -193,6 +233,18 @@ func New(cfg Config) (*Client, error) {
 		params[k] = v
 	}
 	cfg.Params = params
+	if cfg.Grant == GrantJWTBearer {
+		switch {
+		case cfg.AssertionFile != "":
+			c.grantJWT = &fileSource{path: cfg.AssertionFile}
+		case !hasKey:
+			return nil, errors.New("oauth: Grant jwt_bearer needs AssertionFile, or a client key to sign the assertion with")
+		case c.assert == nil:
+			if c.assert, err = newAssertionSigner(cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
 	c.cfg = cfg
 	return c, nil
 }
@@ -226,19 +278,17 @@ type response struct {
 
 // fail builds an Error for x; cause may be nil.
 func (x *exchange) fail(kind Kind, status int, cause error) *Error {
-	e := &Error{Op: x.op, Status: status, Kind: kind, err: cause}
+	e := newError(x.op, kind, status, cause)
 	if cause != nil {
 		e.detail = wire.Scrub(cause.Error(), x.secrets)
 	}
 	return e
 }
 
-// lost is the Kind for a request that was written but got no usable answer.
-func (x *exchange) lost() Kind {
-	if x.spends {
-		return KindUnknownOutcome
-	}
-	return KindTransient
+// lost is the Kind for a request that was written but got no usable
+// answer (status: the 2xx whose body failed, or 0).
+func (x *exchange) lost(status int) Kind {
+	return x.kind(tokencache.Attempt{Written: true, Status: status}, 0)
 }
 
 // do sends x, retrying exactly once when the server answers
@@ -259,12 +309,12 @@ func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 		if resp.BodyErr == nil {
 			code, desc = errorBody(resp.Body)
 		}
-		if code == codeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
+		if code == wire.CodeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
 			continue // send stored the nonce; the next proof carries it
 		}
 		e := x.fail(x.classify(resp.Status, code, wire.HasRetryAfter(resp.Header)), resp.Status, nil)
 		e.Code = wire.Scrub(code, x.secrets)
-		e.Description = wire.Scrub(desc, x.secrets)
+		e.Message = wire.Scrub(desc, x.secrets)
 		if resp.Status >= 300 && resp.Status < 400 {
 			e.detail = "unexpected redirect (not followed for a POST)"
 		}
@@ -295,11 +345,7 @@ func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 	}
 	r, written, err := wire.Do(c.hc, req, c.maxBody, c.nonces.Observe)
 	if err != nil {
-		kind := KindTransient
-		if written {
-			kind = x.lost()
-		}
-		return nil, x.fail(kind, 0, err)
+		return nil, x.fail(x.kind(tokencache.Attempt{Written: written}, 0), 0, err)
 	}
 	return &response{Reply: r, skew: c.observeDate(r)}, nil
 }

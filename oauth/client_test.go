@@ -275,8 +275,8 @@ func TestSecretsScrubbedFromServerText(t *testing.T) {
 	cfg.Auth = oauth.AuthPost
 	_, err := newClient(t, cfg).Refresh(context.Background(), nil, testRefresh)
 	e := asError(t, err, oauth.KindUnknownOutcome)
-	if !strings.Contains(e.Description, "[redacted]") || strings.ContainsAny(e.Description, "\n\x1b") {
-		t.Errorf("description = %q, want secrets redacted and control characters gone", e.Description)
+	if !strings.Contains(e.Message, "[redacted]") || strings.ContainsAny(e.Message, "\n\x1b") {
+		t.Errorf("description = %q, want secrets redacted and control characters gone", e.Message)
 	}
 }
 

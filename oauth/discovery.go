@@ -92,7 +92,9 @@ func wellKnown(u *url.URL) []*url.URL {
 
 func (c *Client) discover(ctx context.Context) (*metadata, error) {
 	fail := func(kind Kind, status int, cause error) *Error {
-		return &Error{Op: "discover", Status: status, Kind: kind, err: cause, detail: wire.Scrub(cause.Error(), nil)}
+		e := newError("discover", kind, status, cause)
+		e.detail = wire.Scrub(cause.Error(), nil)
+		return e
 	}
 	if looksLikeTokenEndpoint(c.endpoint) {
 		return &metadata{token: c.endpoint}, nil

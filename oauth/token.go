@@ -47,14 +47,24 @@ func (c *Client) Token(ctx context.Context, key *dpop.Key, refreshToken string) 
 	x.target = m.token
 	x.form = func() (url.Values, http.Header, error) {
 		f := url.Values{"grant_type": {c.cfg.Grant}}
+		if c.cfg.Grant == GrantJWTBearer {
+			// A fresh assertion per attempt, like a client assertion.
+			a, err := c.grantAssertion(m)
+			if err != nil {
+				return nil, nil, err
+			}
+			x.secrets = append(x.secrets, a)
+			f.Set("grant_type", jwtBearerGrantType)
+			f.Set("assertion", a)
+		}
 		if x.spends {
 			f.Set("refresh_token", refreshToken)
 		}
 		if len(c.cfg.Scopes) > 0 {
 			f.Set("scope", strings.Join(c.cfg.Scopes, " "))
 		}
-		if c.cfg.Resource != "" {
-			f.Set("resource", c.cfg.Resource)
+		if !x.spends || !c.cfg.OmitResourceOnRefresh {
+			f["resource"] = c.cfg.resources()
 		}
 		for k, v := range c.cfg.Params {
 			f.Set(k, v)
@@ -88,17 +98,7 @@ func (c *Client) authenticate(form url.Values, m *metadata, x *exchange) (http.H
 		form.Set("client_id", c.cfg.ClientID)
 		form.Set("client_secret", c.cfg.ClientSecret)
 	case AuthPrivateKeyJWT:
-		aud := c.cfg.AssertionAudience
-		switch aud {
-		case "":
-			aud = m.token.String()
-		case "issuer":
-			if m.issuer == "" {
-				return nil, errors.New(`AssertionAudience "issuer" needs an Endpoint with discoverable metadata`)
-			}
-			aud = m.issuer
-		}
-		jwt, err := c.assert.sign(c.cfg.ClientID, aud, c.serverNow())
+		jwt, err := c.signAssertion(m)
 		if err != nil {
 			return nil, err
 		}
@@ -110,6 +110,31 @@ func (c *Client) authenticate(form url.Values, m *metadata, x *exchange) (http.H
 		form.Set("client_id", c.cfg.ClientID)
 	}
 	return nil, nil
+}
+
+// signAssertion signs a fresh assertion (new jti) about the client:
+// iss = sub = ClientID, aud per Config.AssertionAudience.
+func (c *Client) signAssertion(m *metadata) (string, error) {
+	aud := c.cfg.AssertionAudience
+	switch aud {
+	case "":
+		aud = m.token.String()
+	case "issuer":
+		if m.issuer == "" {
+			return "", errors.New(`AssertionAudience "issuer" needs an Endpoint with discoverable metadata`)
+		}
+		aud = m.issuer
+	}
+	return c.assert.sign(c.cfg.ClientID, aud, c.serverNow())
+}
+
+// grantAssertion is the jwt-bearer grant's assertion: the file's current
+// content, or a freshly signed one.
+func (c *Client) grantAssertion(m *metadata) (string, error) {
+	if c.grantJWT != nil {
+		return c.grantJWT.read()
+	}
+	return c.signAssertion(m)
 }
 
 // tokenResponse is RFC 6749 §5.1, plus refresh_expires_in, which Keycloak
@@ -127,10 +152,10 @@ type tokenResponse struct {
 // server accepted the request and may have rotated the refresh token.
 func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, error) {
 	bad := func(what string) error {
-		return x.fail(x.lost(), resp.Status, errors.New("malformed token response: "+what))
+		return x.fail(x.lost(resp.Status), resp.Status, errors.New("malformed token response: "+what))
 	}
 	if resp.BodyErr != nil {
-		return nil, x.fail(x.lost(), resp.Status, resp.BodyErr)
+		return nil, x.fail(x.lost(resp.Status), resp.Status, resp.BodyErr)
 	}
 	var tr tokenResponse
 	if err := wire.UnmarshalExact(resp.Body, &tr); err != nil {

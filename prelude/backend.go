@@ -2,15 +2,50 @@ package prelude
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
-// Backend adapts a Client to tokencache.Backend.
+func init() { tokencache.Register(BackendName, Open) }
+
+// BackendName is the name Prelude's backend is registered under.
+const BackendName = "prelude"
+
+// Settings are the backend's settings, as its tokencache.Factory (Open)
+// reads them.
+type Settings struct {
+	// URL is the base URL of the Prelude Session frontend API.
+	URL string `json:"url"`
+	// Email and Password, when set, are the automatic login.
+	Email    string `json:"email,omitempty"`
+	Password string `json:"password,omitempty"`
+}
+
+// Open is the backend's tokencache.Factory: it builds a Backend from
+// Settings in JSON. It does no network I/O.
+func Open(raw json.RawMessage) (tokencache.Backend, error) {
+	var s Settings
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("prelude settings: %w", err)
+	}
+	c, err := New(s.URL, Options{})
+	if err != nil {
+		return nil, err
+	}
+	return Backend{Client: c, Email: s.Email, Password: s.Password}, nil
+}
+
+// Backend adapts a Client to tokencache.Backend. The Client is embedded,
+// so the admin API reaches its Prelude-only calls (StartOTPLogin,
+// ListSessions, RevokeSessions) through the backend, by interface.
 type Backend struct {
-	Client *Client
+	*Client
+	// Email and Password, when set, are the automatic login (AutoLogin).
+	Email, Password string
 }
 
 var _ tokencache.Backend = Backend{}
@@ -19,34 +54,46 @@ var _ tokencache.Backend = Backend{}
 var errNoClient = errors.New("prelude: no Client configured")
 
 // Refresh implements tokencache.Backend: it rotates refreshToken and
-// returns the new grant. Errors wrap tokencache.ErrSessionDead for
-// KindDead and tokencache.ErrOutcomeUnknown for KindUnknownOutcome; every
-// error still wraps the *Error, whose RetryAfter method carries any
-// Retry-After hint.
+// returns the new grant. Errors are *Error, classified through Kind.Class.
 func (b Backend) Refresh(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
 	if b.Client == nil {
 		return nil, errNoClient
 	}
 	t, err := b.Client.Refresh(ctx, key, refreshToken)
 	if err != nil {
-		return nil, cacheError(err)
+		return nil, err
 	}
 	return t.Grant(), nil
 }
 
 // Revoke implements tokencache.Backend (logout). A session that was already
-// gone yields an error wrapping tokencache.ErrSessionDead.
+// gone yields an error matching tokencache.ErrSessionDead.
 func (b Backend) Revoke(ctx context.Context, key *dpop.Key, refreshToken string) error {
 	if b.Client == nil {
 		return errNoClient
 	}
-	return cacheError(b.Client.Revoke(ctx, key, refreshToken))
+	return b.Client.Revoke(ctx, key, refreshToken)
+}
+
+// AutoLogin implements tokencache.Backend: the configured email and
+// password, or nil.
+func (b Backend) AutoLogin() tokencache.LoginFunc {
+	if b.Email == "" {
+		return nil
+	}
+	return b.PasswordLogin(b.Email, b.Password)
+}
+
+// PasswordLogin is the operator's password login through b's client.
+func (b Backend) PasswordLogin(email, password string) tokencache.LoginFunc {
+	return PasswordLogin(b.Client, email, password)
 }
 
 // PasswordLogin returns a tokencache.LoginFunc that logs in with email and
 // password (LoginPassword, then Finalize with the given key, forwarding the
 // previous refresh token so the replaced session is revoked). Rejected
-// credentials wrap tokencache.ErrSessionDead: retrying will not help.
+// credentials match tokencache.ErrCredentialsRejected: retrying will not
+// help.
 func PasswordLogin(c *Client, email, password string) tokencache.LoginFunc {
 	return func(ctx context.Context, key *dpop.Key, previousRefreshToken string) (*tokencache.Grant, error) {
 		if c == nil {
@@ -54,11 +101,11 @@ func PasswordLogin(c *Client, email, password string) tokencache.LoginFunc {
 		}
 		challenge, err := c.LoginPassword(ctx, email, password)
 		if err != nil {
-			return nil, cacheError(err)
+			return nil, err
 		}
 		t, err := c.Finalize(ctx, key, challenge, previousRefreshToken)
 		if err != nil {
-			return nil, cacheError(err)
+			return nil, err
 		}
 		return t.Grant(), nil
 	}

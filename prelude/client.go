@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/internal/wire"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // Defaults applied by New for zero Options fields.
@@ -148,7 +149,7 @@ type reply struct {
 
 // fail builds an Error for c; cause may be nil.
 func (c *call) fail(kind Kind, status int, cause error) *Error {
-	e := &Error{Op: c.op, Status: status, Kind: kind, err: cause}
+	e := &Error{Failure: tokencache.Failure{Class: kind.Class(), Status: status}, Op: c.op, Kind: kind, err: cause}
 	if cause != nil {
 		e.detail = wire.Scrub(cause.Error(), c.secrets)
 	}
@@ -160,20 +161,17 @@ func (c *call) refuse(msg string) *Error {
 	return c.fail(KindCaller, 0, errors.New(msg))
 }
 
-// afterWrite is the Kind for a request that reached the server without a
-// usable answer: only a GET is known to have no effect.
-func (c *call) afterWrite() Kind {
-	if c.method == http.MethodGet {
-		return KindTransient
-	}
-	return KindUnknownOutcome
+// lost is the Kind for a request that reached the server without a usable
+// answer (status: the 2xx whose body failed, or 0).
+func (c *call) lost(status int) Kind {
+	return c.kind(tokencache.Attempt{Written: true, Status: status}, 0)
 }
 
 // malformed is the error for a 2xx response whose content cannot be used.
 // The server accepted the request, so whatever it changed (a rotated refresh
 // token, a new session) may have happened.
 func (c *call) malformed(rep *reply, what string) *Error {
-	return c.fail(c.afterWrite(), rep.Status, errors.New("malformed response: "+what))
+	return c.fail(c.lost(rep.Status), rep.Status, errors.New("malformed response: "+what))
 }
 
 // do sends c and returns the 2xx reply or an *Error. A DPoP-signed request
@@ -215,10 +213,10 @@ func (cl *Client) do(ctx context.Context, c *call) (*reply, error) {
 		}
 		if c.key != nil {
 			switch {
-			case code == codeUseNonce && !nonceRetried && rep.Header.Get("DPoP-Nonce") != "":
+			case code == wire.CodeUseDPoPNonce && !nonceRetried && rep.Header.Get("DPoP-Nonce") != "":
 				nonceRetried = true // send stored the nonce; the new proof uses it
 				continue
-			case code == codeInvalidProof && !skewRetried && time.Duration(cl.skew.Load()) != skew:
+			case code == wire.CodeInvalidDPoPProof && !skewRetried && time.Duration(cl.skew.Load()) != skew:
 				skewRetried = true
 				continue
 			}
@@ -275,11 +273,7 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte,
 	}
 	r, written, err := wire.Do(hc, req, cl.maxBody, cl.nonces.Observe)
 	if err != nil {
-		kind := KindTransient
-		if written {
-			kind = c.afterWrite()
-		}
-		return nil, c.fail(kind, 0, err)
+		return nil, c.fail(c.kind(tokencache.Attempt{Written: written}, 0), 0, err)
 	}
 	rep := &reply{Reply: r}
 	if !r.Date.IsZero() {
@@ -309,7 +303,7 @@ func clockSkew(localNow, date time.Time) time.Duration {
 // names exactly as the SDKs do (wire.UnmarshalExact).
 func (c *call) decode(rep *reply, v any) error {
 	if rep.BodyErr != nil {
-		return c.fail(c.afterWrite(), rep.Status, rep.BodyErr)
+		return c.fail(c.lost(rep.Status), rep.Status, rep.BodyErr)
 	}
 	if err := wire.UnmarshalExact(rep.Body, v); err != nil {
 		return c.malformed(rep, "body is not the expected JSON")

@@ -2,8 +2,6 @@ package prelude
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -15,34 +13,14 @@ import (
 // where the HTTP exchange is understood, so that callers never have to
 // interpret status codes or server error codes themselves.
 //
-// Kind, Error and classify look like package oauth's but are not shared:
-// they are each package's public API, and the classes differ (oauth tells
-// a rejected client configuration from a rejected request, and kills only
-// on invalid_grant). Only the formatting and scrubbing are common, in
-// internal/wire.
-//
-// # What proves the server did not act
-//
-// A refresh presents a single-use refresh token: presenting it again after
-// the server rotated it is token reuse, and Prelude revokes the session.
-// So a failed refresh is KindTransient (the same token may be presented
-// again) only when the answer proves the server did not act on it:
-//
-//   - the request was never fully written (connection refused, DNS or TLS
-//     failure, a reset before httptrace reports WroteRequest);
-//   - 429 Too Many Requests (with or without Retry-After);
-//   - 503 Service Unavailable with a Retry-After header;
-//   - a 400 or 401 whose code is about the DPoP proof or nonce:
-//     invalid_dpop_proof, missing_dpop_proof, use_dpop_nonce (the server
-//     checks the proof before it looks at the token), and
-//     dpop_key_mismatch, which is KindKeyMismatch.
-//
-// Everything else after the request was written — 500, 502, 504, a 503
-// without Retry-After, any other 3xx/4xx that is not a session verdict, a
-// timeout or reset while waiting, a 2xx that cannot be used — is
-// KindUnknownOutcome for a refresh: the server (or the one behind a load
-// balancer that answered for it) may have rotated, so that token is never
-// presented again. 401 unauthorized and token_reused are KindDead.
+// Kind stays exported: it is this package's public API for programs that
+// use the Client directly (an OTP code that was wrong is KindCaller, a
+// DPoP key mismatch KindKeyMismatch), finer than the token engine needs.
+// Each Kind maps onto exactly one tokencache.Class (see Kind.Class), and
+// the rules for what proves the server did not act are tokencache's
+// (tokencache.Attempt), not repeated here. Prelude's own verdicts: 401 on
+// a password login rejects the credentials; any other 401, unauthorized
+// and token_reused end the session; dpop_key_mismatch is a bug to report.
 type Kind int
 
 const (
@@ -51,77 +29,60 @@ const (
 	// prove the server did not act, so the refresh token that was sent is
 	// still valid. For calls that spend nothing (login steps, listing) it
 	// is also any 5xx or a lost answer to a GET.
-	KindTransient Kind = iota + 1
+	KindTransient = Kind(tokencache.ClassRetryLater)
 	// KindDead: the session is not accepted and never will be (401,
 	// unauthorized, token_reused on a call that carries a refresh or
 	// access token). Log in again.
-	KindDead
+	KindDead = Kind(tokencache.ClassSessionDead)
 	// KindCredentials: the server refused the login credentials (401 on
 	// email + password login). Retrying the same credentials cannot
 	// succeed and may lock the account.
-	KindCredentials
+	KindCredentials = Kind(tokencache.ClassCredentialsRejected)
 	// KindKeyMismatch: the server says the DPoP proof is not signed by the
 	// key the session is bound to (dpop_key_mismatch). The token was not
 	// spent, but the session was logged in with that very key, so this is
 	// a bug (ours, the storage's or the server's) to report, not a reason
 	// to log in again in a loop: the token cache retries with backoff and
 	// the error text says what happened.
-	KindKeyMismatch
+	KindKeyMismatch Kind = 100
 	// KindCaller: the server rejected the request as such (any other 4xx
 	// on a call that spends nothing, including a wrong OTP code, an
 	// unexpected 3xx, or arguments this package refused before sending).
 	// Retrying the same request will fail the same way.
-	KindCaller
+	KindCaller = Kind(tokencache.ClassDidNotAct)
 	// KindUnknownOutcome: the request was written but no usable answer came
 	// back: no response, a 2xx whose body could not be used, or, for a
 	// refresh, any answer not listed above as proving the server did not
 	// act. The server may have acted on it: treat the refresh token as
 	// spent.
-	KindUnknownOutcome
+	KindUnknownOutcome = Kind(tokencache.ClassOutcomeUnknown)
 )
 
-// String returns a short lower-case label, used in Error.Error.
+// String returns a short lower-case label, used in Error.Error: the
+// class's, or for a key mismatch what to do about it.
 func (k Kind) String() string {
-	switch k {
-	case KindTransient:
-		return "transient"
-	case KindDead:
-		return "session dead"
-	case KindCredentials:
-		return "credentials rejected"
-	case KindKeyMismatch:
+	if k == KindKeyMismatch {
 		return "DPoP key mismatch: the server does not accept the key this session was logged in with; this is a bug, please report it"
-	case KindCaller:
-		return "rejected"
-	case KindUnknownOutcome:
-		return "outcome unknown"
-	default:
-		return "unclassified"
 	}
+	return k.Class().String()
 }
 
 // Error is the only error type the Client returns. Its text never contains
 // tokens, passwords, codes or keys: server messages are scrubbed of every
 // secret the request carried before they are stored.
 type Error struct {
+	// Failure is the error in the token engine's terms: the class of Kind,
+	// the HTTP status (0 when no response was received), the server's
+	// machine-readable code ("" when the body was not a Prelude error
+	// envelope, e.g. a proxy's HTML page), its message (sanitised and
+	// truncated) and its Retry-After hint on 429 and 503 (RetryDelay, also
+	// the RetryAfter method that tokencache.RetryAfterError asks for).
+	tokencache.Failure
 	// Op names the API call ("refresh", "finalize", "list_sessions", …).
 	Op string
-	// Status is the HTTP status, or 0 when no response was received.
-	Status int
-	// Code is the server's machine-readable error code ("" when the body
-	// was not a Prelude error envelope, e.g. a proxy's HTML page).
-	Code string
 	// Type is the envelope's "type" (the error's category, e.g.
 	// "bad_request"); "" when absent.
 	Type string
-	// Message is the server's human-readable message, sanitised and
-	// truncated.
-	Message string
-	// RetryDelay is the server's Retry-After hint on 429 and 503 (0 when
-	// absent). It is exposed through the RetryAfter method, which is what
-	// tokencache.RetryAfterError asks for; a field of that name cannot
-	// coexist with the method.
-	RetryDelay time.Duration
 	// Kind classifies the failure; see the Kind constants.
 	Kind Kind
 
@@ -144,44 +105,21 @@ func (e *Error) Error() string {
 // error), so errors.Is(err, context.DeadlineExceeded) works.
 func (e *Error) Unwrap() error { return e.err }
 
-// RetryAfter returns RetryDelay; it makes *Error a
-// tokencache.RetryAfterError.
-func (e *Error) RetryAfter() time.Duration { return e.RetryDelay }
-
 // FailureReason says which tokencache.Reason* constant explains e; it
 // makes *Error a tokencache.ReasonError.
 func (e *Error) FailureReason() string {
 	switch {
-	case e.Code == codeUseNonce:
-		return tokencache.ReasonNonce
-	case proofCodes[e.Code] || e.Kind == KindKeyMismatch:
+	case e.Kind == KindKeyMismatch:
 		return tokencache.ReasonDPoPRejected
-	case e.Kind == KindCredentials:
-		return tokencache.ReasonInvalidClient
-	case e.Kind == KindDead:
-		return tokencache.ReasonInvalidGrant
 	case e.Kind == KindCaller && e.Status == 0:
 		return tokencache.ReasonOther // refused before sending
 	}
-	return wire.Reason(e.Status, e.err)
+	return wire.FailureReason(&e.Failure, e.err)
 }
 
-// Server codes that decide a Kind.
-const (
-	codeUseNonce     = "use_dpop_nonce"
-	codeInvalidProof = "invalid_dpop_proof"
-	codeKeyMismatch  = "dpop_key_mismatch"
-)
-
-// proofCodes are the codes about the DPoP proof or nonce. The server
-// checks the proof before it touches the refresh token, so these prove it
-// did not act; the official web SDK treats them all as a bad request, not
-// as the end of the session.
-var proofCodes = map[string]bool{
-	codeInvalidProof:     true,
-	"missing_dpop_proof": true,
-	codeUseNonce:         true,
-}
+// codeKeyMismatch is Prelude's answer to a proof signed by another key
+// than the session's.
+const codeKeyMismatch = "dpop_key_mismatch"
 
 // deadCodes are the server codes that mean the session is gone whatever
 // the status: a reused token means the server has revoked the session.
@@ -191,31 +129,42 @@ var deadCodes = map[string]bool{
 }
 
 // classify maps a non-2xx answer to c to a Kind. retryAfter says whether
-// the answer carried a usable Retry-After header. See Kind for the rules.
+// the answer carried a usable Retry-After header. The shared rules are
+// tokencache.Attempt's; only Prelude's own verdicts are decided here.
 func (c *call) classify(status int, code string, retryAfter bool) Kind {
 	proofAnswer := status == http.StatusBadRequest || status == http.StatusUnauthorized
+	var verdict Kind
 	switch {
-	case proofAnswer && proofCodes[code]:
-		// Reaching here means the in-call retry (nonce, re-dated proof)
-		// was spent or not possible; the token cache backs off and tries
-		// again with a fresh proof.
-		return KindTransient
 	case proofAnswer && code == codeKeyMismatch:
-		return KindKeyMismatch
-	case status == http.StatusTooManyRequests,
-		status == http.StatusServiceUnavailable && retryAfter:
-		return KindTransient
+		verdict = KindKeyMismatch
 	case c.op == opLoginPassword && status == http.StatusUnauthorized:
-		return KindCredentials
+		verdict = KindCredentials
 	case status == http.StatusUnauthorized || deadCodes[code]:
-		return KindDead
-	case c.spends:
-		return KindUnknownOutcome
-	case status >= 500:
-		return KindTransient
-	default:
-		return KindCaller
+		verdict = KindDead
 	}
+	return c.kind(tokencache.Attempt{Status: status, Written: true, ProofRejected: wire.ProofCode(code), RetryAfter: retryAfter}, verdict)
+}
+
+// kind completes a with what c is and applies the shared rules. verdict
+// (0: none) is Prelude's reading of the answer, kept where the rules agree
+// with its class.
+func (c *call) kind(a tokencache.Attempt, verdict Kind) Kind {
+	a.Spends, a.Repeatable = c.spends, c.method == http.MethodGet
+	a.Verdict = verdict.Class()
+	if cl := a.Class(); verdict == 0 || verdict.Class() != cl {
+		return Kind(cl)
+	}
+	return verdict
+}
+
+// Class is the token engine's class of k: each Kind but KindKeyMismatch
+// is one by value. A key mismatch spent nothing, so the engine backs off
+// and the error text asks for a report.
+func (k Kind) Class() tokencache.Class {
+	if k == KindKeyMismatch {
+		return tokencache.ClassRetryLater
+	}
+	return tokencache.Class(k)
 }
 
 // envelope extracts code, message and type from an error body. Prelude
@@ -244,23 +193,3 @@ func envelope(body []byte) (code, message, typ string) {
 // a caller for years (or overflow a Duration). The token cache applies its
 // own, lower cap.
 const maxRetryAfter = 24 * time.Hour
-
-// cacheError adds the tokencache sentinel matching err's Kind, keeping err
-// in the chain: KindDead → ErrSessionDead, KindUnknownOutcome →
-// ErrOutcomeUnknown, KindCredentials → ErrCredentialsRejected. Every other
-// Kind is left bare, which tells the cache the server did not act.
-func cacheError(err error) error {
-	var e *Error
-	if !errors.As(err, &e) {
-		return err
-	}
-	switch e.Kind {
-	case KindDead:
-		return fmt.Errorf("%w: %w", tokencache.ErrSessionDead, err)
-	case KindUnknownOutcome:
-		return fmt.Errorf("%w: %w", tokencache.ErrOutcomeUnknown, err)
-	case KindCredentials:
-		return fmt.Errorf("%w: %w", tokencache.ErrCredentialsRejected, err)
-	}
-	return err
-}

@@ -96,7 +96,7 @@ func (l *OTPLogin) Login(code string) tokencache.LoginFunc {
 	return func(ctx context.Context, key *dpop.Key, previousRefreshToken string) (*tokencache.Grant, error) {
 		t, err := l.check(ctx, key, code, previousRefreshToken)
 		if err != nil {
-			return nil, cacheError(err)
+			return nil, err
 		}
 		return t.Grant(), nil
 	}

@@ -47,7 +47,7 @@ func TestOTPLoginFlows(t *testing.T) {
 			if _, err := c.Refresh(ctx, key, g.RefreshToken); err != nil {
 				t.Fatalf("new session not pinned to the login's key: %v", err)
 			}
-			if _, err := c.Refresh(ctx, oldKey, old.RefreshToken); !errors.Is(cacheError(err), tokencache.ErrSessionDead) {
+			if _, err := c.Refresh(ctx, oldKey, old.RefreshToken); !errors.Is(err, tokencache.ErrSessionDead) {
 				t.Errorf("previous session still alive: %v", err)
 			}
 			// What went over the wire.

@@ -104,6 +104,9 @@ type gate struct {
 	retryAfter atomic.Int64 // seconds
 	refused    atomic.Int64 // requests answered 503
 	expireIn   atomic.Pointer[time.Duration]
+	// accessToken, when set, replaces the access token of every token
+	// response passed on: a server that issues an unusable value.
+	accessToken atomic.Pointer[string]
 }
 
 func newGate(t *testing.T, next http.Handler) *gate {
@@ -118,8 +121,8 @@ func newGate(t *testing.T, next http.Handler) *gate {
 			_, _ = w.Write([]byte(`{"code":"unavailable","message":"upstream unavailable"}`))
 			return
 		}
-		d := g.expireIn.Load()
-		if d == nil {
+		d, tok := g.expireIn.Load(), g.accessToken.Load()
+		if d == nil && tok == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -128,7 +131,12 @@ func newGate(t *testing.T, next http.Handler) *gate {
 		body := rec.Body.Bytes()
 		var m map[string]any
 		if json.Unmarshal(body, &m) == nil && m["access_token"] != nil {
-			m["expires_at"] = time.Now().Add(*d).Unix()
+			if d != nil {
+				m["expires_at"] = time.Now().Add(*d).Unix()
+			}
+			if tok != nil {
+				m["access_token"] = *tok
+			}
 			body, _ = json.Marshal(m)
 		}
 		for k, v := range rec.Header() {

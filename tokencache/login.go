@@ -181,9 +181,7 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	grant, err := login(cctx, key, prev)
 	o.rtt += c.clock.Now().Sub(t0)
 	cancel()
-	if err == nil && grant == nil {
-		err = errors.New("login returned no grant")
-	}
+	grant, err = received(grant, err, false)
 	if err != nil {
 		o.st.deleteKey(o.ctx, key.Thumbprint())
 		err = fmt.Errorf("login: %w", err)

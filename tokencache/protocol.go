@@ -426,10 +426,7 @@ func (o *op) present(key *dpop.Key, refreshToken string) (*Grant, error) {
 	t0 := c.clock.Now()
 	g, err := c.cfg.Backend.Refresh(cctx, key, refreshToken)
 	o.rtt += c.clock.Now().Sub(t0)
-	if err == nil && g == nil {
-		err = fmt.Errorf("%w: backend returned no grant", ErrOutcomeUnknown)
-	}
-	return g, err
+	return received(g, err, true)
 }
 
 // fenced ends an operation whose write or read-back failed before anything

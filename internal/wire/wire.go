@@ -163,6 +163,36 @@ func (r *Reply) RetryHint(localNow time.Time, limit time.Duration) time.Duration
 	return RetryAfter(r.Header, localNow, limit)
 }
 
+// RFC 9449 error codes about the DPoP proof or nonce. A server checks the
+// proof before it looks at the grant, so these answers prove it did not act.
+const (
+	CodeUseDPoPNonce     = "use_dpop_nonce"
+	CodeInvalidDPoPProof = "invalid_dpop_proof"
+	CodeMissingDPoPProof = "missing_dpop_proof"
+)
+
+// ProofCode reports whether code is one of the DPoP proof or nonce codes.
+func ProofCode(code string) bool {
+	return code == CodeUseDPoPNonce || code == CodeInvalidDPoPProof || code == CodeMissingDPoPProof
+}
+
+// FailureReason is the tokencache.Reason* label of a backend failure: a
+// nonce or proof answer, then the class's verdict, else what the status and
+// transport cause say.
+func FailureReason(f *tokencache.Failure, cause error) string {
+	switch {
+	case f.Code == CodeUseDPoPNonce:
+		return tokencache.ReasonNonce
+	case ProofCode(f.Code):
+		return tokencache.ReasonDPoPRejected
+	case f.Class == tokencache.ClassCredentialsRejected:
+		return tokencache.ReasonInvalidClient
+	case f.Class == tokencache.ClassSessionDead:
+		return tokencache.ReasonInvalidGrant
+	}
+	return Reason(f.Status, cause)
+}
+
 // Reason is the tokencache.Reason* label for a failure that the protocol
 // has no more specific word for: by status (429, 5xx, a 2xx that could not
 // be used) or, with no response (status 0), by the transport error cause:
