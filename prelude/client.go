@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/internal/wire"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // Defaults applied by New for zero Options fields.
@@ -25,6 +26,9 @@ const (
 // headerSDKUserAgent identifies the client library to the server, as the
 // official SDKs do with their own name ("Prelude/0.6.0 … (Web)").
 const headerSDKUserAgent = "X-SDK-User-Agent"
+
+// headerDeviceID carries the session's device id (tokencache.DeviceID).
+const headerDeviceID = "X-Device-Id"
 
 // modulePath is this module's path, looked up in the build info for the
 // version sdkUserAgent reports.
@@ -256,6 +260,12 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte,
 		header = http.Header{}
 	}
 	header.Set(headerSDKUserAgent, sdkUserAgent)
+	if id := tokencache.DeviceID(ctx); id != "" {
+		// The session's own random id (Prelude Auth SDKs ≥ 0.5 send their
+		// install's on every request); absent when no session is behind
+		// the call.
+		header.Set(headerDeviceID, id)
+	}
 	if c.method == http.MethodPost && payload == nil {
 		// The SDK labels its bodiless POSTs (refresh, revoke, me/revoke)
 		// as JSON too; a strict server may insist.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -179,3 +180,54 @@ func TestEngineKeyMismatchReportedNotLooped(t *testing.T) {
 		t.Errorf("status %+v", s)
 	}
 }
+
+// Every request the engine makes to Prelude carries the session's
+// X-Device-Id, the same one across refreshes, a logout, a re-login and a
+// restart over the same storage; another session has another.
+func TestEngineDeviceIDStoredWithSession(t *testing.T) {
+	srv, c := sandboxClient(t, sandbox.Options{})
+	dir := t.TempDir()
+	login := PasswordLogin(c, sandbox.DemoEmail, sandbox.DemoPassword)
+	open := func(name string) *tokencache.Cache {
+		cache, err := tokencache.New(tokencache.Config{Name: name, Storage: &certmagic.FileStorage{Path: dir},
+			Backend: Backend{Client: c}, MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cache.Close)
+		return cache
+	}
+	ctx := context.Background()
+	cache := open("dev")
+	for _, step := range []func() error{
+		func() error { return cache.Login(ctx, login) },
+		func() error { return cache.Refresh(ctx) },
+		func() error { return cache.Logout(ctx) },
+		func() error { return cache.Login(ctx, login) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cache.Close()
+	restarted := open("dev")
+	if err := restarted.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other := open("other")
+	if err := other.Login(ctx, login); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for _, r := range srv.Requests() {
+		ids[r.Header.Get(headerDeviceID)]++
+	}
+	if len(ids) != 2 || ids[""] != 0 || ids[restarted.DeviceID()] != 7 || ids[other.DeviceID()] != 2 {
+		t.Fatalf("X-Device-Id per request: %v (want 7 of %s, 2 of %s)", ids, restarted.DeviceID(), other.DeviceID())
+	}
+	if !uuidV4.MatchString(restarted.DeviceID()) {
+		t.Fatalf("device id %q is not a random UUID", restarted.DeviceID())
+	}
+}
+
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)

@@ -10,13 +10,36 @@ import (
 
 type deviceInfo struct {
 	Type, Model, OSVersion, Country string
+	// ID is the X-Device-Id the session was created with (or first seen
+	// with, for a client that sent none at first): the Prelude Auth SDKs
+	// send one stable id per install, so another id on the session's
+	// refresh token or access token is someone else's client.
+	ID string `json:",omitempty"`
+}
+
+// headerDeviceID is the Prelude Auth SDKs' per-install id header.
+const headerDeviceID = "X-Device-Id"
+
+// checkDevice refuses a request on sess from another device than the one
+// the session is bound to, and binds a session that has none yet. Callers
+// hold mu.
+func (s *Sandbox) checkDevice(r *http.Request, sess *session) *apiError {
+	id := r.Header.Get(headerDeviceID)
+	switch {
+	case id == sess.device.ID:
+		return nil
+	case sess.device.ID == "":
+		sess.device.ID = id
+		return nil
+	}
+	return errUnauthorized("device_changed", "X-Device-Id is not the session's device")
 }
 
 // deviceFrom guesses what /me/list shows from the User-Agent; good enough
 // to tell two test clients apart.
 func deviceFrom(r *http.Request) deviceInfo {
 	ua := r.UserAgent()
-	d := deviceInfo{Type: "unknown"}
+	d := deviceInfo{Type: "unknown", ID: r.Header.Get(headerDeviceID)}
 	switch {
 	case strings.Contains(ua, "iPad") || strings.Contains(ua, "Tablet"):
 		d.Type = "tablet"
@@ -108,6 +131,9 @@ func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use f
 		sess.revoked = true
 		s.reuseEvents.Add(1)
 		return errUnauthorized("refresh_token_reused", "refresh token already used; session revoked")
+	}
+	if aerr := s.checkDevice(r, sess); aerr != nil {
+		return aerr
 	}
 	return use(sess)
 }
@@ -216,10 +242,16 @@ func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request) (*session, *
 	s.mu.Lock()
 	sess := s.sessions[c.SessionID]
 	live := sess != nil && s.active(sess)
+	if live {
+		aerr = s.checkDevice(r, sess)
+	}
 	s.mu.Unlock()
 	if !live {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		return nil, errUnauthorized("session_revoked", "the token's session has ended")
+	}
+	if aerr != nil {
+		return nil, aerr
 	}
 	if _, aerr := s.checkProof(w, r, sess.jkt, false); aerr != nil {
 		return nil, aerr

@@ -43,7 +43,7 @@ func (c *Cache) Logout(ctx context.Context) error {
 		case live.RefreshToken != "":
 			key, err := c.keyFor(o, live)
 			if err == nil {
-				cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+				cctx, cancel := context.WithTimeout(ContextWithDeviceID(o.ctx, c.deviceOf(live)), c.cfg.CallTimeout)
 				err = c.cfg.Backend.Revoke(cctx, key, live.RefreshToken)
 				cancel()
 			}
@@ -159,7 +159,9 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	if live.spent() {
 		prev = ""
 	}
-	cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+	// The device outlives its sessions: a re-login keeps the stored id.
+	device := c.deviceOf(orEmpty(over))
+	cctx, cancel := context.WithTimeout(ContextWithDeviceID(o.ctx, device), c.cfg.CallTimeout)
 	t0 := c.clock.Now()
 	grant, err := login(cctx, key, prev)
 	o.rtt += c.clock.Now().Sub(t0)
@@ -178,7 +180,7 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 		}
 		return nil, o.fail(OutcomeLoginFail, reasonOf(err, ReasonOther), err)
 	}
-	next := &record{KeyThumbprint: key.Thumbprint(), Writer: o.id}
+	next := &record{KeyThumbprint: key.Thumbprint(), Writer: o.id, DeviceID: device}
 	if over != nil {
 		next.Generation = o.nextGen(over)
 	}

@@ -65,6 +65,8 @@ type op struct {
 	start time.Time
 	rtt   time.Duration // token server round trips
 	prev  time.Time     // expiry of the token being replaced (Event.Lead)
+	// device is the X-Device-Id a refresh presents with (see device.go).
+	device string
 	// floor is a generation every later write of this operation goes
 	// above: the highest one claimed when it stood down (see standDown).
 	floor int64
@@ -160,6 +162,9 @@ func (o *op) successor(r *record) *record {
 // other record stays as written, even one that may have overwritten newer
 // state, because rewriting it would reopen the same gap.
 func (o *op) write(over, next *record) error {
+	if next.DeviceID == "" {
+		next.DeviceID = o.c.deviceOf(over)
+	}
 	if over == nil || over.Generation == 0 && over.Writer == "" {
 		// A first record, or one replacing unreadable or lost state:
 		// claims left from before would contest every write from now on.
@@ -284,6 +289,7 @@ func (o *op) refresh() (*snapshot, error) {
 		over = intent
 	}
 	o.prev = rec.Expiry
+	o.device = c.deviceOf(over)
 	grant, err := o.present(key, rec.RefreshToken)
 	switch {
 	case err == nil:
@@ -323,7 +329,7 @@ func (o *op) present(key *dpop.Key, refreshToken string) (*Grant, error) {
 	cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
 	defer cancel()
 	t0 := c.clock.Now()
-	g, err := c.cfg.Backend.Refresh(cctx, key, refreshToken)
+	g, err := c.cfg.Backend.Refresh(ContextWithDeviceID(cctx, o.device), key, refreshToken)
 	o.rtt += c.clock.Now().Sub(t0)
 	if err == nil && g == nil {
 		err = fmt.Errorf("%w: backend returned no grant", ErrOutcomeUnknown)
