@@ -158,6 +158,8 @@ func (e *Error) FailureReason() string {
 		return tokencache.ReasonDPoPRejected
 	case e.Kind == KindCredentials:
 		return tokencache.ReasonInvalidClient
+	case e.Code == codeTokenReused:
+		return tokencache.ReasonTokenReused
 	case e.Kind == KindDead:
 		return tokencache.ReasonInvalidGrant
 	case e.Kind == KindCaller && e.Status == 0:
@@ -171,6 +173,10 @@ const (
 	codeUseNonce     = "use_dpop_nonce"
 	codeInvalidProof = "invalid_dpop_proof"
 	codeKeyMismatch  = "dpop_key_mismatch"
+	// codeTokenReused: a single-use token was presented twice; on a
+	// refresh the server has revoked the session (Prelude Auth SDKs map
+	// it, with 409, to their TokenReused error).
+	codeTokenReused = "token_reused"
 )
 
 // proofCodes are the codes about the DPoP proof or nonce. The server
@@ -187,7 +193,7 @@ var proofCodes = map[string]bool{
 // the status: a reused token means the server has revoked the session.
 var deadCodes = map[string]bool{
 	"unauthorized": true,
-	"token_reused": true,
+	codeTokenReused: true,
 }
 
 // classify maps a non-2xx answer to c to a Kind. retryAfter says whether

@@ -95,7 +95,7 @@ func TestReuseRevokesSession(t *testing.T) {
 	second, _ := cl.mustRefresh(first)
 	newest, _ := cl.mustRefresh(second)
 
-	expect(t, cl.refresh(first), http.StatusUnauthorized, "unauthorized")
+	expect(t, cl.refresh(first), http.StatusConflict, "token_reused")
 	if got := srv.Stats().ReuseEvents; got != 1 {
 		t.Fatalf("ReuseEvents = %d, want 1", got)
 	}

@@ -130,7 +130,9 @@ func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use f
 		// tokens; the only safe answer is to end it for both.
 		sess.revoked = true
 		s.reuseEvents.Add(1)
-		return errUnauthorized("refresh_token_reused", "refresh token already used; session revoked")
+		// 409 token_reused, the code and status the Prelude Auth SDKs
+		// (Android 0.6, iOS 0.7) map to their TokenReused error.
+		return &apiError{http.StatusConflict, "token_reused", "refresh_token_reused", "refresh token already used; session revoked"}
 	}
 	if aerr := s.checkDevice(r, sess); aerr != nil {
 		return aerr

@@ -439,7 +439,16 @@ func (o *op) kill(over *record, reason string, keepAccess bool, why string) (*sn
 	if keepAccess {
 		outcome = OutcomeUnknown
 	}
-	c.log().Warn("session ended", zap.String("session", c.cfg.Name), zap.String("reason", reason))
+	if why == ReasonTokenReused {
+		// Not a routine end: the server saw one of this session's refresh
+		// tokens twice, and the engine presents each once.
+		reason = "the server revoked the session for refresh token reuse (token_reused): " + reason
+		next.Reason = reason
+		c.log().Error("session revoked by the server for refresh token reuse; another party may hold its tokens, or storage was restored from an old copy",
+			zap.String("session", c.cfg.Name), zap.String("reason", reason))
+	} else {
+		c.log().Warn("session ended", zap.String("session", c.cfg.Name), zap.String("reason", reason))
+	}
 	if err := o.writeRetry(over, next); err != nil {
 		return o.fenced(err)
 	}
