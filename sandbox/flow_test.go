@@ -150,7 +150,7 @@ func TestDropAfterRotate(t *testing.T) {
 		t.Fatalf("RefreshSuccesses = %d, want 1 (rotated server-side)", st.RefreshSuccesses)
 	}
 	// The token was rotated, so presenting it again is reuse.
-	expect(t, cl.refresh(token), http.StatusUnauthorized, "unauthorized")
+	expect(t, cl.refresh(token), http.StatusConflict, "token_reused")
 	if st := srv.Stats(); st.ReuseEvents != 1 {
 		t.Fatalf("ReuseEvents = %d, want 1", st.ReuseEvents)
 	}
@@ -182,7 +182,7 @@ func TestFaultRefreshes(t *testing.T) {
 		if r.Status != status || r.code() != "" {
 			t.Errorf("after rotate %d: got %v", status, r)
 		}
-		expect(t, cl.refresh(token), http.StatusUnauthorized, "unauthorized") // spent: reuse
+		expect(t, cl.refresh(token), http.StatusConflict, "token_reused") // spent: reuse
 		token, _ = cl.login("fault@example.com", "")
 	}
 	if st := srv.Stats(); st.ReuseEvents != 3 || st.RefreshSuccesses != 4 {
