@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/prometheus/client_golang/prometheus"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -114,6 +115,9 @@ type session struct {
 	// rsNonces are the DPoP nonces resource servers sent, per origin; they
 	// outlive the cache so a rebuild keeps them.
 	rsNonces dpop.NonceStore
+	// rsClocks are the resource servers' clock offsets, per origin, learned
+	// from their Date headers; proofs sent upstream are dated on them.
+	rsClocks dpop.ClockStore
 	// firstProofs is dpop_proofs_total{session, first}, resolved once: a
 	// label lookup per request is measurable on the hot path.
 	firstProofs prometheus.Counter
@@ -153,6 +157,30 @@ func (s *session) cache() *tokencache.Cache { return s.tc.Load() }
 
 // settings returns the settings in force.
 func (s *session) settings() *settings { return s.set.Load() }
+
+// tokenServerSkew is the OAuth token server's clock offset (0 for Prelude,
+// whose access tokens are not DPoP-bound).
+func (s *session) tokenServerSkew() time.Duration {
+	if o := s.settings().oauth; o != nil {
+		return o.Skew()
+	}
+	return 0
+}
+
+// proofTime is the iat of a proof for htu: now on that origin's clock as
+// its Date headers showed it; before it has sent one, on the token
+// server's clock, since a gateway whose own clock is off is off for every
+// server alike. Zero means the local clock.
+func (s *session) proofTime(htu *url.URL) time.Time {
+	skew, ok := s.rsClocks.Skew(htu)
+	if !ok {
+		skew = s.tokenServerSkew()
+	}
+	if skew == 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(-skew)
+}
 
 // Destruct stops the background refresher once no config uses the session,
 // and stops exporting its metrics.

@@ -171,8 +171,11 @@ func (e *Error) FailureReason() string {
 // OAuth error codes (RFC 6749 §5.2, RFC 8707 §2, RFC 9449 §7.1) that
 // decide a Kind.
 const (
-	codeInvalidGrant  = "invalid_grant"
-	codeUseDPoPNonce  = "use_dpop_nonce"
+	codeInvalidGrant = "invalid_grant"
+	codeUseDPoPNonce = "use_dpop_nonce"
+	// codeInvalidProof: the DPoP proof was refused, most often for an
+	// iat off the server's clock; the server did not act on the request.
+	codeInvalidProof  = "invalid_dpop_proof"
 	codeInvalidClient = "invalid_client"
 )
 

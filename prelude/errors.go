@@ -192,7 +192,7 @@ var proofCodes = map[string]bool{
 // deadCodes are the server codes that mean the session is gone whatever
 // the status: a reused token means the server has revoked the session.
 var deadCodes = map[string]bool{
-	"unauthorized": true,
+	"unauthorized":  true,
 	codeTokenReused: true,
 }
 
