@@ -97,8 +97,13 @@ func (s *Sandbox) issue(r *http.Request, sess *session, rotate bool) (grant, *ap
 // The proof is verified against the session's pinned key before the token's
 // state is looked at, so neither a bad proof nor a stolen token without the
 // key can spend it or trigger reuse revocation.
-func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use func(*session) *apiError) *apiError {
-	token, present, aerr := singleHeader(r, "X-Refresh-Token")
+//
+// logout marks a /revoke: one authorised by the refresh cookie alone may
+// come without a proof (the web SDK logs out so when it has lost its DPoP
+// key; revoking only ends the session). A proof that is sent is checked
+// all the same, and every /refresh needs one.
+func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, logout bool, use func(*session) *apiError) *apiError {
+	token, present, viaCookie, aerr := refreshTokenOf(r)
 	if aerr != nil {
 		return aerr
 	}
@@ -109,12 +114,12 @@ func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use f
 	if sess != nil {
 		jkt = sess.jkt // immutable after creation
 	}
-	if _, aerr := s.checkProof(w, r, jkt, true); aerr != nil {
+	if _, aerr := s.checkProof(w, r, jkt, !(logout && viaCookie)); aerr != nil {
 		return aerr
 	}
 	switch {
 	case !present:
-		return errUnauthorized("missing_refresh_token", "X-Refresh-Token is required")
+		return errUnauthorized("missing_refresh_token", "X-Refresh-Token or the "+cookieRefresh+" cookie is required")
 	case sess == nil:
 		return errUnauthorized("unknown_refresh_token", "unknown refresh token")
 	}
@@ -162,7 +167,7 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	var g grant
 	var drop, faulty bool
 	var fault Fault
-	aerr := s.withRefreshToken(w, r, func(sess *session) *apiError {
+	aerr := s.withRefreshToken(w, r, false, func(sess *session) *apiError {
 		if fault, faulty = s.takeFault(); faulty && !fault.AfterRotate {
 			return nil // answered below, nothing spent
 		}
@@ -193,6 +198,7 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	case drop:
 		dropConnection(w)
 	default:
+		setRefreshCookie(w, r, g)
 		writeGrant(w, g)
 	}
 	return nil
@@ -221,7 +227,7 @@ func (s *Sandbox) handleRevoke(w http.ResponseWriter, r *http.Request) *apiError
 	if aerr := decodeJSON(r, &struct{}{}, true); aerr != nil {
 		return aerr
 	}
-	aerr := s.withRefreshToken(w, r, func(sess *session) *apiError {
+	aerr := s.withRefreshToken(w, r, true, func(sess *session) *apiError {
 		sess.revoked = true
 		return nil
 	})
@@ -229,6 +235,9 @@ func (s *Sandbox) handleRevoke(w http.ResponseWriter, r *http.Request) *apiError
 		return aerr
 	}
 	s.revokes.Add(1)
+	if fromBrowser(r) {
+		http.SetCookie(w, refreshCookie(r, "", time.Time{}))
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
