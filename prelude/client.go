@@ -80,7 +80,7 @@ type Options struct {
 	MaxResponseBytes int64
 }
 
-// Client talks to one Prelude Session frontend (one app). It is safe for
+// Client talks to one Prelude Auth frontend (one app). It is safe for
 // concurrent use; it holds no session state except DPoP nonces and the
 // last observed server clock skew, both of which are per server rather than
 // per session.

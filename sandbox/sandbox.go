@@ -53,7 +53,7 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Sandbox is a strict in-memory stand-in for the Prelude Session frontend
+// Sandbox is a strict in-memory stand-in for the Prelude Auth frontend
 // API. It implements http.Handler and is safe for concurrent use.
 type Sandbox struct {
 	clock    func() time.Time
