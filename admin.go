@@ -125,7 +125,9 @@ func dispatch(r *http.Request, path, via string) (any, error) {
 		return nil, errorf(http.StatusBadRequest, adminapi.CodeWrongBackend,
 			"session %q uses the %s backend; %s is only for %s sessions", s.name, b, sub, o.backend)
 	}
-	return o.handle(r.Context(), opCall{s: s, r: r, via: via})
+	// Calls to the token server on the session's behalf carry its device
+	// id (X-Device-Id at Prelude), as the engine's own calls do.
+	return o.handle(s.cache().WithDeviceID(r.Context()), opCall{s: s, r: r, via: via})
 }
 
 // statusOf is a session's status on the wire: every field present.

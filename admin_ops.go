@@ -287,4 +287,5 @@ var (
 	_ otpStarter          = prelude.Backend{}
 	_ deviceSessions      = prelude.Backend{}
 	_ refreshTokenLoginer = (*oauth.Client)(nil)
+	_ serverClock         = (*oauth.Client)(nil)
 )

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -197,6 +198,7 @@ const (
 	answerOK       answer = iota // anything but a challenge of the credential
 	answerNonce                  // 401 asking for a (new) DPoP nonce: same token, new proof
 	answerRejected               // 401: the token was refused
+	answerProof                  // 401 invalid_dpop_proof: same token, a proof dated anew
 )
 
 // classify tells what resp says about the credential presented with tok.
@@ -207,14 +209,21 @@ func classify(resp *http.Response, tok *tokencache.Token) answer {
 	if isDPoP(tok) && resp.Header.Get("DPoP-Nonce") != "" && nonceChallenged(resp.Header) {
 		return answerNonce
 	}
+	if isDPoP(tok) && challenged(resp.Header, "invalid_dpop_proof") {
+		return answerProof
+	}
 	return answerRejected
 }
 
 // nonceChallenged reports whether any WWW-Authenticate challenge in h is a
 // DPoP use_dpop_nonce one (servers may send several challenges).
-func nonceChallenged(h http.Header) bool {
+func nonceChallenged(h http.Header) bool { return challenged(h, "use_dpop_nonce") }
+
+// challenged reports whether any WWW-Authenticate challenge in h names
+// error code.
+func challenged(h http.Header, code string) bool {
 	for _, v := range h.Values("WWW-Authenticate") {
-		if strings.Contains(v, "use_dpop_nonce") {
+		if strings.Contains(v, code) {
 			return true
 		}
 	}
@@ -258,13 +267,14 @@ func (b *authHeader) value(tok *tokencache.Token) string {
 
 // presentDPoP sets the credential headers of out, an attempt's own copy of
 // the request: tok as a DPoP Authorization and a fresh proof for htu.
-func presentDPoP(out *http.Request, tok *tokencache.Token, htu *url.URL, nonces *dpop.NonceStore, cache *authHeader) error {
+func presentDPoP(out *http.Request, tok *tokencache.Token, htu *url.URL, nonces *dpop.NonceStore, now time.Time, cache *authHeader) error {
 	if tok.Key == nil {
 		return errors.New("the token is DPoP-bound but the session has no DPoP key")
 	}
 	proof, err := tok.Key.ProofForURL(out.Method, htu, dpop.ProofOptions{
 		AccessToken: tok.Value,
 		Nonce:       nonces.Get(htu),
+		Now:         now,
 	})
 	if err != nil {
 		return fmt.Errorf("signing DPoP proof: %w", err)

@@ -39,7 +39,7 @@ var (
 	}
 	failureReasons = []string{
 		tokencache.ReasonTimeout, tokencache.ReasonConnect, tokencache.ReasonStatus5xx,
-		tokencache.ReasonRateLimited, tokencache.ReasonInvalidGrant, tokencache.ReasonInvalidClient,
+		tokencache.ReasonRateLimited, tokencache.ReasonInvalidGrant, tokencache.ReasonTokenReused, tokencache.ReasonInvalidClient,
 		tokencache.ReasonDPoPRejected, tokencache.ReasonNonce, tokencache.ReasonMalformedResponse,
 		tokencache.ReasonStorage, tokencache.ReasonLostOutcome, tokencache.ReasonUnusableToken,
 		tokencache.ReasonOther,
@@ -80,7 +80,7 @@ var (
 		"session", "outcome")
 
 	refreshFailures = counterVec("refresh_failures_total",
-		"Failed refresh and login attempts by session and reason (timeout, connect, status_5xx, rate_limited, invalid_grant, invalid_client, dpop_rejected, nonce, malformed_response, storage, lost_outcome, unusable_token, other).",
+		"Failed refresh and login attempts by session and reason (timeout, connect, status_5xx, rate_limited, invalid_grant, token_reused, invalid_client, dpop_rejected, nonce, malformed_response, storage, lost_outcome, unusable_token, other).",
 		"session", "reason")
 
 	refreshDuration = histogramVec("refresh_duration_seconds",

@@ -471,6 +471,7 @@ func TestMetricsObserveBoundsLabels(t *testing.T) {
 	hook(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeTransient,
 		Reason: "a backend's brand new reason", Duration: 2 * time.Second})
 	hook(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeTransient, Reason: tokencache.ReasonTimeout})
+	hook(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeDead, Reason: tokencache.ReasonTokenReused})
 	hook(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeRefreshed, Lead: -3 * time.Second})
 	hook(tokencache.Event{Kind: tokencache.EventAttempt, Outcome: tokencache.OutcomeLoggedIn}) // no previous token: no lead
 	hook(tokencache.Event{Kind: tokencache.EventLockWait, Duration: 1500 * time.Millisecond})
@@ -486,7 +487,8 @@ func TestMetricsObserveBoundsLabels(t *testing.T) {
 	}{
 		{"caddy_inject_token_refresh_failures_total", []string{"reason", "other"}, 1},
 		{"caddy_inject_token_refresh_failures_total", []string{"reason", "timeout"}, 1},
-		{"caddy_inject_token_refresh_failures_total", nil, 2},
+		{"caddy_inject_token_refresh_failures_total", []string{"reason", "token_reused"}, 1},
+		{"caddy_inject_token_refresh_failures_total", nil, 3},
 		{"caddy_inject_token_refresh_total", []string{"outcome", "transient"}, 2},
 		{"caddy_inject_token_refresh_duration_seconds_bucket", []string{"outcome", "transient", "le", "1"}, 1},
 		{"caddy_inject_token_refresh_duration_seconds_bucket", []string{"outcome", "transient", "le", "2.5"}, 2},

@@ -78,7 +78,7 @@ type Handler struct {
 	// Default: "default".
 	Session string `json:"session,omitempty"`
 
-	// Prelude is the base URL of the Prelude Session frontend API, e.g.
+	// Prelude is the base URL of the Prelude Auth frontend API, e.g.
 	// "https://acme.session.prelude.dev": absolute http or https, without
 	// query or fragment. Global placeholders such as {env.PRELUDE_URL}
 	// are resolved when the config is loaded. Exactly one of Prelude and

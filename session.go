@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -121,6 +122,9 @@ type session struct {
 	// rsNonces are the DPoP nonces resource servers sent, per origin; they
 	// outlive the cache so a rebuild keeps them.
 	rsNonces dpop.NonceStore
+	// rsClocks are the resource servers' clock offsets, per origin, learned
+	// from their Date headers; proofs sent upstream are dated on them.
+	rsClocks dpop.ClockStore
 	// firstProofs is dpop_proofs_total{session, first}, resolved once: a
 	// label lookup per request is measurable on the hot path.
 	firstProofs prometheus.Counter
@@ -163,6 +167,34 @@ func (s *session) cache() *tokencache.Cache { return s.tc.Load() }
 
 // settings returns the settings in force.
 func (s *session) settings() *settings { return s.set.Load() }
+
+// serverClock is a backend that learns its token server's clock offset
+// (oauth; Prelude's access tokens are not DPoP-bound).
+type serverClock interface{ Skew() time.Duration }
+
+// tokenServerSkew is the token server's clock offset, 0 when the backend
+// does not learn it.
+func (s *session) tokenServerSkew() time.Duration {
+	if b, ok := s.settings().backend.(serverClock); ok {
+		return b.Skew()
+	}
+	return 0
+}
+
+// proofTime is the iat of a proof for htu: now on that origin's clock as
+// its Date headers showed it; before it has sent one, on the token
+// server's clock, since a gateway whose own clock is off is off for every
+// server alike. Zero means the local clock.
+func (s *session) proofTime(htu *url.URL) time.Time {
+	skew, ok := s.rsClocks.Skew(htu)
+	if !ok {
+		skew = s.tokenServerSkew()
+	}
+	if skew == 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(-skew)
+}
 
 // Destruct stops the background refresher once no config uses the session,
 // and stops exporting its metrics.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -119,9 +120,10 @@ var errNoCredential = errors.New("inject_token transport: no token for this requ
 // injected token to the client.
 var errTrace = errors.New("inject_token transport: TRACE is not forwarded with a token")
 
-// maxAttempts bounds one exchange: the first attempt, one nonce retry and
-// one retry with a fresh token.
-const maxAttempts = 3
+// maxAttempts bounds one exchange: the first attempt, one nonce retry, one
+// retry with a proof re-dated on the upstream's clock and one retry with a
+// fresh token.
+const maxAttempts = 4
 
 // RoundTrip owns the exchange with the upstream for one request: it takes
 // the session's token as each attempt leaves (after a small body has been
@@ -145,7 +147,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	cache := c.sess.cache()
-	nonceRetried, freshRetried, kind := false, false, proofFirst
+	nonceRetried, freshRetried, proofRetried, kind := false, false, false, proofFirst
 	for range maxAttempts {
 		tok, err := cache.Token(req.Context())
 		if err != nil {
@@ -157,6 +159,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if htu != nil {
 			c.sess.rsNonces.Set(htu, resp.Header.Get("DPoP-Nonce"))
+			c.sess.rsClocks.Observe(htu, resp.Header.Get("Date"), time.Now(), c.sess.tokenServerSkew() != 0)
 		}
 		switch classify(resp, tok) {
 		case answerNonce:
@@ -165,6 +168,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return resp, nil
 			}
 			nonceRetried, kind = true, proofNonceRetry
+		case answerProof:
+			// Most likely iat off the upstream's clock, which its Date
+			// has just taught: one retry with a proof dated anew, never
+			// more (a proof it rejects for another reason stays rejected).
+			if proofRetried || !c.full {
+				return resp, nil
+			}
+			proofRetried = true
 		case answerRejected:
 			c.rejected(tok, t.logger)
 			if freshRetried || !c.full {
@@ -204,7 +215,7 @@ func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.To
 	var htu *url.URL
 	if isDPoP(tok) {
 		htu = t.htu(req)
-		if err := presentDPoP(out, tok, htu, &c.sess.rsNonces, t.auth); err != nil {
+		if err := presentDPoP(out, tok, htu, &c.sess.rsNonces, c.sess.proofTime(htu), t.auth); err != nil {
 			return nil, nil, fmt.Errorf("inject_token transport: session %q: %w", c.name, err)
 		}
 		c.sess.countProof(kind)

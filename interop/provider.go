@@ -38,6 +38,10 @@ type ProviderOptions struct {
 	// server accepts (space-separated). nil means {DefaultResource:
 	// "api:read api:write"}.
 	Resources map[string]string
+	// ClockOffset puts the provider's clock this far ahead of the host's
+	// (behind when negative), to the second: token times, the DPoP iat
+	// window and the Date header all read it.
+	ClockOffset time.Duration
 	// AccessTokenTTL and RefreshTokenTTL default to 10 minutes and 1 day.
 	AccessTokenTTL, RefreshTokenTTL time.Duration
 	// StartTimeout bounds waiting for the READY line (and npm ci, when it
@@ -228,6 +232,9 @@ func serverConfig(opts ProviderOptions) map[string]any {
 		"requireNonce": opts.RequireNonce,
 		"clients":      append([]Client{}, opts.Clients...),
 		"resources":    res,
+	}
+	if opts.ClockOffset != 0 {
+		cfg["clockOffset"] = int(opts.ClockOffset / time.Second)
 	}
 	if opts.AccessTokenTTL > 0 {
 		cfg["accessTokenTTL"] = int(opts.AccessTokenTTL / time.Second)

@@ -53,6 +53,11 @@ type ResourceServerOptions struct {
 	Verifier *dpop.Verifier
 	// Now is the clock for token exp/nbf; nil means time.Now.
 	Now func() time.Time
+	// ClockOffset puts the server's clock this far ahead of Now (behind
+	// when negative): token exp/nbf, the proofs' iat window, nonces and
+	// the Date header all read the shifted clock, as on a server whose
+	// clock is off.
+	ClockOffset time.Duration
 }
 
 // ResourceServer is an http.Handler that accepts requests only with a valid
@@ -118,14 +123,19 @@ func NewResourceServer(opts ResourceServerOptions) *ResourceServer {
 		nonces:   map[string]time.Time{},
 		stats:    map[string]int64{},
 	}
-	if rs.verifier == nil {
-		rs.verifier = dpop.NewVerifier(0)
-	}
 	if rs.opts.Scheme == "" {
 		rs.opts.Scheme = "http"
 	}
 	if rs.opts.Now == nil {
 		rs.opts.Now = time.Now
+	}
+	if off := opts.ClockOffset; off != 0 {
+		now := rs.opts.Now
+		rs.opts.Now = func() time.Time { return now().Add(off) }
+	}
+	if rs.verifier == nil {
+		rs.verifier = dpop.NewVerifier(0)
+		rs.verifier.Now = rs.opts.Now
 	}
 	return rs
 }
@@ -173,6 +183,8 @@ type tokenClaims struct {
 
 // ServeHTTP implements http.Handler.
 func (rs *ResourceServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Date on the server's own clock (net/http would send the host's).
+	w.Header().Set("Date", rs.opts.Now().UTC().Format(http.TimeFormat))
 	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 	token = strings.TrimSpace(token)
 	bearer := strings.EqualFold(scheme, "Bearer")

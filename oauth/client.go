@@ -292,12 +292,15 @@ func (x *exchange) lost(status int) Kind {
 }
 
 // do sends x, retrying exactly once when the server answers
-// use_dpop_nonce with a new DPoP-Nonce (RFC 9449 §8); a second challenge
-// is KindTransient (the cache retries later with a fresh proof). It returns the 2xx
-// response or an *Error. (prelude's do looks alike but also retries a
-// proof rejected for clock skew, and reads another error envelope.)
+// use_dpop_nonce with a new DPoP-Nonce (RFC 9449 §8), and exactly once
+// when it answers invalid_dpop_proof (the answer's Date has just taught
+// the server's clock, so the new proof's iat is on it; the client
+// assertion is made anew too); a second challenge is KindTransient (the
+// cache retries later with a fresh proof). It returns the 2xx response or
+// an *Error. (prelude's do looks alike but reads another error envelope.)
 func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
-	for attempt := 0; ; attempt++ {
+	var nonceRetried, proofRetried bool
+	for {
 		resp, err := c.send(ctx, x)
 		if err != nil {
 			return nil, err
@@ -309,8 +312,18 @@ func (c *Client) do(ctx context.Context, x *exchange) (*response, error) {
 		if resp.BodyErr == nil {
 			code, desc = errorBody(resp.Body)
 		}
-		if code == wire.CodeUseDPoPNonce && x.key != nil && attempt == 0 && resp.Header.Get("DPoP-Nonce") != "" {
-			continue // send stored the nonce; the next proof carries it
+		if x.key != nil {
+			switch {
+			case code == wire.CodeUseDPoPNonce && !nonceRetried && resp.Header.Get("DPoP-Nonce") != "":
+				nonceRetried = true
+				continue // send stored the nonce; the next proof carries it
+			case code == wire.CodeInvalidDPoPProof && !proofRetried:
+				// Most often an iat off the server's clock: the server did
+				// not act, and the next proof is dated on the skew the
+				// answer's Date taught.
+				proofRetried = true
+				continue
+			}
 		}
 		e := x.fail(x.classify(resp.Status, code, wire.HasRetryAfter(resp.Header)), resp.Status, nil)
 		e.Code = wire.Scrub(code, x.secrets)
@@ -349,6 +362,10 @@ func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 	}
 	return &response{Reply: r, skew: c.observeDate(r)}, nil
 }
+
+// Skew is how far the local clock is ahead of the token server's, as its
+// latest Date header showed (0 when under a second or unknown).
+func (c *Client) Skew() time.Duration { return time.Duration(c.skew.Load()) }
 
 // observeDate records the server's clock offset from its Date header and
 // returns it (0 when absent or under a second: Date has one-second

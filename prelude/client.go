@@ -27,6 +27,9 @@ const (
 // official SDKs do with their own name ("Prelude/0.6.0 … (Web)").
 const headerSDKUserAgent = "X-SDK-User-Agent"
 
+// headerDeviceID carries the session's device id (tokencache.DeviceID).
+const headerDeviceID = "X-Device-Id"
+
 // modulePath is this module's path, looked up in the build info for the
 // version sdkUserAgent reports.
 const modulePath = "github.com/tokenwarden/caddy-inject-token"
@@ -77,7 +80,7 @@ type Options struct {
 	MaxResponseBytes int64
 }
 
-// Client talks to one Prelude Session frontend (one app). It is safe for
+// Client talks to one Prelude Auth frontend (one app). It is safe for
 // concurrent use; it holds no session state except DPoP nonces and the
 // last observed server clock skew, both of which are per server rather than
 // per session.
@@ -254,6 +257,12 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte,
 		header = http.Header{}
 	}
 	header.Set(headerSDKUserAgent, sdkUserAgent)
+	if id := tokencache.DeviceID(ctx); id != "" {
+		// The session's own random id (Prelude Auth SDKs ≥ 0.5 send their
+		// install's on every request); absent when no session is behind
+		// the call.
+		header.Set(headerDeviceID, id)
+	}
 	if c.method == http.MethodPost && payload == nil {
 		// The SDK labels its bodiless POSTs (refresh, revoke, me/revoke)
 		// as JSON too; a strict server may insist.

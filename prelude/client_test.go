@@ -503,7 +503,7 @@ func TestErrorClassification(t *testing.T) {
 	}{
 		{401, "", `{"code":"unauthorized","message":"expired","type":"unauthorized"}`, KindDead, "unauthorized", "expired", tokencache.ErrSessionDead, "invalid_grant"},
 		{401, "", `not json`, KindDead, "", "", tokencache.ErrSessionDead, "invalid_grant"},
-		{409, "", `{"code":"token_reused","display_message":"already used"}`, KindDead, "token_reused", "already used", tokencache.ErrSessionDead, "invalid_grant"},
+		{409, "", `{"code":"token_reused","display_message":"already used"}`, KindDead, "token_reused", "already used", tokencache.ErrSessionDead, "token_reused"},
 		// The proof is checked before the token: not acted on.
 		{400, "", `{"code":"invalid_dpop_proof"}`, KindTransient, "invalid_dpop_proof", "", nil, "dpop_rejected"},
 		{401, "", `{"code":"invalid_dpop_proof"}`, KindTransient, "invalid_dpop_proof", "", nil, "dpop_rejected"},

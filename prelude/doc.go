@@ -1,5 +1,5 @@
-// Package prelude is a client for the Prelude Session ("Prelude Auth")
-// frontend API, https://<app>.session.prelude.dev/v1/session/..., as used by
+// Package prelude is a client for the Prelude Auth (formerly Prelude
+// Session) frontend API, https://<app>.session.prelude.dev/v1/session/..., as used by
 // a server-side process that holds a session on a user's behalf.
 //
 // # Transport

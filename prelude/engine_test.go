@@ -2,13 +2,23 @@ package prelude
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
@@ -178,4 +188,134 @@ func TestEngineKeyMismatchReportedNotLooped(t *testing.T) {
 	if s := cache.Status(); s.State != tokencache.StateActive || !strings.Contains(s.LastError, "dpop_key_mismatch") {
 		t.Errorf("status %+v", s)
 	}
+}
+
+// Every request the engine makes to Prelude carries the session's
+// X-Device-Id, the same one across refreshes, a logout, a re-login and a
+// restart over the same storage; another session has another.
+func TestEngineDeviceIDStoredWithSession(t *testing.T) {
+	srv, c := sandboxClient(t, sandbox.Options{})
+	dir := t.TempDir()
+	login := PasswordLogin(c, sandbox.DemoEmail, sandbox.DemoPassword)
+	open := func(name string) *tokencache.Cache {
+		cache, err := tokencache.New(tokencache.Config{Name: name, Storage: &certmagic.FileStorage{Path: dir},
+			Backend: Backend{Client: c}, MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cache.Close)
+		return cache
+	}
+	ctx := context.Background()
+	cache := open("dev")
+	for _, step := range []func() error{
+		func() error { return cache.Login(ctx, login) },
+		func() error { return cache.Refresh(ctx) },
+		func() error { return cache.Logout(ctx) },
+		func() error { return cache.Login(ctx, login) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cache.Close()
+	restarted := open("dev")
+	if err := restarted.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other := open("other")
+	if err := other.Login(ctx, login); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for _, r := range srv.Requests() {
+		ids[r.Header.Get(headerDeviceID)]++
+	}
+	if len(ids) != 2 || ids[""] != 0 || ids[restarted.DeviceID()] != 7 || ids[other.DeviceID()] != 2 {
+		t.Fatalf("X-Device-Id per request: %v (want 7 of %s, 2 of %s)", ids, restarted.DeviceID(), other.DeviceID())
+	}
+	if !uuidV4.MatchString(restarted.DeviceID()) {
+		t.Fatalf("device id %q is not a random UUID", restarted.DeviceID())
+	}
+}
+
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+// A refresh token presented twice (here by a thief holding the session's
+// key and device id) makes the server revoke the session with 409
+// token_reused: the engine reports it as its own reason in the event
+// (the metrics label), in the status, and in exactly one ERROR line.
+func TestEngineTokenReusedIsItsOwnReason(t *testing.T) {
+	srv, c := sandboxClient(t, sandbox.Options{})
+	core, logs := observer.New(zap.DebugLevel)
+	var reasons []string
+	var mu sync.Mutex
+	dir := t.TempDir()
+	cache, err := tokencache.New(tokencache.Config{
+		Name: "reuse", Storage: &certmagic.FileStorage{Path: dir}, Backend: Backend{Client: c},
+		Logger: zap.New(core), MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond,
+		Observe: func(e tokencache.Event) {
+			if e.Kind == tokencache.EventAttempt && e.Reason != "" {
+				mu.Lock()
+				reasons = append(reasons, e.Reason)
+				mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	ctx := context.Background()
+	if err := cache.Login(ctx, PasswordLogin(c, sandbox.DemoEmail, sandbox.DemoPassword)); err != nil {
+		t.Fatal(err)
+	}
+	rt, key := storedSession(t, dir, "reuse")
+	if _, err := c.Refresh(cache.WithDeviceID(ctx), key, rt); err != nil { // the thief spends it first
+		t.Fatal(err)
+	}
+	err = cache.Refresh(ctx)
+	if err == nil || !strings.Contains(err.Error(), "token_reused") {
+		t.Fatalf("refresh after theft: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(reasons, []string{tokencache.ReasonTokenReused}) {
+		t.Fatalf("event reasons %v, want [token_reused]", reasons)
+	}
+	if st := cache.Status(); st.State != tokencache.StateLoggedOut || !strings.Contains(st.Reason, "token_reused") {
+		t.Fatalf("status %s: %q", st.State, st.Reason)
+	}
+	if errs := logs.FilterLevelExact(zap.ErrorLevel).All(); len(errs) != 1 || !strings.Contains(errs[0].Message, "reuse") {
+		t.Fatalf("ERROR lines %v, want one about reuse", errs)
+	}
+	if srv.Stats().ReuseEvents != 1 {
+		t.Fatal("the sandbox saw no reuse")
+	}
+}
+
+// storedSession reads session name's refresh token and DPoP key from the
+// file storage in dir, as another party with a copy of storage would.
+func storedSession(t *testing.T, dir, name string) (string, *dpop.Key) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "inject_token", name, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		RefreshToken  string `json:"refresh_token"`
+		KeyThumbprint string `json:"key_thumbprint"`
+	}
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, "inject_token", name, "keys", certmagic.StorageKeys.Safe(rec.KeyThumbprint)+".pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := dpop.ParseKeyPEM(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.RefreshToken, key
 }

@@ -111,21 +111,29 @@ func (e *Error) FailureReason() string {
 	switch {
 	case e.Kind == KindKeyMismatch:
 		return tokencache.ReasonDPoPRejected
+	case e.Code == codeTokenReused:
+		return tokencache.ReasonTokenReused
 	case e.Kind == KindCaller && e.Status == 0:
 		return tokencache.ReasonOther // refused before sending
 	}
 	return wire.FailureReason(&e.Failure, e.err)
 }
 
-// codeKeyMismatch is Prelude's answer to a proof signed by another key
-// than the session's.
-const codeKeyMismatch = "dpop_key_mismatch"
+// Prelude's own codes; the DPoP proof codes shared with OAuth are wire's.
+const (
+	// codeKeyMismatch: a proof signed by another key than the session's.
+	codeKeyMismatch = "dpop_key_mismatch"
+	// codeTokenReused: a single-use token was presented twice; on a
+	// refresh the server has revoked the session (Prelude Auth SDKs map
+	// it, with 409, to their TokenReused error).
+	codeTokenReused = "token_reused"
+)
 
 // deadCodes are the server codes that mean the session is gone whatever
 // the status: a reused token means the server has revoked the session.
 var deadCodes = map[string]bool{
-	"unauthorized": true,
-	"token_reused": true,
+	"unauthorized":  true,
+	codeTokenReused: true,
 }
 
 // classify maps a non-2xx answer to c to a Kind. retryAfter says whether

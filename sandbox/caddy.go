@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -58,6 +59,11 @@ type Handler struct {
 	// Persist keeps users, sessions and the signing key in Caddy's storage
 	// (under prelude_sandbox/), so a restarted demo keeps its logins.
 	Persist bool `json:"persist,omitempty"`
+	// AllowedOrigins are the origins (scheme://host[:port]) of web pages
+	// that may call the sandbox cross-origin with credentials, as the
+	// official web SDK does from the app's own site; "*" allows any. The
+	// allowed origin is echoed, never a wildcard.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
 
 	sb       *Sandbox
 	attached bool // this handler holds a pool reference to release
@@ -87,7 +93,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	opts := Options{AccessTokenTTL: time.Duration(h.AccessTokenTTL), RequireNonce: h.RequireNonce}
+	opts := Options{AccessTokenTTL: time.Duration(h.AccessTokenTTL), RequireNonce: h.RequireNonce, AllowedOrigins: h.AllowedOrigins}
 	if h.Persist {
 		h.persist = newPersister(ctx, h.poolKey(), h.logger)
 	}
@@ -105,6 +111,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if loaded {
 		h.sb.SetAccessTokenTTL(opts.AccessTokenTTL)
 		h.sb.SetRequireNonce(opts.RequireNonce)
+		h.sb.SetAllowedOrigins(opts.AllowedOrigins)
 	}
 	h.logger.Info("prelude sandbox ready", zap.String("name", h.poolKey()), zap.Bool("reused", loaded),
 		zap.String("demo_user", DemoEmail), zap.String("otp_code", DefaultOTPCode))
@@ -113,6 +120,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate rejects settings the sandbox cannot honour.
 func (h *Handler) Validate() error {
+	for _, o := range h.AllowedOrigins {
+		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "") {
+			return fmt.Errorf("prelude_sandbox: allowed_origins %q is not an origin (scheme://host[:port]) or *", o)
+		}
+	}
 	if ttl := time.Duration(h.AccessTokenTTL); ttl != 0 && ttl < time.Second {
 		return fmt.Errorf("prelude_sandbox: access_token_ttl %v is below 1s", ttl)
 	}
@@ -149,6 +161,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 //	    access_token_ttl <duration>
 //	    require_nonce
 //	    persist
+//	    allowed_origins  <origin...>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -182,6 +195,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.RequireNonce = true
+		case "allowed_origins":
+			h.AllowedOrigins = d.RemainingArgs()
+			if len(h.AllowedOrigins) == 0 {
+				return d.ArgErr()
+			}
 		case "persist":
 			if d.NextArg() {
 				return d.ArgErr()

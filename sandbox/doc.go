@@ -1,8 +1,8 @@
-// Package sandbox is a strict local stand-in for the Prelude Session
-// frontend API (https://{appId}.session.prelude.dev). It is the referee for
-// the project's other tests: it refuses anything the real service might
-// refuse, counts every refusal by reason, and has knobs for the failures a
-// client must survive.
+// Package sandbox is a strict local stand-in for the Prelude Auth (formerly
+// Prelude Session) frontend API (https://{appId}.session.prelude.dev). It
+// is the referee for the project's other tests: it refuses anything the
+// real service might refuse, counts every refusal by reason, and has knobs
+// for the failures a client must survive.
 //
 // # In Go tests
 //

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -94,7 +95,7 @@ func TestReuseRevokesSession(t *testing.T) {
 	second, _ := cl.mustRefresh(first)
 	newest, _ := cl.mustRefresh(second)
 
-	expect(t, cl.refresh(first), http.StatusUnauthorized, "unauthorized")
+	expect(t, cl.refresh(first), http.StatusConflict, "token_reused")
 	if got := srv.Stats().ReuseEvents; got != 1 {
 		t.Fatalf("ReuseEvents = %d, want 1", got)
 	}
@@ -149,7 +150,7 @@ func TestDropAfterRotate(t *testing.T) {
 		t.Fatalf("RefreshSuccesses = %d, want 1 (rotated server-side)", st.RefreshSuccesses)
 	}
 	// The token was rotated, so presenting it again is reuse.
-	expect(t, cl.refresh(token), http.StatusUnauthorized, "unauthorized")
+	expect(t, cl.refresh(token), http.StatusConflict, "token_reused")
 	if st := srv.Stats(); st.ReuseEvents != 1 {
 		t.Fatalf("ReuseEvents = %d, want 1", st.ReuseEvents)
 	}
@@ -181,7 +182,7 @@ func TestFaultRefreshes(t *testing.T) {
 		if r.Status != status || r.code() != "" {
 			t.Errorf("after rotate %d: got %v", status, r)
 		}
-		expect(t, cl.refresh(token), http.StatusUnauthorized, "unauthorized") // spent: reuse
+		expect(t, cl.refresh(token), http.StatusConflict, "token_reused") // spent: reuse
 		token, _ = cl.login("fault@example.com", "")
 	}
 	if st := srv.Stats(); st.ReuseEvents != 3 || st.RefreshSuccesses != 4 {
@@ -354,5 +355,41 @@ func TestJWKSVerifiesAccessTokens(t *testing.T) {
 	}
 	if err := c.ValidateWithLeeway(jwt.Expected{Issuer: srv.URL, Time: time.Now()}, 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A session is bound to the X-Device-Id it was created with: the same id
+// refreshes and lists, another id or none is refused without spending the
+// refresh token, which keeps working from the right device.
+func TestDeviceIDBindsSession(t *testing.T) {
+	srv := NewServer(t, Options{})
+	cl := newClient(t, srv.URL)
+	dev := func(id string) http.Header {
+		if id == "" {
+			return http.Header{}
+		}
+		return http.Header{"X-Device-Id": {id}}
+	}
+	r := cl.dpopCall("POST", "/v1/session/login/finalize", dev("dev-a"), fmt.Sprintf(`{"challenge_token":%q}`, demoChallenge(t, srv.URL)))
+	expect(t, r, http.StatusOK, "")
+	refresh, access := cl.grant(r)
+
+	refreshFrom := func(id string) reply {
+		h := dev(id)
+		h.Set("X-Refresh-Token", refresh)
+		return cl.dpopCall("POST", "/v1/session/refresh", h, "")
+	}
+	expect(t, refreshFrom("dev-b"), http.StatusUnauthorized, "unauthorized")
+	expect(t, refreshFrom(""), http.StatusUnauthorized, "unauthorized")
+	h := dev("dev-b")
+	h.Set("Authorization", "Bearer "+access)
+	expect(t, call(t, "GET", srv.URL+"/v1/session/me/list", h, ""), http.StatusUnauthorized, "unauthorized")
+	if got := srv.Stats().Rejections["device_changed"]; got != 3 {
+		t.Fatalf("device_changed rejections = %d, want 3", got)
+	}
+	r = refreshFrom("dev-a")
+	expect(t, r, http.StatusOK, "")
+	if srv.Stats().ReuseEvents != 0 {
+		t.Fatal("a refused device spent the token")
 	}
 }

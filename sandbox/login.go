@@ -85,15 +85,12 @@ func (s *Sandbox) handleLoginOTP(w http.ResponseWriter, r *http.Request) *apiErr
 	return nil
 }
 
-// verificationCookie is the cookie that carries a current-flow verification:
-// __Host- prefixed and Secure over TLS, as the service names it; a plain
-// name over http, where a client would not send a Secure cookie back.
+// verificationCookie is the cookie that carries a current-flow verification,
+// named as the docs name it (__verification-login_{app_id}); Secure over
+// TLS only, since over http a client would not send a Secure cookie back.
 func verificationCookie(r *http.Request, value string, ttl time.Duration) *http.Cookie {
 	c := &http.Cookie{Name: cookieVerification, Value: value, Path: "/", MaxAge: int(ttl / time.Second),
-		HttpOnly: true, SameSite: http.SameSiteStrictMode}
-	if r.TLS != nil {
-		c.Name, c.Secure = "__Host-"+cookieVerification, true
-	}
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil}
 	if ttl < 0 {
 		c.MaxAge, c.Value = -1, ""
 	}
@@ -102,12 +99,16 @@ func verificationCookie(r *http.Request, value string, ttl time.Duration) *http.
 
 // cookieVerification names the verification cookie (the service adds the
 // app id; the sandbox is one app).
-const cookieVerification = "verification-login_sandbox"
+const cookieVerification = "__verification-login_" + appID
+
+// oldVerificationCookies are names earlier sandboxes (and newer docs'
+// __Host- variant) used, still accepted.
+var oldVerificationCookies = []string{"__Host-verification-login_" + appID, "verification-login_" + appID}
 
 // verificationFromCookie returns the current-flow verification r names,
 // removing it when expired; callers hold mu.
 func (s *Sandbox) verificationFromCookie(r *http.Request) (string, *verification) {
-	for _, name := range []string{cookieVerification, "__Host-" + cookieVerification} {
+	for _, name := range append([]string{cookieVerification}, oldVerificationCookies...) {
 		if c, err := r.Cookie(name); err == nil {
 			if v := s.liveVerification(c.Value); v != nil && v.viaCookie {
 				return c.Value, v
@@ -323,6 +324,7 @@ func (s *Sandbox) logIn(w http.ResponseWriter, r *http.Request, u *user, jkt, pr
 		return aerr
 	}
 	s.logins.Add(1)
+	setRefreshCookie(w, r, g)
 	writeGrant(w, g)
 	return nil
 }

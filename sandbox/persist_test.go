@@ -42,7 +42,7 @@ func TestPersistedStateRestores(t *testing.T) {
 	if err != nil || after.SessionID != before.SessionID || after.Subject != before.Subject {
 		t.Fatalf("after restore: %+v, %v; want sid %s sub %s", after, err, before.SessionID, before.Subject)
 	}
-	expect(t, cl2.refresh(spent), http.StatusUnauthorized, "unauthorized")
+	expect(t, cl2.refresh(spent), http.StatusConflict, "token_reused")
 	if st := restored.Stats(); st.ReuseEvents != 1 || st.Logins != 0 {
 		t.Errorf("stats after restore: %+v", st)
 	}

@@ -44,12 +44,16 @@ type Options struct {
 	// RequireNonce turns on nonce mode: every DPoP proof must carry the
 	// current (or previous) server nonce.
 	RequireNonce bool
+	// AllowedOrigins are the origins (scheme://host[:port]) of pages that
+	// may call the sandbox cross-origin, as the web SDK does from the app's
+	// own site; "*" allows any. Others get no CORS headers.
+	AllowedOrigins []string
 	// Now is the sandbox's clock (token times, DPoP iat window, Date
 	// header); nil means time.Now. AdvanceClock shifts it further.
 	Now func() time.Time
 }
 
-// Sandbox is a strict in-memory stand-in for the Prelude Session frontend
+// Sandbox is a strict in-memory stand-in for the Prelude Auth frontend
 // API. It implements http.Handler and is safe for concurrent use.
 type Sandbox struct {
 	clock    func() time.Time
@@ -82,6 +86,7 @@ type Sandbox struct {
 	skipRotation  int
 	dropAfter     int
 	noCurrentOTP  bool
+	origins       map[string]bool // SetAllowedOrigins
 	requests      []Request
 	latency       time.Duration
 
@@ -143,6 +148,7 @@ func New(opts Options) (*Sandbox, error) {
 		s.clock = time.Now
 	}
 	s.SetAccessTokenTTL(opts.AccessTokenTTL)
+	s.SetAllowedOrigins(opts.AllowedOrigins)
 	if err := s.initSigning(); err != nil {
 		return nil, err
 	}
@@ -319,6 +325,9 @@ func (s *Sandbox) serve(w http.ResponseWriter, r *http.Request) bool {
 	// Clients derive clock skew from Date, so it must follow the sandbox
 	// clock rather than the wall clock net/http would use.
 	w.Header().Set("Date", s.now().UTC().Format(http.TimeFormat))
+	if s.cors(w, r, rt) {
+		return true
+	}
 	if r.Method != rt.method {
 		w.Header().Set("Allow", rt.method)
 		s.writeError(w, apiErr(http.StatusMethodNotAllowed, "method_not_allowed", "use "+rt.method))

@@ -10,13 +10,36 @@ import (
 
 type deviceInfo struct {
 	Type, Model, OSVersion, Country string
+	// ID is the X-Device-Id the session was created with (or first seen
+	// with, for a client that sent none at first): the Prelude Auth SDKs
+	// send one stable id per install, so another id on the session's
+	// refresh token or access token is someone else's client.
+	ID string `json:",omitempty"`
+}
+
+// headerDeviceID is the Prelude Auth SDKs' per-install id header.
+const headerDeviceID = "X-Device-Id"
+
+// checkDevice refuses a request on sess from another device than the one
+// the session is bound to, and binds a session that has none yet. Callers
+// hold mu.
+func (s *Sandbox) checkDevice(r *http.Request, sess *session) *apiError {
+	id := r.Header.Get(headerDeviceID)
+	switch {
+	case id == sess.device.ID:
+		return nil
+	case sess.device.ID == "":
+		sess.device.ID = id
+		return nil
+	}
+	return errUnauthorized("device_changed", "X-Device-Id is not the session's device")
 }
 
 // deviceFrom guesses what /me/list shows from the User-Agent; good enough
 // to tell two test clients apart.
 func deviceFrom(r *http.Request) deviceInfo {
 	ua := r.UserAgent()
-	d := deviceInfo{Type: "unknown"}
+	d := deviceInfo{Type: "unknown", ID: r.Header.Get(headerDeviceID)}
 	switch {
 	case strings.Contains(ua, "iPad") || strings.Contains(ua, "Tablet"):
 		d.Type = "tablet"
@@ -74,8 +97,13 @@ func (s *Sandbox) issue(r *http.Request, sess *session, rotate bool) (grant, *ap
 // The proof is verified against the session's pinned key before the token's
 // state is looked at, so neither a bad proof nor a stolen token without the
 // key can spend it or trigger reuse revocation.
-func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use func(*session) *apiError) *apiError {
-	token, present, aerr := singleHeader(r, "X-Refresh-Token")
+//
+// logout marks a /revoke: one authorised by the refresh cookie alone may
+// come without a proof (the web SDK logs out so when it has lost its DPoP
+// key; revoking only ends the session). A proof that is sent is checked
+// all the same, and every /refresh needs one.
+func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, logout bool, use func(*session) *apiError) *apiError {
+	token, present, viaCookie, aerr := refreshTokenOf(r)
 	if aerr != nil {
 		return aerr
 	}
@@ -86,12 +114,12 @@ func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use f
 	if sess != nil {
 		jkt = sess.jkt // immutable after creation
 	}
-	if _, aerr := s.checkProof(w, r, jkt, true); aerr != nil {
+	if _, aerr := s.checkProof(w, r, jkt, !(logout && viaCookie)); aerr != nil {
 		return aerr
 	}
 	switch {
 	case !present:
-		return errUnauthorized("missing_refresh_token", "X-Refresh-Token is required")
+		return errUnauthorized("missing_refresh_token", "X-Refresh-Token or the "+cookieRefresh+" cookie is required")
 	case sess == nil:
 		return errUnauthorized("unknown_refresh_token", "unknown refresh token")
 	}
@@ -107,7 +135,12 @@ func (s *Sandbox) withRefreshToken(w http.ResponseWriter, r *http.Request, use f
 		// tokens; the only safe answer is to end it for both.
 		sess.revoked = true
 		s.reuseEvents.Add(1)
-		return errUnauthorized("refresh_token_reused", "refresh token already used; session revoked")
+		// 409 token_reused, the code and status the Prelude Auth SDKs
+		// (Android 0.6, iOS 0.7) map to their TokenReused error.
+		return &apiError{http.StatusConflict, "token_reused", "refresh_token_reused", "refresh token already used; session revoked"}
+	}
+	if aerr := s.checkDevice(r, sess); aerr != nil {
+		return aerr
 	}
 	return use(sess)
 }
@@ -134,7 +167,7 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	var g grant
 	var drop, faulty bool
 	var fault Fault
-	aerr := s.withRefreshToken(w, r, func(sess *session) *apiError {
+	aerr := s.withRefreshToken(w, r, false, func(sess *session) *apiError {
 		if fault, faulty = s.takeFault(); faulty && !fault.AfterRotate {
 			return nil // answered below, nothing spent
 		}
@@ -165,6 +198,7 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	case drop:
 		dropConnection(w)
 	default:
+		setRefreshCookie(w, r, g)
 		writeGrant(w, g)
 	}
 	return nil
@@ -193,7 +227,7 @@ func (s *Sandbox) handleRevoke(w http.ResponseWriter, r *http.Request) *apiError
 	if aerr := decodeJSON(r, &struct{}{}, true); aerr != nil {
 		return aerr
 	}
-	aerr := s.withRefreshToken(w, r, func(sess *session) *apiError {
+	aerr := s.withRefreshToken(w, r, true, func(sess *session) *apiError {
 		sess.revoked = true
 		return nil
 	})
@@ -201,6 +235,9 @@ func (s *Sandbox) handleRevoke(w http.ResponseWriter, r *http.Request) *apiError
 		return aerr
 	}
 	s.revokes.Add(1)
+	if fromBrowser(r) {
+		http.SetCookie(w, refreshCookie(r, "", time.Time{}))
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -216,10 +253,16 @@ func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request) (*session, *
 	s.mu.Lock()
 	sess := s.sessions[c.SessionID]
 	live := sess != nil && s.active(sess)
+	if live {
+		aerr = s.checkDevice(r, sess)
+	}
 	s.mu.Unlock()
 	if !live {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		return nil, errUnauthorized("session_revoked", "the token's session has ended")
+	}
+	if aerr != nil {
+		return nil, aerr
 	}
 	if _, aerr := s.checkProof(w, r, sess.jkt, false); aerr != nil {
 		return nil, aerr

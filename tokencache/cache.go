@@ -84,10 +84,13 @@ type Cache struct {
 	// overlap (opMu), so they never need to contest each other, and a
 	// claim left behind by a failed write does not stop its own retry.
 	claimer string
-	st      atomic.Pointer[store]
-	logger  atomic.Pointer[zap.Logger]
-	snap    atomic.Pointer[snapshot]
-	waits   atomic.Int64
+	// spareDevice is the device id the session's first write stores when
+	// the stored record has none yet (see DeviceID).
+	spareDevice string
+	st          atomic.Pointer[store]
+	logger      atomic.Pointer[zap.Logger]
+	snap        atomic.Pointer[snapshot]
+	waits       atomic.Int64
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -157,7 +160,7 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
-	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64(), claimer: randomID()}
+	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64(), claimer: randomID(), spareDevice: newDeviceID()}
 	c.SetStorage(cfg.Storage)
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())

@@ -22,11 +22,16 @@ const (
 // be metric labels. Backends report theirs through ReasonError; the engine
 // adds storage and lost_outcome.
 const (
-	ReasonTimeout           = "timeout"
-	ReasonConnect           = "connect"
-	ReasonStatus5xx         = "status_5xx"
-	ReasonRateLimited       = "rate_limited"
-	ReasonInvalidGrant      = "invalid_grant"
+	ReasonTimeout      = "timeout"
+	ReasonConnect      = "connect"
+	ReasonStatus5xx    = "status_5xx"
+	ReasonRateLimited  = "rate_limited"
+	ReasonInvalidGrant = "invalid_grant"
+	// ReasonTokenReused: the server saw a refresh token presented twice
+	// and revoked the session (Prelude's token_reused). The engine never
+	// presents a token twice, so another party holds the session's tokens
+	// or storage was rolled back: an operator must look.
+	ReasonTokenReused       = "token_reused"
 	ReasonInvalidClient     = "invalid_client"
 	ReasonDPoPRejected      = "dpop_rejected"
 	ReasonNonce             = "nonce"

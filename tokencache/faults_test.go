@@ -353,7 +353,9 @@ func crashMidRefresh(t *testing.T, e *env) (spent string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.cl.Refresh(context.Background(), key, spent); err != nil {
+	// The other client is this session's: same key, same device.
+	ctx := tokencache.ContextWithDeviceID(context.Background(), rec["device_id"].(string))
+	if _, err := e.cl.Refresh(ctx, key, spent); err != nil {
 		t.Fatal(err)
 	}
 	rec["intent"] = intentFor(t, spent)

@@ -41,7 +41,7 @@ func (c *Cache) Logout(ctx context.Context) error {
 		case live.RefreshToken != "":
 			key, err := c.keyFor(o, live)
 			if err == nil {
-				cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+				cctx, cancel := context.WithTimeout(ContextWithDeviceID(o.ctx, c.deviceOf(live)), c.cfg.CallTimeout)
 				err = c.cfg.Backend.Revoke(cctx, key, live.RefreshToken)
 				cancel()
 			}
@@ -176,7 +176,9 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	if live.spent() {
 		prev = ""
 	}
-	cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
+	// The device outlives its sessions: a re-login keeps the stored id.
+	device := c.deviceOf(over)
+	cctx, cancel := context.WithTimeout(ContextWithDeviceID(o.ctx, device), c.cfg.CallTimeout)
 	t0 := c.clock.Now()
 	grant, err := login(cctx, key, prev)
 	o.rtt += c.clock.Now().Sub(t0)
@@ -193,7 +195,7 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 		}
 		return nil, o.fail(OutcomeLoginFail, reasonOf(err, ReasonOther), err)
 	}
-	next := o.build(over, record{KeyThumbprint: key.Thumbprint()})
+	next := o.build(over, record{KeyThumbprint: key.Thumbprint(), DeviceID: device})
 	applyGrant(next, grant, c.clock.Now())
 	switch err := o.writeRetry(over, next); {
 	case errors.Is(err, errFenced):

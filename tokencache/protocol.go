@@ -98,6 +98,8 @@ type op struct {
 	start time.Time
 	rtt   time.Duration // token server round trips
 	prev  time.Time     // expiry of the token being replaced (Event.Lead)
+	// device is the X-Device-Id a refresh presents with (see device.go).
+	device string
 	// floor is a generation every later write of this operation goes
 	// above: the highest one claimed when it stood down (see standDown).
 	floor int64
@@ -207,6 +209,9 @@ func (o *op) successor(r *record) *record {
 // claimed, fenced by a read and, for an intent, checked against the
 // claims (writeClaimed).
 func (o *op) write(over, next *record) error {
+	if next.DeviceID == "" {
+		next.DeviceID = o.c.deviceOf(over)
+	}
 	if vs := o.st.versioned(); vs != nil {
 		return o.writeIf(vs, over, next)
 	}
@@ -385,6 +390,7 @@ func (o *op) refresh() (*snapshot, error) {
 		over = intent
 	}
 	o.prev = rec.Expiry
+	o.device = c.deviceOf(over)
 	grant, err := o.present(key, rec.RefreshToken)
 	switch {
 	case err == nil:
@@ -424,7 +430,7 @@ func (o *op) present(key *dpop.Key, refreshToken string) (*Grant, error) {
 	cctx, cancel := context.WithTimeout(o.ctx, c.cfg.CallTimeout)
 	defer cancel()
 	t0 := c.clock.Now()
-	g, err := c.cfg.Backend.Refresh(cctx, key, refreshToken)
+	g, err := c.cfg.Backend.Refresh(ContextWithDeviceID(cctx, o.device), key, refreshToken)
 	o.rtt += c.clock.Now().Sub(t0)
 	return received(g, err, true)
 }
@@ -542,8 +548,17 @@ func (o *op) kill(over *record, reason string, keepAccess bool, outcome, why str
 	if keepAccess && !c.isRejected(over.AccessToken) {
 		content.AccessToken, content.TokenType, content.Expiry, content.IssuedAt = over.AccessToken, over.TokenType, over.Expiry, over.IssuedAt
 	}
+	if why == ReasonTokenReused {
+		// Not a routine end: the server saw one of this session's refresh
+		// tokens twice, and the engine presents each once.
+		reason = "the server revoked the session for refresh token reuse (token_reused): " + reason
+		content.Reason = reason
+		c.log().Error("session revoked by the server for refresh token reuse; another party may hold its tokens, or storage was restored from an old copy",
+			zap.String("session", c.cfg.Name), zap.String("reason", reason))
+	} else {
+		c.log().Warn("session ended", zap.String("session", c.cfg.Name), zap.String("reason", reason))
+	}
 	next := o.build(over, content)
-	c.log().Warn("session ended", zap.String("session", c.cfg.Name), zap.String("reason", reason))
 	if err := o.writeRetry(over, next); err != nil {
 		return o.fenced(err)
 	}

@@ -58,6 +58,9 @@ type record struct {
 	// known, so a crash or a lost response is detected on the next attempt
 	// and the possibly spent token is never presented twice.
 	Intent string `json:"intent,omitempty"`
+	// DeviceID is the session's X-Device-Id (see device.go): made once and
+	// carried from record to record by op.write.
+	DeviceID string `json:"device_id,omitempty"`
 	// Generation grows by one with every write; Writer is a random id of
 	// the operation that wrote the record. Together they fence writes: an
 	// operation writes only over the exact record it read (see

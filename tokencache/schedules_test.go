@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -427,7 +428,7 @@ func tokenServer(t *testing.T) string {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{
-			"access_token": "at-" + time.Now().Format(time.RFC3339Nano) + "-" + string(rune('a'+n.Add(1)%26)),
+			"access_token": "at-" + strconv.FormatInt(n.Add(1), 10),
 			"token_type":   "Bearer", "expires_in": 3600,
 		})
 	}))

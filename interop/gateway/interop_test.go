@@ -345,3 +345,74 @@ func TestStatusTableOAuth(t *testing.T) {
 	}
 	a.AssertNoSecrets("not-a-real-token")
 }
+
+// TestGatewayClockOffFromServers: the gateway's clock is 300 s behind both
+// the token server (oidc-provider) and the resource server, which check
+// every proof's iat on their own clocks. The token endpoint's first
+// rejection teaches its clock (one retry, fresh proof); proofs upstream are
+// dated on it and then on the resource server's own Date, so through
+// three refreshes every upstream request is accepted at once.
+func TestGatewayClockOffFromServers(t *testing.T) {
+	const off = 300 * time.Second
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+		ClockOffset: off,
+		Clients:     []interop.Client{{ID: "gateway", Secret: itSecret}},
+	})
+	opts := rsOptions(p)
+	opts.ClockOffset = off
+	rs := interop.StartResourceServer(t, opts)
+	tester := startOAuthGateway(t, oauthGateway{
+		storage: t.TempDir(), session: "clock-off", issuer: p.Issuer,
+		upstreams: []string{rs.URL}, transport: true,
+	})
+	a := &gatewaytest.AdminClient{T: t}
+	var jkt any
+	for round := range 4 {
+		if round > 0 {
+			a.Call("POST", "/inject_token/sessions/clock-off/refresh", "", http.StatusOK)
+		}
+		for i := range 3 {
+			if status, _ := getRS(t, tester, http.MethodGet, fmt.Sprintf("/r%d/%d", round, i), ""); status != http.StatusOK {
+				t.Fatalf("round %d request %d: status %d; resource server %v", round, i, status, rs.Stats())
+			}
+		}
+		st := a.Call("GET", "/inject_token/sessions/clock-off", "", http.StatusOK)
+		if st["state"] != "active" || (jkt != nil && st["dpop_jkt"] != jkt) {
+			t.Fatalf("round %d: session %v", round, st)
+		}
+		jkt = st["dpop_jkt"]
+	}
+	stats := rs.Stats()
+	if stats[interop.ReasonAccepted] != 12 {
+		t.Fatalf("resource server accepted %d of 12: %v", stats[interop.ReasonAccepted], stats)
+	}
+	for reason, n := range stats {
+		if reason != interop.ReasonAccepted && n > 0 {
+			t.Errorf("resource server rejected %d requests: %s", n, reason)
+		}
+	}
+}
+
+// TestResourceServerClockLearned: only the resource server's clock is off
+// (300 s ahead), so the token server teaches nothing. Its first refusal
+// (invalid_dpop_proof, iat too old) carries its Date: the transport
+// retries once with a proof dated on that clock, and every later proof to
+// that origin is dated on it from the start.
+func TestResourceServerClockLearned(t *testing.T) {
+	_, rs, tester := singleUpstream(t, false, func(o *interop.ResourceServerOptions) { o.ClockOffset = 300 * time.Second },
+		oauthGateway{session: "rs-clock", transport: true})
+	for i := range 4 {
+		if status, _ := getRS(t, tester, http.MethodGet, fmt.Sprintf("/c/%d", i), ""); status != http.StatusOK {
+			t.Fatalf("request %d: status %d; resource server %v", i, status, rs.Stats())
+		}
+	}
+	var rejected int64
+	for reason, n := range rs.Stats() {
+		if reason != interop.ReasonAccepted {
+			rejected += n
+		}
+	}
+	if rs.Stats()[interop.ReasonAccepted] != 4 || rejected != 1 {
+		t.Fatalf("resource server %v: want 4 accepted after exactly one refused proof", rs.Stats())
+	}
+}

@@ -294,3 +294,32 @@ func TestInteropRefreshTokenGrant(t *testing.T) {
 	_, err = c.Login()(ctx, key, "")
 	asError(t, err, oauth.KindDead)
 }
+
+// TestInteropClockOffRetriesOnce: oidc-provider's clock is 300 s ahead, so
+// it refuses the first proof (iat too old) with invalid_dpop_proof; its
+// Date header has taught the client its clock, and the one retry, with a
+// fresh proof dated on it, gets the token within the same call.
+func TestInteropClockOffRetriesOnce(t *testing.T) {
+	t.Parallel()
+	for _, off := range []time.Duration{300 * time.Second} {
+		p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+			ClockOffset: off,
+			Clients:     []interop.Client{{ID: "basic", Secret: secretBasic}},
+		})
+		cnt := newCounter()
+		c := newClient(t, oauth.Config{
+			Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+			Scopes: []string{"api:read"}, Resource: interop.DefaultResource,
+			DPoP: true, HTTPClient: cnt.client(),
+		})
+		if _, err := c.Token(context.Background(), newKey(t), ""); err != nil {
+			t.Fatalf("offset %v: %v", off, err)
+		}
+		if n := cnt.get("/token"); n != 2 {
+			t.Fatalf("offset %v: %d token requests, want 2 (one refused proof, one retry)", off, n)
+		}
+		if skew := c.Skew(); (skew + off).Abs() > 2*time.Second {
+			t.Fatalf("offset %v: learned skew %v", off, skew)
+		}
+	}
+}

@@ -20,6 +20,9 @@
 //                  ES256-signed JWTs with aud = the indicator
 //   accessTokenTTL seconds, for tokens without a resource (default 600)
 //   refreshTokenTTL seconds (default 86400)
+//   clockOffset    seconds the server's clock runs ahead of the host's
+//                  (negative: behind); every time it reads and the Date
+//                  header it sends use the shifted clock
 //
 // It listens on loopback only and prints "READY <issuer>" on stdout once it
 // accepts connections (the Go helper in ../ waits for that line). The issuer
@@ -44,6 +47,22 @@ function loadConfig() {
 }
 
 const cfg = loadConfig();
+
+if (cfg.clockOffset) {
+  // Shift every clock reading of this process, oidc-provider's and jose's
+  // included (they use Date.now and new Date()).
+  const offsetMs = cfg.clockOffset * 1000;
+  const RealDate = Date;
+  class ShiftedDate extends RealDate {
+    constructor(...args) {
+      if (args.length === 0) super(RealDate.now() + offsetMs);
+      else super(...args);
+    }
+
+    static now() { return RealDate.now() + offsetMs; }
+  }
+  globalThis.Date = ShiftedDate;
+}
 
 function signingKeys() {
   // Fresh keys per run: tests fetch them from /jwks like any resource server.
@@ -123,6 +142,8 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
 
   const callback = provider.callback();
   server.on('request', (req, res) => {
+    // Node writes Date from its own (unshifted) clock unless one is set.
+    res.setHeader('Date', new Date().toUTCString());
     if (req.method === 'POST' && req.url === '/__test/refresh_token') {
       mintRefreshToken(provider, req, res);
       return;
