@@ -272,7 +272,7 @@ func (h *Handler) resolve() (*settings, error) {
 	if err := checkBaseURL(base); err != nil {
 		return nil, fmt.Errorf("prelude %q: %v", h.Prelude, err)
 	}
-	if set.client, err = prelude.New(base, prelude.Options{}); err != nil {
+	if set.client, err = prelude.New(base, prelude.Options{Nonces: asNonces()}); err != nil {
 		return nil, err
 	}
 	set.baseURL = base

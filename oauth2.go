@@ -60,7 +60,7 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 		}
 		return out, nil
 	}
-	cfg := oauth.Config{Auth: o.Auth, Grant: o.Grant, Scopes: o.Scopes, DPoP: useDPoP, Params: map[string]string{}}
+	cfg := oauth.Config{Auth: o.Auth, Grant: o.Grant, Scopes: o.Scopes, DPoP: useDPoP, Params: map[string]string{}, Nonces: asNonces()}
 	var err error
 	if cfg.Endpoint, err = field("endpoint", o.Endpoint); err != nil {
 		return err

@@ -175,8 +175,25 @@ func (s *session) countProof(kind string) {
 
 // newSession is an unbound session named name.
 func newSession(name string) *session {
-	return &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),
+	s := &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),
 		firstProofs: proofsTotal.WithLabelValues(name, proofFirst)}
+	s.rsNonces.Refused = func(origin string, n int) { nonceRefused(s.logger(), "resource server", origin, n) }
+	return s
+}
+
+// nonceRefused logs, once per store, that a server sent a DPoP-Nonce too
+// long to carry in every later proof (dpop.MaxNonceLen).
+func nonceRefused(logger *zap.Logger, server, origin string, n int) {
+	logger.Warn("refused a DPoP-Nonce longer than the limit; proofs to this server go without it (logged once)",
+		zap.String("server", server), zap.String("origin", origin), zap.Int("length", n), zap.Int("limit", dpop.MaxNonceLen))
+}
+
+// asNonces is a store for an authorization server's nonces that reports
+// its first refusal through Caddy's logger.
+func asNonces() *dpop.NonceStore {
+	return &dpop.NonceStore{Refused: func(origin string, n int) {
+		nonceRefused(caddy.Log().Named("http.handlers.inject_token"), "authorization server", origin, n)
+	}}
 }
 
 // acquireSession takes a reference on the named session for the config of
