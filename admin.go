@@ -128,6 +128,7 @@ var sessionOps = map[string]op{
 	"":                         {http.MethodGet, handleStatus, ""},
 	adminapi.RouteRefresh:      {http.MethodPost, handleRefresh, ""},
 	adminapi.RouteLogout:       {http.MethodPost, handleLogout, ""},
+	adminapi.RouteLogin:        {http.MethodPost, handleLogin, ""},
 	adminapi.RouteOTPStart:     {http.MethodPost, handleOTPStart, "prelude"},
 	adminapi.RouteOTPCheck:     {http.MethodPost, handleOTPCheck, "prelude"},
 	adminapi.RoutePassword:     {http.MethodPost, handlePassword, "prelude"},
@@ -187,31 +188,32 @@ func statusOf(s *session) adminapi.Status {
 	st := s.cache().Status()
 	set := s.settings()
 	out := adminapi.Status{
-		Session:       s.name,
-		Backend:       set.backend(),
-		BaseURL:       set.baseURL,
-		State:         st.State,
-		Reason:        st.Reason,
-		AutoLogin:     st.AutoLogin,
-		OTPPending:    s.pendingOTP() != nil,
-		OTPFlow:       s.lastOTPFlow(),
-		Subject:       st.Subject,
-		SessionID:     st.SessionID,
-		Scopes:        st.Scopes,
-		TokenType:     st.TokenType,
-		ExpiresAt:     st.ExpiresAt,
-		SecondsLeft:   st.SecondsLeft,
-		NextRefresh:   st.NextRefresh,
-		LastRefresh:   st.LastRefresh,
-		LastOutcome:   st.LastOutcome,
-		RefreshCount:  st.RefreshCount,
-		AdoptCount:    st.AdoptCount,
-		WaitCount:     st.WaitCount,
-		LastError:     st.LastError,
-		KeyThumbprint: st.KeyThumbprint,
-		KeyAlgorithm:  st.KeyAlgorithm,
-		TokenHeader:   st.TokenHeader,
-		TokenClaims:   st.TokenClaims,
+		Session:         s.name,
+		Backend:         set.backend(),
+		BaseURL:         set.baseURL,
+		State:           st.State,
+		Reason:          st.Reason,
+		AutoLogin:       st.AutoLogin,
+		ConfiguredLogin: set.hasLogin(),
+		OTPPending:      s.pendingOTP() != nil,
+		OTPFlow:         s.lastOTPFlow(),
+		Subject:         st.Subject,
+		SessionID:       st.SessionID,
+		Scopes:          st.Scopes,
+		TokenType:       st.TokenType,
+		ExpiresAt:       st.ExpiresAt,
+		SecondsLeft:     st.SecondsLeft,
+		NextRefresh:     st.NextRefresh,
+		LastRefresh:     st.LastRefresh,
+		LastOutcome:     st.LastOutcome,
+		RefreshCount:    st.RefreshCount,
+		AdoptCount:      st.AdoptCount,
+		WaitCount:       st.WaitCount,
+		LastError:       st.LastError,
+		KeyThumbprint:   st.KeyThumbprint,
+		KeyAlgorithm:    st.KeyAlgorithm,
+		TokenHeader:     st.TokenHeader,
+		TokenClaims:     st.TokenClaims,
 	}
 	if out.Scopes == nil {
 		out.Scopes = []string{}
@@ -263,6 +265,20 @@ func handleLogout(ctx context.Context, c opCall) (any, error) {
 	}
 	c.s.logger().Info("session logged out by operator", zap.String("session", c.s.name), zap.String("via", c.via),
 		zap.String("sub", before.Subject), zap.String("sid", before.SessionID))
+	return statusOf(c.s), nil
+}
+
+// handleLogin logs the session in with its configured credentials (the
+// automatic login's), and turns automatic login back on: the way back
+// after an operator's logout of a client_credentials session.
+func handleLogin(ctx context.Context, c opCall) (any, error) {
+	if !c.s.settings().hasLogin() {
+		return nil, badRequest("session %q has no login in its configuration; log in with: %s", c.s.name, loginHint(c.s))
+	}
+	if err := c.s.cache().Login(ctx, c.s.autoLogin); err != nil {
+		return nil, c.logFailed("operator login failed", opFailure(c.s, "configured_login", err))
+	}
+	c.logDone("session logged in by operator", zap.String("method", "configured"))
 	return statusOf(c.s), nil
 }
 
@@ -498,9 +514,12 @@ func (b backendFailure) where(backend string) string {
 	return fmt.Sprintf("(%s HTTP %d)", backend, b.status)
 }
 
-// loginHint is the command that logs the session in.
+// loginHint is the command that logs the session in, for its grant.
 func loginHint(s *session) string {
-	if s.settings().backend() == "oauth2" {
+	switch set := s.settings(); {
+	case set.hasLogin():
+		return "caddy inject-token login " + s.name
+	case set.backend() == "oauth2":
 		return "caddy inject-token login " + s.name + " --refresh-token"
 	}
 	return "caddy inject-token login " + s.name + " --email <address>"
@@ -517,6 +536,8 @@ func nextStep(s *session, op string) string {
 		return "check the code, or send a new one: caddy inject-token login " + s.name + " --email <address>"
 	case "refresh_token_login":
 		return "obtain a new refresh token, then: caddy inject-token login " + s.name + " --refresh-token"
+	case "configured_login":
+		return "check the credentials in the configuration, then: caddy inject-token login " + s.name
 	}
 	if s.cache().Status().State == tokencache.StateLoggedOut {
 		return "the session has ended; log in again: " + loginHint(s)
@@ -581,7 +602,7 @@ func opNoun(op string) string {
 		return "one-time code request"
 	case "otp_check":
 		return "one-time code"
-	case "password_login", "refresh_token_login":
+	case "password_login", "refresh_token_login", "configured_login":
 		return "login"
 	}
 	return op
