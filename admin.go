@@ -494,6 +494,10 @@ func asBackendFailure(err error) (backendFailure, bool) {
 			refused:   oe.Kind == oauth.KindDead || oe.Kind == oauth.KindConfig || oe.Kind == oauth.KindRejected,
 			transient: oe.Kind == oauth.KindTransient, unknown: oe.Kind == oauth.KindUnknownOutcome, retry: oe.RetryDelay}, true
 	}
+	if errors.Is(err, errBadToken) {
+		// The server answered 200 with a token that cannot be sent.
+		return backendFailure{status: http.StatusOK, words: errBadToken.Error()}, true
+	}
 	return backendFailure{}, false
 }
 

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -196,6 +197,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	h.warnLiteralSecrets()
 	if err := h.provisionOrigins(); err != nil {
 		return err
 	}
@@ -451,13 +453,51 @@ func checkOrigin(o string) error {
 	return nil
 }
 
+// literalWarned holds the session and field of every literal secret
+// warned about, so that a reload does not repeat the warning.
+var literalWarned sync.Map
+
+// warnLiteralSecrets warns, once per session and field, of a password or
+// client secret written into the configuration itself: Caddy keeps it in
+// its /config/ API and in autosave.json. A placeholder is resolved at load
+// time and kept out of both.
+func (h *Handler) warnLiteralSecrets() {
+	warn := func(field, value, env string) {
+		if value == "" || strings.Contains(value, "{") && strings.Contains(value, "}") {
+			return
+		}
+		if _, done := literalWarned.LoadOrStore(h.Session+" "+field, true); done {
+			return
+		}
+		h.logger.Warn("literal secret in the configuration: Caddy shows it in /config/ and autosave.json; use a placeholder",
+			zap.String("session", h.Session), zap.String("field", field),
+			zap.String("instead", "{env."+env+"} or {file./run/secrets/"+strings.ToLower(env)+"}"))
+	}
+	if h.Login != nil {
+		warn("login password", h.Login.Password, "INJECT_TOKEN_PASSWORD")
+	}
+	if o := h.OAuth2; o != nil {
+		warn("oauth2 client_secret", o.ClientSecret, "INJECT_TOKEN_CLIENT_SECRET")
+		warn("oauth2 client_key", o.ClientKey, "INJECT_TOKEN_CLIENT_KEY")
+	}
+}
+
 // crossSite says why r is a browser request from another site, or "".
 // Browsers mark their requests with Sec-Fetch-Site, and send Origin with
 // every request that is not a plain same-origin navigation; other clients
 // send neither and are never refused.
 func (h *Handler) crossSite(r *http.Request) string {
+	if h.allowAll || h.allowed[strings.ToLower(r.Header.Get("Origin"))] {
+		return ""
+	}
+	return crossSite(r)
+}
+
+// crossSite is Handler.crossSite with no origin allowed: the default, and
+// the only rule of a transport used without a handler.
+func crossSite(r *http.Request) string {
 	site, origin := r.Header.Get("Sec-Fetch-Site"), r.Header.Get("Origin")
-	if (site == "" && origin == "") || h.allowAll || (origin != "" && h.allowed[strings.ToLower(origin)]) {
+	if site == "" && origin == "" {
 		return ""
 	}
 	if site == "cross-site" || site == "same-site" {
@@ -495,10 +535,11 @@ func (h *Handler) forbidden(w http.ResponseWriter, why string) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusForbidden)
-	return json.NewEncoder(w).Encode(forbiddenBody{
-		Error:   "cross-site browser request refused (" + why + ")",
-		Session: h.Session,
-	})
+	return json.NewEncoder(w).Encode(forbiddenOf(h.Session, why))
+}
+
+func forbiddenOf(session, why string) forbiddenBody {
+	return forbiddenBody{Error: "cross-site browser request refused (" + why + ")", Session: session}
 }
 
 // Interface guards

@@ -124,6 +124,9 @@ type session struct {
 	// rejectedTok is the last token whose rejection spent the budget, so
 	// a burst of 401s for one token spends it once (credential.rejected).
 	rejectedTok atomic.Pointer[tokencache.Token]
+	// limitedLog writes the "keeps rejecting" warning at most once per
+	// rejectRefreshEvery, with how many 401s it stands for.
+	limitedLog countedLog
 
 	mu       sync.Mutex // guards the fields below
 	bindings []*binding // oldest first
@@ -171,6 +174,28 @@ func (s *session) countProof(kind string) {
 		return
 	}
 	countProof(s.name, kind)
+}
+
+// countedLog lets one log line through per interval and counts the events
+// it held back, so a burst of the same event is one line with a count.
+type countedLog struct {
+	mu      sync.Mutex
+	next    time.Time
+	pending int
+}
+
+// event records one event at now; when a line is due it returns how many
+// events (this one included) the line stands for, else 0.
+func (l *countedLog) event(now time.Time, every time.Duration) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pending++
+	if now.Before(l.next) {
+		return 0
+	}
+	n := l.pending
+	l.pending, l.next = 0, now.Add(every)
+	return n
 }
 
 // newSession is an unbound session named name.
