@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,5 +183,28 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	if after := count(); after != before {
 		t.Errorf("a cross-origin page refreshed the session (refresh_count %v → %v)", before, after)
+	}
+}
+
+// TestDashboardAPIBaseSameOrigin: a link to the dashboard whose path
+// starts with "//host/" still has the page call its own origin's API; a
+// base taken from the path as is would post typed passwords to that host.
+func TestDashboardAPIBaseSameOrigin(t *testing.T) {
+	ctx := browser(t)
+	d := exampleDemo(t, t.TempDir())
+	d.start(t)
+	u, err := url.Parse(d.dashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step(t, ctx, "loading the page at //evil.test/",
+		chromedp.Navigate(u.Scheme+"://"+u.Host+"//evil.test/"),
+		until(`typeof api === "string"`))
+	where, err := chromedp.Run(ctx, chromedp.Evaluate[string](`new URL(api, location.href).origin + " " + location.origin`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if api, page, _ := strings.Cut(where, " "); api != page {
+		t.Fatalf("the page's API is on %s, not on its own origin %s", api, page)
 	}
 }
