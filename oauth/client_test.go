@@ -2,10 +2,12 @@ package oauth_test
 
 import (
 	"context"
+	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -352,6 +354,29 @@ func TestClientAuthenticationOnTheWire(t *testing.T) {
 			t.Errorf("iat %d exp %d: want fresh and at most 5 minutes", cl.IAT, cl.Exp)
 		}
 	})
+	// A key held in hardware is reachable only through crypto.Signer.
+	t.Run("private_key_jwt through crypto.Signer", func(t *testing.T) {
+		signer, jwks := clientKey(t)
+		c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: id, ClientKey: hiddenSigner{signer}})
+		if _, err := c.Token(ctx, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		jws, err := jose.ParseSigned(got.form.Get("client_assertion"), []jose.SignatureAlgorithm{jose.ES256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := jws.Verify(jwks.Keys[0].Key); err != nil {
+			t.Fatal("assertion signed through crypto.Signer does not verify")
+		}
+	})
+}
+
+// hiddenSigner hides a key's concrete type behind crypto.Signer.
+type hiddenSigner struct{ s crypto.Signer }
+
+func (h hiddenSigner) Public() crypto.PublicKey { return h.s.Public() }
+func (h hiddenSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	return h.s.Sign(r, d, o)
 }
 
 func TestExpiry(t *testing.T) {
