@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -145,6 +146,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.DPoP = v
 
+		case "dpop_key":
+			if !d.NextArg() {
+				return d.Errf("dpop_key: expected a key source module, e.g. 'dpop_key pkcs11 { … }'")
+			}
+			name := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "inject_token.dpop_keys."+name)
+			if err != nil {
+				return err
+			}
+			h.DPoPKey = caddyconfig.JSONModuleObject(mod, "source", name, nil)
+
 		case "allow_browser_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {
@@ -160,7 +172,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, allow_browser_origins, seal_key or seal_key_previous)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
 		}
 	}
 	switch {

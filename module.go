@@ -113,6 +113,13 @@ type Handler struct {
 	// proof for each request as the upstream receives it.
 	DPoP string `json:"dpop,omitempty"`
 
+	// DPoPKey is where the session's one DPoP key lives when it must never
+	// be in a file: a module in the inject_token.dpop_keys namespace (such
+	// as pkcs11, built in with xcaddy --with …/pkcs11) that provides a
+	// tokencache.KeySource. Without it a key is generated at each login
+	// and kept in storage.
+	DPoPKey json.RawMessage `json:"dpop_key,omitempty" caddy:"namespace=inject_token.dpop_keys inline_key=source"`
+
 	// AllowBrowserOrigins are the browser origins (e.g.
 	// "https://app.example.com", or "*" for any) allowed to send requests
 	// that a browser marks as cross-site. Anything that can make a request
@@ -198,6 +205,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.warnLiteralSecrets()
+	if h.DPoPKey != nil {
+		if h.DPoP == "off" {
+			return errors.New("dpop_key: the session has dpop off")
+		}
+		mod, err := ctx.LoadModule(h, "DPoPKey")
+		if err != nil {
+			return fmt.Errorf("dpop_key: %w", err)
+		}
+		src, ok := mod.(tokencache.KeySource)
+		if !ok {
+			return fmt.Errorf("dpop_key: module %T is not a key source", mod)
+		}
+		set.keySource = src
+	}
 	if err := h.provisionOrigins(); err != nil {
 		return err
 	}

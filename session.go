@@ -2,6 +2,7 @@ package injecttoken
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/prometheus/client_golang/prometheus"
 	"slices"
@@ -45,6 +46,7 @@ type settings struct {
 	oauthKey      string // the resolved oauth2 settings, to compare configs
 	oauthLogin    bool   // the grant fetches tokens by itself (client_credentials)
 	dpopAlg       dpop.Algorithm
+	keySource     tokencache.KeySource // nil: keys generated and stored
 	email         string
 	password      string
 	refreshBefore time.Duration
@@ -55,7 +57,7 @@ type settings struct {
 func (s *settings) same(o *settings) bool {
 	return s.baseURL == o.baseURL && s.email == o.email && s.password == o.password &&
 		s.refreshBefore == o.refreshBefore && s.oauthKey == o.oauthKey && s.dpopAlg == o.dpopAlg &&
-		s.sealer.ID() == o.sealer.ID()
+		s.sealer.ID() == o.sealer.ID() && (s.keySource == nil) == (o.keySource == nil)
 }
 
 // sameCredentials reports whether two configs log in with the same
@@ -142,6 +144,7 @@ type builtWith struct {
 	refreshBefore time.Duration
 	autoLogin     bool
 	keyAlg        dpop.Algorithm
+	keySource     bool
 }
 
 // start starts the session's background refresher (see App).
@@ -308,7 +311,7 @@ func (s *session) unbind(owner configID) {
 // storage. s.mu must be held (or s not yet shared).
 func (s *session) applyLocked() error {
 	b := s.bindings[len(s.bindings)-1]
-	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin(), keyAlg: b.set.dpopAlg}
+	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin(), keyAlg: b.set.dpopAlg, keySource: b.set.keySource != nil}
 	prev := s.set.Swap(b.set)
 	old := s.tc.Load()
 	if old != nil && s.built == want {
@@ -330,6 +333,9 @@ func (s *session) applyLocked() error {
 	}
 	if want.autoLogin {
 		cfg.Login = s.autoLogin
+	}
+	if want.keySource {
+		cfg.KeySource = sessionKeys{s}
 	}
 	c, err := tokencache.New(cfg)
 	if err != nil {
@@ -373,6 +379,19 @@ func (s *session) autoLogin(ctx context.Context, key *dpop.Key, prev string) (*t
 		return checkedLogin(prelude.PasswordLogin(set.client, set.email, set.password))(ctx, key, prev)
 	}
 	return nil, fmt.Errorf("%w: no automatic login configured", tokencache.ErrSessionDead)
+}
+
+// sessionKeys is the cache's key source: the one of the settings in force
+// at call time, since a reload provisions (and the old config cleans up) a
+// new source module for the same key.
+type sessionKeys struct{ s *session }
+
+func (k sessionKeys) Key(ctx context.Context) (*dpop.Key, error) {
+	src := k.s.settings().keySource
+	if src == nil {
+		return nil, errors.New("the configuration has no dpop_key any more")
+	}
+	return src.Key(ctx)
 }
 
 // startOTP remembers a started OTP login.
