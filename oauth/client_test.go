@@ -210,6 +210,31 @@ func TestNonceChallengeRetriedExactlyOnce(t *testing.T) {
 	}
 }
 
+// TestHostileNonceNotCarried: a token server whose DPoP-Nonce is a
+// megabyte does not get it back in every proof: the nonce is refused
+// (dpop.MaxNonceLen), the proofs stay small, and the failure is transient.
+func TestHostileNonceNotCarried(t *testing.T) {
+	long := strings.Repeat("n", 1<<20)
+	var sizes []int
+	base, n := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
+		sizes = append(sizes, len(r.Header.Get("DPoP")))
+		w.Header().Set("DPoP-Nonce", long)
+		writeJSON(w, 400, map[string]string{"error": "use_dpop_nonce"})
+	})
+	cfg := grantCfg(base, oauth.GrantClientCredentials)
+	cfg.DPoP = true
+	_, err := newClient(t, cfg).Token(context.Background(), newKey(t), "")
+	asError(t, err, oauth.KindTransient)
+	if n.Load() != 2 {
+		t.Fatalf("%d requests reached the server, want 2", n.Load())
+	}
+	for i, size := range sizes {
+		if size == 0 || size > 2048 {
+			t.Errorf("proof %d is %d bytes", i, size)
+		}
+	}
+}
+
 func TestNonceChallengeWithoutNonceNotRetried(t *testing.T) {
 	base, n := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 400, map[string]string{"error": "use_dpop_nonce"})
