@@ -189,6 +189,7 @@ func TestDashboardInBrowser(t *testing.T) {
 // TestDashboardAPIBaseSameOrigin: a link to the dashboard whose path
 // starts with "//host/" still has the page call its own origin's API; a
 // base taken from the path as is would post typed passwords to that host.
+// The configured-login button logs a logged-out session back in.
 func TestDashboardAPIBaseSameOrigin(t *testing.T) {
 	ctx := browser(t)
 	d := exampleDemo(t, t.TempDir())
@@ -207,4 +208,12 @@ func TestDashboardAPIBaseSameOrigin(t *testing.T) {
 	if api, page, _ := strings.Cut(where, " "); api != page {
 		t.Fatalf("the page's API is on %s, not on its own origin %s", api, page)
 	}
+
+	// From that page, the posts reach the gateway: log out, then back in
+	// with the configured credentials (the button a client_credentials
+	// session needs after a logout).
+	step(t, ctx, "logout", click("#btn-logout"),
+		until(`document.querySelector('#d-state').textContent === "logged_out"`))
+	step(t, ctx, "log in with the configured credentials", click("#btn-login"),
+		until(`document.querySelector('#d-state').textContent === "active"`))
 }
