@@ -1,6 +1,7 @@
 package injecttoken
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 
@@ -147,15 +148,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.DPoP = v
 
 		case "dpop_key":
-			if !d.NextArg() {
-				return d.Errf("dpop_key: expected a key source module, e.g. 'dpop_key pkcs11 { … }'")
-			}
-			name := d.Val()
-			mod, err := caddyfile.UnmarshalModule(d, "inject_token.dpop_keys."+name)
+			src, err := unmarshalKeySource(d)
 			if err != nil {
 				return err
 			}
-			h.DPoPKey = caddyconfig.JSONModuleObject(mod, "source", name, nil)
+			h.DPoPKey = src
 
 		case "allow_browser_origins":
 			origins := d.RemainingArgs()
@@ -224,6 +221,8 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 			err = one(opt, &o.ClientSecret)
 		case "client_key":
 			err = one(opt, &o.ClientKey)
+		case "client_key_source":
+			o.ClientKeySource, err = unmarshalKeySource(d)
 		case "auth":
 			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "none")
 		case "grant":
@@ -275,3 +274,18 @@ func validHeaderName(s string) bool {
 var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 )
+
+// unmarshalKeySource reads `<option> <module> { … }` into the JSON of a
+// module of the inject_token.dpop_keys namespace (such as pkcs11).
+func unmarshalKeySource(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return nil, d.Errf("%s: expected a key source module, e.g. '%s pkcs11 { … }'", opt, opt)
+	}
+	name := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, "inject_token.dpop_keys."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(mod, "source", name, nil), nil
+}

@@ -5,6 +5,7 @@ package injecttoken
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -199,6 +200,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.RefreshBefore == 0 {
 		h.RefreshBefore = caddy.Duration(DefaultRefreshBefore)
+	}
+	if o := h.OAuth2; o != nil && o.ClientKeySource != nil {
+		mod, err := ctx.LoadModule(o, "ClientKeySource")
+		if err != nil {
+			return fmt.Errorf("oauth2 client_key_source: %w", err)
+		}
+		src, ok := mod.(interface{ Signer() crypto.Signer })
+		if !ok {
+			return fmt.Errorf("oauth2 client_key_source: module %T gives no signer", mod)
+		}
+		o.clientSigner = src.Signer()
 	}
 	set, err := h.resolve()
 	if err != nil {

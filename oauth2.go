@@ -1,9 +1,11 @@
 package injecttoken
 
 import (
+	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -29,6 +31,13 @@ type OAuth2 struct {
 	// ClientKey is the PEM private key for auth private_key_jwt, normally
 	// given as {file./path/to/key.pem}.
 	ClientKey string `json:"client_key,omitempty"`
+
+	// ClientKeySource holds the private_key_jwt key in hardware instead: a
+	// module in the inject_token.dpop_keys namespace (pkcs11) whose key
+	// signs the client assertions in its token.
+	ClientKeySource json.RawMessage `json:"client_key_source,omitempty" caddy:"namespace=inject_token.dpop_keys inline_key=source"`
+
+	clientSigner crypto.Signer // loaded from ClientKeySource
 
 	// Auth is how the client authenticates: "basic" (default with a
 	// secret), "post", "private_key_jwt" (default with a key) or "none".
@@ -81,6 +90,14 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	cfg.ClientKeyPEM = []byte(keyPEM)
 	if len(keyPEM) == 0 {
 		cfg.ClientKeyPEM = nil
+	}
+	if o.clientSigner != nil {
+		if keyPEM != "" {
+			return errors.New("oauth2: client_key and client_key_source are exclusive")
+		}
+		cfg.ClientKey = o.clientSigner
+		// The key's identity, for the reload comparison (fingerprint).
+		keyPEM = fmt.Sprint(o.clientSigner.Public())
 	}
 	if cfg.Resource, err = field("resource", o.Resource); err != nil {
 		return err

@@ -21,10 +21,14 @@
 //
 // The key is an ECDSA P-256 key pair (ES256), created in the token by its
 // own tools (pkcs11-tool --keypairgen --key-type EC:prime256v1 …).
+//
+// The same block after `client_key_source` in an oauth2 block signs the
+// private_key_jwt client assertions in the token.
 package pkcs11
 
 import (
 	"context"
+	"crypto"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -60,8 +64,9 @@ type KeySource struct {
 	KeyLabel string `json:"key_label,omitempty"`
 	KeyID    string `json:"key_id,omitempty"`
 
-	ctx *crypto11.Context
-	key *dpop.Key
+	ctx    *crypto11.Context
+	signer crypto11.Signer
+	key    *dpop.Key
 }
 
 // CaddyModule returns the Caddy module information.
@@ -114,6 +119,7 @@ func (k *KeySource) Provision(caddy.Context) error {
 		err = fmt.Errorf("no key pair with %s", k.keyName())
 	}
 	if err == nil {
+		k.signer = signer
 		k.key, err = dpop.NewKey(signer)
 	}
 	if err != nil {
@@ -148,6 +154,10 @@ func (k *KeySource) Key(context.Context) (*dpop.Key, error) {
 	}
 	return k.key, nil
 }
+
+// Signer is the key pair as a crypto.Signer, for an oauth2 session's
+// client_key_source: private_key_jwt assertions signed in the token.
+func (k *KeySource) Signer() crypto.Signer { return k.signer }
 
 // Cleanup closes the token session (crypto11 counts references, so a
 // reload's new config keeps the library open).
