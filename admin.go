@@ -79,6 +79,7 @@ var sessionOps = map[string]op{
 	"":                         {http.MethodGet, handleStatus, ""},
 	adminapi.RouteRefresh:      {http.MethodPost, handleRefresh, ""},
 	adminapi.RouteLogout:       {http.MethodPost, handleLogout, ""},
+	adminapi.RouteLogin:        {http.MethodPost, handleLogin, ""},
 	adminapi.RouteOTPStart:     {http.MethodPost, handleOTPStart, "prelude"},
 	adminapi.RouteOTPCheck:     {http.MethodPost, handleOTPCheck, "prelude"},
 	adminapi.RoutePassword:     {http.MethodPost, handlePassword, "prelude"},
@@ -133,7 +134,7 @@ func dispatch(r *http.Request, path, via string) (any, error) {
 // statusOf is a session's status on the wire: every field present.
 func statusOf(s *session) adminapi.Status {
 	set := s.settings()
-	out := adminapi.Status{Backend: set.backendName, BaseURL: set.baseURL,
+	out := adminapi.Status{Backend: set.backendName, BaseURL: set.baseURL, ConfiguredLogin: set.hasLogin(),
 		OTPPending: s.pendingOTP() != nil, OTPFlow: s.lastOTPFlow(), Engine: s.cache().Status()}
 	out.Session = s.name
 	if out.Scopes == nil {

@@ -29,6 +29,7 @@ const (
 	opRefreshTokenLogin opName = "refresh_token_login"
 	opList              opName = "list"
 	opRevoke            opName = "revoke"
+	opConfiguredLogin   opName = "configured_login"
 	opClearAfterRevoke  opName = "clearing local state after revocation"
 )
 
@@ -91,6 +92,10 @@ type backendFailure struct {
 }
 
 func asBackendFailure(err error) (backendFailure, bool) {
+	if errors.Is(err, tokencache.ErrUnusableToken) {
+		// The server answered 200 with a token that cannot be sent.
+		return backendFailure{status: http.StatusOK, words: tokencache.ErrUnusableToken.Error()}, true
+	}
 	f, be := tokencache.FailureOf(err)
 	if f == nil {
 		return backendFailure{}, false
@@ -117,9 +122,12 @@ func (b backendFailure) where(backend string) string {
 	return fmt.Sprintf("(%s HTTP %d)", backend, b.status)
 }
 
-// loginHint is the command that logs the session in.
+// loginHint is the command that logs the session in, for its grant.
 func loginHint(s *session) string {
-	if s.settings().backendName == oauth.BackendName {
+	switch set := s.settings(); {
+	case set.hasLogin():
+		return "caddy inject-token login " + s.name
+	case set.backendName == oauth.BackendName:
 		return "caddy inject-token login " + s.name + " --refresh-token"
 	}
 	return "caddy inject-token login " + s.name + " --email <address>"
@@ -136,6 +144,8 @@ func nextStep(s *session, op opName) string {
 		return "check the code, or send a new one: caddy inject-token login " + s.name + " --email <address>"
 	case opRefreshTokenLogin:
 		return "obtain a new refresh token, then: caddy inject-token login " + s.name + " --refresh-token"
+	case opConfiguredLogin:
+		return "check the credentials in the configuration, then: caddy inject-token login " + s.name
 	}
 	if s.cache().Status().State == tokencache.StateLoggedOut {
 		return "the session has ended; log in again: " + loginHint(s)
@@ -200,7 +210,7 @@ func opNoun(op opName) string {
 		return "one-time code request"
 	case opOTPCheck:
 		return "one-time code"
-	case opPasswordLogin, opRefreshTokenLogin:
+	case opPasswordLogin, opRefreshTokenLogin, opConfiguredLogin:
 		return "login"
 	}
 	return string(op)

@@ -41,6 +41,20 @@ func handleLogout(ctx context.Context, c opCall) (any, error) {
 	return statusOf(c.s), nil
 }
 
+// handleLogin logs the session in with its configured credentials (the
+// automatic login's), and turns automatic login back on: the way back
+// after an operator's logout of a client_credentials session.
+func handleLogin(ctx context.Context, c opCall) (any, error) {
+	if !c.s.settings().hasLogin() {
+		return nil, badRequest("session %q has no login in its configuration; log in with: %s", c.s.name, loginHint(c.s))
+	}
+	if err := c.s.cache().Login(ctx, c.s.autoLogin); err != nil {
+		return nil, c.logFailed("operator login failed", opFailure(c.s, opConfiguredLogin, err))
+	}
+	c.logDone("session logged in by operator", zap.String("method", "configured"))
+	return statusOf(c.s), nil
+}
+
 func handleOTPStart(ctx context.Context, c opCall) (any, error) {
 	var body adminapi.OTPStart
 	if err := decodeBody(c.r, &body); err != nil {

@@ -1,10 +1,12 @@
 package injecttoken
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -147,6 +149,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.DPoP = v
 
+		case "dpop_key":
+			src, err := unmarshalKeySource(d)
+			if err != nil {
+				return err
+			}
+			h.DPoPKey = src
+
 		case "allow_browser_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {
@@ -162,7 +171,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, allow_browser_origins, seal_key or seal_key_previous)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
 		}
 	}
 	switch {
@@ -214,6 +223,8 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 			err = one(opt, &o.ClientSecret)
 		case "client_key":
 			err = one(opt, &o.ClientKey)
+		case "client_key_source":
+			o.ClientKeySource, err = unmarshalKeySource(d)
 		case "auth":
 			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "none")
 		case "grant":
@@ -281,3 +292,18 @@ func validHeaderName(s string) bool {
 var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 )
+
+// unmarshalKeySource reads `<option> <module> { … }` into the JSON of a
+// module of the inject_token.dpop_keys namespace (such as pkcs11).
+func unmarshalKeySource(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return nil, d.Errf("%s: expected a key source module, e.g. '%s pkcs11 { … }'", opt, opt)
+	}
+	name := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, "inject_token.dpop_keys."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(mod, "source", name, nil), nil
+}

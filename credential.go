@@ -300,8 +300,10 @@ func (c *credential) rejected(tok *tokencache.Token, logger *zap.Logger) {
 	if !s.rejects.Allow() {
 		s.rejectedTok.CompareAndSwap(tok, prev) // a later 401 may try again
 		countUpstreamRejection(c.name, rejectionRateLimited)
-		logger.Warn("upstream keeps rejecting fresh tokens; not refreshing for this 401",
-			zap.String("session", c.name))
+		if n := s.limitedLog.event(time.Now(), rejectRefreshEvery); n > 0 {
+			logger.Warn("upstream keeps rejecting fresh tokens; not refreshing for these 401s (one line per interval)",
+				zap.String("session", c.name), zap.Int("count", n), zap.Duration("interval", rejectRefreshEvery))
+		}
 		return
 	}
 	s.cache().Invalidate(tok.Value)

@@ -2,6 +2,7 @@ package injecttoken
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -109,6 +111,13 @@ type Handler struct {
 	// proof for each request as the upstream receives it.
 	DPoP string `json:"dpop,omitempty"`
 
+	// DPoPKey is where the session's one DPoP key lives when it must never
+	// be in a file: a module in the inject_token.dpop_keys namespace (such
+	// as pkcs11, built in with xcaddy --with …/pkcs11) that provides a
+	// tokencache.KeySource. Without it a key is generated at each login
+	// and kept in storage.
+	DPoPKey json.RawMessage `json:"dpop_key,omitempty" caddy:"namespace=inject_token.dpop_keys inline_key=source"`
+
 	// AllowBrowserOrigins are the browser origins (e.g.
 	// "https://app.example.com", or "*" for any) allowed to send requests
 	// that a browser marks as cross-site. Anything that can make a request
@@ -189,9 +198,35 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.RefreshBefore == 0 {
 		h.RefreshBefore = caddy.Duration(DefaultRefreshBefore)
 	}
+	if o := h.OAuth2; o != nil && o.ClientKeySource != nil {
+		mod, err := ctx.LoadModule(o, "ClientKeySource")
+		if err != nil {
+			return fmt.Errorf("oauth2 client_key_source: %w", err)
+		}
+		src, ok := mod.(interface{ Signer() crypto.Signer })
+		if !ok {
+			return fmt.Errorf("oauth2 client_key_source: module %T gives no signer", mod)
+		}
+		o.clientSigner = src.Signer()
+	}
 	set, err := h.resolve()
 	if err != nil {
 		return err
+	}
+	h.warnLiteralSecrets()
+	if h.DPoPKey != nil {
+		if h.DPoP == "off" {
+			return errors.New("dpop_key: the session has dpop off")
+		}
+		mod, err := ctx.LoadModule(h, "DPoPKey")
+		if err != nil {
+			return fmt.Errorf("dpop_key: %w", err)
+		}
+		src, ok := mod.(tokencache.KeySource)
+		if !ok {
+			return fmt.Errorf("dpop_key: module %T is not a key source", mod)
+		}
+		set.keySource = src
 	}
 	if err := h.provisionOrigins(); err != nil {
 		return err
@@ -281,7 +316,7 @@ func (h *Handler) resolve() (*settings, error) {
 			return nil, fmt.Errorf("login password: %v", err)
 		}
 	}
-	return set, set.open(prelude.BackendName, base, ps)
+	return set, set.open(prelude.BackendName, base, ps, tokencache.Env{Nonces: asNonces()})
 }
 
 // checkBaseURL accepts absolute http(s) URLs without query, fragment or
@@ -414,6 +449,35 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 		State:   state,
 	})
 	return nil
+}
+
+// literalWarned holds the session and field of every literal secret
+// warned about, so that a reload does not repeat the warning.
+var literalWarned sync.Map
+
+// warnLiteralSecrets warns, once per session and field, of a password or
+// client secret written into the configuration itself: Caddy keeps it in
+// its /config/ API and in autosave.json. A placeholder is resolved at load
+// time and kept out of both.
+func (h *Handler) warnLiteralSecrets() {
+	warn := func(field, value, env string) {
+		if value == "" || strings.Contains(value, "{") && strings.Contains(value, "}") {
+			return
+		}
+		if _, done := literalWarned.LoadOrStore(h.Session+" "+field, true); done {
+			return
+		}
+		h.logger.Warn("literal secret in the configuration: Caddy shows it in /config/ and autosave.json; use a placeholder",
+			zap.String("session", h.Session), zap.String("field", field),
+			zap.String("instead", "{env."+env+"} or {file./run/secrets/"+strings.ToLower(env)+"}"))
+	}
+	if h.Login != nil {
+		warn("login password", h.Login.Password, "INJECT_TOKEN_PASSWORD")
+	}
+	if o := h.OAuth2; o != nil {
+		warn("oauth2 client_secret", o.ClientSecret, "INJECT_TOKEN_CLIENT_SECRET")
+		warn("oauth2 client_key", o.ClientKey, "INJECT_TOKEN_CLIENT_KEY")
+	}
 }
 
 // Interface guards

@@ -1,11 +1,14 @@
 package injecttoken
 
 import (
+	"crypto"
+	"encoding/json"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/tokenwarden/caddy-inject-token/oauth"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // OAuth2 configures the oauth2 backend: tokens from any OAuth 2.0
@@ -26,6 +29,13 @@ type OAuth2 struct {
 	// ClientKey is the PEM private key for auth private_key_jwt, normally
 	// given as {file./path/to/key.pem}.
 	ClientKey string `json:"client_key,omitempty"`
+
+	// ClientKeySource holds the private_key_jwt key in hardware instead: a
+	// module in the inject_token.dpop_keys namespace (pkcs11) whose key
+	// signs the client assertions in its token.
+	ClientKeySource json.RawMessage `json:"client_key_source,omitempty" caddy:"namespace=inject_token.dpop_keys inline_key=source"`
+
+	clientSigner crypto.Signer // loaded from ClientKeySource
 
 	// Auth is how the client authenticates: "basic" (default with a
 	// secret), "post", "private_key_jwt" (default with a key) or "none".
@@ -112,7 +122,8 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 			return err
 		}
 	}
-	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg); err != nil {
+	env := tokencache.Env{Nonces: asNonces(), ClientKey: o.clientSigner}
+	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg, env); err != nil {
 		return fmt.Errorf("oauth2: %w", err)
 	}
 	return nil

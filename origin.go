@@ -51,8 +51,17 @@ func checkOrigin(o string) error {
 // every request that is not a plain same-origin navigation; other clients
 // send neither and are never refused.
 func (h *Handler) crossSite(r *http.Request) string {
+	if h.allowAll || h.allowed[strings.ToLower(r.Header.Get("Origin"))] {
+		return ""
+	}
+	return crossSite(r)
+}
+
+// crossSite is Handler.crossSite with no origin allowed: the default, and
+// the only rule of a transport used without a handler.
+func crossSite(r *http.Request) string {
 	site, origin := r.Header.Get("Sec-Fetch-Site"), r.Header.Get("Origin")
-	if (site == "" && origin == "") || h.allowAll || (origin != "" && h.allowed[strings.ToLower(origin)]) {
+	if site == "" && origin == "" {
 		return ""
 	}
 	if site == "cross-site" || site == "same-site" {
@@ -90,8 +99,9 @@ func (h *Handler) forbidden(w http.ResponseWriter, why string) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusForbidden)
-	return json.NewEncoder(w).Encode(forbiddenBody{
-		Error:   "cross-site browser request refused (" + why + ")",
-		Session: h.Session,
-	})
+	return json.NewEncoder(w).Encode(forbiddenOf(h.Session, why))
+}
+
+func forbiddenOf(session, why string) forbiddenBody {
+	return forbiddenBody{Error: "cross-site browser request refused (" + why + ")", Session: session}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -48,22 +49,29 @@ type settings struct {
 	backendKey    string             // hash of its resolved settings, to compare configs
 	baseURL       string             // Prelude base URL or OAuth token endpoint / issuer
 	dpopAlg       dpop.Algorithm
+	keySource     tokencache.KeySource // nil: keys generated and stored
 	refreshBefore time.Duration
 	sealer        *seal.Sealer // nil: stored plain
 }
 
 // open builds the backend registered as name from its resolved settings v
 // (marshalled to JSON for its factory); baseURL is shown by the admin API.
-func (s *settings) open(name, baseURL string, v any) error {
+func (s *settings) open(name, baseURL string, v any, env tokencache.Env) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	b, err := tokencache.NewBackend(name, raw)
+	b, err := tokencache.NewBackend(name, raw, env)
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(append([]byte(name+"\x00"), raw...))
+	id := append([]byte(name+"\x00"), raw...)
+	if env.ClientKey != nil {
+		// A key source's key is not in the settings: its public half
+		// tells two configs apart.
+		id = fmt.Appendf(id, "\x00%v", env.ClientKey.Public())
+	}
+	sum := sha256.Sum256(id)
 	s.backendName, s.backend, s.backendKey, s.baseURL = name, b, hex.EncodeToString(sum[:]), baseURL
 	return nil
 }
@@ -71,7 +79,7 @@ func (s *settings) open(name, baseURL string, v any) error {
 // same reports whether two configs describe the session identically.
 func (s *settings) same(o *settings) bool {
 	return s.sameCredentials(o) && s.refreshBefore == o.refreshBefore && s.dpopAlg == o.dpopAlg &&
-		s.sealer.ID() == o.sealer.ID()
+		s.sealer.ID() == o.sealer.ID() && (s.keySource == nil) == (o.keySource == nil)
 }
 
 // sameCredentials reports whether two configs log in with the same
@@ -138,6 +146,9 @@ type session struct {
 	// timeline holds the session's latest token events for the dashboard
 	// (timeline.go); like the session it outlives config reloads.
 	timeline *ring.Ring[adminapi.TimelineEvent]
+	// limitedLog writes the "keeps rejecting" warning at most once per
+	// rejectRefreshEvery, with how many 401s it stands for.
+	limitedLog countedLog
 
 	mu       sync.Mutex // guards the fields below
 	bindings []*binding // oldest first
@@ -153,6 +164,7 @@ type builtWith struct {
 	refreshBefore time.Duration
 	autoLogin     bool
 	keyAlg        dpop.Algorithm
+	keySource     bool
 }
 
 // start starts the session's background refresher (see App).
@@ -215,10 +227,49 @@ func (s *session) countProof(kind string) {
 	countProof(s.name, kind)
 }
 
+// countedLog lets one log line through per interval and counts the events
+// it held back, so a burst of the same event is one line with a count.
+type countedLog struct {
+	mu      sync.Mutex
+	next    time.Time
+	pending int
+}
+
+// event records one event at now; when a line is due it returns how many
+// events (this one included) the line stands for, else 0.
+func (l *countedLog) event(now time.Time, every time.Duration) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pending++
+	if now.Before(l.next) {
+		return 0
+	}
+	n := l.pending
+	l.pending, l.next = 0, now.Add(every)
+	return n
+}
+
 // newSession is an unbound session named name.
 func newSession(name string) *session {
-	return &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),
+	s := &session{name: name, rejects: rate.NewLimiter(rate.Every(rejectRefreshEvery), rejectRefreshBurst),
 		firstProofs: proofsTotal.WithLabelValues(name, proofFirst), timeline: ring.New[adminapi.TimelineEvent](timelineSize)}
+	s.rsNonces.Refused = func(origin string, n int) { nonceRefused(s.logger(), "resource server", origin, n) }
+	return s
+}
+
+// nonceRefused logs, once per store, that a server sent a DPoP-Nonce too
+// long to carry in every later proof (dpop.MaxNonceLen).
+func nonceRefused(logger *zap.Logger, server, origin string, n int) {
+	logger.Warn("refused a DPoP-Nonce longer than the limit; proofs to this server go without it (logged once)",
+		zap.String("server", server), zap.String("origin", origin), zap.Int("length", n), zap.Int("limit", dpop.MaxNonceLen))
+}
+
+// asNonces is a store for an authorization server's nonces that reports
+// its first refusal through Caddy's logger.
+func asNonces() *dpop.NonceStore {
+	return &dpop.NonceStore{Refused: func(origin string, n int) {
+		nonceRefused(caddy.Log().Named("http.handlers.inject_token"), "authorization server", origin, n)
+	}}
 }
 
 // acquireSession takes a reference on the named session for the config of
@@ -308,7 +359,7 @@ func (s *session) unbind(owner configID) {
 // storage. s.mu must be held (or s not yet shared).
 func (s *session) applyLocked() error {
 	b := s.bindings[len(s.bindings)-1]
-	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin(), keyAlg: b.set.dpopAlg}
+	want := builtWith{refreshBefore: b.set.refreshBefore, autoLogin: b.set.hasLogin(), keyAlg: b.set.dpopAlg, keySource: b.set.keySource != nil}
 	prev := s.set.Swap(b.set)
 	old := s.tc.Load()
 	if old != nil && s.built == want {
@@ -331,6 +382,9 @@ func (s *session) applyLocked() error {
 	}
 	if want.autoLogin {
 		cfg.Login = s.autoLogin
+	}
+	if want.keySource {
+		cfg.KeySource = sessionKeys{s}
 	}
 	c, err := tokencache.New(cfg)
 	if err != nil {
@@ -394,6 +448,19 @@ func (s *session) autoLogin(ctx context.Context, key *dpop.Key, prev string) (*t
 	ctx, cancel := detach(ctx)
 	defer cancel()
 	return login(ctx, key, prev)
+}
+
+// sessionKeys is the cache's key source: the one of the settings in force
+// at call time, since a reload provisions (and the old config cleans up) a
+// new source module for the same key.
+type sessionKeys struct{ s *session }
+
+func (k sessionKeys) Key(ctx context.Context) (*dpop.Key, error) {
+	src := k.s.settings().keySource
+	if src == nil {
+		return nil, errors.New("the configuration has no dpop_key any more")
+	}
+	return src.Key(ctx)
 }
 
 // startOTP remembers a started OTP login.

@@ -2,6 +2,7 @@ package injecttoken
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -137,6 +138,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errTrace
 	}
 	c, err := t.credential(req)
+	var refused *crossSiteRefusal
+	if errors.As(err, &refused) {
+		return refused.response(req), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -307,6 +312,11 @@ func (t *Transport) credential(req *http.Request) (*credential, error) {
 	if t.Session == "" {
 		return nil, errNoCredential
 	}
+	// No handler ran, so none refused a browser's cross-site request: the
+	// same default refusal applies here (a transport has no allow list).
+	if why := crossSite(req); why != "" {
+		return nil, &crossSiteRefusal{session: t.Session, why: why}
+	}
 	s, ok := lookupSession(t.Session)
 	if !ok {
 		return nil, fmt.Errorf("inject_token transport: session %q is not configured by any inject_token handler", t.Session)
@@ -314,6 +324,24 @@ func (t *Transport) credential(req *http.Request) (*credential, error) {
 	c := &credential{sess: s, name: t.Session}
 	caddyhttp.SetVar(req.Context(), credVar, c)
 	return c, nil
+}
+
+// crossSiteRefusal is a browser's cross-site request refused by a
+// transport used without a handler.
+type crossSiteRefusal struct{ session, why string }
+
+func (e *crossSiteRefusal) Error() string { return forbiddenOf(e.session, e.why).Error }
+
+// response is the handler's 403 answer, given as the upstream's: an error
+// from a transport would reach the client as 502.
+func (e *crossSiteRefusal) response(req *http.Request) *http.Response {
+	body, _ := json.Marshal(forbiddenOf(e.session, e.why)) // plain strings always marshal
+	return &http.Response{
+		Status: "403 Forbidden", StatusCode: http.StatusForbidden, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/json"}, "Cache-Control": {"no-store"}},
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)), Request: req,
+	}
 }
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:

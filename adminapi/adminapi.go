@@ -29,6 +29,7 @@ func SessionPath(name, suffix string) string {
 const (
 	RouteRefresh      = "/refresh"             // POST: refresh now → Status
 	RouteLogout       = "/logout"              // POST: end the session → Status
+	RouteLogin        = "/login"               // POST: log in with the configured credentials → Status
 	RouteOTPStart     = "/login/otp"           // POST OTPStart → OTPStarted (prelude)
 	RouteOTPCheck     = "/login/otp/check"     // POST OTPCheck → Status (prelude)
 	RoutePassword     = "/login/password"      // POST PasswordLogin → Status (prelude)
@@ -46,6 +47,10 @@ type Status struct {
 	// Backend is "prelude" or "oauth2"; BaseURL the server it talks to.
 	Backend string `json:"backend"`
 	BaseURL string `json:"base_url"`
+	// ConfiguredLogin reports whether the session has credentials in its
+	// configuration (oauth2 client_credentials, or a Prelude login
+	// password): RouteLogin logs it in again after an operator's logout.
+	ConfiguredLogin bool `json:"configured_login"`
 	// OTPPending reports a one-time-code login waiting for its code.
 	OTPPending bool `json:"otp_pending"`
 	// OTPFlow is the one-time-code flow of the latest OTP login started:

@@ -193,10 +193,14 @@ func loginCmd(o *opts) *cobra.Command {
 	var session, email, phone, code string
 	var password, refreshToken bool
 	cmd := &cobra.Command{
-		Use:   "login [<session>] (--email <address> | --phone <number>) [--code <code>] | --code <code> | --password --email <address> | --refresh-token",
-		Short: "Log a session in with a one-time code, a password or a refresh token",
+		Use:   "login [<session>] [(--email <address> | --phone <number>) [--code <code>] | --code <code> | --password --email <address> | --refresh-token]",
+		Short: "Log a session in with its configured credentials, a one-time code, a password or a refresh token",
 		Long: `Logs the session in and stores it in Caddy's storage; the running gateway
 uses it immediately.
+
+Without flags: with the credentials in the session's configuration (oauth2
+client_credentials, or a Prelude login password), which also turns its
+automatic login back on after a logout.
 
 One-time code: --email or --phone sends a code; pass it with --code, or type
 it when prompted (it is read as one line from stdin). --code alone finishes
@@ -210,7 +214,8 @@ because command lines are visible to other users in ps.
 Refresh token (oauth2 sessions with grant refresh_token): --refresh-token
 reads the initial refresh token from $` + RefreshTokenEnv + ` or the first line
 of stdin, for the same reason.`,
-		Example: `  caddy inject-token login demo --email demo@example.com
+		Example: `  caddy inject-token login api
+  caddy inject-token login demo --email demo@example.com
   caddy inject-token login demo --phone +33612345678 --code 123456
   caddy inject-token login demo --code 123456
   printf '%s\n' "$PASSWORD" | caddy inject-token login demo --password --email demo@example.com
@@ -230,14 +235,21 @@ of stdin, for the same reason.`,
 				return errors.New("password login takes --email, not --phone")
 			case password && code != "":
 				return errors.New("--code is for one-time-code login; drop it with --password")
-			case !refreshToken && email == "" && phone == "" && code == "":
-				return errors.New("--email or --phone is required (or --code to finish a code already sent, or --refresh-token)")
+			case password && email == "":
+				return errors.New("password login needs --email")
 			}
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
+			if !refreshToken && !password && email == "" && phone == "" && code == "" {
+				st, raw, err := c.Login(ctx, name)
+				if err != nil {
+					return fmt.Errorf("login %s: %w", name, err)
+				}
+				return o.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printLoggedIn(w, st) })
+			}
 			if password || refreshToken {
 				// A password typed after --password (a bool flag) lands
 				// in args: never echo an argument that is not a session.

@@ -419,7 +419,7 @@ func TestArgumentValidation(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"login"}, "--email or --phone is required"},
+		{[]string{"login", "--password"}, "needs --email"},
 		{[]string{"login", "--email", "a@b.c", "--phone", "+1"}, "not both"},
 		{[]string{"login", "--password", "--phone", "+1"}, "takes --email"},
 		{[]string{"login", "--password", "--email", "a@b.c", "--code", "1"}, "--code"},

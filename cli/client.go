@@ -239,6 +239,15 @@ func (c *Client) Logout(ctx context.Context, session string) (*Status, []byte, e
 	return &st, raw, err
 }
 
+// Login logs the session in with the credentials in its configuration
+// (oauth2 client_credentials, or a Prelude login password) and turns its
+// automatic login back on.
+func (c *Client) Login(ctx context.Context, session string) (*Status, []byte, error) {
+	var st Status
+	raw, err := c.doJSON(ctx, http.MethodPost, sessionPath(session, adminapi.RouteLogin), nil, &st)
+	return &st, raw, err
+}
+
 // StartOTP asks the server to send a one-time code to an email address or
 // a phone number (exactly one must be set).
 func (c *Client) StartOTP(ctx context.Context, session, email, phone string) ([]byte, error) {

@@ -99,6 +99,24 @@ func ParseKeyPEM(data []byte) (*Key, error) {
 	}
 }
 
+// NewKey wraps a signer whose private half may never leave its device (a
+// PKCS#11 token, a KMS): proofs are signed through its Sign method. Its
+// public key must be ECDSA P-256 (ES256) or Ed25519 (EdDSA). Such a key
+// cannot be marshalled (MarshalPEM fails), which is the point.
+func NewKey(signer crypto.Signer) (*Key, error) {
+	switch pub := signer.Public().(type) {
+	case *ecdsa.PublicKey:
+		if pub.Curve != elliptic.P256() {
+			return nil, errors.New("dpop: ECDSA key is not on curve P-256")
+		}
+		return newKey(ES256, signer)
+	case ed25519.PublicKey:
+		return newKey(EdDSA, signer)
+	default:
+		return nil, fmt.Errorf("dpop: unsupported public key type %T (want ECDSA P-256 or Ed25519)", pub)
+	}
+}
+
 func newKey(alg Algorithm, priv crypto.Signer) (*Key, error) {
 	pub := jose.JSONWebKey{Key: priv.Public(), Algorithm: string(alg)}
 	tp, err := pub.Thumbprint(crypto.SHA256)
@@ -125,12 +143,17 @@ func newKey(alg Algorithm, priv crypto.Signer) (*Key, error) {
 	}, nil
 }
 
+// errNotExportable is MarshalPEM's error for a key whose private half its
+// signer does not give out (hardware).
+var errNotExportable = errors.New("not an in-memory ECDSA or Ed25519 key")
+
 // MarshalPEM encodes the private key as a PKCS#8 "PRIVATE KEY" PEM block.
 // Store it with mode 0600.
 func (k *Key) MarshalPEM() ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k.private.Signer)
 	if err != nil {
-		return nil, fmt.Errorf("dpop: encoding key: %w", err)
+		// Never the key itself: the error names only its type.
+		return nil, fmt.Errorf("dpop: the key cannot be exported (%T): %w", k.private.Signer, errNotExportable)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -58,5 +59,56 @@ func TestNonceStoreAgeAndLRU(t *testing.T) {
 	now = now.Add(MaxNonceAge + time.Second)
 	if got := s.Get(a); got != "" {
 		t.Fatalf("nonce older than MaxNonceAge = %q", got)
+	}
+}
+
+// A hostile server's long nonce is refused: proofs to it stay small, the
+// origin's older nonce is forgotten (it was replaced), and the refusal is
+// reported once however often the server repeats it.
+func TestNonceStoreRefusesLongNonce(t *testing.T) {
+	var reported []int
+	s := NonceStore{Refused: func(_ string, n int) { reported = append(reported, n) }}
+	u := &url.URL{Scheme: "https", Host: "hostile.example"}
+	s.Set(u, "short-nonce")
+	long := strings.Repeat("n", 8<<20)
+	for range 3 {
+		s.Set(u, long)
+	}
+	if got := s.Get(u); got != "" {
+		t.Fatalf("after an 8 MiB nonce, Get = %d bytes; want none", len(got))
+	}
+	if len(reported) != 1 || reported[0] != 8<<20 || s.RefusedCount() != 3 {
+		t.Fatalf("reported %v, counted %d; want one report of 8 MiB, three refusals", reported, s.RefusedCount())
+	}
+	edge := strings.Repeat("e", MaxNonceLen)
+	s.Set(u, edge)
+	if s.Get(u) != edge {
+		t.Fatal("a nonce of MaxNonceLen bytes was refused")
+	}
+}
+
+// Many origins, each with the longest nonce accepted and a long Host,
+// stay within MaxNonceBytes together.
+func TestNonceStoreBoundedByBytes(t *testing.T) {
+	var s NonceStore
+	nonce := strings.Repeat("n", MaxNonceLen)
+	pad := strings.Repeat("h", 200)
+	for i := range 5 * MaxNonceOrigins {
+		s.Set(&url.URL{Scheme: "https", Host: fmt.Sprintf("%s%d.example", pad, i)}, nonce)
+		if s.bytes > MaxNonceBytes {
+			t.Fatalf("after %d origins the store holds %d bytes (cap %d)", i+1, s.bytes, MaxNonceBytes)
+		}
+	}
+	last := &url.URL{Scheme: "https", Host: fmt.Sprintf("%s%d.example", pad, 5*MaxNonceOrigins-1)}
+	if s.Get(last) != nonce {
+		t.Fatal("the newest origin was evicted")
+	}
+	var held int
+	for el := s.lru.Front(); el != nil; el = el.Next() {
+		e := el.Value.(*nonceEntry)
+		held += len(e.origin) + len(e.nonce)
+	}
+	if held != s.bytes {
+		t.Fatalf("byte count %d, entries hold %d", s.bytes, held)
 	}
 }

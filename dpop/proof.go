@@ -1,7 +1,7 @@
 package dpop
 
 import (
-	"crypto/ecdsa"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -131,22 +131,31 @@ func (k *Key) sign(payload []byte) (string, error) {
 	buf = append(buf, k.header...)
 	buf = enc.AppendEncode(buf, payload)
 	var sig [64]byte
-	switch priv := k.private.Signer.(type) {
-	case *ecdsa.PrivateKey:
+	// Through crypto.Signer, so that a key held in hardware signs the
+	// same way as one in memory.
+	switch k.alg {
+	case ES256:
 		digest := sha256.Sum256(buf)
-		// SignASN1 and a DER read into fixed R||S (RFC 7518 §3.4) rather
-		// than ecdsa.Sign, which makes the same DER and then two big.Ints.
-		der, err := ecdsa.SignASN1(rand.Reader, priv, digest[:])
+		// A Signer's ECDSA signature is ASN.1 DER (ecdsa.PrivateKey's is
+		// SignASN1); read into fixed R||S (RFC 7518 §3.4).
+		der, err := k.private.Sign(rand.Reader, digest[:], crypto.SHA256)
 		if err != nil {
 			return "", fmt.Errorf("dpop: signing proof: %w", err)
 		}
 		if !derToFixed(sig[:], der) {
 			return "", errors.New("dpop: signing proof: malformed ECDSA signature")
 		}
-	case ed25519.PrivateKey:
-		copy(sig[:], ed25519.Sign(priv, buf))
+	case EdDSA:
+		raw, err := k.private.Sign(rand.Reader, buf, crypto.Hash(0))
+		if err != nil {
+			return "", fmt.Errorf("dpop: signing proof: %w", err)
+		}
+		if len(raw) != ed25519.SignatureSize {
+			return "", errors.New("dpop: signing proof: malformed Ed25519 signature")
+		}
+		copy(sig[:], raw)
 	default:
-		return "", fmt.Errorf("dpop: signing proof: unsupported key %T", priv)
+		return "", fmt.Errorf("dpop: signing proof: unsupported algorithm %q", k.alg)
 	}
 	buf = append(buf, '.')
 	return string(enc.AppendEncode(buf, sig[:])), nil

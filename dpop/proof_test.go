@@ -1,9 +1,13 @@
 package dpop
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"io"
 	"math/big"
 	"strings"
 	"testing"
@@ -290,5 +294,51 @@ func TestManyES256ProofsVerify(t *testing.T) {
 		if !ecdsa.Verify(pub, digest[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
 			t.Fatalf("proof %s does not verify", p)
 		}
+	}
+}
+
+// opaqueSigner hides the key's type, as a hardware token's signer does:
+// only Public and Sign are reachable.
+type opaqueSigner struct{ s crypto.Signer }
+
+func (o opaqueSigner) Public() crypto.PublicKey { return o.s.Public() }
+func (o opaqueSigner) Sign(r io.Reader, d []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return o.s.Sign(r, d, opts)
+}
+
+// TestSignerKey: a key whose private half is reachable only through
+// crypto.Signer signs proofs go-jose verifies, has the thumbprint of its
+// public key, and cannot be exported.
+func TestSignerKey(t *testing.T) {
+	for _, alg := range []Algorithm{ES256, EdDSA} {
+		mem := mustKey(t, alg)
+		k, err := NewKey(opaqueSigner{mem.private.Signer})
+		if err != nil {
+			t.Fatalf("%s: %v", alg, err)
+		}
+		if k.Algorithm() != alg || k.Thumbprint() != mem.Thumbprint() {
+			t.Fatalf("%s: NewKey gives %s %s, want %s", alg, k.Algorithm(), k.Thumbprint(), mem.Thumbprint())
+		}
+		p, err := k.Proof("POST", "https://as.example/token", ProofOptions{Nonce: "n", AccessToken: "at"})
+		if err != nil {
+			t.Fatalf("%s: signing through crypto.Signer: %v", alg, err)
+		}
+		jws, err := jose.ParseSignedCompact(p, []jose.SignatureAlgorithm{jose.ES256, jose.EdDSA})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := jws.Verify(mem.PublicJWK()); err != nil {
+			t.Fatalf("%s: proof signed through crypto.Signer does not verify: %v", alg, err)
+		}
+		if pem, err := k.MarshalPEM(); err == nil || len(pem) != 0 {
+			t.Fatalf("%s: a signer-only key was exported", alg)
+		}
+	}
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewKey(opaqueSigner{rk}); err == nil {
+		t.Fatal("NewKey accepted an RSA key")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/cryptosigner"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
@@ -47,9 +48,12 @@ func newAssertionSigner(cfg Config) (*assertionSigner, error) {
 			return nil, err
 		}
 	}
+	// The algorithm follows the public key, and go-jose signs through
+	// crypto.Signer (cryptosigner), so a key held in hardware signs like
+	// one in memory.
 	var alg jose.SignatureAlgorithm
-	switch k := key.(type) {
-	case *ecdsa.PrivateKey:
+	switch k := key.Public().(type) {
+	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256():
 			alg = jose.ES256
@@ -58,21 +62,21 @@ func newAssertionSigner(cfg Config) (*assertionSigner, error) {
 		default:
 			return nil, errors.New("oauth: ECDSA client key must be on P-256 or P-384")
 		}
-	case ed25519.PrivateKey:
+	case ed25519.PublicKey:
 		alg = jose.EdDSA
-	case *rsa.PrivateKey:
+	case *rsa.PublicKey:
 		if k.N.BitLen() < 2048 {
 			return nil, errors.New("oauth: RSA client key must have at least 2048 bits")
 		}
 		alg = jose.RS256
 	default:
-		return nil, fmt.Errorf("oauth: unsupported client key type %T", key)
+		return nil, fmt.Errorf("oauth: unsupported client key type %T", k)
 	}
 	opts := (&jose.SignerOptions{}).WithType("JWT")
 	if cfg.ClientKeyID != "" {
 		opts = opts.WithHeader(jose.HeaderKey("kid"), cfg.ClientKeyID)
 	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(key)}, opts)
 	if err != nil {
 		return nil, fmt.Errorf("oauth: client assertion signer: %w", err)
 	}

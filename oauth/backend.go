@@ -20,12 +20,19 @@ const BackendName = "oauth2"
 var _ tokencache.Backend = (*Client)(nil)
 
 // Open is the backend's tokencache.Factory: it builds a Client from a
-// Config in JSON (the fields that have a JSON name). It does no network
-// I/O.
-func Open(raw json.RawMessage) (tokencache.Backend, error) {
+// Config in JSON (the fields that have a JSON name) and env's nonce store
+// and client key. It does no network I/O.
+func Open(raw json.RawMessage, env tokencache.Env) (tokencache.Backend, error) {
 	var cfg Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, fmt.Errorf("oauth settings: %w", err)
+	}
+	cfg.Nonces = env.Nonces
+	if env.ClientKey != nil {
+		if len(cfg.ClientKeyPEM) > 0 {
+			return nil, errors.New("oauth: a client key in the settings and one from a key source are exclusive")
+		}
+		cfg.ClientKey = env.ClientKey
 	}
 	return New(cfg)
 }

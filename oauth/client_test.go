@@ -2,10 +2,12 @@ package oauth_test
 
 import (
 	"context"
+	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -212,6 +214,31 @@ func TestNonceChallengeRetriedExactlyOnce(t *testing.T) {
 	}
 }
 
+// TestHostileNonceNotCarried: a token server whose DPoP-Nonce is a
+// megabyte does not get it back in every proof: the nonce is refused
+// (dpop.MaxNonceLen), the proofs stay small, and the failure is transient.
+func TestHostileNonceNotCarried(t *testing.T) {
+	long := strings.Repeat("n", 1<<20)
+	var sizes []int
+	base, n := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
+		sizes = append(sizes, len(r.Header.Get("DPoP")))
+		w.Header().Set("DPoP-Nonce", long)
+		writeJSON(w, 400, map[string]string{"error": "use_dpop_nonce"})
+	})
+	cfg := grantCfg(base, oauth.GrantClientCredentials)
+	cfg.DPoP = true
+	_, err := newClient(t, cfg).Token(context.Background(), newKey(t), "")
+	asError(t, err, oauth.KindTransient)
+	if n.Load() != 2 {
+		t.Fatalf("%d requests reached the server, want 2", n.Load())
+	}
+	for i, size := range sizes {
+		if size == 0 || size > 2048 {
+			t.Errorf("proof %d is %d bytes", i, size)
+		}
+	}
+}
+
 func TestNonceChallengeWithoutNonceNotRetried(t *testing.T) {
 	base, n := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 400, map[string]string{"error": "use_dpop_nonce"})
@@ -356,6 +383,29 @@ func TestClientAuthenticationOnTheWire(t *testing.T) {
 			t.Errorf("iat %d exp %d: want fresh and at most 5 minutes", cl.IAT, cl.Exp)
 		}
 	})
+	// A key held in hardware is reachable only through crypto.Signer.
+	t.Run("private_key_jwt through crypto.Signer", func(t *testing.T) {
+		signer, jwks := clientKey(t)
+		c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: id, ClientKey: hiddenSigner{signer}})
+		if _, err := c.Token(ctx, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		jws, err := jose.ParseSigned(got.form.Get("client_assertion"), []jose.SignatureAlgorithm{jose.ES256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := jws.Verify(jwks.Keys[0].Key); err != nil {
+			t.Fatal("assertion signed through crypto.Signer does not verify")
+		}
+	})
+}
+
+// hiddenSigner hides a key's concrete type behind crypto.Signer.
+type hiddenSigner struct{ s crypto.Signer }
+
+func (h hiddenSigner) Public() crypto.PublicKey { return h.s.Public() }
+func (h hiddenSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	return h.s.Sign(r, d, o)
 }
 
 func TestExpiry(t *testing.T) {

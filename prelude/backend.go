@@ -26,13 +26,13 @@ type Settings struct {
 }
 
 // Open is the backend's tokencache.Factory: it builds a Backend from
-// Settings in JSON. It does no network I/O.
-func Open(raw json.RawMessage) (tokencache.Backend, error) {
+// Settings in JSON and env's nonce store. It does no network I/O.
+func Open(raw json.RawMessage, env tokencache.Env) (tokencache.Backend, error) {
 	var s Settings
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return nil, fmt.Errorf("prelude settings: %w", err)
 	}
-	c, err := New(s.URL, Options{})
+	c, err := New(s.URL, Options{Nonces: env.Nonces})
 	if err != nil {
 		return nil, err
 	}

@@ -269,8 +269,9 @@ func (a Attempt) Class() Class {
 	return ClassDidNotAct
 }
 
-// errUnusableToken is a grant whose access token cannot be a header value.
-var errUnusableToken = errors.New("the server issued an access token that is not a valid RFC 6750 token (b64token characters only)")
+// ErrUnusableToken is a grant whose access token cannot be a header value:
+// the engine refuses it whatever the backend.
+var ErrUnusableToken = errors.New("the server issued an access token that is not a valid RFC 6750 token (b64token characters only)")
 
 // maxTokenLen bounds an access token: it travels in a request header.
 const maxTokenLen = 16 << 10
@@ -288,7 +289,7 @@ func received(g *Grant, err error, spends bool) (*Grant, error) {
 	case g == nil:
 		err = errors.New("backend returned no grant")
 	case !validTokenValue(g.AccessToken):
-		err = errUnusableToken
+		err = ErrUnusableToken
 	default:
 		return g, nil
 	}

@@ -58,11 +58,11 @@ func TestErrorMatchesItsSentinelOnly(t *testing.T) {
 }
 
 func TestRegistry(t *testing.T) {
-	Register("test-registry", func(json.RawMessage) (Backend, error) { return nil, errors.New("built") })
-	if _, err := NewBackend("test-registry", nil); err == nil || err.Error() != "built" {
+	Register("test-registry", func(json.RawMessage, Env) (Backend, error) { return nil, errors.New("built") })
+	if _, err := NewBackend("test-registry", nil, Env{}); err == nil || err.Error() != "built" {
 		t.Fatalf("NewBackend = %v", err)
 	}
-	if _, err := NewBackend("nosuch", nil); err == nil {
+	if _, err := NewBackend("nosuch", nil, Env{}); err == nil {
 		t.Fatal("unknown backend built")
 	}
 	defer func() {

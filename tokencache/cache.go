@@ -36,6 +36,9 @@ type Config struct {
 	RefreshBefore time.Duration
 	// KeyAlgorithm is the DPoP key type for new sessions (default ES256).
 	KeyAlgorithm dpop.Algorithm
+	// KeySource, when set, supplies the session's one DPoP key (held in
+	// hardware); KeyAlgorithm is then unused. See KeySource.
+	KeySource KeySource
 	// LockTimeout bounds waiting for the storage lock (default 30s).
 	LockTimeout time.Duration
 	// CallTimeout bounds one backend call (default 30s).
@@ -209,7 +212,7 @@ func (c *Cache) Started() bool { return c.started.Load() }
 // new instance; the old one may be closed).
 func (c *Cache) SetStorage(s certmagic.Storage) {
 	if s != nil {
-		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed})
+		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource})
 	}
 }
 

@@ -6,8 +6,6 @@ import (
 	"fmt"
 
 	"go.uber.org/zap"
-
-	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
 
 // Login starts a new session with login (for example an OTP flow finished
@@ -154,8 +152,8 @@ func (o *op) loginOrReport(rec *record) (*snapshot, error) {
 	return s, fmt.Errorf("%w: %s", ErrLoggedOut, reason)
 }
 
-// login starts a new session with a new key over the stored record over.
-// live is the session being replaced: its refresh token
+// login starts a new session with a new key (the KeySource's, if any)
+// over the stored record over. live is the session being replaced: its refresh token
 // goes to the server as the previous one, unless an interrupted refresh
 // may have spent it. The key is stored before the login so the stored
 // record never points at a missing key; the old key is deleted after the
@@ -165,12 +163,9 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 	if err := o.stopped(); err != nil {
 		return nil, err
 	}
-	key, err := dpop.GenerateKey(c.cfg.KeyAlgorithm)
+	key, reason, err := o.newKey()
 	if err != nil {
-		return nil, o.fail(OutcomeLoginFail, ReasonOther, err)
-	}
-	if err := o.st.saveKey(o.ctx, key); err != nil {
-		return nil, o.fail(OutcomeLoginFail, ReasonStorage, err)
+		return nil, o.fail(OutcomeLoginFail, reason, err)
 	}
 	prev := live.RefreshToken
 	if live.spent() {

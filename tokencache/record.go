@@ -156,6 +156,7 @@ type store struct {
 	name   string
 	now    func() time.Time
 	failed func(op string)
+	keys   KeySource // nil: keys are generated and kept in storage
 }
 
 func (st store) report(op string, err error) error {
@@ -383,6 +384,9 @@ func (st store) contested(ctx context.Context, gen int64, writer string) error {
 }
 
 func (st store) loadKey(ctx context.Context, thumbprint string) (*dpop.Key, error) {
+	if st.keys != nil {
+		return st.sourcedKey(ctx, thumbprint)
+	}
 	data, err := st.s.Load(ctx, st.keyKey(thumbprint))
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {

@@ -1,16 +1,31 @@
 package tokencache
 
 import (
+	"crypto"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 )
 
 // Factory builds a backend from its settings: a JSON object whose shape the
-// backend defines, with every placeholder already resolved. It does no
-// network I/O. Factories are the one way backends are constructed.
-type Factory func(settings json.RawMessage) (Backend, error)
+// backend defines, with every placeholder already resolved, and env, what
+// the process hands every backend besides text. It does no network I/O.
+// Factories are the one way backends are constructed.
+type Factory func(settings json.RawMessage, env Env) (Backend, error)
+
+// Env is what a backend gets from the process that is not configuration
+// text. Every field is optional.
+type Env struct {
+	// Nonces remembers the token server's DPoP nonces (and reports the
+	// first one refused for its size); nil: the backend's own store.
+	Nonces *dpop.NonceStore
+	// ClientKey signs client assertions when the key never leaves its
+	// keeper (an HSM): it replaces any key in the settings.
+	ClientKey crypto.Signer
+}
 
 var registry struct {
 	sync.RWMutex
@@ -33,14 +48,14 @@ func Register(name string, f Factory) {
 }
 
 // NewBackend builds the backend registered as name from its settings.
-func NewBackend(name string, settings json.RawMessage) (Backend, error) {
+func NewBackend(name string, settings json.RawMessage, env Env) (Backend, error) {
 	registry.RLock()
 	f := registry.m[name]
 	registry.RUnlock()
 	if f == nil {
 		return nil, fmt.Errorf("unknown backend %q (registered: %v)", name, Backends())
 	}
-	return f(settings)
+	return f(settings, env)
 }
 
 // Backends lists the registered backend names, sorted.

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"html"
 	"net/url"
@@ -40,8 +41,9 @@ const maxScrubInput = 64 << 10
 // a log line: every non-empty secret is replaced by Redacted in each form
 // an echo gives it — raw, URL query or form encoded (%XX in either case, +
 // for space), path escaped, JSON string escaped (\u0026 …), HTML escaped,
-// Go quoted, base64 (standard and URL, padded or not) of the secret or of
-// anything containing it, such as a Basic "id:secret" — and the text is
+// Go quoted, base64 (standard and URL, padded or not) or hex (either case,
+// also broken into lines) of the secret or of anything containing it, such
+// as a Basic "id:secret" or a whole form body — and the text is
 // withheld altogether if a secret can still be read out of it after
 // decoding. Control characters (log injection) become spaces, the result
 // is cut to MaxTextRunes runes (marked by "…") and trimmed.
@@ -72,6 +74,7 @@ func Scrub(s string, secrets []string) string {
 			s = strings.ReplaceAll(s, f, Redacted)
 		}
 		s = scrubBase64(s, forms)
+		s = scrubHex(s, forms)
 		s = scrubTail(s, forms)
 		if readable(s, secrets) {
 			return Withheld
@@ -178,6 +181,64 @@ func decodesToSecret(run string, forms []string) bool {
 				if len(f) >= minSecret && strings.Contains(string(dec), f) {
 					return true
 				}
+			}
+		}
+	}
+	return false
+}
+
+// scrubHex redacts every hex run (either case) that decodes to something
+// holding a secret form: a server dumping its request body in hex. A dump
+// is often broken into lines, which Scrub has turned into spaces by now, so
+// a run continues across spaces when hex follows them. The run may start
+// with an unrelated hex letter ("see abcd…"), so both alignments are tried.
+func scrubHex(s string, forms []string) string {
+	var b strings.Builder
+	var digits []byte
+	for i := 0; i < len(s); {
+		if !isHex(s[i]) {
+			b.WriteByte(s[i])
+			i++
+			continue
+		}
+		digits = digits[:0]
+		j, end := i, i // end: just past the run's last hex digit
+		for j < len(s) {
+			if isHex(s[j]) {
+				digits = append(digits, s[j])
+				j++
+				end = j
+				continue
+			}
+			k := j
+			for k < len(s) && s[k] == ' ' {
+				k++
+			}
+			if k == j || k == len(s) || !isHex(s[k]) {
+				break
+			}
+			j = k
+		}
+		if len(digits) >= 2*minSecret && hexHoldsSecret(digits, forms) {
+			b.WriteString(Redacted)
+		} else {
+			b.WriteString(s[i:end])
+		}
+		i = end
+	}
+	return b.String()
+}
+
+func hexHoldsSecret(digits []byte, forms []string) bool {
+	dec := make([]byte, len(digits)/2)
+	for off := 0; off < 2; off++ {
+		n := (len(digits) - off) / 2
+		if _, err := hex.Decode(dec[:n], digits[off:off+2*n]); err != nil {
+			continue
+		}
+		for _, f := range forms {
+			if len(f) >= minSecret && bytes.Contains(dec[:n], []byte(f)) {
+				return true
 			}
 		}
 	}

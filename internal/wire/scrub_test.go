@@ -2,12 +2,14 @@ package wire
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"html"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
+	"unicode"
 )
 
 // secretKinds are the credentials a token request carries, with the
@@ -63,6 +65,14 @@ var echoStyles = []struct {
 		return "dump " + base64.StdEncoding.EncodeToString([]byte("secret="+s+"&a=b"))
 	}},
 	{"base64url raw", func(_, s string) string { return "dump " + base64.RawURLEncoding.EncodeToString([]byte(s)) }},
+	{"hex of the form body", func(id, s string) string {
+		return "request body " + hex.EncodeToString([]byte(url.Values{"client_id": {id}, "client_secret": {s}}.Encode()))
+	}},
+	{"hex upper case", func(_, s string) string { return "dump " + strings.ToUpper(hex.EncodeToString([]byte("pw="+s))) }},
+	{"hex in lines of 40", func(_, s string) string {
+		return "dump:\n" + lines(hex.EncodeToString([]byte("grant_type=password&password="+url.QueryEscape(s))), 40) + "\nend"
+	}},
+	{"hex after a hex word", func(_, s string) string { return "see cafe" + hex.EncodeToString([]byte(s)) }},
 	{"double encoded", func(_, s string) string { return "x=" + url.QueryEscape(url.QueryEscape(s)) }},
 	{"truncated by the server", func(_, s string) string { return "token " + s[:len(s)-1] }},
 	{"control characters around", func(_, s string) string { return "\x1b[31m" + s + "\n" }},
@@ -96,9 +106,43 @@ func TestScrubEchoes(t *testing.T) {
 	}
 }
 
+// lines breaks s into lines of n characters.
+func lines(s string, n int) string {
+	var b strings.Builder
+	for len(s) > n {
+		b.WriteString(s[:n] + "\n")
+		s = s[n:]
+	}
+	b.WriteString(s)
+	return b.String()
+}
+
+// hexViews decodes every hex run of out, its spaces removed, in both
+// alignments.
+func hexViews(out string) []string {
+	var views []string
+	// Scrub joins hex across what it turns into spaces: spaces and
+	// control characters (line breaks).
+	joined := strings.Map(func(r rune) rune {
+		if r == ' ' || unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, out)
+	for _, run := range strings.FieldsFunc(joined, func(r rune) bool { return !isHex(byte(r)) || r > 0x7f }) {
+		for off := 0; off < 2 && off < len(run); off++ {
+			r := run[off:]
+			if b, err := hex.DecodeString(r[:len(r)/2*2]); err == nil {
+				views = append(views, string(b))
+			}
+		}
+	}
+	return views
+}
+
 // decodings are what a reader of out could decode it to.
 func decodings(out string) []string {
-	views := []string{out}
+	views := append([]string{out}, hexViews(out)...)
 	if u, err := url.QueryUnescape(out); err == nil {
 		views = append(views, u)
 	}
@@ -133,6 +177,9 @@ func FuzzScrub(f *testing.F) {
 	f.Add("client_secret=s3cr%2Bt%2F%3D%26x+y&refresh_token=rt%2Babc%2Fdef%3D%3D", "s3cr+t/=&x y")
 	f.Add(`"password":"Sec\u0026ret\u003cPw\"2"`, `Sec&ret<Pw"2`)
 	f.Add("x\tyzzy-secret", "x yzzy-secret")
+	f.Add("dump 7061737377;6f72643d53555045522d434c49454e542d5345435245542d3432", "SUPER-CLIENT-SECRET-42")
+	f.Add("body: 636C69656E745F7365637265743D73336372\n2B742F3D2678207926783D31", "s3cr+t/=&x y")
+	f.Add("see cafe 73 33 63 72 2b 74 2f 3d 26 78 20 79", "s3cr+t/=&x y")
 	f.Fuzz(func(t *testing.T, text, secret string) {
 		if len(secret) < minSecret || strings.TrimSpace(secret) != secret ||
 			strings.Contains(Redacted+Withheld+"…", secret) {
@@ -141,6 +188,11 @@ func FuzzScrub(f *testing.F) {
 		out := Scrub(text, []string{secret})
 		if strings.Contains(out, secret) {
 			t.Fatalf("Scrub(%q, %q) = %q", text, secret, out)
+		}
+		for _, v := range hexViews(out) {
+			if strings.Contains(v, secret) {
+				t.Fatalf("Scrub(%q, %q) = %q: hex still reads the secret", text, secret, out)
+			}
 		}
 		if n := len([]rune(out)); n > MaxTextRunes+1 {
 			t.Fatalf("%d runes", n)

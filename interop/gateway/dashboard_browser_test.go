@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,4 +196,36 @@ func TestDashboardInBrowser(t *testing.T) {
 	if after := count(); after != before {
 		t.Errorf("a cross-origin page refreshed the session (refresh_count %v → %v)", before, after)
 	}
+}
+
+// TestDashboardAPIBaseSameOrigin: a link to the dashboard whose path
+// starts with "//host/" still has the page call its own origin's API; a
+// base taken from the path as is would post typed passwords to that host.
+// The configured-login button logs a logged-out session back in.
+func TestDashboardAPIBaseSameOrigin(t *testing.T) {
+	ctx := browser(t)
+	d := gatewaytest.ExampleDemo(t, "../../Caddyfile.example", t.TempDir())
+	d.Start(t)
+	u, err := url.Parse(d.Dashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step(t, ctx, "loading the page at //evil.test/",
+		chromedp.Navigate(u.Scheme+"://"+u.Host+"//evil.test/"),
+		until(`typeof api === "string"`))
+	where, err := chromedp.Run(ctx, chromedp.Evaluate[string](`new URL(api, location.href).origin + " " + location.origin`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if api, page, _ := strings.Cut(where, " "); api != page {
+		t.Fatalf("the page's API is on %s, not on its own origin %s", api, page)
+	}
+
+	// From that page, the posts reach the gateway: log out, then back in
+	// with the configured credentials (the button a client_credentials
+	// session needs after a logout).
+	step(t, ctx, "logout", click("#btn-logout"),
+		until(`document.querySelector('#d-state').textContent === "logged_out"`))
+	step(t, ctx, "log in with the configured credentials", click("#btn-login"),
+		until(`document.querySelector('#d-state').textContent === "active"`))
 }
