@@ -248,7 +248,7 @@ func (s *Storage) LoadVersioned(ctx context.Context, key string) ([]byte, int64,
 // takes them out of the directory sets. A missing key is not an error.
 func (s *Storage) Delete(ctx context.Context, key string) error {
 	under, err := s.List(ctx, key, true)
-	if err != nil {
+	if err != nil && !wrongType(err) { // wrong type: a value, not a directory
 		return err
 	}
 	for _, k := range append(under, key) {
@@ -296,12 +296,19 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
 	e, err := s.load(ctx, key)
 	if err != nil {
-		if strings.Contains(err.Error(), "WRONGTYPE") {
+		if wrongType(err) { // a directory set
 			return certmagic.KeyInfo{Key: key}, nil
 		}
 		return certmagic.KeyInfo{}, err
 	}
 	return certmagic.KeyInfo{Key: key, Modified: e.Modified, Size: e.Size, IsTerminal: true}, nil
+}
+
+// wrongType reports Redis's answer to a value read as a directory set or
+// the other way round.
+func wrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
 }
 
 // String identifies the storage in Caddy's logs (no password).

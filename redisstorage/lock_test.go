@@ -1,0 +1,68 @@
+package redisstorage
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/internal/redistest"
+)
+
+// Two clients on one Redis: the lock excludes, the holder's renewals keep
+// it past several lease lengths, a holder that stops renewing (a crash)
+// loses it when the lease expires, and its late Unlock does not free the
+// lock its successor took.
+func TestLockLease(t *testing.T) {
+	addr := redistest.Start(t)
+	// Leases are time itself; ten renewals per lease leave a wide margin
+	// on a busy machine.
+	lt := leaseTimes{ttl: time.Second, renew: 100 * time.Millisecond, poll: 20 * time.Millisecond}
+	a, b := newStorage(t, addr, "p", lt), newStorage(t, addr, "p", lt)
+	ctx := context.Background()
+
+	if err := a.Lock(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 3*lt.ttl)
+	defer cancel()
+	if err := b.Lock(short, "n"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("b.Lock while a holds and renews: %v, want deadline exceeded", err)
+	}
+
+	// a crashes: its renewer stops, nothing is released.
+	a.conn.mu.Lock()
+	l := a.conn.held[a.lockKey("n")]
+	a.conn.mu.Unlock()
+	l.stop()
+	<-l.done
+	if err := b.Lock(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	// a comes back and unlocks: compare-and-delete leaves b's lease.
+	if err := a.Unlock(ctx, "n"); err != nil {
+		t.Fatalf("Unlock of an expired lease: %v", err)
+	}
+	if ttl, err := b.conn.client.PTTL(ctx, b.lockKey("n")).Result(); err != nil || ttl <= 0 {
+		t.Fatalf("b's lease after a's late Unlock: ttl %v, %v", ttl, err)
+	}
+	c := newStorage(t, addr, "p", lt)
+	short2, cancel2 := context.WithTimeout(ctx, 2*lt.ttl)
+	defer cancel2()
+	if err := c.Lock(short2, "n"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("c took the lock b holds after a's late Unlock: %v", err)
+	}
+	if err := b.Unlock(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	// Released, not expired: c gets it at its next poll.
+	if err := c.Lock(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unlock(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.conn.client.Exists(ctx, c.lockKey("n")).Result(); n != 0 {
+		t.Fatal("lock key left after Unlock")
+	}
+}
