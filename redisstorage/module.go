@@ -80,10 +80,10 @@ func (m *Module) Provision(ctx caddy.Context) error {
 	if id.Address, err = repl.ReplaceOrErr(cmp(m.Address, DefaultAddress), true, true); err != nil {
 		return fmt.Errorf("address: %w", err)
 	}
-	if id.Password, err = repl.ReplaceOrErr(m.Password, false, true); err != nil {
+	if id.Password, err = repl.ReplaceOrErr(m.Password, true, true); err != nil {
 		return fmt.Errorf("password: %w", err)
 	}
-	if id.Username, err = repl.ReplaceOrErr(m.Username, false, true); err != nil {
+	if id.Username, err = repl.ReplaceOrErr(m.Username, true, true); err != nil {
 		return fmt.Errorf("username: %w", err)
 	}
 	if id.Timeout <= 0 {
