@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/tokenwarden/caddy-inject-token/internal/redistest"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -105,5 +107,34 @@ func TestPoolSharedAcrossConfigs(t *testing.T) {
 	}
 	if err := next.conn.client.Ping(t.Context()).Err(); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("Ping on the released client: %v, want closed", err)
+	}
+}
+
+// A lock taken under one config and released under the next (the engine's
+// session outlives a reload) is released, and its renewal stops.
+func TestLockAcrossReload(t *testing.T) {
+	addr := redistest.Start(t)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	old, next := Module{Address: addr}, Module{Address: addr}
+	if err := old.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.storage.Lock(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer next.Cleanup()
+	old.Cleanup()
+	if err := next.storage.Unlock(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := next.conn.client.Exists(ctx, next.storage.lockKey("s")).Result(); err != nil || n != 0 {
+		t.Fatalf("lock still in Redis after Unlock under the new config (%d, %v)", n, err)
+	}
+	if len(next.conn.held) != 0 {
+		t.Fatal("a renewal still runs for the released lock")
 	}
 }
