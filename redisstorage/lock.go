@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"time"
 
@@ -39,6 +40,12 @@ return redis.call('DEL', KEYS[1])
 `)
 )
 
+// owner is "<hostname>:<pid>", recorded in every lease this process takes.
+var owner = func() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}()
+
 func (s *Storage) lockKey(name string) string { return s.key(path.Join("locks", name)) }
 
 // Lock takes the lease on name (SET NX PX with a random token), retrying
@@ -50,7 +57,10 @@ func (s *Storage) Lock(ctx context.Context, name string) error {
 	key := s.lockKey(name)
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	token := base64.RawURLEncoding.EncodeToString(b[:])
+	// The random token, then who holds it, as redislock writes a lease
+	// (22 characters, then its metadata): an operator, or the drills, can
+	// see which instance holds a lock.
+	token := base64.RawURLEncoding.EncodeToString(b[:]) + owner
 	for {
 		ok, err := s.conn.client.SetNX(ctx, key, token, s.lease.ttl).Result()
 		if err != nil {

@@ -3,6 +3,7 @@ package redisstorage
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +59,9 @@ func TestLockLease(t *testing.T) {
 	// Released, not expired: c gets it at its next poll.
 	if err := c.Lock(ctx, "n"); err != nil {
 		t.Fatal(err)
+	}
+	if v, _ := c.conn.client.Get(ctx, c.lockKey("n")).Result(); len(v) != 22+len(owner) || !strings.HasSuffix(v, owner) {
+		t.Fatalf("lease value %q: want a 22-character token then %q", v, owner)
 	}
 	if err := c.Unlock(ctx, "n"); err != nil {
 		t.Fatal(err)
