@@ -1,5 +1,5 @@
 // Package drills runs several Caddy processes on one real Redis (through
-// interop/redisstore and a fault proxy per process) against the sandbox,
+// the deployable storage module, redisstorage, and a fault proxy per process) against the sandbox,
 // and checks the engine's promise under faults: a refresh token is
 // presented at most once, and a fault never costs the session.
 //
