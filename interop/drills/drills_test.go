@@ -187,7 +187,7 @@ func TestDrillPausedHolder(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
-			case bytes.HasPrefix(req, []byte("*7\r\n")) && bytes.Contains(req, []byte(lockKey)):
+			case bytes.Contains(req, []byte(lockKey)) && bytes.Contains(req, []byte("\r\nnx\r\n")): // SET NX: the lease taken
 				obtained = true
 			case obtained && bytes.Contains(req, []byte("get")) && bytes.Contains(req, []byte(recordKey)):
 				obtained = false
