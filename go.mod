@@ -3,7 +3,6 @@ module github.com/tokenwarden/caddy-inject-token
 go 1.26.0
 
 require (
-	github.com/bsm/redislock v0.9.4
 	github.com/caddyserver/caddy/v2 v2.11.9
 	github.com/caddyserver/certmagic v0.25.6
 	github.com/chromedp/chromedp v0.23.0

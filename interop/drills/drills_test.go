@@ -161,8 +161,7 @@ func TestDrillPartition(t *testing.T) {
 // session must survive.
 //
 // The stop point is exact: the holder's fault proxy recognises the lease
-// being taken (redislock's obtain script, the only call on the lock key
-// with seven RESP elements) and then the re-read of the record, and stops
+// being taken (SET NX, the only call on the lock key with "nx") and then the re-read of the record, and stops
 // the process before delivering that read's reply.
 //
 // NEEDS ENGINE FENCING (issue 8 item 5, branch engine). Without it the
