@@ -62,7 +62,7 @@ func (s *Storage) Lock(ctx context.Context, name string) error {
 	// see which instance holds a lock.
 	token := base64.RawURLEncoding.EncodeToString(b[:]) + owner
 	for {
-		ok, err := s.conn.client.SetNX(ctx, key, token, s.lease.ttl).Result()
+		ok, err := s.obtain(ctx, key, token)
 		if err != nil {
 			return fmt.Errorf("redis storage: locking %s: %w", name, err)
 		}
@@ -78,6 +78,21 @@ func (s *Storage) Lock(ctx context.Context, name string) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// obtain takes the lease on key for token if it is free. A busy lease
+// holding token is ours: go-redis resends a command whose reply was lost,
+// and the first SET applied.
+func (s *Storage) obtain(ctx context.Context, key, token string) (bool, error) {
+	ok, err := s.conn.client.SetNX(ctx, key, token, s.lease.ttl).Result()
+	if err != nil || ok {
+		return ok, err
+	}
+	v, err := s.conn.client.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil // released meanwhile: the next poll takes it
+	}
+	return v == token, err
 }
 
 // hold renews the lease every renew interval until Unlock, the pool's

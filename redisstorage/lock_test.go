@@ -70,3 +70,32 @@ func TestLockLease(t *testing.T) {
 		t.Fatal("lock key left after Unlock")
 	}
 }
+
+// A lease or conditional write resent after its reply was lost (go-redis
+// retries) is found applied, not reported busy or conflicting.
+func TestResentCommandsAreIdempotent(t *testing.T) {
+	addr := redistest.Start(t)
+	s := newStorage(t, addr, "p", leaseTimes{ttl: time.Second, renew: 100 * time.Millisecond, poll: 20 * time.Millisecond})
+	ctx := context.Background()
+	key := s.lockKey("n")
+	for i := range 2 {
+		if ok, err := s.obtain(ctx, key, "tok1"); !ok || err != nil {
+			t.Fatalf("obtain #%d with the same token: %v, %v", i+1, ok, err)
+		}
+	}
+	if ok, err := s.obtain(ctx, key, "tok2"); ok || err != nil {
+		t.Fatalf("obtain with another token: %v, %v; want busy", ok, err)
+	}
+	full := s.key("state")
+	sets, members := index(full)
+	args := append([]any{0, `{"value":"eA==","version":1}`, 1}, strs(members)...)
+	for i := range 2 {
+		if cur, err := storeIfScript.Run(ctx, s.conn.client, append([]string{full}, sets...), args...).Int64(); cur != -1 || err != nil {
+			t.Fatalf("conditional write #%d of the same envelope: %d, %v; want stored", i+1, cur, err)
+		}
+	}
+	args[1] = `{"value":"eQ==","version":1}`
+	if cur, _ := storeIfScript.Run(ctx, s.conn.client, append([]string{full}, sets...), args...).Int64(); cur != 1 {
+		t.Fatalf("another writer's write from version 0: %d, want refused at version 1", cur)
+	}
+}

@@ -109,8 +109,14 @@ return 1
 // the old value back: a steady write is 2 commands (EVALSHA, SET) instead
 // of 3, which is what keeps a refresh within 10 Redis commands. A script
 // runs atomically, so no client ever sees the value it put back.
+//
+// Finding ARGV[2] itself (its modification time is to the nanosecond) is
+// success: go-redis resends a command whose reply was lost, and the
+// first send was applied; calling that a conflict would tell the engine
+// a write it made was someone else's.
 var storeIfScript = redis.NewScript(`
 local old = redis.call('SET', KEYS[1], ARGV[2], 'GET')
+if old == ARGV[2] then return -1 end
 local v = 0
 if old then
 	local ok, e = pcall(cjson.decode, old)
