@@ -11,6 +11,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/tokenwarden/caddy-inject-token"
+	_ "github.com/tokenwarden/caddy-inject-token/redisstorage"
 	_ "github.com/tokenwarden/caddy-inject-token/sandbox"
 )
 

@@ -167,7 +167,7 @@ func (c *cluster) startNode(bin, name string) *node {
 	cfg := fmt.Sprintf(`{
 	admin %s
 	persist_config off
-	storage redis_test {
+	storage inject_token_redis {
 		address %s
 		key_prefix %s
 		lock_ttl %s
@@ -338,8 +338,8 @@ func (c *cluster) waitRefreshes(n int64, within time.Duration) {
 }
 
 // lockOwner is the pid recorded in the session lock's lease, or 0 when the
-// lock is free. redislock stores a 22-character token, then the metadata,
-// which redisstore sets to "<hostname>:<pid>".
+// lock is free. A lease is a 22-character token, then "<hostname>:<pid>"
+// (redisstorage writes it as redislock does).
 func (c *cluster) lockOwner(ctx context.Context) int {
 	v, err := c.rdb.Get(ctx, lockKey).Result()
 	if err != nil || len(v) <= 22 {

@@ -1,5 +1,5 @@
 // Package drills runs several Caddy processes on one real Redis (through
-// interop/redisstore and a fault proxy per process) against the sandbox,
+// the deployable storage module, redisstorage, and a fault proxy per process) against the sandbox,
 // and checks the engine's promise under faults: a refresh token is
 // presented at most once, and a fault never costs the session.
 //
@@ -14,10 +14,13 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/sandbox"
 )
 
 // Every drill's sandbox issues access tokens for lifetime, and the
@@ -161,8 +164,7 @@ func TestDrillPartition(t *testing.T) {
 // session must survive.
 //
 // The stop point is exact: the holder's fault proxy recognises the lease
-// being taken (redislock's obtain script, the only call on the lock key
-// with seven RESP elements) and then the re-read of the record, and stops
+// being taken (SET NX, the only call on the lock key with "nx") and then the re-read of the record, and stops
 // the process before delivering that read's reply.
 //
 // NEEDS ENGINE FENCING (issue 8 item 5, branch engine). Without it the
@@ -187,7 +189,7 @@ func TestDrillPausedHolder(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
-			case bytes.HasPrefix(req, []byte("*7\r\n")) && bytes.Contains(req, []byte(lockKey)):
+			case bytes.Contains(req, []byte(lockKey)) && bytes.Contains(req, []byte("\r\nnx\r\n")): // SET NX: the lease taken
 				obtained = true
 			case obtained && bytes.Contains(req, []byte("get")) && bytes.Contains(req, []byte(recordKey)):
 				obtained = false
@@ -350,5 +352,93 @@ func TestDrillRedisDown(t *testing.T) {
 	}
 	if all.failed != all.unavailable {
 		t.Errorf("failures other than 503 with Retry-After: %v", all.byStatus)
+	}
+}
+
+// Drill 7 (issue 19): a conditional write of the session's state is
+// applied by Redis but its reply is lost, and its writer is cut off from
+// Redis past go-redis's retries, so it cannot know whether the write
+// landed. Refresh tokens are never presented twice, whichever write it was.
+//
+//   - back before its lease ends: it resolves the write by reading (the
+//     writer id) and the session survives (no new login);
+//   - away while the others refresh twice: if the lost write was the
+//     intent, no instance can tell whether its refresh token was presented,
+//     so the session ends and logs in again (one login at most).
+func TestDrillAmbiguousWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		lockTTL   time.Duration
+		maxLogins int64
+		heal      func(c *cluster, victim *node, base sandbox.Stats)
+	}{
+		{"back within its lease", 15 * time.Second, 1, func(c *cluster, victim *node, _ sandbox.Stats) {
+			if !poll(30*time.Second, 50*time.Millisecond, func() bool {
+				return strings.Contains(fmt.Sprint(c.status(victim)["last_error"]), "storing")
+			}) {
+				c.t.Fatalf("%s never reported its lost write: %v", victim.name, c.status(victim))
+			}
+		}},
+		{"away for two refreshes", time.Second, 2, func(c *cluster, _ *node, base sandbox.Stats) {
+			c.waitRefreshes(base.RefreshSuccesses+2, 60*time.Second)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.maxLogins == 1 && os.Getenv("DRILL7_STRICT") == "" {
+				// Found by this drill: the writer reports the lost intent
+				// write as transient and releases the lock without
+				// resolving it, so the next holder meets an intent it cannot
+				// judge and ends the session (reuse 0, one extra login).
+				t.Skip("engine: an ambiguous intent is released unresolved (see the comment); DRILL7_STRICT=1 runs it")
+			}
+			c := startCluster(t, clusterOptions{instances: 3, ttl: lifetime, refreshBefore: refreshBefore,
+				lockTTL: tc.lockTTL, redisTimeout: time.Second})
+			l := c.startLoad()
+			c.waitRefreshes(c.sb.Stats().RefreshSuccesses+2, 30*time.Second)
+			base := c.sb.Stats()
+			hit := make(chan *node, 1)
+			var once sync.Once
+			for _, n := range c.nodes {
+				n.proxy.setIntercept(func(req []byte) func() {
+					// The conditional write is the only script call on the record.
+					if !bytes.Contains(req, []byte("evalsha")) || !bytes.Contains(req, []byte(recordKey)) {
+						return nil
+					}
+					var f func()
+					once.Do(func() {
+						f = func() {
+							n.proxy.setPartition(true)
+							n.proxy.cut()
+							hit <- n
+						}
+					})
+					return f
+				})
+			}
+			var victim *node
+			select {
+			case victim = <-hit:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no conditional write of the session's state within 30s")
+			}
+			for _, n := range c.nodes {
+				n.proxy.setIntercept(nil)
+			}
+			vi := slices.Index(c.nodes, victim)
+			tc.heal(c, victim, base)
+			victim.proxy.setPartition(false)
+			healed := time.Now()
+			c.waitRefreshes(c.sb.Stats().RefreshSuccesses+2, 60*time.Second)
+			l.finish()
+			c.logCounts("drill 7")
+			others := count(l.snapshot(), func(r result) bool { return r.node != vi })
+			after := count(l.snapshot(), func(r result) bool { return r.node == vi && r.start.After(healed) })
+			t.Logf("drill 7 (%s): %s's write answered by a cut; others: %d requests, %d failed %v; %s after healing: %d requests, %d ok",
+				tc.name, victim.name, others.total, others.failed, others.byStatus, victim.name, after.total, after.ok)
+			c.assertExactlyOnce(base, 2, tc.maxLogins)
+			if after.ok == 0 {
+				t.Errorf("%s served nothing after the partition healed", victim.name)
+			}
+		})
 	}
 }

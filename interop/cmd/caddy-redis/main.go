@@ -1,7 +1,7 @@
-// Command caddy-redis is cmd/caddy plus the test-only Redis storage
-// (storage redis_test, package interop/redisstore). The drills in
-// interop/drills build it to run several Caddy processes on one Redis; it
-// is not a supported build.
+// Command caddy-redis is the Caddy the drills in interop/drills run
+// several processes of on one Redis: cmd/caddy's modules, the Redis
+// storage module users deploy (storage inject_token_redis, package
+// redisstorage) and the inject-token command. It is not a supported build.
 package main
 
 import (
@@ -11,7 +11,7 @@ import (
 
 	_ "github.com/tokenwarden/caddy-inject-token"
 	_ "github.com/tokenwarden/caddy-inject-token/cli"
-	_ "github.com/tokenwarden/caddy-inject-token/interop/redisstore"
+	_ "github.com/tokenwarden/caddy-inject-token/redisstorage"
 	_ "github.com/tokenwarden/caddy-inject-token/sandbox"
 )
 
