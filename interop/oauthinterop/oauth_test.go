@@ -295,13 +295,16 @@ func TestInteropRefreshTokenGrant(t *testing.T) {
 	asError(t, err, oauth.KindDead)
 }
 
-// TestInteropClockOffRetriesOnce: oidc-provider's clock is 300 s ahead, so
-// it refuses the first proof (iat too old) with invalid_dpop_proof; its
-// Date header has taught the client its clock, and the one retry, with a
-// fresh proof dated on it, gets the token within the same call.
+// TestInteropClockOffRetriesOnce: oidc-provider's clock is ahead, so it
+// refuses the first proof (iat too old) with invalid_dpop_proof; its Date
+// header has taught the client its clock, and the one retry, with a fresh
+// proof dated on it, gets the token within the same call. oidc-provider
+// accepts an iat up to 300 s off, so an offset of exactly 300 s is refused
+// or not by the rounding of two clocks to the second: the offsets here are
+// clearly beyond it.
 func TestInteropClockOffRetriesOnce(t *testing.T) {
 	t.Parallel()
-	for _, off := range []time.Duration{300 * time.Second} {
+	for _, off := range []time.Duration{330 * time.Second, -600 * time.Second} {
 		p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 			ClockOffset: off,
 			Clients:     []interop.Client{{ID: "basic", Secret: secretBasic}},
