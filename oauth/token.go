@@ -168,7 +168,7 @@ func (c *Client) signAssertion(m *metadata) (string, error) {
 // content, or a freshly signed one.
 func (c *Client) grantAssertion(m *metadata) (string, error) {
 	if c.grantJWT != nil {
-		return c.grantJWT.read()
+		return c.grantJWT.Read()
 	}
 	return c.signAssertion(m)
 }
