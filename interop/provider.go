@@ -40,6 +40,12 @@ type ProviderOptions struct {
 	Resources map[string]string
 	// AccessTokenTTL and RefreshTokenTTL default to 10 minutes and 1 day.
 	AccessTokenTTL, RefreshTokenTTL time.Duration
+	// SubjectJWKS, when set, registers the RFC 8693 token exchange grant:
+	// subject (and actor) tokens must be JWTs signed by one of these keys,
+	// and for SubjectAudience when set. The access token issued is for the
+	// subject's sub (see oidc-provider/server.js).
+	SubjectJWKS     *jose.JSONWebKeySet
+	SubjectAudience string
 	// StartTimeout bounds waiting for the READY line (and npm ci, when it
 	// runs); default 2 minutes.
 	StartTimeout time.Duration
@@ -228,6 +234,12 @@ func serverConfig(opts ProviderOptions) map[string]any {
 		"requireNonce": opts.RequireNonce,
 		"clients":      append([]Client{}, opts.Clients...),
 		"resources":    res,
+	}
+	if opts.SubjectJWKS != nil {
+		cfg["subjectJWKS"] = opts.SubjectJWKS
+		if opts.SubjectAudience != "" {
+			cfg["subjectAudience"] = opts.SubjectAudience
+		}
 	}
 	if opts.AccessTokenTTL > 0 {
 		cfg["accessTokenTTL"] = int(opts.AccessTokenTTL / time.Second)

@@ -1,0 +1,194 @@
+package oauthinterop_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/tokenwarden/caddy-inject-token/exchange"
+	"github.com/tokenwarden/caddy-inject-token/interop"
+	"github.com/tokenwarden/caddy-inject-token/oauth"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
+)
+
+// subjectIssuer signs subject tokens (standing in for the users' identity
+// provider or the cluster's service-account issuer) and publishes its keys
+// over loopback.
+type subjectIssuer struct {
+	signer jose.Signer
+	set    *jose.JSONWebKeySet
+	url    string
+}
+
+func newSubjectIssuer(t *testing.T) *subjectIssuer {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: k, KeyID: "subj"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k.PublicKey, KeyID: "subj", Algorithm: "ES256", Use: "sig"}}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _ = json.NewEncoder(w).Encode(set) }))
+	t.Cleanup(srv.Close)
+	return &subjectIssuer{signer: s, set: set, url: srv.URL}
+}
+
+func (si *subjectIssuer) token(t *testing.T, sub string) string {
+	now := time.Now()
+	tok, err := jwt.Signed(si.signer).Claims(jwt.Claims{Subject: sub, Audience: jwt.Audience{"gateway"},
+		Expiry: jwt.NewNumericDate(now.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(now)}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// upstreamSub presents token to the verifying resource server and returns
+// the sub it accepted it for.
+func upstreamSub(t *testing.T, rs *interop.ResourceServer, token string) string {
+	req, _ := http.NewRequest(http.MethodGet, rs.URL+"/orders", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Sub string `json:"sub"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		t.Fatalf("upstream answered %d to an exchanged token", resp.StatusCode)
+	}
+	return out.Sub
+}
+
+func startExchangeProvider(t *testing.T, si *subjectIssuer) *interop.Provider {
+	return interop.StartOIDCProvider(t, interop.ProviderOptions{
+		Clients: []interop.Client{{ID: "gw", Secret: secretBasic,
+			GrantTypes: []string{exchange.GrantType, "client_credentials"}}},
+		SubjectJWKS: si.set, SubjectAudience: "gateway",
+	})
+}
+
+// TestInteropExchangePerRequestSubjects: per-request subjects, verified
+// against their issuer's JWKS, are exchanged at oidc-provider once each
+// however many requests race, and every request's token reaches a
+// verifying upstream as its own subject — two subjects never share one.
+func TestInteropExchangePerRequestSubjects(t *testing.T) {
+	t.Parallel()
+	si := newSubjectIssuer(t)
+	p := startExchangeProvider(t, si)
+	rs := interop.StartResourceServer(t, interop.ResourceServerOptions{JWKSURL: p.JWKSURL, Issuer: p.Issuer,
+		Audience: interop.DefaultResource, AllowBearer: true})
+	cnt := newCounter()
+	e, err := exchange.New(exchange.Config{
+		Config: oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+			Resource: interop.DefaultResource, HTTPClient: cnt.client()},
+		SubjectHeader:      "X-User-Token",
+		RequestedTokenType: exchange.TokenTypeAccessToken,
+		Verify:             exchange.Verify{JWKSURL: si.url, Audiences: []string{"gateway"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const subjects, each = 8, 5
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	tokenOwner := map[string]string{}
+	tokens := make([]string, subjects)
+	for i := range tokens {
+		tokens[i] = si.token(t, fmt.Sprintf("user-%d", i))
+	}
+	for i := range subjects * each {
+		sub, subject := fmt.Sprintf("user-%d", i%subjects), tokens[i%subjects]
+		wg.Go(func() {
+			g, err := e.Cache().Get(context.Background(), subject)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got := upstreamSub(t, rs, g.AccessToken); got != sub {
+				t.Errorf("subject %s's token was accepted upstream as %s's", sub, got)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if o, ok := tokenOwner[g.AccessToken]; ok && o != sub {
+				t.Errorf("subjects %s and %s share a token", o, sub)
+			}
+			tokenOwner[g.AccessToken] = sub
+		})
+	}
+	wg.Wait()
+	if n := cnt.get("/token"); n != subjects || len(tokenOwner) != subjects {
+		t.Fatalf("%d exchanges and %d tokens for %d subjects, want one each", n, len(tokenOwner), subjects)
+	}
+	rejected := si.token(t, "rejected-1")
+	for range 3 {
+		if _, err := e.Cache().Get(context.Background(), rejected); err == nil {
+			t.Fatal("the provider's rejection was not passed on")
+		} else if !errors.Is(err, tokencache.ErrSessionDead) {
+			t.Fatalf("rejection: %v, want invalid_grant (the subject is refused)", err)
+		}
+	}
+	if n := cnt.get("/token"); n != subjects+1 {
+		t.Errorf("a rejected subject was exchanged %d times in one negative window, want 1", n-subjects)
+	}
+}
+
+// TestInteropExchangeSubjectFile: a subject file (a projected
+// service-account token) is exchanged for a DPoP-bound token, and a
+// rotated file is picked up by the next exchange.
+func TestInteropExchangeSubjectFile(t *testing.T) {
+	t.Parallel()
+	si := newSubjectIssuer(t)
+	p := startExchangeProvider(t, si)
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte(si.token(t, "system:serviceaccount:shop:gateway")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := exchange.New(exchange.Config{
+		Config: oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+			Resource: interop.DefaultResource, DPoP: true},
+		SubjectFile: file,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	g, err := e.AutoLogin()(context.Background(), key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := claims(t, g.AccessToken)
+	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || cl["sub"] != "system:serviceaccount:shop:gateway" || cl["aud"] != interop.DefaultResource {
+		t.Fatalf("token type %s, claims %v", g.TokenType, cl)
+	}
+	later := time.Now().Add(2 * time.Second)
+	if err := os.WriteFile(file, []byte(si.token(t, "system:serviceaccount:shop:gateway-2")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chtimes(file, later, later)
+	g, err = e.Refresh(context.Background(), key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub := claims(t, g.AccessToken)["sub"]; sub != "system:serviceaccount:shop:gateway-2" {
+		t.Fatalf("after rotating the subject file the token is for %v", sub)
+	}
+}
