@@ -146,6 +146,8 @@ func (p *perSubject) serve(subject string, w http.ResponseWriter, r *http.Reques
 	}
 	r.Header.Set("Authorization", "Bearer "+g.AccessToken)
 	r.Header.Del("DPoP")
+	// A transport inject_token in the reverse_proxy sends it as it is.
+	caddyhttp.SetVar(r.Context(), credVar, &credential{name: "token_exchange", preset: true})
 	sw := &statusWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	err = next.ServeHTTP(sw, r)
 	if sw.status == http.StatusUnauthorized {

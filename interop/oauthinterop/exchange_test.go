@@ -2,62 +2,21 @@ package oauthinterop_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
-
 	"github.com/tokenwarden/caddy-inject-token/exchange"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
-
-// subjectIssuer signs subject tokens (standing in for the users' identity
-// provider or the cluster's service-account issuer) and publishes its keys
-// over loopback.
-type subjectIssuer struct {
-	signer jose.Signer
-	set    *jose.JSONWebKeySet
-	url    string
-}
-
-func newSubjectIssuer(t *testing.T) *subjectIssuer {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: k, KeyID: "subj"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k.PublicKey, KeyID: "subj", Algorithm: "ES256", Use: "sig"}}}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _ = json.NewEncoder(w).Encode(set) }))
-	t.Cleanup(srv.Close)
-	return &subjectIssuer{signer: s, set: set, url: srv.URL}
-}
-
-func (si *subjectIssuer) token(t *testing.T, sub string) string {
-	now := time.Now()
-	tok, err := jwt.Signed(si.signer).Claims(jwt.Claims{Subject: sub, Audience: jwt.Audience{"gateway"},
-		Expiry: jwt.NewNumericDate(now.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(now)}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
 
 // upstreamSub presents token to the verifying resource server and returns
 // the sub it accepted it for.
@@ -78,11 +37,11 @@ func upstreamSub(t *testing.T, rs *interop.ResourceServer, token string) string 
 	return out.Sub
 }
 
-func startExchangeProvider(t *testing.T, si *subjectIssuer) *interop.Provider {
+func startExchangeProvider(t *testing.T, si *interop.SubjectIssuer) *interop.Provider {
 	return interop.StartOIDCProvider(t, interop.ProviderOptions{
 		Clients: []interop.Client{{ID: "gw", Secret: secretBasic,
 			GrantTypes: []string{exchange.GrantType, "client_credentials"}}},
-		SubjectJWKS: si.set, SubjectAudience: "gateway",
+		SubjectJWKS: si.JWKS, SubjectAudience: interop.SubjectAudience,
 	})
 }
 
@@ -92,7 +51,7 @@ func startExchangeProvider(t *testing.T, si *subjectIssuer) *interop.Provider {
 // verifying upstream as its own subject — two subjects never share one.
 func TestInteropExchangePerRequestSubjects(t *testing.T) {
 	t.Parallel()
-	si := newSubjectIssuer(t)
+	si := interop.NewSubjectIssuer(t)
 	p := startExchangeProvider(t, si)
 	rs := interop.StartResourceServer(t, interop.ResourceServerOptions{JWKSURL: p.JWKSURL, Issuer: p.Issuer,
 		Audience: interop.DefaultResource, AllowBearer: true})
@@ -102,7 +61,7 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 			Resource: interop.DefaultResource, HTTPClient: cnt.client()},
 		SubjectHeader:      "X-User-Token",
 		RequestedTokenType: exchange.TokenTypeAccessToken,
-		Verify:             exchange.Verify{JWKSURL: si.url, Audiences: []string{"gateway"}},
+		Verify:             exchange.Verify{JWKSURL: si.URL, Audiences: []string{interop.SubjectAudience}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +72,7 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 	tokenOwner := map[string]string{}
 	tokens := make([]string, subjects)
 	for i := range tokens {
-		tokens[i] = si.token(t, fmt.Sprintf("user-%d", i))
+		tokens[i] = si.Token(t, fmt.Sprintf("user-%d", i))
 	}
 	for i := range subjects * each {
 		sub, subject := fmt.Sprintf("user-%d", i%subjects), tokens[i%subjects]
@@ -138,7 +97,7 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 	if n := cnt.get("/token"); n != subjects || len(tokenOwner) != subjects {
 		t.Fatalf("%d exchanges and %d tokens for %d subjects, want one each", n, len(tokenOwner), subjects)
 	}
-	rejected := si.token(t, "rejected-1")
+	rejected := si.Token(t, "rejected-1")
 	for range 3 {
 		if _, err := e.Cache().Get(context.Background(), rejected); err == nil {
 			t.Fatal("the provider's rejection was not passed on")
@@ -156,10 +115,10 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 // rotated file is picked up by the next exchange.
 func TestInteropExchangeSubjectFile(t *testing.T) {
 	t.Parallel()
-	si := newSubjectIssuer(t)
+	si := interop.NewSubjectIssuer(t)
 	p := startExchangeProvider(t, si)
 	file := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(file, []byte(si.token(t, "system:serviceaccount:shop:gateway")+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(si.Token(t, "system:serviceaccount:shop:gateway")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e, err := exchange.New(exchange.Config{
@@ -180,7 +139,7 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 		t.Fatalf("token type %s, claims %v", g.TokenType, cl)
 	}
 	later := time.Now().Add(2 * time.Second)
-	if err := os.WriteFile(file, []byte(si.token(t, "system:serviceaccount:shop:gateway-2")), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(si.Token(t, "system:serviceaccount:shop:gateway-2")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_ = os.Chtimes(file, later, later)
