@@ -225,7 +225,7 @@ func (e *Exchanger) Exchange(ctx context.Context, key *dpop.Key, subject string)
 		return nil, &Error{Failure: tokencache.Failure{Class: tokencache.ClassCredentialsRejected, Status: 200, Code: "issued_token_type"},
 			detail: "issued_token_type " + wire.Scrub(issued, []string{subject, g.AccessToken}) + " is not the requested type"}
 	}
-	if exp, ok := subjectExp(subject); ok && (g.Expiry.IsZero() || exp.Before(g.Expiry)) {
+	if exp, ok := wire.JWTExp(subject); ok && (g.Expiry.IsZero() || exp.Before(g.Expiry)) {
 		g.Expiry = exp
 	}
 	return g, nil
@@ -237,17 +237,6 @@ func (e *Exchanger) acceptable(issued string) bool {
 		return issued == e.cfg.RequestedTokenType
 	}
 	return slices.Contains([]string{TokenTypeAccessToken, TokenTypeJWT}, issued)
-}
-
-// subjectExp reads a JWT subject's exp (unverified: it only shortens).
-func subjectExp(token string) (time.Time, bool) {
-	var c struct {
-		Exp float64 `json:"exp"`
-	}
-	if !wire.JWTClaims(token, &c) || !(c.Exp > 0 && c.Exp < 1e11) {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(c.Exp), 0), true
 }
 
 // Error is a failure of this package's own (an unusable answer, a subject

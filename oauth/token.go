@@ -215,7 +215,7 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, str
 	}
 	if d, ok := seconds(tr.ExpiresIn); ok {
 		g.Expiry = resp.SentAt.Add(d)
-	} else if exp, ok := jwtExp(tr.AccessToken); ok {
+	} else if exp, ok := wire.JWTExp(tr.AccessToken); ok {
 		g.Expiry = exp.Add(resp.skew)
 	} else {
 		g.Expiry = resp.SentAt.Add(c.cfg.DefaultExpiresIn)
@@ -239,18 +239,4 @@ func seconds(raw json.RawMessage) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(f * float64(time.Second)), true
-}
-
-// jwtExp reads the exp claim of a JWT without verifying it: it only
-// schedules the next refresh and is never trusted for anything else. exp
-// must be a JSON number (prelude's jwtExpiry also takes strings, as
-// Prelude's API once sent them) and is truncated to the second.
-func jwtExp(token string) (time.Time, bool) {
-	var claims struct {
-		Exp float64 `json:"exp"`
-	}
-	if !wire.JWTClaims(token, &claims) || !(claims.Exp > 0 && claims.Exp < 1e11) {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(claims.Exp), 0), true
 }
