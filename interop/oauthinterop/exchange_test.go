@@ -151,3 +151,43 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 		t.Fatalf("after rotating the subject file the token is for %v", sub)
 	}
 }
+
+// TestInteropExchangeFreshAssertionPerRetry: a private_key_jwt client
+// exchanging at a provider that demands DPoP nonces is challenged once and
+// retries with a new client assertion (the provider remembers jti values:
+// a reused assertion would be invalid_client), getting a DPoP-bound token.
+func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
+	t.Parallel()
+	si := interop.NewSubjectIssuer(t)
+	signer, jwks := clientKey(t)
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
+		RequireNonce: true,
+		Clients: []interop.Client{{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks,
+			GrantTypes: []string{exchange.GrantType}}},
+		SubjectJWKS: si.JWKS, SubjectAudience: interop.SubjectAudience,
+	})
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte(si.Token(t, "spiffe://shop/gateway")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cnt := newCounter()
+	e, err := exchange.New(exchange.Config{
+		Config: oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1",
+			Resource: interop.DefaultResource, DPoP: true, HTTPClient: cnt.client()},
+		SubjectFile: file,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	g, err := e.AutoLogin()(context.Background(), key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := cnt.get("/token"); n != 2 {
+		t.Errorf("%d token requests, want 2 (nonce challenge + one retry)", n)
+	}
+	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || claims(t, g.AccessToken)["sub"] != "spiffe://shop/gateway" {
+		t.Errorf("token %s, claims %v", g.TokenType, claims(t, g.AccessToken))
+	}
+}
