@@ -1,12 +1,15 @@
 package gateway_test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tokenwarden/caddy-inject-token/exchange"
@@ -110,5 +113,50 @@ func TestInteropGatewayExchangeSubjectFile(t *testing.T) {
 	}
 	if a.Sub != "system:serviceaccount:shop:gateway" {
 		t.Fatalf("upstream saw sub %q", a.Sub)
+	}
+}
+
+// TestInteropGatewayExchange401DropsThatSubjectOnly: an upstream 401 to
+// one subject's token makes its next request exchange again, while the
+// other subject keeps its token.
+func TestInteropGatewayExchange401DropsThatSubjectOnly(t *testing.T) {
+	si := interop.NewSubjectIssuer(t)
+	p := startExchangeProvider(t, si)
+	var mu sync.Mutex
+	seen := map[string]map[string]bool{} // sub → tokens presented
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		var c struct {
+			Sub string `json:"sub"`
+		}
+		parts := strings.Split(tok, ".")
+		if len(parts) == 3 {
+			b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+			_ = json.Unmarshal(b, &c)
+		}
+		mu.Lock()
+		if seen[c.Sub] == nil {
+			seen[c.Sub] = map[string]bool{}
+		}
+		seen[c.Sub][tok] = true
+		mu.Unlock()
+		if c.Sub == "bob" {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}))
+	t.Cleanup(upstream.Close)
+	tester := startOAuthGatewayConfig(t, exchangeGateway(t.TempDir(), p.Issuer, upstream.URL, fmt.Sprintf(`subject_header Authorization
+			verify jwks %s
+			verify audience %s`, si.URL, interop.SubjectAudience), "dpop off"))
+	alice, bob := si.Token(t, "alice"), si.Token(t, "bob")
+	for range 3 {
+		for _, s := range []string{alice, bob} {
+			gatewaytest.Do(t, tester.Client, http.MethodGet, "http://localhost:9080/x", nil, "Authorization", "Bearer "+s)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen["alice"]) != 1 || len(seen["bob"]) != 3 {
+		t.Fatalf("distinct tokens presented: alice %d (want 1: kept), bob %d (want 3: a new one after each 401)", len(seen["alice"]), len(seen["bob"]))
 	}
 }
