@@ -292,3 +292,25 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorsNeverQuoteSubject: a subject token is a user's credential; no
+// error about it, however it failed, contains it.
+func TestErrorsNeverQuoteSubject(t *testing.T) {
+	ts, is, clk := newTokenServer(t), newIssuer(t), newClock()
+	c := newCache(t, ts, is, clk, nil)
+	for _, s := range []string{
+		is.subject(t, "rejected-x", clk.now(), time.Hour, "gw", 0), // refused by the server
+		is.subject(t, "u", clk.now(), time.Hour, "wrong-aud", 0),   // refused by verification
+		"not.a.jwt-but-a-secret-value",
+	} {
+		_, err := c.Get(context.Background(), s)
+		if err == nil {
+			t.Fatal("no error")
+		}
+		for _, part := range strings.Split(s, ".") {
+			if len(part) > 8 && strings.Contains(err.Error(), part) {
+				t.Fatalf("error quotes the subject: %v", err)
+			}
+		}
+	}
+}
