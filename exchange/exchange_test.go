@@ -314,3 +314,39 @@ func TestErrorsNeverQuoteSubject(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyByIssuerDiscovery: with only an issuer, its keys are found
+// through OpenID Connect discovery, and a subject from another issuer is
+// refused.
+func TestVerifyByIssuerDiscovery(t *testing.T) {
+	ts, is, clk := newTokenServer(t), newIssuer(t), newClock()
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/.well-known/openid-configuration" {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]string{"issuer": srv.URL, "jwks_uri": is.srv.URL})
+	}))
+	t.Cleanup(srv.Close)
+	c := newCache(t, ts, is, clk, func(c *exchange.Config) {
+		c.Verify = exchange.Verify{Issuer: srv.URL, Audiences: []string{"gw"}}
+	})
+	sign := func(iss string) string {
+		tok, err := jwt.Signed(is.signer).Claims(jwt.Claims{Subject: "u", Issuer: iss, Audience: jwt.Audience{"gw"},
+			Expiry: jwt.NewNumericDate(clk.now().Add(time.Hour))}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if _, err := c.Get(context.Background(), sign(srv.URL)); err != nil {
+		t.Fatalf("subject of the discovered issuer: %v", err)
+	}
+	if _, err := c.Get(context.Background(), sign("https://other.test")); !errors.Is(err, exchange.ErrSubjectInvalid) {
+		t.Fatalf("subject of another issuer: %v, want ErrSubjectInvalid", err)
+	}
+	if n := ts.exchanges.Load(); n != 1 {
+		t.Fatalf("%d exchanges, want 1", n)
+	}
+}
