@@ -137,7 +137,11 @@ func (p *perSubject) serve(subject string, w http.ResponseWriter, r *http.Reques
 	}
 	g, err := p.cache.Get(r.Context(), subject)
 	if err != nil {
-		return caddyhttp.Error(subjectStatus(err), err)
+		status := subjectStatus(err)
+		if status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "1") // the miss rate refills every second
+		}
+		return caddyhttp.Error(status, err)
 	}
 	if g.TokenType != "Bearer" {
 		// The proof would have to be signed for each attempt by the
