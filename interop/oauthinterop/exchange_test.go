@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/exchange"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
@@ -121,19 +122,8 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 	if err := os.WriteFile(file, []byte(si.Token(t, "system:serviceaccount:shop:gateway")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e, err := exchange.New(exchange.Config{
-		Config: oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
-			Resource: interop.DefaultResource, DPoP: true},
-		SubjectFile: file,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := newKey(t)
-	g, err := e.AutoLogin()(context.Background(), key, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, key, g := exchangeFile(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+		Resource: interop.DefaultResource, DPoP: true}, file)
 	cl := claims(t, g.AccessToken)
 	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || cl["sub"] != "system:serviceaccount:shop:gateway" || cl["aud"] != interop.DefaultResource {
 		t.Fatalf("token type %s, claims %v", g.TokenType, cl)
@@ -143,7 +133,7 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = os.Chtimes(file, later, later)
-	g, err = e.Refresh(context.Background(), key, "")
+	g, err := e.Refresh(context.Background(), key, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,11 +161,21 @@ func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	cnt := newCounter()
-	e, err := exchange.New(exchange.Config{
-		Config: oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1",
-			Resource: interop.DefaultResource, DPoP: true, HTTPClient: cnt.client()},
-		SubjectFile: file,
-	})
+	_, key, g := exchangeFile(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1",
+		Resource: interop.DefaultResource, DPoP: true, HTTPClient: cnt.client()}, file)
+	if n := cnt.get("/token"); n != 2 {
+		t.Errorf("%d token requests, want 2 (nonce challenge + one retry)", n)
+	}
+	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || claims(t, g.AccessToken)["sub"] != "spiffe://shop/gateway" {
+		t.Errorf("token %s, claims %v", g.TokenType, claims(t, g.AccessToken))
+	}
+}
+
+// exchangeFile builds an exchanger of the subject in file and runs its
+// session login once, with a fresh DPoP key.
+func exchangeFile(t *testing.T, cfg oauth.Config, file string) (*exchange.Exchanger, *dpop.Key, *tokencache.Grant) {
+	t.Helper()
+	e, err := exchange.New(exchange.Config{Config: cfg, SubjectFile: file})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,10 +184,5 @@ func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := cnt.get("/token"); n != 2 {
-		t.Errorf("%d token requests, want 2 (nonce challenge + one retry)", n)
-	}
-	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || claims(t, g.AccessToken)["sub"] != "spiffe://shop/gateway" {
-		t.Errorf("token %s, claims %v", g.TokenType, claims(t, g.AccessToken))
-	}
+	return e, key, g
 }
