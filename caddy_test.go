@@ -511,7 +511,7 @@ func TestReloadKeepsSession(t *testing.T) {
 
 // TestCaddyfileAdapt compares the adapted JSON with testdata.
 func TestCaddyfileAdapt(t *testing.T) {
-	for _, name := range []string{"adapt", "adapt_oauth2"} {
+	for _, name := range []string{"adapt", "adapt_oauth2", "adapt_token_exchange"} {
 		t.Run(name, func(t *testing.T) {
 			in, err := os.ReadFile("testdata/" + name + ".caddyfile")
 			if err != nil {
@@ -574,7 +574,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"duration dup", "inject_token {\n prelude https://a.b\n refresh_before 1s\n refresh_before 2s\n}", "refresh_before already specified", 4},
 		{"strip none", "inject_token {\n prelude https://a.b\n strip_header\n}", "strip_header: expected at least one header name", 3},
 		{"strip bad", "inject_token {\n prelude https://a.b\n strip_header X:Y\n}", "strip_header: invalid header name 'X:Y'", 3},
-		{"two backends", "inject_token {\n prelude https://a.b\n oauth2 https://as.b {\n  client_id c\n }\n}", "prelude and oauth2 cannot both be set", 6},
+		{"two backends", "inject_token {\n prelude https://a.b\n oauth2 https://as.b {\n  client_id c\n }\n}", "prelude, oauth2 and token_exchange cannot be combined", 6},
 		{"oauth2 no url", "inject_token {\n oauth2 {\n  client_id c\n }\n}", "oauth2: expected the token endpoint or issuer URL", 2},
 		{"oauth2 no client", "inject_token {\n oauth2 https://as.b {\n  scope a\n }\n}", "oauth2: client_id is required", 4},
 		{"oauth2 bad auth", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  auth magic\n }\n}", "oauth2 auth: 'magic' is not one of basic, post, private_key_jwt, none", 4},
@@ -582,6 +582,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"oauth2 unknown", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  audience x\n }\n}", "oauth2: unrecognized option 'audience'", 4},
 		{"oauth2 param", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  param audience\n }\n}", "oauth2 param: expected 'param <name> <value>'", 4},
 		{"oauth2 login", "inject_token {\n oauth2 https://as.b {\n  client_id c\n }\n login password a b\n}", "login password is for the prelude backend", 6},
+		{"exchange no subject", "inject_token {\n token_exchange https://as.b {\n  client_id c\n }\n}", "exactly one of subject_file and subject_header", 4},
+		{"exchange grant", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  grant client_credentials\n }\n}", "'grant' is an oauth2 option", 4},
+		{"exchange no verify", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  subject_header X-User\n }\n}", "subject_header needs 'verify jwks <url>'", 5},
+		{"exchange no audience", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  subject_header X-User\n  verify jwks https://as.b/jwks\n }\n}", "needs 'verify audience", 6},
+		{"exchange verify", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  verify maybe\n }\n}", "token_exchange verify: expected", 4},
+		{"exchange header", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  subject_header X:Y\n }\n}", "subject_header: invalid header name 'X:Y'", 4},
+		{"exchange cache", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  cache_size -1\n }\n}", "cache_size: '-1' is not a positive number", 4},
+		{"exchange unknown", "inject_token {\n token_exchange https://as.b {\n  client_id c\n  frob x\n }\n}", "token_exchange: unrecognized option 'frob'", 4},
 		{"dpop value", "inject_token {\n prelude https://a.b\n dpop RS256\n}", "dpop: expected one of ES256, EdDSA or off", 3},
 		{"dpop off prelude", "inject_token {\n prelude https://a.b\n dpop off\n}", "dpop off is for oauth2", 4},
 		{"origins none", "inject_token {\n prelude https://a.b\n allow_browser_origins\n}", "allow_browser_origins: expected at least one origin", 3},

@@ -46,13 +46,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			omit_resource_on_refresh
 //			param         <name> <value>
 //		}
+//		token_exchange <token_endpoint | issuer_url> {
+//			client_id, client_secret, client_key, auth, scope, resource, param  (as oauth2)
+//			subject_file   <path> | subject_header <name>
+//			subject_token_type | actor_token_type | requested_token_type <uri>
+//			actor_file     <path>
+//			verify jwks <url> | verify issuer <url> | verify audience <aud...> | verify off
+//			cache_size <n>  negative_ttl <duration>  miss_rate <per second>
+//		}
 //		dpop ES256|EdDSA|off
 //		allow_browser_origins <origin...>|*
 //		seal_key          <key>
 //		seal_key_previous <key...>|unsealed
 //	}
 //
-// Exactly one of prelude and oauth2 is required. session defaults to
+// Exactly one of prelude, oauth2 and token_exchange is required. session defaults to
 // "default"; refresh_before to
 // 60s. strip_header may be repeated. Secrets should be given as runtime
 // placeholders ({env.SVC_PASSWORD}, {file./run/secrets/pw}), which are
@@ -142,6 +150,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.OAuth2 = o
 
+		case "token_exchange":
+			t, err := parseTokenExchange(d)
+			if err != nil {
+				return err
+			}
+			h.TokenExchange = t
+
 		case "dpop":
 			var v string
 			if !d.AllArgs(&v) || (v != "ES256" && v != "EdDSA" && v != "off") {
@@ -171,16 +186,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, token_exchange, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
 		}
 	}
-	switch {
-	case h.Prelude == "" && h.OAuth2 == nil:
-		return d.Err("inject_token: a backend is required: 'prelude <base_url>' or 'oauth2 <token_endpoint> { ... }'")
-	case h.Prelude != "" && h.OAuth2 != nil:
-		return d.Err("inject_token: prelude and oauth2 cannot both be set; a session has one backend")
-	case h.OAuth2 != nil && h.Login != nil:
-		return d.Err("inject_token: login password is for the prelude backend; oauth2 logs in with its grant")
+	switch n := btoi(h.Prelude != "") + btoi(h.OAuth2 != nil) + btoi(h.TokenExchange != nil); {
+	case n == 0:
+		return d.Err("inject_token: a backend is required: 'prelude <base_url>', 'oauth2 <token_endpoint> { ... }' or 'token_exchange <token_endpoint> { ... }'")
+	case n > 1:
+		return d.Err("inject_token: prelude, oauth2 and token_exchange cannot be combined; a session has one backend")
+	case h.Prelude == "" && h.Login != nil:
+		return d.Err("inject_token: login password is for the prelude backend; oauth2 and token_exchange log in with their grant")
 	case h.Prelude != "" && h.DPoP == "off":
 		return d.Err("inject_token: dpop off is for oauth2; Prelude always binds sessions to a DPoP key")
 	}
@@ -189,34 +204,51 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseOAuth2 reads an oauth2 block; the dispenser is on "oauth2".
 func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
+	return parseOAuth2Block(d, "oauth2", nil)
+}
+
+// parseOAuth2Block reads a block named block with oauth2's options; extra,
+// when set, is offered every other option first (it reports whether it
+// took it).
+func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt string) (bool, error)) (*OAuth2, error) {
 	o := &OAuth2{}
 	if !d.NextArg() {
-		return nil, d.Errf("oauth2: expected the token endpoint or issuer URL, e.g. 'oauth2 https://as.example.com { ... }'")
+		return nil, d.Errf("%s: expected the token endpoint or issuer URL, e.g. '%s https://as.example.com { ... }'", block, block)
 	}
 	o.Endpoint = d.Val()
 	if !strings.Contains(o.Endpoint, "{") {
 		if err := checkBaseURL(o.Endpoint); err != nil {
-			return nil, d.Errf("oauth2 '%s': %v", o.Endpoint, err)
+			return nil, d.Errf("%s '%s': %v", block, o.Endpoint, err)
 		}
 	}
 	if d.NextArg() {
-		return nil, d.Errf("oauth2: unexpected '%s' after the URL; options go in a block", d.Val())
+		return nil, d.Errf("%s: unexpected '%s' after the URL; options go in a block", block, d.Val())
 	}
 	one := func(name string, dst *string, allowed ...string) error {
 		if *dst != "" {
-			return d.Errf("oauth2 %s already specified", name)
+			return d.Errf("%s %s already specified", block, name)
 		}
 		if !d.AllArgs(dst) {
-			return d.Errf("oauth2 %s: expected exactly one value", name)
+			return d.Errf("%s %s: expected exactly one value", block, name)
 		}
 		if len(allowed) > 0 && !slices.Contains(allowed, *dst) {
-			return d.Errf("oauth2 %s: '%s' is not one of %s", name, *dst, strings.Join(allowed, ", "))
+			return d.Errf("%s %s: '%s' is not one of %s", block, name, *dst, strings.Join(allowed, ", "))
 		}
 		return nil
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		var err error
-		switch opt := d.Val(); opt {
+		opt := d.Val()
+		if extra != nil {
+			ok, err := extra(opt)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				continue
+			}
+		}
+		switch opt {
 		case "client_id":
 			err = one(opt, &o.ClientID)
 		case "client_secret":
@@ -236,7 +268,7 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 			// "resources".
 			uris := d.RemainingArgs()
 			if len(uris) == 0 {
-				return nil, d.Errf("oauth2 resource: expected at least one URI")
+				return nil, d.Errf("%s resource: expected at least one URI", block)
 			}
 			if o.Resource == "" {
 				o.Resource, uris = uris[0], uris[1:]
@@ -244,25 +276,28 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 			o.Resources = append(o.Resources, uris...)
 		case "omit_resource_on_refresh":
 			if d.NextArg() {
-				return nil, d.Errf("oauth2 omit_resource_on_refresh takes no value")
+				return nil, d.Errf("%s omit_resource_on_refresh takes no value", block)
 			}
 			o.OmitResourceOnRefresh = true
 		case "scope":
 			scopes := d.RemainingArgs()
 			if len(scopes) == 0 {
-				return nil, d.Errf("oauth2 scope: expected at least one scope")
+				return nil, d.Errf("%s scope: expected at least one scope", block)
 			}
 			o.Scopes = append(o.Scopes, scopes...)
 		case "param":
 			var name, value string
 			if !d.AllArgs(&name, &value) {
-				return nil, d.Errf("oauth2 param: expected 'param <name> <value>'")
+				return nil, d.Errf("%s param: expected 'param <name> <value>'", block)
 			}
 			if o.Params == nil {
 				o.Params = map[string]string{}
 			}
 			o.Params[name] = value
 		default:
+			if extra != nil {
+				return nil, d.Errf("%s: unrecognized option '%s'", block, opt)
+			}
 			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
 		}
 		if err != nil {
@@ -270,7 +305,7 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 		}
 	}
 	if o.ClientID == "" {
-		return nil, d.Errf("oauth2: client_id is required")
+		return nil, d.Errf("%s: client_id is required", block)
 	}
 	return o, nil
 }

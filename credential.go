@@ -54,6 +54,11 @@ type credential struct {
 	sess *session
 	name string
 
+	// preset: the handler presented a per-subject token (token_exchange
+	// subject_header) itself; the transport sends the request as it is
+	// and sess is nil.
+	preset bool
+
 	// presented is set by the transport when an attempt left with the
 	// token: the handler then knows the exchange was the transport's.
 	presented atomic.Bool

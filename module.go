@@ -105,6 +105,11 @@ type Handler struct {
 	// of Prelude. Exactly one of Prelude and OAuth2 is set.
 	OAuth2 *OAuth2 `json:"oauth2,omitempty"`
 
+	// TokenExchange gets tokens by RFC 8693 token exchange of a subject
+	// token from a file or from each request. Exactly one of Prelude,
+	// OAuth2 and TokenExchange is set.
+	TokenExchange *TokenExchange `json:"token_exchange,omitempty"`
+
 	// DPoP is the DPoP key type: "ES256" (default), "EdDSA", or "off"
 	// (oauth2 only: plain Bearer tokens). A DPoP-bound token (token_type
 	// DPoP) needs "transport inject_token" in reverse_proxy, which signs a
@@ -139,6 +144,7 @@ type Handler struct {
 	auth         *authHeader
 	injected     prometheus.Counter // requests_total{session, injected}
 	sess         *session
+	perSubject   *perSubject // per-request subjects of token_exchange, or nil
 	acquired     bool
 	owner        configID
 	logger       *zap.Logger
@@ -248,6 +254,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.sess, h.acquired, h.owner = s, true, configOf(ctx)
+	h.perSubject = perSubjectOf(set)
 	// Resolved once: a label lookup per request is measurable on the hot path.
 	h.injected = requestsTotal.WithLabelValues(h.Session, resultInjected)
 	h.auth = new(authHeader)
@@ -277,15 +284,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // placeholders ({env.*}, {file.*}). Errors never quote resolved values.
 func (h *Handler) resolve() (*settings, error) {
 	repl := caddy.NewReplacer()
-	if (h.Prelude == "") == (h.OAuth2 == nil) {
-		return nil, errors.New("exactly one of prelude and oauth2 must be configured")
+	if n := btoi(h.Prelude != "") + btoi(h.OAuth2 != nil) + btoi(h.TokenExchange != nil); n != 1 {
+		return nil, errors.New("exactly one of prelude, oauth2 and token_exchange must be configured")
 	}
 	set := &settings{refreshBefore: time.Duration(h.RefreshBefore)}
 	switch h.DPoP {
 	case "", string(dpop.ES256), string(dpop.EdDSA):
 		set.dpopAlg = dpop.Algorithm(h.DPoP)
 	case "off":
-		if h.OAuth2 == nil {
+		if h.Prelude != "" {
 			return nil, errors.New("dpop off: Prelude always binds its sessions to a DPoP key")
 		}
 	default:
@@ -296,6 +303,12 @@ func (h *Handler) resolve() (*settings, error) {
 			return nil, errors.New("login password is for the prelude backend; oauth2 logs in with its grant")
 		}
 		return set, h.OAuth2.resolve(repl, set, h.DPoP != "off")
+	}
+	if h.TokenExchange != nil {
+		if h.Login != nil {
+			return nil, errors.New("login password is for the prelude backend")
+		}
+		return set, h.TokenExchange.resolve(repl, set, h.DPoP != "off")
 	}
 	base, err := repl.ReplaceOrErr(h.Prelude, true, true)
 	if err != nil {
@@ -365,9 +378,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errTrace)
 	}
+	var subject string
+	if h.perSubject != nil {
+		subject = h.perSubject.take(r)
+	}
 	stripClientCredentials(r.Header, h.StripHeaders)
 	stripTrailers(r, h.StripHeaders)
 	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(h.placeholders)
+	if h.perSubject != nil {
+		return h.perSubject.serve(subject, w, r, next)
+	}
 
 	tok, err := h.sess.cache().Token(r.Context())
 	if err != nil {
@@ -486,3 +506,10 @@ var (
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

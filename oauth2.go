@@ -75,56 +75,66 @@ type OAuth2 struct {
 // resolve fills set from the configuration, resolving global placeholders.
 // Errors never quote resolved values.
 func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) error {
-	field := func(name, v string) (string, error) {
-		out, err := repl.ReplaceOrErr(v, true, true)
-		if err != nil {
-			return "", fmt.Errorf("oauth2 %s: %v", name, err)
-		}
-		return out, nil
-	}
-	cfg := oauth.Config{Auth: o.Auth, Grant: o.Grant, Scopes: o.Scopes, DPoP: useDPoP, Params: map[string]string{}}
-	var err error
-	if cfg.Endpoint, err = field("endpoint", o.Endpoint); err != nil {
-		return err
-	}
-	if err := checkBaseURL(cfg.Endpoint); err != nil {
-		return fmt.Errorf("oauth2 endpoint %q: %v", o.Endpoint, err)
-	}
-	if cfg.ClientID, err = field("client_id", o.ClientID); err != nil {
-		return err
-	}
-	if cfg.ClientSecret, err = field("client_secret", o.ClientSecret); err != nil {
-		return err
-	}
-	keyPEM, err := field("client_key", o.ClientKey)
+	cfg, err := o.config(repl, "oauth2", useDPoP)
 	if err != nil {
 		return err
-	}
-	if keyPEM != "" {
-		cfg.ClientKeyPEM = []byte(keyPEM)
-	}
-	if cfg.Resource, err = field("resource", o.Resource); err != nil {
-		return err
-	}
-	for _, r := range o.Resources {
-		v, err := field("resource", r)
-		if err != nil {
-			return err
-		}
-		cfg.Resources = append(cfg.Resources, v)
-	}
-	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
-	if cfg.AssertionFile, err = field("assertion_file", o.AssertionFile); err != nil {
-		return err
-	}
-	for k, v := range o.Params {
-		if cfg.Params[k], err = field("param "+k, v); err != nil {
-			return err
-		}
 	}
 	env := tokencache.Env{Nonces: asNonces(), ClientKey: o.clientSigner}
 	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg, env); err != nil {
 		return fmt.Errorf("oauth2: %w", err)
 	}
 	return nil
+}
+
+// config is the oauth.Config of the block named block, placeholders
+// resolved.
+func (o *OAuth2) config(repl *caddy.Replacer, block string, useDPoP bool) (oauth.Config, error) {
+	field := func(name, v string) (string, error) {
+		out, err := repl.ReplaceOrErr(v, true, true)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: %v", block, name, err)
+		}
+		return out, nil
+	}
+	cfg := oauth.Config{Auth: o.Auth, Grant: o.Grant, Scopes: o.Scopes, DPoP: useDPoP, Params: map[string]string{}}
+	var err error
+	if cfg.Endpoint, err = field("endpoint", o.Endpoint); err != nil {
+		return cfg, err
+	}
+	if err := checkBaseURL(cfg.Endpoint); err != nil {
+		return cfg, fmt.Errorf("%s endpoint %q: %v", block, o.Endpoint, err)
+	}
+	if cfg.ClientID, err = field("client_id", o.ClientID); err != nil {
+		return cfg, err
+	}
+	if cfg.ClientSecret, err = field("client_secret", o.ClientSecret); err != nil {
+		return cfg, err
+	}
+	keyPEM, err := field("client_key", o.ClientKey)
+	if err != nil {
+		return cfg, err
+	}
+	if keyPEM != "" {
+		cfg.ClientKeyPEM = []byte(keyPEM)
+	}
+	if cfg.Resource, err = field("resource", o.Resource); err != nil {
+		return cfg, err
+	}
+	for _, r := range o.Resources {
+		v, err := field("resource", r)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Resources = append(cfg.Resources, v)
+	}
+	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
+	if cfg.AssertionFile, err = field("assertion_file", o.AssertionFile); err != nil {
+		return cfg, err
+	}
+	for k, v := range o.Params {
+		if cfg.Params[k], err = field("param "+k, v); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
 }

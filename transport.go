@@ -148,6 +148,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// The scheme is only known once the wrapped transport has set it; the
 	// proof must name the scheme actually used.
 	t.HTTPTransport.SetScheme(req)
+	if c.preset {
+		c.presented.Store(true)
+		return t.roundTripper().RoundTrip(req)
+	}
 	if err := c.buffer(req); err != nil {
 		return nil, err
 	}
@@ -228,12 +232,16 @@ func (t *Transport) attempt(req *http.Request, c *credential, tok *tokencache.To
 		presentBearer(out.Header, tok, t.auth)
 	}
 	c.presented.Store(true)
-	base := t.base
-	if base == nil {
-		base = t.HTTPTransport
-	}
-	resp, err := base.RoundTrip(out)
+	resp, err := t.roundTripper().RoundTrip(out)
 	return resp, htu, err
+}
+
+// roundTripper is the transport requests leave through.
+func (t *Transport) roundTripper() http.RoundTripper {
+	if t.base != nil {
+		return t.base
+	}
+	return t.HTTPTransport
 }
 
 // discard drains a little of a response that is being replaced by a retry,

@@ -44,6 +44,12 @@ type ProviderOptions struct {
 	ClockOffset time.Duration
 	// AccessTokenTTL and RefreshTokenTTL default to 10 minutes and 1 day.
 	AccessTokenTTL, RefreshTokenTTL time.Duration
+	// SubjectJWKS, when set, registers the RFC 8693 token exchange grant:
+	// subject (and actor) tokens must be JWTs signed by one of these keys,
+	// and for SubjectAudience when set. The access token issued is for the
+	// subject's sub (see oidc-provider/server.js).
+	SubjectJWKS     *jose.JSONWebKeySet
+	SubjectAudience string
 	// StartTimeout bounds waiting for the READY line (and npm ci, when it
 	// runs); default 2 minutes.
 	StartTimeout time.Duration
@@ -235,6 +241,12 @@ func serverConfig(opts ProviderOptions) map[string]any {
 	}
 	if opts.ClockOffset != 0 {
 		cfg["clockOffset"] = int(opts.ClockOffset / time.Second)
+	}
+	if opts.SubjectJWKS != nil {
+		cfg["subjectJWKS"] = opts.SubjectJWKS
+		if opts.SubjectAudience != "" {
+			cfg["subjectAudience"] = opts.SubjectAudience
+		}
 	}
 	if opts.AccessTokenTTL > 0 {
 		cfg["accessTokenTTL"] = int(opts.AccessTokenTTL / time.Second)

@@ -142,12 +142,16 @@ func (a *assertionSigner) sign(clientID, audience string, now time.Time) (string
 // maxAssertionFile bounds what is read from an assertion file.
 const maxAssertionFile = 64 << 10
 
-// fileSource is a credential in a file that its issuer rewrites in place (a
+// FileSource is a credential in a file that its issuer rewrites in place (a
 // Kubernetes projected service-account token, a SPIFFE JWT-SVID): it is
 // read again whenever the file's modification time or size changes, and
-// kept in memory otherwise.
-type fileSource struct {
-	path string
+// kept in memory otherwise. The jwt-bearer grant's assertion_file and the
+// token exchange's subject and actor files are FileSources.
+type FileSource struct {
+	// Path is the file.
+	Path string
+	// Name is what errors call it ("assertion file").
+	Name string
 
 	mu    sync.Mutex
 	mod   time.Time
@@ -155,11 +159,11 @@ type fileSource struct {
 	value string
 }
 
-// read returns the file's current content, trimmed.
-func (f *fileSource) read() (string, error) {
-	st, err := os.Stat(f.path)
+// Read returns the file's current content, trimmed.
+func (f *FileSource) Read() (string, error) {
+	st, err := os.Stat(f.Path)
 	if err != nil {
-		return "", fmt.Errorf("assertion file: %w", err)
+		return "", fmt.Errorf("%s: %w", f.Name, err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -167,15 +171,15 @@ func (f *fileSource) read() (string, error) {
 		return f.value, nil
 	}
 	if st.Size() > maxAssertionFile {
-		return "", fmt.Errorf("assertion file: larger than %d bytes", maxAssertionFile)
+		return "", fmt.Errorf("%s: larger than %d bytes", f.Name, maxAssertionFile)
 	}
-	b, err := os.ReadFile(f.path)
+	b, err := os.ReadFile(f.Path)
 	if err != nil {
-		return "", fmt.Errorf("assertion file: %w", err)
+		return "", fmt.Errorf("%s: %w", f.Name, err)
 	}
 	v := strings.TrimSpace(string(b))
 	if v == "" {
-		return "", errors.New("assertion file: empty")
+		return "", fmt.Errorf("%s: empty", f.Name)
 	}
 	f.value, f.mod, f.size = v, st.ModTime(), st.Size()
 	return v, nil

@@ -134,7 +134,7 @@ type Client struct {
 	nonces   *dpop.NonceStore
 	maxBody  int64
 	assert   *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
-	grantJWT *fileSource      // the jwt-bearer assertion file, or nil
+	grantJWT *FileSource      // the jwt-bearer assertion file, or nil
 	skew     atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
 
 	mu   sync.Mutex
@@ -236,7 +236,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Grant == GrantJWTBearer {
 		switch {
 		case cfg.AssertionFile != "":
-			c.grantJWT = &fileSource{path: cfg.AssertionFile}
+			c.grantJWT = &FileSource{Path: cfg.AssertionFile, Name: "assertion file"}
 		case !hasKey:
 			return nil, errors.New("oauth: Grant jwt_bearer needs AssertionFile, or a client key to sign the assertion with")
 		case c.assert == nil:

@@ -29,36 +29,72 @@ import (
 //
 // Errors are *Error; see Kind for what each class means.
 func (c *Client) Token(ctx context.Context, key *dpop.Key, refreshToken string) (*tokencache.Grant, error) {
-	x := &exchange{op: "token", spends: c.cfg.Grant == GrantRefreshToken}
-	x.secrets = c.secrets(refreshToken)
-	if x.spends && refreshToken == "" {
-		return nil, x.fail(KindDead, 0, errors.New("refresh_token grant without a refresh token: log in with one"))
-	}
-	if c.cfg.DPoP {
-		if key == nil {
-			return nil, x.fail(KindConfig, 0, errors.New("DPoP is enabled but no key was given"))
-		}
-		x.key = key
-	}
-	m, err := c.metadata(ctx)
-	if err != nil {
-		return nil, err
-	}
-	x.target = m.token
-	x.form = func() (url.Values, http.Header, error) {
-		f := url.Values{"grant_type": {c.cfg.Grant}}
+	spends := c.cfg.Grant == GrantRefreshToken
+	g, _, err := c.request(ctx, key, spends, []string{refreshToken}, func(f url.Values, x *exchange, m *metadata) error {
+		f.Set("grant_type", c.cfg.Grant)
 		if c.cfg.Grant == GrantJWTBearer {
 			// A fresh assertion per attempt, like a client assertion.
 			a, err := c.grantAssertion(m)
 			if err != nil {
-				return nil, nil, err
+				return err
 			}
 			x.secrets = append(x.secrets, a)
 			f.Set("grant_type", jwtBearerGrantType)
 			f.Set("assertion", a)
 		}
-		if x.spends {
+		if spends {
 			f.Set("refresh_token", refreshToken)
+		}
+		return nil
+	})
+	return g, err
+}
+
+// Exchange runs one token request of grantType carrying params, for grants
+// this package does not run itself (the RFC 8693 token exchange of
+// exchange/): it adds the configured scope, resources, extra parameters
+// and client authentication (a fresh private_key_jwt assertion on every
+// attempt, also after a DPoP nonce challenge) and, with Config.DPoP, a
+// proof signed with key. Nothing is spent, and every value of params is
+// kept out of errors. It also returns the response's issued_token_type
+// ("" when absent).
+func (c *Client) Exchange(ctx context.Context, key *dpop.Key, grantType string, params url.Values) (*tokencache.Grant, string, error) {
+	var secrets []string
+	for _, vs := range params {
+		secrets = append(secrets, vs...)
+	}
+	return c.request(ctx, key, false, secrets, func(f url.Values, _ *exchange, _ *metadata) error {
+		for k, vs := range params {
+			f[k] = vs
+		}
+		f.Set("grant_type", grantType)
+		return nil
+	})
+}
+
+// request posts one token request whose grant-specific parameters grant
+// sets; the form is rebuilt for every attempt.
+func (c *Client) request(ctx context.Context, key *dpop.Key, spends bool, secrets []string, grant func(url.Values, *exchange, *metadata) error) (*tokencache.Grant, string, error) {
+	x := &exchange{op: "token", spends: spends}
+	x.secrets = c.secrets(secrets...)
+	if x.spends && secrets[0] == "" {
+		return nil, "", x.fail(KindDead, 0, errors.New("refresh_token grant without a refresh token: log in with one"))
+	}
+	if c.cfg.DPoP {
+		if key == nil {
+			return nil, "", x.fail(KindConfig, 0, errors.New("DPoP is enabled but no key was given"))
+		}
+		x.key = key
+	}
+	m, err := c.metadata(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	x.target = m.token
+	x.form = func() (url.Values, http.Header, error) {
+		f := url.Values{}
+		if err := grant(f, x, m); err != nil {
+			return nil, nil, err
 		}
 		if len(c.cfg.Scopes) > 0 {
 			f.Set("scope", strings.Join(c.cfg.Scopes, " "))
@@ -74,7 +110,7 @@ func (c *Client) Token(ctx context.Context, key *dpop.Key, refreshToken string) 
 	}
 	resp, err := c.do(ctx, x)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	return c.parseToken(x, resp)
 }
@@ -132,7 +168,7 @@ func (c *Client) signAssertion(m *metadata) (string, error) {
 // content, or a freshly signed one.
 func (c *Client) grantAssertion(m *metadata) (string, error) {
 	if c.grantJWT != nil {
-		return c.grantJWT.read()
+		return c.grantJWT.Read()
 	}
 	return c.signAssertion(m)
 }
@@ -145,25 +181,26 @@ type tokenResponse struct {
 	ExpiresIn        json.RawMessage `json:"expires_in"`
 	RefreshToken     string          `json:"refresh_token"`
 	RefreshExpiresIn json.RawMessage `json:"refresh_expires_in"`
+	IssuedTokenType  string          `json:"issued_token_type"`
 }
 
 // parseToken turns a 2xx token response into a Grant. A response that
 // cannot be used is, for a refresh_token grant, an unknown outcome: the
 // server accepted the request and may have rotated the refresh token.
-func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, error) {
+func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, string, error) {
 	bad := func(what string) error {
 		return x.fail(x.lost(resp.Status), resp.Status, errors.New("malformed token response: "+what))
 	}
 	if resp.BodyErr != nil {
-		return nil, x.fail(x.lost(resp.Status), resp.Status, resp.BodyErr)
+		return nil, "", x.fail(x.lost(resp.Status), resp.Status, resp.BodyErr)
 	}
 	var tr tokenResponse
 	if err := wire.UnmarshalExact(resp.Body, &tr); err != nil {
-		return nil, bad("body is not a JSON object")
+		return nil, "", bad("body is not a JSON object")
 	}
 	x.secrets = append(x.secrets, tr.AccessToken, tr.RefreshToken)
 	if tr.AccessToken == "" {
-		return nil, bad("no access_token")
+		return nil, "", bad("no access_token")
 	}
 	g := &tokencache.Grant{AccessToken: tr.AccessToken, RefreshToken: tr.RefreshToken}
 	switch strings.ToLower(tr.TokenType) {
@@ -174,11 +211,11 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, err
 	default:
 		// An unknown or missing type cannot be presented correctly: a
 		// DPoP-bound token sent as Bearer is rejected, and vice versa.
-		return nil, bad("token_type " + wire.Scrub(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
+		return nil, "", bad("token_type " + wire.Scrub(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
 	}
 	if d, ok := seconds(tr.ExpiresIn); ok {
 		g.Expiry = resp.SentAt.Add(d)
-	} else if exp, ok := jwtExp(tr.AccessToken); ok {
+	} else if exp, ok := wire.JWTExp(tr.AccessToken); ok {
 		g.Expiry = exp.Add(resp.skew)
 	} else {
 		g.Expiry = resp.SentAt.Add(c.cfg.DefaultExpiresIn)
@@ -186,7 +223,7 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, err
 	if d, ok := seconds(tr.RefreshExpiresIn); ok && tr.RefreshToken != "" {
 		g.RefreshExpiry = resp.SentAt.Add(d)
 	}
-	return g, nil
+	return g, tr.IssuedTokenType, nil
 }
 
 // seconds reads a positive lifetime in seconds, as a JSON number or (as
@@ -202,18 +239,4 @@ func seconds(raw json.RawMessage) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(f * float64(time.Second)), true
-}
-
-// jwtExp reads the exp claim of a JWT without verifying it: it only
-// schedules the next refresh and is never trusted for anything else. exp
-// must be a JSON number (prelude's jwtExpiry also takes strings, as
-// Prelude's API once sent them) and is truncated to the second.
-func jwtExp(token string) (time.Time, bool) {
-	var claims struct {
-		Exp float64 `json:"exp"`
-	}
-	if !wire.JWTClaims(token, &claims) || !(claims.Exp > 0 && claims.Exp < 1e11) {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(claims.Exp), 0), true
 }

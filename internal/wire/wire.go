@@ -274,6 +274,20 @@ func JWTClaims(token string, claims any) bool {
 	return json.Unmarshal(payload, claims) == nil
 }
 
+// JWTExp reads the exp claim of a JWT without verifying it: it only
+// schedules a refresh or shortens a lifetime, and is never trusted for
+// anything else. exp must be a JSON number (prelude's jwtExpiry also takes
+// strings, as Prelude's API once sent them) and is truncated to the second.
+func JWTExp(token string) (time.Time, bool) {
+	var claims struct {
+		Exp float64 `json:"exp"`
+	}
+	if !JWTClaims(token, &claims) || !(claims.Exp > 0 && claims.Exp < 1e11) {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(claims.Exp), 0), true
+}
+
 // ErrorText is the text of a client's error, formatted by String as
 // "<Pkg>: <Op>: HTTP <Status> <Code>: <Texts…> (retry after <Retry>)
 // (<Kind>)", leaving out a zero Status, an empty Code, empty Texts and a

@@ -29,6 +29,15 @@
 // is http://127.0.0.1:<port>, so endpoints are <issuer>/token,
 // <issuer>/token/revocation, <issuer>/token/introspection, <issuer>/jwks.
 //
+// Token exchange (RFC 8693): with subjectJWKS in the config (the public
+// keys subject tokens are signed with, and optionally subjectAudience), the
+// grant urn:ietf:params:oauth:grant-type:token-exchange is registered. It
+// verifies the subject_token (a JWT: signature, exp, aud), and issues an
+// access token for the subject's sub — a JWT for the requested resource,
+// DPoP-bound when the request carries a proof — with issued_token_type
+// urn:ietf:params:oauth:token-type:access_token. A subject whose sub
+// starts with "rejected" is refused with invalid_grant.
+//
 // Test-only endpoint (there is no user interaction to obtain a refresh
 // token the normal way): POST /__test/refresh_token with JSON
 // {"client_id": "...", "scope": "openid offline_access"} mints a refresh
@@ -38,7 +47,14 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 
-import Provider from 'oidc-provider';
+import { createLocalJWKSet, jwtVerify } from 'jose';
+import Provider, { errors } from 'oidc-provider';
+import dpopValidate from 'oidc-provider/lib/helpers/validate_dpop.js';
+import { applyDpopBinding } from 'oidc-provider/lib/helpers/grant_common.js';
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 
 function loadConfig() {
   const raw = process.argv[2] ?? process.env.INTEROP_CONFIG ?? '{}';
@@ -126,7 +142,7 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
         getResourceServerInfo: async (_ctx, indicator) => {
           const rs = resources[indicator];
           if (!rs) {
-            throw new Provider.errors.InvalidTarget(`unknown resource ${indicator}`);
+            throw new errors.InvalidTarget(`unknown resource ${indicator}`);
           }
           return {
             scope: rs.scope ?? 'api:read',
@@ -139,6 +155,13 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
       },
     },
   });
+
+  if (cfg.subjectJWKS) {
+    registerTokenExchange(provider, createLocalJWKSet(cfg.subjectJWKS));
+  }
+
+  // A 500 is a bug in this file or a test's input: say what it was.
+  provider.on('server_error', (_ctx, err) => console.error('server_error', err));
 
   const callback = provider.callback();
   server.on('request', (req, res) => {
@@ -153,6 +176,58 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
 
   process.stdout.write(`READY ${issuer}\n`);
 });
+
+function registerTokenExchange(provider, subjectKeys) {
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { params, client } = ctx.oidc;
+    if (params.subject_token_type !== JWT_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('subject_token_type must be a JWT');
+    }
+    if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('only access tokens are issued');
+    }
+    let sub;
+    try {
+      ({ payload: { sub } } = await jwtVerify(params.subject_token, subjectKeys, { audience: cfg.subjectAudience }));
+    } catch (err) {
+      throw new errors.InvalidGrant(`subject_token: ${err.code ?? 'invalid'}`);
+    }
+    if (!sub || sub.startsWith('rejected')) {
+      throw new errors.InvalidGrant('subject not allowed');
+    }
+    let act;
+    if (params.actor_token) {
+      ({ payload: { sub: act } } = await jwtVerify(params.actor_token, subjectKeys).catch(() => {
+        throw new errors.InvalidGrant('actor_token');
+      }));
+    }
+    const resource = params.resource ?? Object.keys(resources)[0];
+    const rs = resources[resource];
+    if (!rs) {
+      throw new errors.InvalidTarget(`unknown resource ${resource}`);
+    }
+    const at = new provider.AccessToken({ accountId: sub, client, gty: 'token_exchange', scope: params.scope ?? rs.scope });
+    at.resourceServer = new provider.ResourceServer(resource, {
+      scope: rs.scope ?? 'api:read',
+      audience: resource,
+      accessTokenTTL: rs.accessTokenTTL ?? cfg.accessTokenTTL ?? 600,
+      accessTokenFormat: 'jwt',
+      jwt: { sign: { alg: 'ES256' } },
+    });
+    if (act) {
+      at.extra = { act: { sub: act } };
+    }
+    await applyDpopBinding(provider, ctx, await dpopValidate(provider, ctx), at);
+    const value = await at.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: at.tokenType,
+      expires_in: at.expiration,
+      scope: at.scope,
+    };
+  }, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'resource', 'scope', 'audience']);
+}
 
 // mintRefreshToken stands in for an authorization-code login (which would
 // need a browser): it creates a grant and a refresh token exactly as the
