@@ -3,6 +3,7 @@ package oauth
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -35,6 +36,12 @@ const (
 	AuthPost          = "post"            // client_secret_post
 	AuthPrivateKeyJWT = "private_key_jwt" // RFC 7523 client assertion
 	AuthNone          = "none"            // public client: client_id only
+	// AuthTLSClient and AuthSelfSignedTLSClient are RFC 8705 §2 mutual
+	// TLS: the client certificate authenticates, the form carries only
+	// client_id. They differ only in how the server checks the certificate
+	// (a PKI subject, or a registered self-signed certificate).
+	AuthTLSClient           = "tls_client_auth"
+	AuthSelfSignedTLSClient = "self_signed_tls_client_auth"
 )
 
 // Grant types this client can request.
@@ -63,8 +70,10 @@ type Config struct {
 	// ClientSecret is the shared secret for AuthBasic and AuthPost.
 	ClientSecret string `json:"client_secret,omitempty"`
 	// Auth is the client authentication method: AuthBasic, AuthPost,
-	// AuthPrivateKeyJWT or AuthNone. "" picks AuthBasic when ClientSecret
-	// is set, AuthPrivateKeyJWT when a client key is, else AuthNone.
+	// AuthPrivateKeyJWT, AuthTLSClient, AuthSelfSignedTLSClient or
+	// AuthNone. "" picks AuthBasic when ClientSecret is set,
+	// AuthPrivateKeyJWT when a client key is, AuthTLSClient when only a
+	// client certificate is, else AuthNone.
 	Auth string `json:"auth,omitempty"`
 	// ClientKey signs private_key_jwt client assertions (ECDSA P-256/384,
 	// Ed25519 or RSA ≥ 2048 bits). ClientKeyPEM is the same as a PEM block
@@ -88,6 +97,18 @@ type Config struct {
 	// the client key: iss = sub = ClientID, aud as for client assertions,
 	// a fresh jti on every request.
 	AssertionFile string `json:"assertion_file,omitempty"`
+	// ClientCertPEM and ClientCertKeyPEM are a TLS client certificate
+	// (PEM, leaf first) and its private key, presented on every request
+	// to the authorization server: the credential of AuthTLSClient and
+	// AuthSelfSignedTLSClient, and what an RFC 8705 server binds access
+	// tokens to (cnf x5t#S256; see Client.BoundCertificate).
+	// ClientCertificate is the same, already loaded.
+	ClientCertPEM     []byte           `json:"client_cert_pem,omitempty"`
+	ClientCertKeyPEM  []byte           `json:"client_cert_key_pem,omitempty"`
+	ClientCertificate *tls.Certificate `json:"-"`
+	// RootCAPEM, when set, holds the only certificates (PEM) trusted for
+	// the authorization server's TLS: for servers with a private CA.
+	RootCAPEM []byte `json:"root_ca_pem,omitempty"`
 	// Scopes are sent space-separated as "scope" when non-empty.
 	Scopes []string `json:"scopes,omitempty"`
 	// Resource is the RFC 8707 resource indicator, sent when non-empty.
@@ -128,14 +149,15 @@ type Config struct {
 // state: refresh tokens and DPoP keys are passed in by the caller (the
 // token cache), nonces live in the shared NonceStore.
 type Client struct {
-	cfg      Config // validated copy; never printed (it holds the secret)
-	endpoint *url.URL
-	hc       *http.Client
-	nonces   *dpop.NonceStore
-	maxBody  int64
-	assert   *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
-	grantJWT *fileSource      // the jwt-bearer assertion file, or nil
-	skew     atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
+	cfg       Config // validated copy; never printed (it holds the secret)
+	endpoint  *url.URL
+	hc        *http.Client
+	nonces    *dpop.NonceStore
+	maxBody   int64
+	assert    *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
+	grantJWT  *fileSource      // the jwt-bearer assertion file, or nil
+	certThumb string           // x5t#S256 of the client certificate, or ""
+	skew      atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
 
 	mu   sync.Mutex
 	meta *metadata // nil until Discover succeeded
@@ -188,18 +210,31 @@ func New(cfg Config) (*Client, error) {
 		}
 	}
 	hasKey := cfg.ClientKey != nil || len(cfg.ClientKeyPEM) > 0
+	hc, thumb, err := mtlsClient(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Auth == "" {
 		switch {
 		case cfg.ClientSecret != "":
 			cfg.Auth = AuthBasic
 		case hasKey:
 			cfg.Auth = AuthPrivateKeyJWT
+		case thumb != "":
+			cfg.Auth = AuthTLSClient
 		default:
 			cfg.Auth = AuthNone
 		}
 	}
-	c := &Client{endpoint: u, hc: wire.NoPostRedirects(cfg.HTTPClient, DefaultTimeout), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes}
+	c := &Client{endpoint: u, hc: wire.NoPostRedirects(hc, DefaultTimeout), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes, certThumb: thumb}
 	switch cfg.Auth {
+	case AuthTLSClient, AuthSelfSignedTLSClient:
+		if thumb == "" {
+			return nil, fmt.Errorf("oauth: Auth %q needs a client certificate (ClientCertPEM and ClientCertKeyPEM)", cfg.Auth)
+		}
+		if cfg.ClientSecret != "" || hasKey && cfg.Grant != GrantJWTBearer {
+			return nil, fmt.Errorf("oauth: Auth %q authenticates with the certificate: no ClientSecret or client key", cfg.Auth)
+		}
 	case AuthBasic, AuthPost:
 		if cfg.ClientSecret == "" {
 			return nil, fmt.Errorf("oauth: Auth %q needs ClientSecret", cfg.Auth)
@@ -213,7 +248,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, errors.New("oauth: Auth \"none\" must not be given a ClientSecret or client key")
 		}
 	default:
-		return nil, fmt.Errorf("oauth: unsupported Auth %q (want basic, post, private_key_jwt or none)", cfg.Auth)
+		return nil, fmt.Errorf("oauth: unsupported Auth %q (want basic, post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth or none)", cfg.Auth)
 	}
 	if c.nonces == nil {
 		c.nonces = new(dpop.NonceStore)
