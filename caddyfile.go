@@ -36,7 +36,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			client_id     <id>
 //			client_secret <secret>
 //			client_key    <pem>
-//			auth          basic|post|private_key_jwt|none
+//			auth          basic|post|private_key_jwt|tls_client_auth|self_signed_tls_client_auth|none
+//			client_certificate <cert> <key>
+//			trusted_ca_cert <pem_file>
 //			grant         client_credentials|refresh_token|jwt_bearer
 //			assertion_file <path>
 //			scope         <scopes...>
@@ -215,7 +217,16 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 		case "client_key":
 			err = one(opt, &o.ClientKey)
 		case "auth":
-			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "none")
+			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth", "none")
+		case "client_certificate":
+			if o.ClientCertificate != "" {
+				return nil, d.Errf("oauth2 client_certificate already specified")
+			}
+			if !d.AllArgs(&o.ClientCertificate, &o.ClientCertificateKey) {
+				return nil, d.Errf("oauth2 client_certificate: expected 'client_certificate <cert_file> <key_file>'")
+			}
+		case "trusted_ca_cert":
+			err = one(opt, &o.TrustedCACert)
 		case "grant":
 			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer")
 		case "assertion_file":
@@ -252,7 +263,7 @@ func parseOAuth2(d *caddyfile.Dispenser) (*OAuth2, error) {
 			}
 			o.Params[name] = value
 		default:
-			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
+			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, client_certificate, trusted_ca_cert, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
 		}
 		if err != nil {
 			return nil, err

@@ -2,6 +2,8 @@ package injecttoken
 
 import (
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -28,8 +30,26 @@ type OAuth2 struct {
 	ClientKey string `json:"client_key,omitempty"`
 
 	// Auth is how the client authenticates: "basic" (default with a
-	// secret), "post", "private_key_jwt" (default with a key) or "none".
+	// secret), "post", "private_key_jwt" (default with a key),
+	// "tls_client_auth" (default with only a client certificate),
+	// "self_signed_tls_client_auth" (RFC 8705 mutual TLS) or "none".
 	Auth string `json:"auth,omitempty"`
+
+	// ClientCertificate and ClientCertificateKey are the TLS client
+	// certificate (PEM, leaf first) and its private key presented to the
+	// authorization server: each a file path or PEM text, e.g. given as
+	// {file./run/secrets/key.pem} or {env.CLIENT_CERT}. It authenticates
+	// the client with auth tls_client_auth or self_signed_tls_client_auth,
+	// and a server may bind the access tokens to it (RFC 8705); the
+	// upstream then must be reached with the same certificate, which
+	// "transport inject_token" checks at load (tls_client_auth there).
+	ClientCertificate    string `json:"client_certificate,omitempty"`
+	ClientCertificateKey string `json:"client_certificate_key,omitempty"`
+
+	// TrustedCACert, a file path or PEM text, holds the only CA
+	// certificates trusted for the authorization server's TLS (servers
+	// with a private CA). Default: the system's roots.
+	TrustedCACert string `json:"trusted_ca_cert,omitempty"`
 
 	// Grant is "client_credentials" (default: the proxy fetches and renews
 	// tokens by itself), "jwt_bearer" (likewise, presenting an assertion;
@@ -93,6 +113,22 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	if keyPEM != "" {
 		cfg.ClientKeyPEM = []byte(keyPEM)
 	}
+	for _, f := range []struct {
+		name, v string
+		dst     *[]byte
+	}{
+		{"client_certificate", o.ClientCertificate, &cfg.ClientCertPEM},
+		{"client_certificate key", o.ClientCertificateKey, &cfg.ClientCertKeyPEM},
+		{"trusted_ca_cert", o.TrustedCACert, &cfg.RootCAPEM},
+	} {
+		v, err := field(f.name, f.v)
+		if err != nil {
+			return err
+		}
+		if *f.dst, err = pemOrFile(f.name, v); err != nil {
+			return err
+		}
+	}
 	if cfg.Resource, err = field("resource", o.Resource); err != nil {
 		return err
 	}
@@ -116,4 +152,17 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 		return fmt.Errorf("oauth2: %w", err)
 	}
 	return nil
+}
+
+// pemOrFile returns v when it is PEM text, else the content of the file v
+// names ("" stays empty). Errors name the file, never its content.
+func pemOrFile(name, v string) ([]byte, error) {
+	if v == "" || strings.Contains(v, "-----BEGIN ") {
+		return []byte(v), nil
+	}
+	b, err := os.ReadFile(v)
+	if err != nil {
+		return nil, fmt.Errorf("oauth2 %s: %v", name, err)
+	}
+	return b, nil
 }
