@@ -61,6 +61,13 @@ type Client struct {
 	// Scope is the space-separated scopes the client may request
 	// (default "api:read api:write openid offline_access").
 	Scope string
+	// TLSSubjectDN is tls_client_auth_subject_dn, for AuthMethod
+	// "tls_client_auth" (e.g. "CN=gateway" for TestCA.Issue(t, "gateway")).
+	TLSSubjectDN string
+	// CertificateBound asks for access tokens bound to the client
+	// certificate (tls_client_certificate_bound_access_tokens, RFC 8705
+	// §3): they carry cnf x5t#S256.
+	CertificateBound bool
 }
 
 // MarshalJSON renders the registration as oidc-provider client metadata.
@@ -79,6 +86,12 @@ func (c Client) MarshalJSON() ([]byte, error) {
 	}
 	if len(c.GrantTypes) > 0 {
 		m["grant_types"] = c.GrantTypes
+	}
+	if c.TLSSubjectDN != "" {
+		m["tls_client_auth_subject_dn"] = c.TLSSubjectDN
+	}
+	if c.CertificateBound {
+		m["tls_client_certificate_bound_access_tokens"] = true
 	}
 	m["scope"] = c.Scope
 	if c.Scope == "" {

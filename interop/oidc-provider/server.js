@@ -1,7 +1,8 @@
 // A real OAuth 2.0 authorization server for interop tests: panva's
 // oidc-provider (an OpenID-certified implementation), configured for the
 // machine-to-machine flows this project's oauth package speaks —
-// client_credentials and refresh_token grants, DPoP (RFC 9449) with
+// client_credentials and refresh_token grants, mutual TLS (RFC 8705, behind
+// the Go test front that terminates TLS), DPoP (RFC 9449) with
 // switchable nonce enforcement, resource indicators (RFC 8707) that yield
 // JWT access tokens carrying cnf.jkt, revocation (RFC 7009) and
 // introspection (RFC 7662).
@@ -79,6 +80,8 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
     },
     findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
     scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none',
+      'tls_client_auth', 'self_signed_tls_client_auth'],
     // Rotate on every use so clients must persist the new refresh token and
     // reuse is detected (invalid_grant, grant revoked).
     rotateRefreshToken: true,
@@ -100,6 +103,24 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
         nonceSecret: crypto.randomBytes(32),
         requireNonce: () => cfg.requireNonce === true,
       },
+      // RFC 8705. The Go test front (interop.StartMTLSFront) terminates TLS
+      // and passes the client's certificate as URL-escaped PEM in
+      // X-Client-Cert, with X-Client-Cert-Verified: SUCCESS when it chains
+      // to the test's CA, as TLS-terminating proxies do. Loopback only: a
+      // client reaching this port directly could claim any certificate.
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: true,
+        getCertificate: (ctx) => {
+          const h = ctx.get('x-client-cert');
+          return h ? decodeURIComponent(h) : undefined;
+        },
+        certificateAuthorized: (ctx) => ctx.get('x-client-cert-verified') === 'SUCCESS',
+        certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+          && new crypto.X509Certificate(decodeURIComponent(ctx.get('x-client-cert'))).subject === expected,
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf,
@@ -120,6 +141,10 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
       },
     },
   });
+
+  // Why a request failed, for the Go helper to print when a test fails.
+  provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+  provider.on('grant.error', (_ctx, err) => console.error('grant.error', err.message, err.error_detail ?? ''));
 
   const callback = provider.callback();
   server.on('request', (req, res) => {
