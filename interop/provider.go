@@ -38,12 +38,21 @@ type ProviderOptions struct {
 	// server accepts (space-separated). nil means {DefaultResource:
 	// "api:read api:write"}.
 	Resources map[string]string
+	// JWTBearerIssuers are the issuers (iss → public keys) whose
+	// assertions the jwt-bearer grant accepts besides the client's own
+	// (iss = sub = client_id, verified with the client's JWKS): a
+	// Kubernetes cluster, a SPIFFE trust domain. Assertions are ES256.
+	JWTBearerIssuers map[string]*jose.JSONWebKeySet
 	// AccessTokenTTL and RefreshTokenTTL default to 10 minutes and 1 day.
 	AccessTokenTTL, RefreshTokenTTL time.Duration
 	// StartTimeout bounds waiting for the READY line (and npm ci, when it
 	// runs); default 2 minutes.
 	StartTimeout time.Duration
 }
+
+// JWTBearer is the RFC 7523 jwt-bearer grant type, registered in the
+// provider (server.js) for Client.GrantTypes.
+const JWTBearer = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 // Client is one client registration at the provider.
 type Client struct {
@@ -56,7 +65,8 @@ type Client struct {
 	AuthMethod string
 	// JWKS holds the client's public keys, for private_key_jwt.
 	JWKS *jose.JSONWebKeySet
-	// GrantTypes default to client_credentials and refresh_token.
+	// GrantTypes default to client_credentials and refresh_token; the
+	// jwt-bearer grant is JWTBearer.
 	GrantTypes []string
 	// Scope is the space-separated scopes the client may request
 	// (default "api:read api:write openid offline_access").
@@ -241,6 +251,9 @@ func serverConfig(opts ProviderOptions) map[string]any {
 		"requireNonce": opts.RequireNonce,
 		"clients":      append([]Client{}, opts.Clients...),
 		"resources":    res,
+	}
+	if len(opts.JWTBearerIssuers) > 0 {
+		cfg["jwtBearerIssuers"] = opts.JWTBearerIssuers
 	}
 	if opts.AccessTokenTTL > 0 {
 		cfg["accessTokenTTL"] = int(opts.AccessTokenTTL / time.Second)
