@@ -9,9 +9,12 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,5 +109,42 @@ func TestCaddyfileClientCertificate(t *testing.T) {
 		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("error = %v, want %q", err, tc.want)
 		}
+	}
+}
+
+// TestCertificateBindingCheckedPerRequest: where the load-time check
+// cannot see the session (a JSON config whose handler is not in a
+// subroute), a request whose session's tokens may be bound to another
+// certificate is refused by the transport and never reaches the upstream.
+func TestCertificateBindingCheckedPerRequest(t *testing.T) {
+	dir := t.TempDir()
+	certA, keyA := writeCert(t, dir, "a")
+	certB, keyB := writeCert(t, dir, "b")
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"at-bound","token_type":"Bearer","expires_in":600}`))
+	}))
+	t.Cleanup(as.Close)
+	var hits atomic.Int64
+	upstream := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	t.Cleanup(upstream.Close)
+	cfg := fmt.Sprintf(`{
+	"admin": {"listen": "localhost:2999"},
+	"storage": {"module": "file_system", "root": %q},
+	"apps": {"http": {"http_port": 9080, "servers": {"srv0": {"listen": [":9080"], "routes": [{"handle": [
+		{"handler": "inject_token", "session": "mtls-req", "dpop": "off",
+		 "oauth2": {"endpoint": %q, "client_id": "gw", "auth": "tls_client_auth", "client_certificate": %q, "client_certificate_key": %q}},
+		{"handler": "reverse_proxy", "upstreams": [{"dial": %q}],
+		 "transport": {"protocol": "inject_token", "tls": {"insecure_skip_verify": true, "client_certificate_file": %q, "client_certificate_key_file": %q}}}
+	]}]}}}}
+}`, t.TempDir(), as.URL+"/token", certA, keyA, strings.TrimPrefix(upstream.URL, "https://"), certB, keyB)
+	tester := caddytest.NewTester(t)
+	tester.InitServer(cfg, "json")
+	t.Cleanup(func() { tester.InitServer(`{"admin": {"listen": "localhost:2999"}}`, "json") })
+	if status, _, _ := do(t, tester.Client, http.MethodGet, "http://localhost:9080/", nil); status != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", status)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the upstream was reached %d times with a token bound to another certificate", n)
 	}
 }
