@@ -427,7 +427,7 @@ func tokenServer(t *testing.T) string {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{
-			"access_token": "at-" + time.Now().Format(time.RFC3339Nano) + "-" + string(rune('a'+n.Add(1)%26)),
+			"access_token": "at-" + time.Now().Format("20060102T150405.000000000") + "-" + string(rune('a'+n.Add(1)%26)),
 			"token_type":   "Bearer", "expires_in": 3600,
 		})
 	}))
@@ -441,7 +441,7 @@ func tokenServer(t *testing.T) string {
 func TestScheduleKeysStayBounded(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	cl, err := oauth.New(oauth.Config{Endpoint: tokenServer(t) + "/token", ClientID: "c", ClientSecret: "s"})
+	cl, err := oauth.New(oauth.Config{Settings: oauth.Settings{Endpoint: tokenServer(t) + "/token", ClientID: "c", ClientSecret: "s"}})
 	if err != nil {
 		t.Fatal(err)
 	}
