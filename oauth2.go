@@ -11,29 +11,16 @@ import (
 )
 
 // OAuth2 configures the oauth2 backend: tokens from any OAuth 2.0
-// authorization server, with DPoP (RFC 9449) unless turned off.
+// authorization server, with DPoP (RFC 9449) unless turned off. Its
+// options are oauth.Settings (defined there once, shared with the
+// client), plus the credentials resolved from files or placeholders.
 type OAuth2 struct {
-	// Endpoint is the token endpoint URL, or the issuer URL whose metadata
-	// (RFC 8414 or OpenID Connect discovery) names it. Required.
-	Endpoint string `json:"endpoint"`
+	oauth.Settings
 
-	// ClientID identifies this client at the server. Required.
-	ClientID string `json:"client_id"`
-
-	// ClientSecret authenticates the client (auth basic or post). Use a
-	// placeholder such as {env.CLIENT_SECRET} or {file./run/secrets/cs}:
-	// it is resolved at load and kept only in memory.
-	ClientSecret string `json:"client_secret,omitempty"`
-
-	// ClientKey is the PEM private key for auth private_key_jwt, normally
-	// given as {file./path/to/key.pem}.
+	// ClientKey is the PEM private key for auth private_key_jwt (and a
+	// gateway-signed jwt_bearer assertion), normally given as
+	// {file./path/to/key.pem}.
 	ClientKey string `json:"client_key,omitempty"`
-
-	// Auth is how the client authenticates: "basic" (default with a
-	// secret), "post", "private_key_jwt" (default with a key),
-	// "tls_client_auth" (default with only a client certificate),
-	// "self_signed_tls_client_auth" (RFC 8705 mutual TLS) or "none".
-	Auth string `json:"auth,omitempty"`
 
 	// ClientCertificate and ClientCertificateKey are the TLS client
 	// certificate (PEM, leaf first) and its private key presented to the
@@ -50,36 +37,6 @@ type OAuth2 struct {
 	// certificates trusted for the authorization server's TLS (servers
 	// with a private CA). Default: the system's roots.
 	TrustedCACert string `json:"trusted_ca_cert,omitempty"`
-
-	// Grant is "client_credentials" (default: the proxy fetches and renews
-	// tokens by itself), "jwt_bearer" (likewise, presenting an assertion;
-	// see AssertionFile) or "refresh_token" (an initial refresh token is
-	// handed in through the admin API or `caddy inject-token login
-	// refresh-token`, and rotated tokens are kept like Prelude's).
-	Grant string `json:"grant,omitempty"`
-
-	// AssertionFile is the file holding the assertion of grant
-	// "jwt_bearer" (RFC 7523): a Kubernetes projected service-account
-	// token or a SPIFFE JWT-SVID, read again whenever it changes. Without
-	// it that grant's assertion is signed with client_key.
-	AssertionFile string `json:"assertion_file,omitempty"`
-
-	// Scopes are requested with every token request.
-	Scopes []string `json:"scopes,omitempty"`
-
-	// Resource is the RFC 8707 resource indicator (the API's URI).
-	Resource string `json:"resource,omitempty"`
-
-	// Resources are more RFC 8707 resource indicators, each sent as its
-	// own "resource" parameter after Resource.
-	Resources []string `json:"resources,omitempty"`
-
-	// OmitResourceOnRefresh leaves the resource parameters off
-	// refresh_token requests (Entra ID rejects them on some flows).
-	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
-
-	// Params are extra token request parameters, e.g. audience.
-	Params map[string]string `json:"params,omitempty"`
 }
 
 // resolve fills set from the configuration, resolving global placeholders.
@@ -92,19 +49,38 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 		}
 		return out, nil
 	}
-	cfg := oauth.Config{Auth: o.Auth, Grant: o.Grant, Scopes: o.Scopes, DPoP: useDPoP, Params: map[string]string{}}
-	var err error
-	if cfg.Endpoint, err = field("endpoint", o.Endpoint); err != nil {
-		return err
+	// A copy whose strings are resolved; the slices and map are rebuilt,
+	// never written through to the handler's config.
+	cfg := oauth.Config{Settings: o.Settings, DPoP: useDPoP}
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{
+		{"endpoint", &cfg.Endpoint}, {"client_id", &cfg.ClientID}, {"client_secret", &cfg.ClientSecret},
+		{"resource", &cfg.Resource}, {"assertion_file", &cfg.AssertionFile},
+	} {
+		var err error
+		if *f.v, err = field(f.name, *f.v); err != nil {
+			return err
+		}
 	}
 	if err := checkBaseURL(cfg.Endpoint); err != nil {
 		return fmt.Errorf("oauth2 endpoint %q: %v", o.Endpoint, err)
 	}
-	if cfg.ClientID, err = field("client_id", o.ClientID); err != nil {
-		return err
+	cfg.Resources = nil
+	for _, r := range o.Resources {
+		v, err := field("resource", r)
+		if err != nil {
+			return err
+		}
+		cfg.Resources = append(cfg.Resources, v)
 	}
-	if cfg.ClientSecret, err = field("client_secret", o.ClientSecret); err != nil {
-		return err
+	cfg.Params = make(map[string]string, len(o.Params))
+	for k, v := range o.Params {
+		var err error
+		if cfg.Params[k], err = field("param "+k, v); err != nil {
+			return err
+		}
 	}
 	keyPEM, err := field("client_key", o.ClientKey)
 	if err != nil {
@@ -126,25 +102,6 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 			return err
 		}
 		if *f.dst, err = pemOrFile(f.name, v); err != nil {
-			return err
-		}
-	}
-	if cfg.Resource, err = field("resource", o.Resource); err != nil {
-		return err
-	}
-	for _, r := range o.Resources {
-		v, err := field("resource", r)
-		if err != nil {
-			return err
-		}
-		cfg.Resources = append(cfg.Resources, v)
-	}
-	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
-	if cfg.AssertionFile, err = field("assertion_file", o.AssertionFile); err != nil {
-		return err
-	}
-	for k, v := range o.Params {
-		if cfg.Params[k], err = field("param "+k, v); err != nil {
 			return err
 		}
 	}

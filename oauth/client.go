@@ -60,21 +60,9 @@ const jwtBearerGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 // Config configures a Client.
 type Config struct {
-	// Endpoint is the token endpoint URL, or an issuer URL whose metadata
-	// names the token and revocation endpoints. A URL whose last path
-	// segment contains "token" is used as the token endpoint without any
-	// discovery; see Client.Discover for the rest.
-	Endpoint string `json:"endpoint"`
-	// ClientID identifies the client; required.
-	ClientID string `json:"client_id"`
-	// ClientSecret is the shared secret for AuthBasic and AuthPost.
-	ClientSecret string `json:"client_secret,omitempty"`
-	// Auth is the client authentication method: AuthBasic, AuthPost,
-	// AuthPrivateKeyJWT, AuthTLSClient, AuthSelfSignedTLSClient or
-	// AuthNone. "" picks AuthBasic when ClientSecret is set,
-	// AuthPrivateKeyJWT when a client key is, AuthTLSClient when only a
-	// client certificate is, else AuthNone.
-	Auth string `json:"auth,omitempty"`
+	// Settings are what an operator configures (the oauth2 block of the
+	// inject_token handler is the same type).
+	Settings
 	// ClientKey signs private_key_jwt client assertions (ECDSA P-256/384,
 	// Ed25519 or RSA ≥ 2048 bits). ClientKeyPEM is the same as a PEM block
 	// (PKCS#8, SEC 1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY").
@@ -88,15 +76,6 @@ type Config struct {
 	// issuer identifier (what draft-ietf-oauth-rfc7523bis asks for), any
 	// other value is used as is.
 	AssertionAudience string `json:"assertion_audience,omitempty"`
-	// Grant is GrantClientCredentials ("", the default), GrantRefreshToken
-	// or GrantJWTBearer.
-	Grant string `json:"grant,omitempty"`
-	// AssertionFile holds the assertion for GrantJWTBearer. It is read
-	// again whenever its modification time or size changes (a projected
-	// token is rotated in place). Without it the assertion is signed with
-	// the client key: iss = sub = ClientID, aud as for client assertions,
-	// a fresh jti on every request.
-	AssertionFile string `json:"assertion_file,omitempty"`
 	// ClientCertPEM and ClientCertKeyPEM are a TLS client certificate
 	// (PEM, leaf first) and its private key, presented on every request
 	// to the authorization server: the credential of AuthTLSClient and
@@ -109,21 +88,6 @@ type Config struct {
 	// RootCAPEM, when set, holds the only certificates (PEM) trusted for
 	// the authorization server's TLS: for servers with a private CA.
 	RootCAPEM []byte `json:"root_ca_pem,omitempty"`
-	// Scopes are sent space-separated as "scope" when non-empty.
-	Scopes []string `json:"scopes,omitempty"`
-	// Resource is the RFC 8707 resource indicator, sent when non-empty.
-	Resource string `json:"resource,omitempty"`
-	// Resources are more RFC 8707 resource indicators, each sent as its
-	// own "resource" parameter after Resource. Each is an absolute URI
-	// without a fragment.
-	Resources []string `json:"resources,omitempty"`
-	// OmitResourceOnRefresh leaves the resource parameters off
-	// refresh_token requests (some servers, e.g. Entra ID on some flows,
-	// reject them there); the refreshed token keeps its audience.
-	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
-	// Params are extra token request parameters (e.g. "audience"). They
-	// cannot replace the parameters this package sets itself.
-	Params map[string]string `json:"params,omitempty"`
 	// DPoP sends a DPoP proof (RFC 9449) with every token and revocation
 	// request, signed with the key Token, Refresh or Revoke is given.
 	DPoP bool `json:"dpop,omitempty"`

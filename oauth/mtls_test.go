@@ -67,7 +67,7 @@ func TestMutualTLSClientAuth(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	for _, auth := range []string{"", oauth.AuthTLSClient, oauth.AuthSelfSignedTLSClient} {
-		c := newClient(t, oauth.Config{Endpoint: srv.URL + "/token", ClientID: "gw", Auth: auth,
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: srv.URL + "/token", ClientID: "gw", Auth: auth},
 			ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM, RootCAPEM: srvCert})
 		if _, err := c.Token(context.Background(), nil, ""); err != nil {
 			t.Fatalf("auth %q: %v", auth, err)
@@ -81,11 +81,11 @@ func TestMutualTLSClientAuth(t *testing.T) {
 	}
 	block, _ := pem.Decode(certPEM)
 	leaf, _ := x509.ParseCertificate(block.Bytes)
-	if c := newClient(t, oauth.Config{Endpoint: srv.URL + "/token", ClientID: "gw", ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM}); c.BoundCertificate() != oauth.CertificateThumbprint(leaf) {
+	if c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: srv.URL + "/token", ClientID: "gw"}, ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM}); c.BoundCertificate() != oauth.CertificateThumbprint(leaf) {
 		t.Error("BoundCertificate is not the certificate's x5t#S256")
 	}
 	// Without RootCAPEM the server's self-signed certificate is not trusted.
-	c := newClient(t, oauth.Config{Endpoint: srv.URL + "/token", ClientID: "gw", ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: srv.URL + "/token", ClientID: "gw"}, ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM})
 	if _, err := c.Token(context.Background(), nil, ""); err == nil {
 		t.Error("an untrusted server certificate was accepted")
 	}
@@ -102,9 +102,9 @@ func TestMutualTLSLoadErrors(t *testing.T) {
 		"key without cert":         {ClientCertKeyPEM: keyPEM},
 		"key of another cert":      {ClientCertPEM: certPEM, ClientCertKeyPEM: otherKey},
 		"not PEM":                  {ClientCertPEM: []byte("junk"), ClientCertKeyPEM: keyPEM},
-		"tls_client_auth, no cert": {Auth: oauth.AuthTLSClient},
-		"self_signed, no cert":     {Auth: oauth.AuthSelfSignedTLSClient},
-		"tls_client_auth + secret": {Auth: oauth.AuthTLSClient, ClientSecret: secretBasic, ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM},
+		"tls_client_auth, no cert": {Settings: oauth.Settings{Auth: oauth.AuthTLSClient}},
+		"self_signed, no cert":     {Settings: oauth.Settings{Auth: oauth.AuthSelfSignedTLSClient}},
+		"tls_client_auth + secret": {Settings: oauth.Settings{Auth: oauth.AuthTLSClient, ClientSecret: secretBasic}, ClientCertPEM: certPEM, ClientCertKeyPEM: keyPEM},
 		"bad root CA":              {RootCAPEM: []byte("junk")},
 	} {
 		cfg.Endpoint, cfg.ClientID = "https://as.example/token", "gw"

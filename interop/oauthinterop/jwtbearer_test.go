@@ -82,8 +82,8 @@ func TestInteropJWTBearer(t *testing.T) {
 			}
 		}
 		write("system:serviceaccount:apps:gw", clusterKey, time.Now().Add(time.Hour))
-		c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "wl", ClientSecret: secretBasic,
-			Grant: oauth.GrantJWTBearer, AssertionFile: file, Scopes: []string{"api:read"}, Resource: interop.DefaultResource})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "wl", ClientSecret: secretBasic,
+			Grant: oauth.GrantJWTBearer, AssertionFile: file, Scopes: []string{"api:read"}, Resource: interop.DefaultResource}})
 		g, err := c.AutoLogin()(ctx, nil, "")
 		if err != nil {
 			t.Fatalf("%v\n%s", err, p.Logs())
@@ -107,8 +107,8 @@ func TestInteropJWTBearer(t *testing.T) {
 	})
 
 	t.Run("signed by the client", func(t *testing.T) {
-		c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "self", ClientKey: clientSigner, ClientKeyID: "k1",
-			Grant: oauth.GrantJWTBearer, Scopes: []string{"api:read"}, Resource: interop.DefaultResource})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "self",
+			Grant: oauth.GrantJWTBearer, Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, ClientKey: clientSigner, ClientKeyID: "k1"})
 		for range 2 { // a fresh jti each time, or the provider refuses the replay
 			g, err := c.Token(ctx, nil, "")
 			if err != nil {

@@ -53,9 +53,10 @@ func TestInteropMutualTLS(t *testing.T) {
 		kp       *interop.KeyPair
 	}{{"mtls", oauth.AuthTLSClient, pki}, {"mtls-self", oauth.AuthSelfSignedTLSClient, self}} {
 		t.Run(tc.auth, func(t *testing.T) {
-			c := newClient(t, oauth.Config{Endpoint: front + "/token", ClientID: tc.id, Auth: tc.auth,
-				ClientCertPEM: tc.kp.CertPEM, ClientCertKeyPEM: tc.kp.KeyPEM, RootCAPEM: ca.PEM,
-				Scopes: []string{"api:read"}, Resource: interop.DefaultResource})
+			c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: front + "/token", ClientID: tc.id, Auth: tc.auth,
+
+				Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, ClientCertPEM: tc.kp.CertPEM, ClientCertKeyPEM: tc.kp.KeyPEM, RootCAPEM: ca.PEM,
+			})
 			g, err := c.Token(context.Background(), nil, "")
 			if err != nil {
 				t.Fatalf("%v\n%s", err, p.Logs())
@@ -84,8 +85,8 @@ func TestInteropMutualTLS(t *testing.T) {
 	// invalid_client.
 	for name, kp := range map[string]*interop.KeyPair{"other subject": stranger, "self-signed": self} {
 		t.Run("rejected "+name, func(t *testing.T) {
-			c := newClient(t, oauth.Config{Endpoint: front + "/token", ClientID: "mtls", Auth: oauth.AuthTLSClient,
-				ClientCertPEM: kp.CertPEM, ClientCertKeyPEM: kp.KeyPEM, RootCAPEM: ca.PEM, Resource: interop.DefaultResource})
+			c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: front + "/token", ClientID: "mtls", Auth: oauth.AuthTLSClient,
+				Resource: interop.DefaultResource}, ClientCertPEM: kp.CertPEM, ClientCertKeyPEM: kp.KeyPEM, RootCAPEM: ca.PEM})
 			_, err := c.Token(context.Background(), nil, "")
 			if e := asError(t, err, oauth.KindConfig, string(kp.KeyPEM)); e.Code != "invalid_client" {
 				b, _ := json.Marshal(e)
