@@ -577,7 +577,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"two backends", "inject_token {\n prelude https://a.b\n oauth2 https://as.b {\n  client_id c\n }\n}", "prelude, oauth2 and token_exchange cannot be combined", 6},
 		{"oauth2 no url", "inject_token {\n oauth2 {\n  client_id c\n }\n}", "oauth2: expected the token endpoint or issuer URL", 2},
 		{"oauth2 no client", "inject_token {\n oauth2 https://as.b {\n  scope a\n }\n}", "oauth2: client_id is required", 4},
-		{"oauth2 bad auth", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  auth magic\n }\n}", "oauth2 auth: 'magic' is not one of basic, post, private_key_jwt, none", 4},
+		{"oauth2 bad auth", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  auth magic\n }\n}", "oauth2 auth: 'magic' is not one of basic, post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth, none", 4},
 		{"oauth2 bad grant", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  grant password\n }\n}", "oauth2 grant: 'password' is not one of", 4},
 		{"oauth2 unknown", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  audience x\n }\n}", "oauth2: unrecognized option 'audience'", 4},
 		{"oauth2 param", "inject_token {\n oauth2 https://as.b {\n  client_id c\n  param audience\n }\n}", "oauth2 param: expected 'param <name> <value>'", 4},

@@ -38,7 +38,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			client_id     <id>
 //			client_secret <secret>
 //			client_key    <pem>
-//			auth          basic|post|private_key_jwt|none
+//			auth          basic|post|private_key_jwt|tls_client_auth|self_signed_tls_client_auth|none
+//			client_certificate <cert> <key>
+//			trusted_ca_cert <pem_file>
 //			grant         client_credentials|refresh_token|jwt_bearer
 //			assertion_file <path>
 //			scope         <scopes...>
@@ -258,7 +260,16 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 		case "client_key_source":
 			o.ClientKeySource, err = unmarshalKeySource(d)
 		case "auth":
-			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "none")
+			err = one(opt, &o.Auth, "basic", "post", "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth", "none")
+		case "client_certificate":
+			if o.ClientCertificate != "" {
+				return nil, d.Errf("oauth2 client_certificate already specified")
+			}
+			if !d.AllArgs(&o.ClientCertificate, &o.ClientCertificateKey) {
+				return nil, d.Errf("oauth2 client_certificate: expected 'client_certificate <cert_file> <key_file>'")
+			}
+		case "trusted_ca_cert":
+			err = one(opt, &o.TrustedCACert)
 		case "grant":
 			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer")
 		case "assertion_file":
@@ -298,7 +309,7 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 			if extra != nil {
 				return nil, d.Errf("%s: unrecognized option '%s'", block, opt)
 			}
-			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, auth, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
+			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, client_key_source, auth, client_certificate, trusted_ca_cert, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
 		}
 		if err != nil {
 			return nil, err

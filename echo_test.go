@@ -269,8 +269,8 @@ func TestHostileServerEchoes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	oc, err := oauth.New(oauth.Config{Endpoint: oHost.URL + "/token", ClientID: "gw", ClientSecret: clientSecret,
-		Grant: oauth.GrantRefreshToken, DPoP: true})
+	oc, err := oauth.New(oauth.Config{Settings: oauth.Settings{Endpoint: oHost.URL + "/token", ClientID: "gw", ClientSecret: clientSecret,
+		Grant: oauth.GrantRefreshToken}, DPoP: true})
 	if err != nil {
 		t.Fatal(err)
 	}

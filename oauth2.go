@@ -4,6 +4,8 @@ import (
 	"crypto"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -12,22 +14,15 @@ import (
 )
 
 // OAuth2 configures the oauth2 backend: tokens from any OAuth 2.0
-// authorization server, with DPoP (RFC 9449) unless turned off.
+// authorization server, with DPoP (RFC 9449) unless turned off. Its
+// options are oauth.Settings (defined there once, shared with the
+// client), plus the credentials resolved from files or placeholders.
 type OAuth2 struct {
-	// Endpoint is the token endpoint URL, or the issuer URL whose metadata
-	// (RFC 8414 or OpenID Connect discovery) names it. Required.
-	Endpoint string `json:"endpoint"`
+	oauth.Settings
 
-	// ClientID identifies this client at the server. Required.
-	ClientID string `json:"client_id"`
-
-	// ClientSecret authenticates the client (auth basic or post). Use a
-	// placeholder such as {env.CLIENT_SECRET} or {file./run/secrets/cs}:
-	// it is resolved at load and kept only in memory.
-	ClientSecret string `json:"client_secret,omitempty"`
-
-	// ClientKey is the PEM private key for auth private_key_jwt, normally
-	// given as {file./path/to/key.pem}.
+	// ClientKey is the PEM private key for auth private_key_jwt (and a
+	// gateway-signed jwt_bearer assertion), normally given as
+	// {file./path/to/key.pem}.
 	ClientKey string `json:"client_key,omitempty"`
 
 	// ClientKeySource holds the private_key_jwt key in hardware instead: a
@@ -35,41 +30,23 @@ type OAuth2 struct {
 	// signs the client assertions in its token.
 	ClientKeySource json.RawMessage `json:"client_key_source,omitempty" caddy:"namespace=inject_token.dpop_keys inline_key=source"`
 
+	// ClientCertificate and ClientCertificateKey are the TLS client
+	// certificate (PEM, leaf first) and its private key presented to the
+	// authorization server: each a file path or PEM text, e.g. given as
+	// {file./run/secrets/key.pem} or {env.CLIENT_CERT}. It authenticates
+	// the client with auth tls_client_auth or self_signed_tls_client_auth,
+	// and a server may bind the access tokens to it (RFC 8705); the
+	// upstream then must be reached with the same certificate, which
+	// "transport inject_token" checks at load (tls_client_auth there).
+	ClientCertificate    string `json:"client_certificate,omitempty"`
+	ClientCertificateKey string `json:"client_certificate_key,omitempty"`
+
+	// TrustedCACert, a file path or PEM text, holds the only CA
+	// certificates trusted for the authorization server's TLS (servers
+	// with a private CA). Default: the system's roots.
+	TrustedCACert string `json:"trusted_ca_cert,omitempty"`
+
 	clientSigner crypto.Signer // loaded from ClientKeySource
-
-	// Auth is how the client authenticates: "basic" (default with a
-	// secret), "post", "private_key_jwt" (default with a key) or "none".
-	Auth string `json:"auth,omitempty"`
-
-	// Grant is "client_credentials" (default: the proxy fetches and renews
-	// tokens by itself), "jwt_bearer" (likewise, presenting an assertion;
-	// see AssertionFile) or "refresh_token" (an initial refresh token is
-	// handed in through the admin API or `caddy inject-token login
-	// refresh-token`, and rotated tokens are kept like Prelude's).
-	Grant string `json:"grant,omitempty"`
-
-	// AssertionFile is the file holding the assertion of grant
-	// "jwt_bearer" (RFC 7523): a Kubernetes projected service-account
-	// token or a SPIFFE JWT-SVID, read again whenever it changes. Without
-	// it that grant's assertion is signed with client_key.
-	AssertionFile string `json:"assertion_file,omitempty"`
-
-	// Scopes are requested with every token request.
-	Scopes []string `json:"scopes,omitempty"`
-
-	// Resource is the RFC 8707 resource indicator (the API's URI).
-	Resource string `json:"resource,omitempty"`
-
-	// Resources are more RFC 8707 resource indicators, each sent as its
-	// own "resource" parameter after Resource.
-	Resources []string `json:"resources,omitempty"`
-
-	// OmitResourceOnRefresh leaves the resource parameters off
-	// refresh_token requests (Entra ID rejects them on some flows).
-	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
-
-	// Params are extra token request parameters, e.g. audience.
-	Params map[string]string `json:"params,omitempty"`
 }
 
 // resolve fills set from the configuration, resolving global placeholders.
@@ -79,11 +56,16 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	if err != nil {
 		return err
 	}
-	env := tokencache.Env{Nonces: asNonces(), ClientKey: o.clientSigner}
-	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg, env); err != nil {
+	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg, o.env()); err != nil {
 		return fmt.Errorf("oauth2: %w", err)
 	}
 	return nil
+}
+
+// env is what the backend gets besides its settings: the nonce store that
+// logs a refused nonce, and a key source's client key.
+func (o *OAuth2) env() tokencache.Env {
+	return tokencache.Env{Nonces: asNonces(), ClientKey: o.clientSigner}
 }
 
 // config is the oauth.Config of the block named block, placeholders
@@ -96,19 +78,38 @@ func (o *OAuth2) config(repl *caddy.Replacer, block string, useDPoP bool) (oauth
 		}
 		return out, nil
 	}
-	cfg := oauth.Config{Auth: o.Auth, Grant: o.Grant, Scopes: o.Scopes, DPoP: useDPoP, Params: map[string]string{}}
-	var err error
-	if cfg.Endpoint, err = field("endpoint", o.Endpoint); err != nil {
-		return cfg, err
+	// A copy whose strings are resolved; the slices and map are rebuilt,
+	// never written through to the handler's config.
+	cfg := oauth.Config{Settings: o.Settings, DPoP: useDPoP}
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{
+		{"endpoint", &cfg.Endpoint}, {"client_id", &cfg.ClientID}, {"client_secret", &cfg.ClientSecret},
+		{"resource", &cfg.Resource}, {"assertion_file", &cfg.AssertionFile},
+	} {
+		var err error
+		if *f.v, err = field(f.name, *f.v); err != nil {
+			return cfg, err
+		}
 	}
 	if err := checkBaseURL(cfg.Endpoint); err != nil {
 		return cfg, fmt.Errorf("%s endpoint %q: %v", block, o.Endpoint, err)
 	}
-	if cfg.ClientID, err = field("client_id", o.ClientID); err != nil {
-		return cfg, err
+	cfg.Resources = nil
+	for _, r := range o.Resources {
+		v, err := field("resource", r)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Resources = append(cfg.Resources, v)
 	}
-	if cfg.ClientSecret, err = field("client_secret", o.ClientSecret); err != nil {
-		return cfg, err
+	cfg.Params = make(map[string]string, len(o.Params))
+	for k, v := range o.Params {
+		var err error
+		if cfg.Params[k], err = field("param "+k, v); err != nil {
+			return cfg, err
+		}
 	}
 	keyPEM, err := field("client_key", o.ClientKey)
 	if err != nil {
@@ -117,24 +118,34 @@ func (o *OAuth2) config(repl *caddy.Replacer, block string, useDPoP bool) (oauth
 	if keyPEM != "" {
 		cfg.ClientKeyPEM = []byte(keyPEM)
 	}
-	if cfg.Resource, err = field("resource", o.Resource); err != nil {
-		return cfg, err
-	}
-	for _, r := range o.Resources {
-		v, err := field("resource", r)
+	for _, f := range []struct {
+		name, v string
+		dst     *[]byte
+	}{
+		{"client_certificate", o.ClientCertificate, &cfg.ClientCertPEM},
+		{"client_certificate key", o.ClientCertificateKey, &cfg.ClientCertKeyPEM},
+		{"trusted_ca_cert", o.TrustedCACert, &cfg.RootCAPEM},
+	} {
+		v, err := field(f.name, f.v)
 		if err != nil {
 			return cfg, err
 		}
-		cfg.Resources = append(cfg.Resources, v)
-	}
-	cfg.OmitResourceOnRefresh = o.OmitResourceOnRefresh
-	if cfg.AssertionFile, err = field("assertion_file", o.AssertionFile); err != nil {
-		return cfg, err
-	}
-	for k, v := range o.Params {
-		if cfg.Params[k], err = field("param "+k, v); err != nil {
+		if *f.dst, err = pemOrFile(block, f.name, v); err != nil {
 			return cfg, err
 		}
 	}
 	return cfg, nil
+}
+
+// pemOrFile returns v when it is PEM text, else the content of the file v
+// names ("" stays empty). Errors name the file, never its content.
+func pemOrFile(block, name, v string) ([]byte, error) {
+	if v == "" || strings.Contains(v, "-----BEGIN ") {
+		return []byte(v), nil
+	}
+	b, err := os.ReadFile(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %v", block, name, err)
+	}
+	return b, nil
 }

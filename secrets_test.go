@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/seal"
 )
 
@@ -22,7 +23,7 @@ func TestConfigErrorsQuoteConfiguredText(t *testing.T) {
 	}{
 		{"prelude scheme", "ftp://SECRETHOST{env.IT_SECRET_PART}", Handler{Prelude: "ftp://SECRETHOST{env.IT_SECRET_PART}"}},
 		{"prelude query", "https://h{env.IT_SECRET_PART}?q", Handler{Prelude: "https://h{env.IT_SECRET_PART}?q"}},
-		{"oauth2 endpoint", "{env.IT_SECRET_PART}", Handler{OAuth2: &OAuth2{Endpoint: "{env.IT_SECRET_PART}", ClientID: "gw"}}},
+		{"oauth2 endpoint", "{env.IT_SECRET_PART}", Handler{OAuth2: &OAuth2{Settings: oauth.Settings{Endpoint: "{env.IT_SECRET_PART}", ClientID: "gw"}}}},
 	} {
 		_, err := tc.h.resolve()
 		if err == nil {

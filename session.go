@@ -332,6 +332,19 @@ func (s *session) bind(b *binding) error {
 	return s.applyLocked()
 }
 
+// settingsOf returns the settings the config owner gave the session, or
+// nil when it does not use it.
+func (s *session) settingsOf(owner configID) *settings {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.bindings {
+		if b.owner == owner {
+			return b.set
+		}
+	}
+	return nil
+}
+
 // unbind drops one handler's reference to the binding of owner and, when
 // the config no longer uses the session, falls back to the newest other
 // binding.

@@ -95,8 +95,7 @@ func (t *TokenExchange) resolve(repl *caddy.Replacer, set *settings, useDPoP boo
 	if t.SubjectHeader != "" && !validHeaderName(t.SubjectHeader) {
 		return fmt.Errorf("token_exchange subject_header %q is not a header name", t.SubjectHeader)
 	}
-	env := tokencache.Env{Nonces: asNonces(), ClientKey: t.clientSigner}
-	if err := set.open(exchange.BackendName, oc.Endpoint, cfg, env); err != nil {
+	if err := set.open(exchange.BackendName, oc.Endpoint, cfg, t.env()); err != nil {
 		return fmt.Errorf("token_exchange: %w", err)
 	}
 	return nil

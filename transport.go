@@ -57,6 +57,11 @@ type Transport struct {
 	auth    *authHeader
 	base    http.RoundTripper // what sends an attempt; the embedded HTTPTransport unless a benchmark sets one
 	counted bool              // Provision added this transport to liveTransports
+	// certThumb is the x5t#S256 of the client certificate presented
+	// upstream ("" for none); certKnown is false when it is picked per
+	// handshake (client_certificate_automate) and so cannot be checked.
+	certThumb string
+	certKnown bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -77,6 +82,9 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
+		return err
+	}
+	if err := t.checkBinding(ctx); err != nil {
 		return err
 	}
 	liveTransports.Add(1)
@@ -143,6 +151,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return refused.response(req), nil
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := t.checkPresented(c); err != nil {
 		return nil, err
 	}
 	// The scheme is only known once the wrapped transport has set it; the

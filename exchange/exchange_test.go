@@ -101,7 +101,7 @@ func newTokenServer(t testing.TB) *tokenServer {
 
 func newCache(t testing.TB, ts *tokenServer, is *issuer, clk *clock, mod func(*exchange.Config)) *exchange.Cache {
 	cfg := exchange.Config{
-		Config:        oauth.Config{Endpoint: ts.srv.URL + "/token", ClientID: "gw", ClientSecret: "s3cret", Params: map[string]string{"audience": "api"}},
+		Config:        oauth.Config{Settings: oauth.Settings{Endpoint: ts.srv.URL + "/token", ClientID: "gw", ClientSecret: "s3cret", Params: map[string]string{"audience": "api"}}},
 		SubjectHeader: "X-Subject",
 		Verify:        exchange.Verify{JWKSURL: is.srv.URL, Issuer: "https://issuer.test", Audiences: []string{"gw"}},
 		Now:           clk.now,
@@ -282,10 +282,10 @@ func TestIssuedTokenTypeChecked(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	for name, cfg := range map[string]exchange.Config{
-		"no subject":        {Config: oauth.Config{Endpoint: "https://idp.test/token", ClientID: "gw"}},
-		"both subjects":     {Config: oauth.Config{Endpoint: "https://idp.test/token", ClientID: "gw"}, SubjectFile: "/f", SubjectHeader: "X"},
-		"header, no verify": {Config: oauth.Config{Endpoint: "https://idp.test/token", ClientID: "gw"}, SubjectHeader: "X"},
-		"verify, no aud":    {Config: oauth.Config{Endpoint: "https://idp.test/token", ClientID: "gw"}, SubjectHeader: "X", Verify: exchange.Verify{Issuer: "https://idp.test"}},
+		"no subject":        {Config: oauth.Config{Settings: oauth.Settings{Endpoint: "https://idp.test/token", ClientID: "gw"}}},
+		"both subjects":     {Config: oauth.Config{Settings: oauth.Settings{Endpoint: "https://idp.test/token", ClientID: "gw"}}, SubjectFile: "/f", SubjectHeader: "X"},
+		"header, no verify": {Config: oauth.Config{Settings: oauth.Settings{Endpoint: "https://idp.test/token", ClientID: "gw"}}, SubjectHeader: "X"},
+		"verify, no aud":    {Config: oauth.Config{Settings: oauth.Settings{Endpoint: "https://idp.test/token", ClientID: "gw"}}, SubjectHeader: "X", Verify: exchange.Verify{Issuer: "https://idp.test"}},
 	} {
 		if _, err := exchange.New(cfg); err == nil {
 			t.Errorf("%s: accepted", name)

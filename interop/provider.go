@@ -42,6 +42,11 @@ type ProviderOptions struct {
 	// (behind when negative), to the second: token times, the DPoP iat
 	// window and the Date header all read it.
 	ClockOffset time.Duration
+	// JWTBearerIssuers are the issuers (iss → public keys) whose
+	// assertions the jwt-bearer grant accepts besides the client's own
+	// (iss = sub = client_id, verified with the client's JWKS): a
+	// Kubernetes cluster, a SPIFFE trust domain. Assertions are ES256.
+	JWTBearerIssuers map[string]*jose.JSONWebKeySet
 	// AccessTokenTTL and RefreshTokenTTL default to 10 minutes and 1 day.
 	AccessTokenTTL, RefreshTokenTTL time.Duration
 	// SubjectJWKS, when set, registers the RFC 8693 token exchange grant:
@@ -55,6 +60,10 @@ type ProviderOptions struct {
 	StartTimeout time.Duration
 }
 
+// JWTBearer is the RFC 7523 jwt-bearer grant type, registered in the
+// provider (server.js) for Client.GrantTypes.
+const JWTBearer = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
 // Client is one client registration at the provider.
 type Client struct {
 	// ID is the client_id.
@@ -66,11 +75,19 @@ type Client struct {
 	AuthMethod string
 	// JWKS holds the client's public keys, for private_key_jwt.
 	JWKS *jose.JSONWebKeySet
-	// GrantTypes default to client_credentials and refresh_token.
+	// GrantTypes default to client_credentials and refresh_token; the
+	// jwt-bearer grant is JWTBearer.
 	GrantTypes []string
 	// Scope is the space-separated scopes the client may request
 	// (default "api:read api:write openid offline_access").
 	Scope string
+	// TLSSubjectDN is tls_client_auth_subject_dn, for AuthMethod
+	// "tls_client_auth" (e.g. "CN=gateway" for TestCA.Issue(t, "gateway")).
+	TLSSubjectDN string
+	// CertificateBound asks for access tokens bound to the client
+	// certificate (tls_client_certificate_bound_access_tokens, RFC 8705
+	// §3): they carry cnf x5t#S256.
+	CertificateBound bool
 }
 
 // MarshalJSON renders the registration as oidc-provider client metadata.
@@ -89,6 +106,12 @@ func (c Client) MarshalJSON() ([]byte, error) {
 	}
 	if len(c.GrantTypes) > 0 {
 		m["grant_types"] = c.GrantTypes
+	}
+	if c.TLSSubjectDN != "" {
+		m["tls_client_auth_subject_dn"] = c.TLSSubjectDN
+	}
+	if c.CertificateBound {
+		m["tls_client_certificate_bound_access_tokens"] = true
 	}
 	m["scope"] = c.Scope
 	if c.Scope == "" {
@@ -247,6 +270,9 @@ func serverConfig(opts ProviderOptions) map[string]any {
 		if opts.SubjectAudience != "" {
 			cfg["subjectAudience"] = opts.SubjectAudience
 		}
+	}
+	if len(opts.JWTBearerIssuers) > 0 {
+		cfg["jwtBearerIssuers"] = opts.JWTBearerIssuers
 	}
 	if opts.AccessTokenTTL > 0 {
 		cfg["accessTokenTTL"] = int(opts.AccessTokenTTL / time.Second)

@@ -68,7 +68,9 @@ type ResourceServerOptions struct {
 //   - Authorization: DPoP <token> (scheme case-insensitive) and exactly one
 //     DPoP header;
 //   - token: signature against the JWKS, typ at+jwt, exp/nbf, iss and aud
-//     when configured, and a cnf.jkt;
+//     when configured, and a cnf.jkt; a token with cnf x5t#S256 (RFC 8705
+//     §3) only over TLS with that client certificate
+//     (StartTLSResourceServer), and as Bearer unless also DPoP-bound;
 //   - proof (dpop.Verifier): typ, alg, signature, htm = the method, htu =
 //     scheme + Host header + escaped path, iat window, jti not replayed,
 //     ath = hash of the token, key thumbprint = cnf.jkt, and the server's
@@ -108,6 +110,9 @@ const (
 	ReasonUnboundToken     = "unbound_token"
 	ReasonProofCount       = "proof_count"
 	ReasonNonceChallenge   = "use_dpop_nonce"
+	// ReasonCertificate: a certificate-bound token (cnf x5t#S256, RFC
+	// 8705 §3) came without the TLS client certificate it is bound to.
+	ReasonCertificate = "certificate_mismatch"
 )
 
 // nonceLifetime is how long an RS nonce is accepted after it was issued.
@@ -178,6 +183,7 @@ type tokenClaims struct {
 	Nbf      *float64        `json:"nbf"`
 	Cnf      struct {
 		JKT string `json:"jkt"`
+		X5T string `json:"x5t#S256"`
 	} `json:"cnf"`
 }
 
@@ -203,11 +209,16 @@ func (rs *ResourceServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil:
 		rs.reject(w, ReasonInvalidToken, "invalid_token", err.Error())
+	case claims.Cnf.X5T != "" && claims.Cnf.X5T != certificateOf(r):
+		// RFC 8705 §3: only the holder of the bound certificate's key.
+		rs.reject(w, ReasonCertificate, "invalid_token", "token is bound to another TLS client certificate")
 	case bearer && claims.Cnf.JKT != "":
 		// RFC 9449 §7.2: a stolen bound token must not work without its key.
 		rs.reject(w, ReasonBoundAsBearer, "invalid_token", "DPoP-bound token presented as Bearer")
 	case bearer:
 		rs.accept(w, r, claims, "")
+	case claims.Cnf.JKT == "" && claims.Cnf.X5T != "":
+		rs.reject(w, ReasonBadScheme, "invalid_token", "a certificate-bound token is presented as Bearer")
 	case claims.Cnf.JKT == "":
 		rs.reject(w, ReasonUnboundToken, "invalid_token", "token is not DPoP-bound")
 	default:

@@ -28,8 +28,8 @@ func setup(t *testing.T, rsOpts interop.ResourceServerOptions) (rs *interop.Reso
 		t.Fatal(err)
 	}
 	for _, useDPoP := range []bool{true, false} {
-		c, err := oauth.New(oauth.Config{Endpoint: p.Issuer, ClientID: "svc", ClientSecret: secret,
-			Resource: interop.DefaultResource, Scopes: []string{"api:read"}, DPoP: useDPoP})
+		c, err := oauth.New(oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "svc", ClientSecret: secret,
+			Resource: interop.DefaultResource, Scopes: []string{"api:read"}}, DPoP: useDPoP})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package oauth
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -35,6 +36,12 @@ const (
 	AuthPost          = "post"            // client_secret_post
 	AuthPrivateKeyJWT = "private_key_jwt" // RFC 7523 client assertion
 	AuthNone          = "none"            // public client: client_id only
+	// AuthTLSClient and AuthSelfSignedTLSClient are RFC 8705 §2 mutual
+	// TLS: the client certificate authenticates, the form carries only
+	// client_id. They differ only in how the server checks the certificate
+	// (a PKI subject, or a registered self-signed certificate).
+	AuthTLSClient           = "tls_client_auth"
+	AuthSelfSignedTLSClient = "self_signed_tls_client_auth"
 )
 
 // Grant types this client can request.
@@ -53,19 +60,9 @@ const jwtBearerGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 // Config configures a Client.
 type Config struct {
-	// Endpoint is the token endpoint URL, or an issuer URL whose metadata
-	// names the token and revocation endpoints. A URL whose last path
-	// segment contains "token" is used as the token endpoint without any
-	// discovery; see Client.Discover for the rest.
-	Endpoint string `json:"endpoint"`
-	// ClientID identifies the client; required.
-	ClientID string `json:"client_id"`
-	// ClientSecret is the shared secret for AuthBasic and AuthPost.
-	ClientSecret string `json:"client_secret,omitempty"`
-	// Auth is the client authentication method: AuthBasic, AuthPost,
-	// AuthPrivateKeyJWT or AuthNone. "" picks AuthBasic when ClientSecret
-	// is set, AuthPrivateKeyJWT when a client key is, else AuthNone.
-	Auth string `json:"auth,omitempty"`
+	// Settings are what an operator configures (the oauth2 block of the
+	// inject_token handler is the same type).
+	Settings
 	// ClientKey signs private_key_jwt client assertions (ECDSA P-256/384,
 	// Ed25519 or RSA ≥ 2048 bits). ClientKeyPEM is the same as a PEM block
 	// (PKCS#8, SEC 1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY").
@@ -79,30 +76,18 @@ type Config struct {
 	// issuer identifier (what draft-ietf-oauth-rfc7523bis asks for), any
 	// other value is used as is.
 	AssertionAudience string `json:"assertion_audience,omitempty"`
-	// Grant is GrantClientCredentials ("", the default), GrantRefreshToken
-	// or GrantJWTBearer.
-	Grant string `json:"grant,omitempty"`
-	// AssertionFile holds the assertion for GrantJWTBearer. It is read
-	// again whenever its modification time or size changes (a projected
-	// token is rotated in place). Without it the assertion is signed with
-	// the client key: iss = sub = ClientID, aud as for client assertions,
-	// a fresh jti on every request.
-	AssertionFile string `json:"assertion_file,omitempty"`
-	// Scopes are sent space-separated as "scope" when non-empty.
-	Scopes []string `json:"scopes,omitempty"`
-	// Resource is the RFC 8707 resource indicator, sent when non-empty.
-	Resource string `json:"resource,omitempty"`
-	// Resources are more RFC 8707 resource indicators, each sent as its
-	// own "resource" parameter after Resource. Each is an absolute URI
-	// without a fragment.
-	Resources []string `json:"resources,omitempty"`
-	// OmitResourceOnRefresh leaves the resource parameters off
-	// refresh_token requests (some servers, e.g. Entra ID on some flows,
-	// reject them there); the refreshed token keeps its audience.
-	OmitResourceOnRefresh bool `json:"omit_resource_on_refresh,omitempty"`
-	// Params are extra token request parameters (e.g. "audience"). They
-	// cannot replace the parameters this package sets itself.
-	Params map[string]string `json:"params,omitempty"`
+	// ClientCertPEM and ClientCertKeyPEM are a TLS client certificate
+	// (PEM, leaf first) and its private key, presented on every request
+	// to the authorization server: the credential of AuthTLSClient and
+	// AuthSelfSignedTLSClient, and what an RFC 8705 server binds access
+	// tokens to (cnf x5t#S256; see Client.BoundCertificate).
+	// ClientCertificate is the same, already loaded.
+	ClientCertPEM     []byte           `json:"client_cert_pem,omitempty"`
+	ClientCertKeyPEM  []byte           `json:"client_cert_key_pem,omitempty"`
+	ClientCertificate *tls.Certificate `json:"-"`
+	// RootCAPEM, when set, holds the only certificates (PEM) trusted for
+	// the authorization server's TLS: for servers with a private CA.
+	RootCAPEM []byte `json:"root_ca_pem,omitempty"`
 	// DPoP sends a DPoP proof (RFC 9449) with every token and revocation
 	// request, signed with the key Token, Refresh or Revoke is given.
 	DPoP bool `json:"dpop,omitempty"`
@@ -128,14 +113,15 @@ type Config struct {
 // state: refresh tokens and DPoP keys are passed in by the caller (the
 // token cache), nonces live in the shared NonceStore.
 type Client struct {
-	cfg      Config // validated copy; never printed (it holds the secret)
-	endpoint *url.URL
-	hc       *http.Client
-	nonces   *dpop.NonceStore
-	maxBody  int64
-	assert   *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
-	grantJWT *FileSource      // the jwt-bearer assertion file, or nil
-	skew     atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
+	cfg       Config // validated copy; never printed (it holds the secret)
+	endpoint  *url.URL
+	hc        *http.Client
+	nonces    *dpop.NonceStore
+	maxBody   int64
+	assert    *assertionSigner // nil unless AuthPrivateKeyJWT or a signed jwt-bearer grant
+	grantJWT  *FileSource      // the jwt-bearer assertion file, or nil
+	certThumb string           // x5t#S256 of the client certificate, or ""
+	skew      atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
 
 	mu   sync.Mutex
 	meta *metadata // nil until Discover succeeded
@@ -188,18 +174,31 @@ func New(cfg Config) (*Client, error) {
 		}
 	}
 	hasKey := cfg.ClientKey != nil || len(cfg.ClientKeyPEM) > 0
+	hc, thumb, err := mtlsClient(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Auth == "" {
 		switch {
 		case cfg.ClientSecret != "":
 			cfg.Auth = AuthBasic
 		case hasKey:
 			cfg.Auth = AuthPrivateKeyJWT
+		case thumb != "":
+			cfg.Auth = AuthTLSClient
 		default:
 			cfg.Auth = AuthNone
 		}
 	}
-	c := &Client{endpoint: u, hc: wire.NoPostRedirects(cfg.HTTPClient, DefaultTimeout), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes}
+	c := &Client{endpoint: u, hc: wire.NoPostRedirects(hc, DefaultTimeout), nonces: cfg.Nonces, maxBody: cfg.MaxResponseBytes, certThumb: thumb}
 	switch cfg.Auth {
+	case AuthTLSClient, AuthSelfSignedTLSClient:
+		if thumb == "" {
+			return nil, fmt.Errorf("oauth: Auth %q needs a client certificate (ClientCertPEM and ClientCertKeyPEM)", cfg.Auth)
+		}
+		if cfg.ClientSecret != "" || hasKey && cfg.Grant != GrantJWTBearer {
+			return nil, fmt.Errorf("oauth: Auth %q authenticates with the certificate: no ClientSecret or client key", cfg.Auth)
+		}
 	case AuthBasic, AuthPost:
 		if cfg.ClientSecret == "" {
 			return nil, fmt.Errorf("oauth: Auth %q needs ClientSecret", cfg.Auth)
@@ -213,7 +212,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, errors.New("oauth: Auth \"none\" must not be given a ClientSecret or client key")
 		}
 	default:
-		return nil, fmt.Errorf("oauth: unsupported Auth %q (want basic, post, private_key_jwt or none)", cfg.Auth)
+		return nil, fmt.Errorf("oauth: unsupported Auth %q (want basic, post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth or none)", cfg.Auth)
 	}
 	if c.nonces == nil {
 		c.nonces = new(dpop.NonceStore)

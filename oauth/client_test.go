@@ -52,7 +52,7 @@ func fakeJWT(claims map[string]any) string {
 
 // grantCfg returns a config for the fake at base with the given grant.
 func grantCfg(base, grant string) oauth.Config {
-	return oauth.Config{Endpoint: base + "/token", ClientID: "c", ClientSecret: secretBasic, Grant: grant}
+	return oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: "c", ClientSecret: secretBasic, Grant: grant}}
 }
 
 func TestMalformedTokenResponses(t *testing.T) {
@@ -322,8 +322,8 @@ func TestClientAuthenticationOnTheWire(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("basic", func(t *testing.T) {
-		c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: id, ClientSecret: secret,
-			Scopes: []string{"a", "b"}, Resource: "https://api.example", Params: map[string]string{"audience": "x"}})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: id, ClientSecret: secret,
+			Scopes: []string{"a", "b"}, Resource: "https://api.example", Params: map[string]string{"audience": "x"}}})
 		g, err := c.Token(ctx, nil, "")
 		if err != nil {
 			t.Fatal(err)
@@ -342,7 +342,7 @@ func TestClientAuthenticationOnTheWire(t *testing.T) {
 		}
 	})
 	t.Run("post", func(t *testing.T) {
-		c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: id, ClientSecret: secret, Auth: oauth.AuthPost})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: id, ClientSecret: secret, Auth: oauth.AuthPost}})
 		if _, err := c.Token(ctx, nil, ""); err != nil {
 			t.Fatal(err)
 		}
@@ -352,7 +352,7 @@ func TestClientAuthenticationOnTheWire(t *testing.T) {
 	})
 	t.Run("private_key_jwt", func(t *testing.T) {
 		signer, jwks := clientKey(t)
-		c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: id, ClientKey: signer, ClientKeyID: "k1"})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: id}, ClientKey: signer, ClientKeyID: "k1"})
 		start := time.Now()
 		if _, err := c.Token(ctx, nil, ""); err != nil {
 			t.Fatal(err)
@@ -386,7 +386,7 @@ func TestClientAuthenticationOnTheWire(t *testing.T) {
 	// A key held in hardware is reachable only through crypto.Signer.
 	t.Run("private_key_jwt through crypto.Signer", func(t *testing.T) {
 		signer, jwks := clientKey(t)
-		c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: id, ClientKey: hiddenSigner{signer}})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: id}, ClientKey: hiddenSigner{signer}})
 		if _, err := c.Token(ctx, nil, ""); err != nil {
 			t.Fatal(err)
 		}
@@ -479,16 +479,16 @@ func TestProofUsesServerClockAndNoProofWhenOff(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	for _, cfg := range []oauth.Config{
-		{Endpoint: "https://as.example/token"}, // no client id
-		{Endpoint: "ftp://as.example/token", ClientID: "c"},
-		{Endpoint: "https://user:" + secretBasic + "@as.example/token", ClientID: "c"},
-		{Endpoint: "https://as.example/token#f", ClientID: "c"},
-		{Endpoint: "https://as.example/token", ClientID: "c", Grant: "password"},
-		{Endpoint: "https://as.example/token", ClientID: "c", Auth: oauth.AuthBasic},
-		{Endpoint: "https://as.example/token", ClientID: "c", Auth: oauth.AuthNone, ClientSecret: secretBasic},
-		{Endpoint: "https://as.example/token", ClientID: "c", Auth: oauth.AuthPrivateKeyJWT},
-		{Endpoint: "https://as.example/token", ClientID: "c", ClientKeyPEM: []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")},
-		{Endpoint: "https://as.example/token", ClientID: "c", Params: map[string]string{"client_id": "x"}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token"}}, // no client id
+		{Settings: oauth.Settings{Endpoint: "ftp://as.example/token", ClientID: "c"}},
+		{Settings: oauth.Settings{Endpoint: "https://user:" + secretBasic + "@as.example/token", ClientID: "c"}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token#f", ClientID: "c"}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", Grant: "password"}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", Auth: oauth.AuthBasic}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", Auth: oauth.AuthNone, ClientSecret: secretBasic}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", Auth: oauth.AuthPrivateKeyJWT}},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c"}, ClientKeyPEM: []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")},
+		{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", Params: map[string]string{"client_id": "x"}}},
 	} {
 		if _, err := oauth.New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg.Endpoint)
@@ -496,11 +496,11 @@ func TestNewValidates(t *testing.T) {
 			t.Errorf("error leaks the secret: %v", err)
 		}
 	}
-	c := newClient(t, oauth.Config{Endpoint: "https://as.example/token", ClientID: "c", ClientSecret: secretBasic})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", ClientSecret: secretBasic}})
 	if s := fmt.Sprintf("%v %+v %#v", c, c, c); strings.Contains(s, secretBasic) {
 		t.Errorf("formatting a Client leaks the secret: %s", s)
 	}
-	cfg := oauth.Config{Endpoint: "https://as.example/token", ClientID: "c", ClientSecret: secretBasic, DPoP: true}
+	cfg := oauth.Config{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", ClientSecret: secretBasic}, DPoP: true}
 	_, err := newClient(t, cfg).Token(context.Background(), nil, "")
 	asError(t, err, oauth.KindConfig)
 }
@@ -510,13 +510,13 @@ func TestDiscoveryFailures(t *testing.T) {
 		base, _ := fakeServer(t, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, map[string]string{"issuer": "https://evil.example", "token_endpoint": "https://evil.example/token"})
 		})
-		err := newClient(t, oauth.Config{Endpoint: base, ClientID: "c", ClientSecret: secretBasic}).Discover(context.Background())
+		err := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base, ClientID: "c", ClientSecret: secretBasic}}).Discover(context.Background())
 		asError(t, err, oauth.KindConfig)
 	})
 	t.Run("no metadata: Endpoint is the token endpoint", func(t *testing.T) {
 		// A catch-all server answering 200 HTML to every path.
 		base, n := fakeServer(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "<html>hi</html>") })
-		c := newClient(t, oauth.Config{Endpoint: base + "/as", ClientID: "c", ClientSecret: secretBasic})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/as", ClientID: "c", ClientSecret: secretBasic}})
 		tok, rev, err := c.Endpoints(context.Background())
 		if err != nil || tok != base+"/as" || rev != "" {
 			t.Errorf("endpoints %q %q %v; want %q and no revocation", tok, rev, err, base+"/as")
@@ -535,7 +535,7 @@ func TestDiscoveryFailures(t *testing.T) {
 			}
 			writeJSON(w, 200, map[string]string{"issuer": base, "token_endpoint": base + "/tok", "revocation_endpoint": base + "/rev"})
 		})
-		c := newClient(t, oauth.Config{Endpoint: base, ClientID: "c", ClientSecret: secretBasic})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base, ClientID: "c", ClientSecret: secretBasic}})
 		asError(t, c.Discover(context.Background()), oauth.KindTransient)
 		fail = false
 		tok, rev, err := c.Endpoints(context.Background())

@@ -1,7 +1,9 @@
 // Package oauth is an OAuth 2.0 token client (RFC 6749) for machine
-// sessions: the client_credentials and refresh_token grants, with client
-// authentication by client_secret_basic, client_secret_post,
-// private_key_jwt (RFC 7523) or none, resource indicators (RFC 8707),
+// sessions: the client_credentials, refresh_token and jwt-bearer (RFC
+// 7523) grants, with client authentication by client_secret_basic,
+// client_secret_post, private_key_jwt (RFC 7523), mutual TLS (RFC 8705:
+// tls_client_auth, self_signed_tls_client_auth; the tokens it binds are
+// named by Client.BoundCertificate) or none, resource indicators (RFC 8707),
 // authorization server metadata discovery (RFC 8414 and OpenID Connect
 // Discovery), token revocation (RFC 7009) and DPoP (RFC 9449).
 //

@@ -28,7 +28,7 @@ func FuzzTokenResponse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, op uint8, status int, header string, body []byte) {
 		srv := fuzzhttp.Server{Status: status, Header: header, Body: body}
-		cfg := Config{Endpoint: "http://as.test/token", ClientID: "gw", ClientSecret: secret, Grant: GrantRefreshToken,
+		cfg := Config{Settings: Settings{Endpoint: "http://as.test/token", ClientID: "gw", ClientSecret: secret, Grant: GrantRefreshToken},
 			DPoP: true, HTTPClient: srv.Client(), MaxResponseBytes: 64 << 10}
 		if op%3 != 0 {
 			cfg.Endpoint = "http://as.test" // an issuer: discovery first

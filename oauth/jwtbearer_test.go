@@ -41,7 +41,7 @@ func TestJWTBearerAssertionFile(t *testing.T) {
 	if err := os.WriteFile(file, []byte("eyJ.first.sig\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: "c", Grant: oauth.GrantJWTBearer, AssertionFile: file})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: "c", Grant: oauth.GrantJWTBearer, AssertionFile: file}})
 	if c.AutoLogin() == nil {
 		t.Fatal("a jwt_bearer client has no automatic login")
 	}
@@ -75,7 +75,7 @@ func TestJWTBearerAssertionFile(t *testing.T) {
 func TestJWTBearerSignedAssertion(t *testing.T) {
 	base, last := jwtBearerServer(t)
 	signer, jwks := clientKey(t)
-	c := newClient(t, oauth.Config{Endpoint: base + "/token", ClientID: "svc", Grant: oauth.GrantJWTBearer, ClientKey: signer, ClientKeyID: "k1"})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: "svc", Grant: oauth.GrantJWTBearer}, ClientKey: signer, ClientKeyID: "k1"})
 	seen := map[string]bool{}
 	for range 2 {
 		if _, err := c.Token(context.Background(), nil, ""); err != nil {
@@ -102,7 +102,7 @@ func TestJWTBearerSignedAssertion(t *testing.T) {
 		}
 		seen[jti] = true
 	}
-	if _, err := oauth.New(oauth.Config{Endpoint: base + "/token", ClientID: "svc", Grant: oauth.GrantJWTBearer}); err == nil {
+	if _, err := oauth.New(oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: "svc", Grant: oauth.GrantJWTBearer}}); err == nil {
 		t.Error("jwt_bearer without an assertion file or a key accepted")
 	}
 }

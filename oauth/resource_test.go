@@ -30,8 +30,8 @@ func TestResourceIndicators(t *testing.T) {
 		return forms[len(forms)-1]
 	}
 	want := []string{"https://a.example/", "https://b.example/api", "urn:example:c"}
-	cfg := oauth.Config{Endpoint: base + "/token", ClientID: "c", ClientSecret: secretBasic,
-		Resource: want[0], Resources: want[1:]}
+	cfg := oauth.Config{Settings: oauth.Settings{Endpoint: base + "/token", ClientID: "c", ClientSecret: secretBasic,
+		Resource: want[0], Resources: want[1:]}}
 	ctx := context.Background()
 
 	if _, err := newClient(t, cfg).Token(ctx, nil, ""); err != nil {
@@ -65,7 +65,7 @@ func TestResourceIndicators(t *testing.T) {
 
 func TestResourceMustBeAbsoluteURI(t *testing.T) {
 	for _, bad := range []string{"api", "/relative", "https://a.example/#frag"} {
-		_, err := oauth.New(oauth.Config{Endpoint: "https://as.example/token", ClientID: "c", Resources: []string{bad}})
+		_, err := oauth.New(oauth.Config{Settings: oauth.Settings{Endpoint: "https://as.example/token", ClientID: "c", Resources: []string{bad}}})
 		if err == nil {
 			t.Errorf("resource %q accepted", bad)
 		}

@@ -142,7 +142,8 @@ func (c *Client) authenticate(form url.Values, m *metadata, x *exchange) (http.H
 		form.Set("client_id", c.cfg.ClientID)
 		form.Set("client_assertion_type", assertionType)
 		form.Set("client_assertion", jwt)
-	case AuthNone:
+	case AuthNone, AuthTLSClient, AuthSelfSignedTLSClient:
+		// RFC 8705 §2: the TLS handshake authenticated the client.
 		form.Set("client_id", c.cfg.ClientID)
 	}
 	return nil, nil

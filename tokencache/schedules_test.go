@@ -442,7 +442,7 @@ func tokenServer(t *testing.T) string {
 func TestScheduleKeysStayBounded(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	cl, err := oauth.New(oauth.Config{Endpoint: tokenServer(t) + "/token", ClientID: "c", ClientSecret: "s"})
+	cl, err := oauth.New(oauth.Config{Settings: oauth.Settings{Endpoint: tokenServer(t) + "/token", ClientID: "c", ClientSecret: "s"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,8 +58,8 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 		Audience: interop.DefaultResource, AllowBearer: true})
 	cnt := newCounter()
 	e, err := exchange.New(exchange.Config{
-		Config: oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
-			Resource: interop.DefaultResource, HTTPClient: cnt.client()},
+		Config: oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+			Resource: interop.DefaultResource}, HTTPClient: cnt.client()},
 		SubjectHeader:      "X-User-Token",
 		RequestedTokenType: exchange.TokenTypeAccessToken,
 		Verify:             exchange.Verify{JWKSURL: si.URL, Audiences: []string{interop.SubjectAudience}},
@@ -122,8 +122,8 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 	if err := os.WriteFile(file, []byte(si.Token(t, "system:serviceaccount:shop:gateway")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e, key, g := exchangeFile(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
-		Resource: interop.DefaultResource, DPoP: true}, file)
+	e, key, g := exchangeFile(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+		Resource: interop.DefaultResource}, DPoP: true}, file)
 	cl := claims(t, g.AccessToken)
 	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || cl["sub"] != "system:serviceaccount:shop:gateway" || cl["aud"] != interop.DefaultResource {
 		t.Fatalf("token type %s, claims %v", g.TokenType, cl)
@@ -161,8 +161,9 @@ func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	cnt := newCounter()
-	_, key, g := exchangeFile(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1",
-		Resource: interop.DefaultResource, DPoP: true, HTTPClient: cnt.client()}, file)
+	_, key, g := exchangeFile(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "pkjwt",
+		Resource: interop.DefaultResource}, ClientKey: signer, ClientKeyID: "k1",
+		DPoP: true, HTTPClient: cnt.client()}, file)
 	if n := cnt.get("/token"); n != 2 {
 		t.Errorf("%d token requests, want 2 (nonce challenge + one retry)", n)
 	}

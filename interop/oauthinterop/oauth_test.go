@@ -32,8 +32,8 @@ func TestInteropClientCredentialsDPoP(t *testing.T) {
 	cnt := newCounter()
 	nonces := new(dpop.NonceStore)
 	c := newClient(t, oauth.Config{
-		Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
-		Scopes: []string{"api:read"}, Resource: interop.DefaultResource,
+		Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+			Scopes: []string{"api:read"}, Resource: interop.DefaultResource},
 		DPoP: true, HTTPClient: cnt.client(), Nonces: nonces,
 	})
 	key := newKey(t)
@@ -81,10 +81,10 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 		name string
 		cfg  oauth.Config
 	}{
-		{"client_secret_basic", oauth.Config{ClientID: "basic", ClientSecret: secretBasic}},
+		{"client_secret_basic", oauth.Config{Settings: oauth.Settings{ClientID: "basic", ClientSecret: secretBasic}}},
 		// The provider remembers assertion jti values: a retry that reused
 		// the first assertion would fail with invalid_client.
-		{"private_key_jwt", oauth.Config{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1"}},
+		{"private_key_jwt", oauth.Config{Settings: oauth.Settings{ClientID: "pkjwt"}, ClientKey: signer, ClientKeyID: "k1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cnt := newCounter()
@@ -135,12 +135,12 @@ func TestInteropAuthMethods(t *testing.T) {
 		},
 	})
 	ok := []oauth.Config{
-		{ClientID: "basic", ClientSecret: secretBasic, Auth: oauth.AuthBasic},
-		{ClientID: "post", ClientSecret: secretPost, Auth: oauth.AuthPost},
-		{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1"},
-		{ClientID: "pkjwt", ClientKey: signer, ClientKeyID: "k1", AssertionAudience: "issuer", Endpoint: p.Issuer},
-		{ClientID: "pkjwt-ed", ClientKey: edKey},
-		{ClientID: "pkjwt-rsa", ClientKeyPEM: rsaPEM},
+		{Settings: oauth.Settings{ClientID: "basic", ClientSecret: secretBasic, Auth: oauth.AuthBasic}},
+		{Settings: oauth.Settings{ClientID: "post", ClientSecret: secretPost, Auth: oauth.AuthPost}},
+		{Settings: oauth.Settings{ClientID: "pkjwt"}, ClientKey: signer, ClientKeyID: "k1"},
+		{Settings: oauth.Settings{ClientID: "pkjwt", Endpoint: p.Issuer}, ClientKey: signer, ClientKeyID: "k1", AssertionAudience: "issuer"},
+		{Settings: oauth.Settings{ClientID: "pkjwt-ed"}, ClientKey: edKey},
+		{Settings: oauth.Settings{ClientID: "pkjwt-rsa"}, ClientKeyPEM: rsaPEM},
 	}
 	for _, cfg := range ok {
 		t.Run(cfg.ClientID+"/"+cfg.Auth+cfg.AssertionAudience, func(t *testing.T) {
@@ -161,8 +161,8 @@ func TestInteropAuthMethods(t *testing.T) {
 	// post as one): a secret for a private_key_jwt client, or no
 	// authentication for a confidential one, must fail as a config error.
 	for _, cfg := range []oauth.Config{
-		{ClientID: "pkjwt", ClientSecret: secretBasic},
-		{ClientID: "basic", Auth: oauth.AuthNone},
+		{Settings: oauth.Settings{ClientID: "pkjwt", ClientSecret: secretBasic}},
+		{Settings: oauth.Settings{ClientID: "basic", Auth: oauth.AuthNone}},
 	} {
 		t.Run("mismatch "+cfg.ClientID, func(t *testing.T) {
 			cfg.Endpoint = p.TokenEndpoint
@@ -178,8 +178,8 @@ func TestInteropBearerWithoutDPoP(t *testing.T) {
 	t.Parallel()
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
 	cnt := newCounter()
-	c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
-		Resource: interop.DefaultResource, HTTPClient: cnt.client()})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+		Resource: interop.DefaultResource}, HTTPClient: cnt.client()})
 	g, err := c.Token(context.Background(), newKey(t), "")
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +196,7 @@ func TestInteropDiscovery(t *testing.T) {
 	t.Parallel()
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
 	t.Run("issuer", func(t *testing.T) {
-		c := newClient(t, oauth.Config{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic, DPoP: true})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic}, DPoP: true})
 		tok, rev, err := c.Endpoints(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -210,7 +210,7 @@ func TestInteropDiscovery(t *testing.T) {
 	})
 	t.Run("token endpoint given directly", func(t *testing.T) {
 		cnt := newCounter()
-		c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic, HTTPClient: cnt.client()})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic}, HTTPClient: cnt.client()})
 		for range 2 {
 			tok, rev, err := c.Endpoints(context.Background())
 			if err != nil {
@@ -230,7 +230,7 @@ func TestInteropInvalidSecretIsConfigError(t *testing.T) {
 	t.Parallel()
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
 	cnt := newCounter()
-	c := newClient(t, oauth.Config{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretWrong, DPoP: true, HTTPClient: cnt.client()})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretWrong}, DPoP: true, HTTPClient: cnt.client()})
 	_, err := c.Refresh(context.Background(), newKey(t), "")
 	e := asError(t, err, oauth.KindConfig)
 	if e.Code != "invalid_client" {
@@ -250,8 +250,8 @@ func TestInteropRefreshTokenGrant(t *testing.T) {
 		RequireNonce: true,
 		Clients:      []interop.Client{{ID: "basic", Secret: secretBasic}},
 	})
-	c := newClient(t, oauth.Config{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
-		Grant: oauth.GrantRefreshToken, DPoP: true})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
+		Grant: oauth.GrantRefreshToken}, DPoP: true})
 	key := newKey(t)
 	ctx := context.Background()
 	rt0 := p.MintRefreshToken(t, "basic")
@@ -310,10 +310,8 @@ func TestInteropClockOffRetriesOnce(t *testing.T) {
 			Clients:     []interop.Client{{ID: "basic", Secret: secretBasic}},
 		})
 		cnt := newCounter()
-		c := newClient(t, oauth.Config{
-			Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
-			Scopes: []string{"api:read"}, Resource: interop.DefaultResource,
-			DPoP: true, HTTPClient: cnt.client(),
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+			Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, DPoP: true, HTTPClient: cnt.client(),
 		})
 		if _, err := c.Token(context.Background(), newKey(t), ""); err != nil {
 			t.Fatalf("offset %v: %v", off, err)

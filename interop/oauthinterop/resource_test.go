@@ -23,8 +23,8 @@ func TestInteropResourceOnGrantAndRefresh(t *testing.T) {
 	key := newKey(t)
 	tokens := map[string]string{}
 	for _, res := range []string{a, b} {
-		c := newClient(t, oauth.Config{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
-			Scopes: []string{"api:read"}, Resource: res, DPoP: true})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
+			Scopes: []string{"api:read"}, Resource: res}, DPoP: true})
 		g, err := c.Token(ctx, key, "")
 		if err != nil {
 			t.Fatal(err)
@@ -34,8 +34,8 @@ func TestInteropResourceOnGrantAndRefresh(t *testing.T) {
 		}
 		tokens["grant "+res] = g.AccessToken
 
-		c = newClient(t, oauth.Config{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
-			Grant: oauth.GrantRefreshToken, Resource: res, DPoP: true})
+		c = newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
+			Grant: oauth.GrantRefreshToken, Resource: res}, DPoP: true})
 		g, err = c.Refresh(ctx, key, p.MintRefreshToken(t, "basic"))
 		if err != nil {
 			t.Fatal(err)

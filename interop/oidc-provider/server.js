@@ -1,7 +1,8 @@
 // A real OAuth 2.0 authorization server for interop tests: panva's
 // oidc-provider (an OpenID-certified implementation), configured for the
 // machine-to-machine flows this project's oauth package speaks —
-// client_credentials and refresh_token grants, DPoP (RFC 9449) with
+// client_credentials and refresh_token grants, mutual TLS (RFC 8705, behind
+// the Go test front that terminates TLS), DPoP (RFC 9449) with
 // switchable nonce enforcement, resource indicators (RFC 8707) that yield
 // JWT access tokens carrying cnf.jkt, revocation (RFC 7009) and
 // introspection (RFC 7662).
@@ -23,6 +24,8 @@
 //   clockOffset    seconds the server's clock runs ahead of the host's
 //                  (negative: behind); every time it reads and the Date
 //                  header it sends use the shifted clock
+//   jwtBearerIssuers { "<iss>": <JWKS> }: issuers whose assertions the
+//                  jwt-bearer grant accepts besides the client's own
 //
 // It listens on loopback only and prints "READY <issuer>" on stdout once it
 // accepts connections (the Go helper in ../ waits for that line). The issuer
@@ -99,6 +102,85 @@ function clientMetadata(c) {
 
 const resources = cfg.resources ?? { 'http://api.test': { scope: 'api:read api:write' } };
 
+function resourceServerInfo(indicator) {
+  const rs = resources[indicator];
+  if (!rs) {
+    throw new errors.InvalidTarget(`unknown resource ${indicator}`);
+  }
+  return {
+    scope: rs.scope ?? 'api:read',
+    audience: indicator,
+    accessTokenTTL: rs.accessTokenTTL ?? cfg.accessTokenTTL ?? 600,
+    accessTokenFormat: 'jwt',
+    jwt: { sign: { alg: 'ES256' } },
+  };
+}
+
+// RFC 7523 §2.1 JWT bearer grant, which oidc-provider leaves to the
+// deployment (registerGrantType). The assertion is an ES256 JWT signed by
+// the client itself (iss = sub = client_id, a key of the client's jwks) or
+// by an issuer in cfg.jwtBearerIssuers ({ "<iss>": <JWKS> }: a Kubernetes
+// cluster, a SPIFFE trust domain); aud must be the token endpoint or the
+// issuer, exp in the future, and a jti is accepted once. The client
+// authenticates as for any grant. The token is a client_credentials-style
+// access token for the requested resource.
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const seenAssertions = new Set();
+
+function verifyES256(jwk, parts) {
+  try {
+    const key = crypto.createPublicKey({ key: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }, format: 'jwk' });
+    return crypto.verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), { key, dsaEncoding: 'ieee-p1363' }, Buffer.from(parts[2], 'base64url'));
+  } catch {
+    return false;
+  }
+}
+
+async function jwtBearerGrant(ctx) {
+  const { client, params, provider } = ctx.oidc;
+  const fail = (msg) => { throw new errors.InvalidGrant(msg); };
+  const parts = String(params.assertion ?? '').split('.');
+  if (parts.length !== 3) fail('assertion is not a compact JWS');
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url'));
+  } catch {
+    fail('assertion does not decode');
+  }
+  if (header.alg !== 'ES256') fail('assertion alg must be ES256');
+  const own = claims.iss === client.clientId;
+  if (own && claims.sub !== client.clientId) fail('a client-signed assertion must have sub = client_id');
+  const keys = (own ? client.jwks?.keys : cfg.jwtBearerIssuers?.[claims.iss]?.keys) ?? [];
+  if (!keys.some((jwk) => verifyES256(jwk, parts))) fail(`assertion signature does not verify for issuer ${claims.iss}`);
+  const auds = [].concat(claims.aud ?? []);
+  if (!auds.includes(ctx.oidc.urlFor('token')) && !auds.includes(provider.issuer)) fail('assertion aud is neither the token endpoint nor the issuer');
+  if (!(claims.exp > Date.now() / 1000)) fail('assertion expired');
+  if (!claims.sub) fail('assertion has no sub');
+  if (claims.jti) {
+    const key = `${claims.iss} ${claims.jti}`;
+    if (seenAssertions.has(key)) fail('assertion jti replayed');
+    seenAssertions.add(key);
+  }
+  const token = new provider.ClientCredentials({ client, scope: params.scope || undefined });
+  const resource = [].concat(params.resource ?? []);
+  if (resource.length > 1) throw new errors.InvalidTarget('one resource per request');
+  if (resource.length === 1) {
+    const info = resourceServerInfo(resource[0]);
+    token.resourceServer = new provider.ResourceServer(resource[0], info);
+    const allowed = new Set(info.scope.split(' '));
+    token.scope = (params.scope ?? '').split(' ').filter((s) => allowed.has(s)).join(' ') || undefined;
+  }
+  ctx.jwtBearerSubject = claims.sub; // read by extraTokenClaims
+  ctx.body = {
+    access_token: await token.save(),
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}
+
 const server = http.createServer();
 server.listen(cfg.port ?? 0, '127.0.0.1', () => {
   const { port } = server.address();
@@ -112,8 +194,12 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
       id_token_signed_response_alg: 'ES256',
       response_types: [],
     },
+    // The jwt-bearer grant's access tokens name the assertion's subject.
+    extraTokenClaims: async (ctx) => (ctx.jwtBearerSubject ? { assertion_sub: ctx.jwtBearerSubject } : undefined),
     findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
     scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none',
+      'tls_client_auth', 'self_signed_tls_client_auth'],
     // Rotate on every use so clients must persist the new refresh token and
     // reuse is detected (invalid_grant, grant revoked).
     rotateRefreshToken: true,
@@ -135,23 +221,29 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
         nonceSecret: crypto.randomBytes(32),
         requireNonce: () => cfg.requireNonce === true,
       },
+      // RFC 8705. The Go test front (interop.StartMTLSFront) terminates TLS
+      // and passes the client's certificate as URL-escaped PEM in
+      // X-Client-Cert, with X-Client-Cert-Verified: SUCCESS when it chains
+      // to the test's CA, as TLS-terminating proxies do. Loopback only: a
+      // client reaching this port directly could claim any certificate.
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: true,
+        getCertificate: (ctx) => {
+          const h = ctx.get('x-client-cert');
+          return h ? decodeURIComponent(h) : undefined;
+        },
+        certificateAuthorized: (ctx) => ctx.get('x-client-cert-verified') === 'SUCCESS',
+        certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+          && new crypto.X509Certificate(decodeURIComponent(ctx.get('x-client-cert'))).subject === expected,
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf,
         useGrantedResource: async () => true,
-        getResourceServerInfo: async (_ctx, indicator) => {
-          const rs = resources[indicator];
-          if (!rs) {
-            throw new errors.InvalidTarget(`unknown resource ${indicator}`);
-          }
-          return {
-            scope: rs.scope ?? 'api:read',
-            audience: indicator,
-            accessTokenTTL: rs.accessTokenTTL ?? cfg.accessTokenTTL ?? 600,
-            accessTokenFormat: 'jwt',
-            jwt: { sign: { alg: 'ES256' } },
-          };
-        },
+        getResourceServerInfo: async (_ctx, indicator) => resourceServerInfo(indicator),
       },
     },
   });
@@ -159,9 +251,11 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
   if (cfg.subjectJWKS) {
     registerTokenExchange(provider, createLocalJWKSet(cfg.subjectJWKS));
   }
+  provider.registerGrantType(JWT_BEARER, jwtBearerGrant, ['assertion', 'scope', 'resource'], ['resource']);
 
-  // A 500 is a bug in this file or a test's input: say what it was.
+  // Why a request failed, for the Go helper to print when a test fails.
   provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+  provider.on('grant.error', (_ctx, err) => console.error('grant.error', err.message, err.error_detail ?? ''));
 
   const callback = provider.callback();
   server.on('request', (req, res) => {
