@@ -59,7 +59,7 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 	cnt := newCounter()
 	e, err := exchange.New(exchange.Config{
 		Config: oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
-			Resource: interop.DefaultResource}, HTTPClient: cnt.client()},
+			Resource: interop.DefaultResource}, HTTPClient: cnt.Client()},
 		SubjectHeader:      "X-User-Token",
 		RequestedTokenType: exchange.TokenTypeAccessToken,
 		Verify:             exchange.Verify{JWKSURL: si.URL, Audiences: []string{interop.SubjectAudience}},
@@ -95,7 +95,7 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := cnt.get("/token"); n != subjects || len(tokenOwner) != subjects {
+	if n := cnt.Get("/token"); n != subjects || len(tokenOwner) != subjects {
 		t.Fatalf("%d exchanges and %d tokens for %d subjects, want one each", n, len(tokenOwner), subjects)
 	}
 	rejected := si.Token(t, "rejected-1")
@@ -106,7 +106,7 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 			t.Fatalf("rejection: %v, want invalid_grant (the subject is refused)", err)
 		}
 	}
-	if n := cnt.get("/token"); n != subjects+1 {
+	if n := cnt.Get("/token"); n != subjects+1 {
 		t.Errorf("a rejected subject was exchanged %d times in one negative window, want 1", n-subjects)
 	}
 }
@@ -163,8 +163,8 @@ func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
 	cnt := newCounter()
 	_, key, g := exchangeFile(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "pkjwt",
 		Resource: interop.DefaultResource}, ClientKey: signer, ClientKeyID: "k1",
-		DPoP: true, HTTPClient: cnt.client()}, file)
-	if n := cnt.get("/token"); n != 2 {
+		DPoP: true, HTTPClient: cnt.Client()}, file)
+	if n := cnt.Get("/token"); n != 2 {
 		t.Errorf("%d token requests, want 2 (nonce challenge + one retry)", n)
 	}
 	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || claims(t, g.AccessToken)["sub"] != "spiffe://shop/gateway" {

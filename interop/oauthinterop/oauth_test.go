@@ -34,7 +34,7 @@ func TestInteropClientCredentialsDPoP(t *testing.T) {
 	c := newClient(t, oauth.Config{
 		Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
 			Scopes: []string{"api:read"}, Resource: interop.DefaultResource},
-		DPoP: true, HTTPClient: cnt.client(), Nonces: nonces,
+		DPoP: true, HTTPClient: cnt.Client(), Nonces: nonces,
 	})
 	key := newKey(t)
 	before := time.Now()
@@ -56,7 +56,7 @@ func TestInteropClientCredentialsDPoP(t *testing.T) {
 	if d := g.Expiry.Sub(before); d < 595*time.Second || d > 601*time.Second {
 		t.Errorf("Expiry is %s after the request, want ≈600s", d)
 	}
-	if n := cnt.get("/token"); n != 1 {
+	if n := cnt.Get("/token"); n != 1 {
 		t.Errorf("%d token requests, want 1 (no nonce required)", n)
 	}
 	// The provider hands out a nonce on success; it must be remembered so
@@ -89,7 +89,7 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cnt := newCounter()
 			cfg := tc.cfg
-			cfg.Endpoint, cfg.DPoP, cfg.HTTPClient = p.TokenEndpoint, true, cnt.client()
+			cfg.Endpoint, cfg.DPoP, cfg.HTTPClient = p.TokenEndpoint, true, cnt.Client()
 			cfg.Resource = interop.DefaultResource
 			c := newClient(t, cfg)
 			key := newKey(t)
@@ -97,7 +97,7 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n := cnt.get("/token"); n != 2 {
+			if n := cnt.Get("/token"); n != 2 {
 				t.Errorf("first token: %d requests, want 2 (challenge + one retry)", n)
 			}
 			if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() {
@@ -106,7 +106,7 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 			if _, err := c.Token(context.Background(), key, ""); err != nil {
 				t.Fatal(err)
 			}
-			if n := cnt.get("/token"); n != 3 {
+			if n := cnt.Get("/token"); n != 3 {
 				t.Errorf("second token: %d requests in all, want 3 (nonce remembered, no new challenge)", n)
 			}
 		})
@@ -179,7 +179,7 @@ func TestInteropBearerWithoutDPoP(t *testing.T) {
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
 	cnt := newCounter()
 	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
-		Resource: interop.DefaultResource}, HTTPClient: cnt.client()})
+		Resource: interop.DefaultResource}, HTTPClient: cnt.Client()})
 	g, err := c.Token(context.Background(), newKey(t), "")
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +210,7 @@ func TestInteropDiscovery(t *testing.T) {
 	})
 	t.Run("token endpoint given directly", func(t *testing.T) {
 		cnt := newCounter()
-		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic}, HTTPClient: cnt.client()})
+		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic}, HTTPClient: cnt.Client()})
 		for range 2 {
 			tok, rev, err := c.Endpoints(context.Background())
 			if err != nil {
@@ -220,7 +220,7 @@ func TestInteropDiscovery(t *testing.T) {
 				t.Errorf("endpoints = %q, %q; want the token endpoint and no revocation", tok, rev)
 			}
 		}
-		if n := cnt.get("/.well-known/oauth-authorization-server/token") + cnt.get("/token/.well-known/openid-configuration"); n != 0 {
+		if n := cnt.Get("/.well-known/oauth-authorization-server/token") + cnt.Get("/token/.well-known/openid-configuration"); n != 0 {
 			t.Errorf("%d discovery probes of a token endpoint URL, want none", n)
 		}
 	})
@@ -230,7 +230,7 @@ func TestInteropInvalidSecretIsConfigError(t *testing.T) {
 	t.Parallel()
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
 	cnt := newCounter()
-	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretWrong}, DPoP: true, HTTPClient: cnt.client()})
+	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretWrong}, DPoP: true, HTTPClient: cnt.Client()})
 	_, err := c.Refresh(context.Background(), newKey(t), "")
 	e := asError(t, err, oauth.KindConfig)
 	if e.Code != "invalid_client" {
@@ -239,7 +239,7 @@ func TestInteropInvalidSecretIsConfigError(t *testing.T) {
 	if !errors.Is(err, tokencache.ErrCredentialsRejected) || !errors.Is(err, oauth.ErrClientConfig) || errors.Is(err, tokencache.ErrSessionDead) {
 		t.Errorf("invalid_client must match ErrCredentialsRejected and ErrClientConfig only: %v", err)
 	}
-	if n := cnt.get("/token"); n != 1 {
+	if n := cnt.Get("/token"); n != 1 {
 		t.Errorf("%d token requests, want exactly 1 (no retry of a rejected client)", n)
 	}
 }
@@ -311,12 +311,12 @@ func TestInteropClockOffRetriesOnce(t *testing.T) {
 		})
 		cnt := newCounter()
 		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
-			Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, DPoP: true, HTTPClient: cnt.client(),
+			Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, DPoP: true, HTTPClient: cnt.Client(),
 		})
 		if _, err := c.Token(context.Background(), newKey(t), ""); err != nil {
 			t.Fatalf("offset %v: %v", off, err)
 		}
-		if n := cnt.get("/token"); n != 2 {
+		if n := cnt.Get("/token"); n != 2 {
 			t.Fatalf("offset %v: %d token requests, want 2 (one refused proof, one retry)", off, n)
 		}
 		if skew := c.Skew(); (skew + off).Abs() > 2*time.Second {
