@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/oauthtest"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/exchange"
 	"github.com/tokenwarden/caddy-inject-token/interop"
@@ -40,7 +41,7 @@ func upstreamSub(t *testing.T, rs *interop.ResourceServer, token string) string 
 
 func startExchangeProvider(t *testing.T, si *interop.SubjectIssuer) *interop.Provider {
 	return interop.StartOIDCProvider(t, interop.ProviderOptions{
-		Clients: []interop.Client{{ID: "gw", Secret: secretBasic,
+		Clients: []interop.Client{{ID: "gw", Secret: oauthtest.SecretBasic,
 			GrantTypes: []string{exchange.GrantType, "client_credentials"}}},
 		SubjectJWKS: si.JWKS, SubjectAudience: interop.SubjectAudience,
 	})
@@ -56,9 +57,9 @@ func TestInteropExchangePerRequestSubjects(t *testing.T) {
 	p := startExchangeProvider(t, si)
 	rs := interop.StartResourceServer(t, interop.ResourceServerOptions{JWKSURL: p.JWKSURL, Issuer: p.Issuer,
 		Audience: interop.DefaultResource, AllowBearer: true})
-	cnt := newCounter()
+	cnt := oauthtest.NewCounter()
 	e, err := exchange.New(exchange.Config{
-		Config: oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+		Config: oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: oauthtest.SecretBasic,
 			Resource: interop.DefaultResource}, HTTPClient: cnt.Client()},
 		SubjectHeader:      "X-User-Token",
 		RequestedTokenType: exchange.TokenTypeAccessToken,
@@ -122,10 +123,10 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 	if err := os.WriteFile(file, []byte(si.Token(t, "system:serviceaccount:shop:gateway")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e, key, g := exchangeFile(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: secretBasic,
+	e, key, g := exchangeFile(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "gw", ClientSecret: oauthtest.SecretBasic,
 		Resource: interop.DefaultResource}, DPoP: true}, file)
-	cl := claims(t, g.AccessToken)
-	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || cl["sub"] != "system:serviceaccount:shop:gateway" || cl["aud"] != interop.DefaultResource {
+	cl := oauthtest.Claims(t, g.AccessToken)
+	if g.TokenType != "DPoP" || oauthtest.JKT(t, g.AccessToken) != key.Thumbprint() || cl["sub"] != "system:serviceaccount:shop:gateway" || cl["aud"] != interop.DefaultResource {
 		t.Fatalf("token type %s, claims %v", g.TokenType, cl)
 	}
 	later := time.Now().Add(2 * time.Second)
@@ -137,7 +138,7 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sub := claims(t, g.AccessToken)["sub"]; sub != "system:serviceaccount:shop:gateway-2" {
+	if sub := oauthtest.Claims(t, g.AccessToken)["sub"]; sub != "system:serviceaccount:shop:gateway-2" {
 		t.Fatalf("after rotating the subject file the token is for %v", sub)
 	}
 }
@@ -149,7 +150,7 @@ func TestInteropExchangeSubjectFile(t *testing.T) {
 func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
 	t.Parallel()
 	si := interop.NewSubjectIssuer(t)
-	signer, jwks := clientKey(t)
+	signer, jwks := oauthtest.ClientKey(t)
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 		RequireNonce: true,
 		Clients: []interop.Client{{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks,
@@ -160,15 +161,15 @@ func TestInteropExchangeFreshAssertionPerRetry(t *testing.T) {
 	if err := os.WriteFile(file, []byte(si.Token(t, "spiffe://shop/gateway")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cnt := newCounter()
+	cnt := oauthtest.NewCounter()
 	_, key, g := exchangeFile(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "pkjwt",
 		Resource: interop.DefaultResource}, ClientKey: signer, ClientKeyID: "k1",
 		DPoP: true, HTTPClient: cnt.Client()}, file)
 	if n := cnt.Get("/token"); n != 2 {
 		t.Errorf("%d token requests, want 2 (nonce challenge + one retry)", n)
 	}
-	if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() || claims(t, g.AccessToken)["sub"] != "spiffe://shop/gateway" {
-		t.Errorf("token %s, claims %v", g.TokenType, claims(t, g.AccessToken))
+	if g.TokenType != "DPoP" || oauthtest.JKT(t, g.AccessToken) != key.Thumbprint() || oauthtest.Claims(t, g.AccessToken)["sub"] != "spiffe://shop/gateway" {
+		t.Errorf("token %s, claims %v", g.TokenType, oauthtest.Claims(t, g.AccessToken))
 	}
 }
 
@@ -180,7 +181,7 @@ func exchangeFile(t *testing.T, cfg oauth.Config, file string) (*exchange.Exchan
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := newKey(t)
+	key := oauthtest.NewKey(t)
 	g, err := e.AutoLogin()(context.Background(), key, "")
 	if err != nil {
 		t.Fatal(err)

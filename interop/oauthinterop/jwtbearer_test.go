@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/oauthtest"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
@@ -46,12 +47,12 @@ func projectedToken(t *testing.T, key any, iss, sub, aud string, exp time.Time) 
 func TestInteropJWTBearer(t *testing.T) {
 	t.Parallel()
 	const cluster = "https://k8s.test"
-	clusterKey, clusterJWKS := clientKey(t)
-	clientSigner, clientJWKS := clientKey(t)
+	clusterKey, clusterJWKS := oauthtest.ClientKey(t)
+	clientSigner, clientJWKS := oauthtest.ClientKey(t)
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 		JWTBearerIssuers: map[string]*jose.JSONWebKeySet{cluster: clusterJWKS},
 		Clients: []interop.Client{
-			{ID: "wl", Secret: secretBasic, GrantTypes: []string{interop.JWTBearer}},
+			{ID: "wl", Secret: oauthtest.SecretBasic, GrantTypes: []string{interop.JWTBearer}},
 			{ID: "self", AuthMethod: "private_key_jwt", JWKS: clientJWKS, GrantTypes: []string{interop.JWTBearer}},
 		},
 	})
@@ -82,13 +83,13 @@ func TestInteropJWTBearer(t *testing.T) {
 			}
 		}
 		write("system:serviceaccount:apps:gw", clusterKey, time.Now().Add(time.Hour))
-		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "wl", ClientSecret: secretBasic,
+		c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "wl", ClientSecret: oauthtest.SecretBasic,
 			Grant: oauth.GrantJWTBearer, AssertionFile: file, Scopes: []string{"api:read"}, Resource: interop.DefaultResource}})
 		g, err := c.AutoLogin()(ctx, nil, "")
 		if err != nil {
 			t.Fatalf("%v\n%s", err, p.Logs())
 		}
-		if cl := claims(t, g.AccessToken); cl["aud"] != interop.DefaultResource || cl["client_id"] != "wl" || cl["assertion_sub"] != "system:serviceaccount:apps:gw" {
+		if cl := oauthtest.Claims(t, g.AccessToken); cl["aud"] != interop.DefaultResource || cl["client_id"] != "wl" || cl["assertion_sub"] != "system:serviceaccount:apps:gw" {
 			t.Errorf("claims %v", cl)
 		}
 		upstream(g.AccessToken)
@@ -107,14 +108,14 @@ func TestInteropJWTBearer(t *testing.T) {
 	})
 
 	t.Run("signed by the client", func(t *testing.T) {
-		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "self",
+		c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "self",
 			Grant: oauth.GrantJWTBearer, Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, ClientKey: clientSigner, ClientKeyID: "k1"})
 		for range 2 { // a fresh jti each time, or the provider refuses the replay
 			g, err := c.Token(ctx, nil, "")
 			if err != nil {
 				t.Fatalf("%v\n%s", err, p.Logs())
 			}
-			if cl := claims(t, g.AccessToken); cl["assertion_sub"] != "self" || cl["aud"] != interop.DefaultResource {
+			if cl := oauthtest.Claims(t, g.AccessToken); cl["assertion_sub"] != "self" || cl["aud"] != interop.DefaultResource {
 				t.Errorf("claims %v", cl)
 			}
 			upstream(g.AccessToken)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/oauthtest"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
 )
@@ -53,7 +54,7 @@ func TestInteropMutualTLS(t *testing.T) {
 		kp       *interop.KeyPair
 	}{{"mtls", oauth.AuthTLSClient, pki}, {"mtls-self", oauth.AuthSelfSignedTLSClient, self}} {
 		t.Run(tc.auth, func(t *testing.T) {
-			c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: front + "/token", ClientID: tc.id, Auth: tc.auth,
+			c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: front + "/token", ClientID: tc.id, Auth: tc.auth,
 
 				Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, ClientCertPEM: tc.kp.CertPEM, ClientCertKeyPEM: tc.kp.KeyPEM, RootCAPEM: ca.PEM,
 			})
@@ -61,7 +62,7 @@ func TestInteropMutualTLS(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v\n%s", err, p.Logs())
 			}
-			cnf, _ := claims(t, g.AccessToken)["cnf"].(map[string]any)
+			cnf, _ := oauthtest.Claims(t, g.AccessToken)["cnf"].(map[string]any)
 			if g.TokenType != "Bearer" || cnf["x5t#S256"] != tc.kp.Thumbprint || c.BoundCertificate() != tc.kp.Thumbprint {
 				t.Fatalf("token %s, cnf %v; want Bearer bound to %s", g.TokenType, cnf, tc.kp.Thumbprint)
 			}
@@ -85,7 +86,7 @@ func TestInteropMutualTLS(t *testing.T) {
 	// invalid_client.
 	for name, kp := range map[string]*interop.KeyPair{"other subject": stranger, "self-signed": self} {
 		t.Run("rejected "+name, func(t *testing.T) {
-			c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: front + "/token", ClientID: "mtls", Auth: oauth.AuthTLSClient,
+			c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: front + "/token", ClientID: "mtls", Auth: oauth.AuthTLSClient,
 				Resource: interop.DefaultResource}, ClientCertPEM: kp.CertPEM, ClientCertKeyPEM: kp.KeyPEM, RootCAPEM: ca.PEM})
 			_, err := c.Token(context.Background(), nil, "")
 			if e := asError(t, err, oauth.KindConfig, string(kp.KeyPEM)); e.Code != "invalid_client" {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/oauthtest"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
@@ -27,16 +28,16 @@ import (
 func TestInteropClientCredentialsDPoP(t *testing.T) {
 	t.Parallel()
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
-		Clients: []interop.Client{{ID: "basic", Secret: secretBasic}},
+		Clients: []interop.Client{{ID: "basic", Secret: oauthtest.SecretBasic}},
 	})
-	cnt := newCounter()
+	cnt := oauthtest.NewCounter()
 	nonces := new(dpop.NonceStore)
-	c := newClient(t, oauth.Config{
-		Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+	c := oauthtest.NewClient(t, oauth.Config{
+		Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: oauthtest.SecretBasic,
 			Scopes: []string{"api:read"}, Resource: interop.DefaultResource},
 		DPoP: true, HTTPClient: cnt.Client(), Nonces: nonces,
 	})
-	key := newKey(t)
+	key := oauthtest.NewKey(t)
 	before := time.Now()
 	g, err := c.Token(context.Background(), key, "")
 	if err != nil {
@@ -45,10 +46,10 @@ func TestInteropClientCredentialsDPoP(t *testing.T) {
 	if g.TokenType != "DPoP" {
 		t.Errorf("TokenType = %q, want DPoP", g.TokenType)
 	}
-	if got := jkt(t, g.AccessToken); got != key.Thumbprint() {
+	if got := oauthtest.JKT(t, g.AccessToken); got != key.Thumbprint() {
 		t.Errorf("cnf.jkt = %q, want our thumbprint %q", got, key.Thumbprint())
 	}
-	cl := claims(t, g.AccessToken)
+	cl := oauthtest.Claims(t, g.AccessToken)
 	if cl["aud"] != interop.DefaultResource || cl["scope"] != "api:read" || cl["client_id"] != "basic" {
 		t.Errorf("claims = %v", cl)
 	}
@@ -69,11 +70,11 @@ func TestInteropClientCredentialsDPoP(t *testing.T) {
 
 func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 	t.Parallel()
-	signer, jwks := clientKey(t)
+	signer, jwks := oauthtest.ClientKey(t)
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 		RequireNonce: true,
 		Clients: []interop.Client{
-			{ID: "basic", Secret: secretBasic},
+			{ID: "basic", Secret: oauthtest.SecretBasic},
 			{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks},
 		},
 	})
@@ -81,18 +82,18 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 		name string
 		cfg  oauth.Config
 	}{
-		{"client_secret_basic", oauth.Config{Settings: oauth.Settings{ClientID: "basic", ClientSecret: secretBasic}}},
+		{"client_secret_basic", oauth.Config{Settings: oauth.Settings{ClientID: "basic", ClientSecret: oauthtest.SecretBasic}}},
 		// The provider remembers assertion jti values: a retry that reused
 		// the first assertion would fail with invalid_client.
 		{"private_key_jwt", oauth.Config{Settings: oauth.Settings{ClientID: "pkjwt"}, ClientKey: signer, ClientKeyID: "k1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cnt := newCounter()
+			cnt := oauthtest.NewCounter()
 			cfg := tc.cfg
 			cfg.Endpoint, cfg.DPoP, cfg.HTTPClient = p.TokenEndpoint, true, cnt.Client()
 			cfg.Resource = interop.DefaultResource
-			c := newClient(t, cfg)
-			key := newKey(t)
+			c := oauthtest.NewClient(t, cfg)
+			key := oauthtest.NewKey(t)
 			g, err := c.Token(context.Background(), key, "")
 			if err != nil {
 				t.Fatal(err)
@@ -100,8 +101,8 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 			if n := cnt.Get("/token"); n != 2 {
 				t.Errorf("first token: %d requests, want 2 (challenge + one retry)", n)
 			}
-			if g.TokenType != "DPoP" || jkt(t, g.AccessToken) != key.Thumbprint() {
-				t.Errorf("grant not bound to our key: %s, jkt %q", g.TokenType, jkt(t, g.AccessToken))
+			if g.TokenType != "DPoP" || oauthtest.JKT(t, g.AccessToken) != key.Thumbprint() {
+				t.Errorf("grant not bound to our key: %s, jkt %q", g.TokenType, oauthtest.JKT(t, g.AccessToken))
 			}
 			if _, err := c.Token(context.Background(), key, ""); err != nil {
 				t.Fatal(err)
@@ -115,7 +116,7 @@ func TestInteropNonceRequiredRetriesOnce(t *testing.T) {
 
 func TestInteropAuthMethods(t *testing.T) {
 	t.Parallel()
-	signer, jwks := clientKey(t)
+	signer, jwks := oauthtest.ClientKey(t)
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -127,16 +128,16 @@ func TestInteropAuthMethods(t *testing.T) {
 	}
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 		Clients: []interop.Client{
-			{ID: "basic", Secret: secretBasic, AuthMethod: "client_secret_basic"},
-			{ID: "post", Secret: secretPost, AuthMethod: "client_secret_post"},
+			{ID: "basic", Secret: oauthtest.SecretBasic, AuthMethod: "client_secret_basic"},
+			{ID: "post", Secret: oauthtest.SecretPost, AuthMethod: "client_secret_post"},
 			{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks},
 			{ID: "pkjwt-ed", AuthMethod: "private_key_jwt", JWKS: publicJWKS(edKey.Public())},
 			{ID: "pkjwt-rsa", AuthMethod: "private_key_jwt", JWKS: publicJWKS(rsaKey.Public())},
 		},
 	})
 	ok := []oauth.Config{
-		{Settings: oauth.Settings{ClientID: "basic", ClientSecret: secretBasic, Auth: oauth.AuthBasic}},
-		{Settings: oauth.Settings{ClientID: "post", ClientSecret: secretPost, Auth: oauth.AuthPost}},
+		{Settings: oauth.Settings{ClientID: "basic", ClientSecret: oauthtest.SecretBasic, Auth: oauth.AuthBasic}},
+		{Settings: oauth.Settings{ClientID: "post", ClientSecret: oauthtest.SecretPost, Auth: oauth.AuthPost}},
 		{Settings: oauth.Settings{ClientID: "pkjwt"}, ClientKey: signer, ClientKeyID: "k1"},
 		{Settings: oauth.Settings{ClientID: "pkjwt", Endpoint: p.Issuer}, ClientKey: signer, ClientKeyID: "k1", AssertionAudience: "issuer"},
 		{Settings: oauth.Settings{ClientID: "pkjwt-ed"}, ClientKey: edKey},
@@ -148,7 +149,7 @@ func TestInteropAuthMethods(t *testing.T) {
 				cfg.Endpoint = p.TokenEndpoint
 			}
 			cfg.DPoP = true
-			g, err := newClient(t, cfg).Token(context.Background(), newKey(t), "")
+			g, err := oauthtest.NewClient(t, cfg).Token(context.Background(), oauthtest.NewKey(t), "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -161,12 +162,12 @@ func TestInteropAuthMethods(t *testing.T) {
 	// post as one): a secret for a private_key_jwt client, or no
 	// authentication for a confidential one, must fail as a config error.
 	for _, cfg := range []oauth.Config{
-		{Settings: oauth.Settings{ClientID: "pkjwt", ClientSecret: secretBasic}},
+		{Settings: oauth.Settings{ClientID: "pkjwt", ClientSecret: oauthtest.SecretBasic}},
 		{Settings: oauth.Settings{ClientID: "basic", Auth: oauth.AuthNone}},
 	} {
 		t.Run("mismatch "+cfg.ClientID, func(t *testing.T) {
 			cfg.Endpoint = p.TokenEndpoint
-			_, err := newClient(t, cfg).Token(context.Background(), nil, "")
+			_, err := oauthtest.NewClient(t, cfg).Token(context.Background(), nil, "")
 			if e := asError(t, err, oauth.KindConfig); e.Code != "invalid_client" {
 				t.Errorf("code = %q, want invalid_client", e.Code)
 			}
@@ -176,27 +177,27 @@ func TestInteropAuthMethods(t *testing.T) {
 
 func TestInteropBearerWithoutDPoP(t *testing.T) {
 	t.Parallel()
-	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
-	cnt := newCounter()
-	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: oauthtest.SecretBasic}}})
+	cnt := oauthtest.NewCounter()
+	c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: oauthtest.SecretBasic,
 		Resource: interop.DefaultResource}, HTTPClient: cnt.Client()})
-	g, err := c.Token(context.Background(), newKey(t), "")
+	g, err := c.Token(context.Background(), oauthtest.NewKey(t), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g.TokenType != "Bearer" {
 		t.Errorf("TokenType = %q, want Bearer", g.TokenType)
 	}
-	if j := jkt(t, g.AccessToken); j != "" {
+	if j := oauthtest.JKT(t, g.AccessToken); j != "" {
 		t.Errorf("Bearer token is bound to %q: a proof was sent with DPoP off", j)
 	}
 }
 
 func TestInteropDiscovery(t *testing.T) {
 	t.Parallel()
-	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: oauthtest.SecretBasic}}})
 	t.Run("issuer", func(t *testing.T) {
-		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic}, DPoP: true})
+		c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: oauthtest.SecretBasic}, DPoP: true})
 		tok, rev, err := c.Endpoints(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -204,13 +205,13 @@ func TestInteropDiscovery(t *testing.T) {
 		if tok != p.TokenEndpoint || rev != p.RevocationEndpoint {
 			t.Errorf("endpoints = %q, %q; want %q, %q", tok, rev, p.TokenEndpoint, p.RevocationEndpoint)
 		}
-		if _, err := c.Token(context.Background(), newKey(t), ""); err != nil {
+		if _, err := c.Token(context.Background(), oauthtest.NewKey(t), ""); err != nil {
 			t.Fatal(err)
 		}
 	})
 	t.Run("token endpoint given directly", func(t *testing.T) {
-		cnt := newCounter()
-		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic}, HTTPClient: cnt.Client()})
+		cnt := oauthtest.NewCounter()
+		c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: oauthtest.SecretBasic}, HTTPClient: cnt.Client()})
 		for range 2 {
 			tok, rev, err := c.Endpoints(context.Background())
 			if err != nil {
@@ -228,10 +229,10 @@ func TestInteropDiscovery(t *testing.T) {
 
 func TestInteropInvalidSecretIsConfigError(t *testing.T) {
 	t.Parallel()
-	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: secretBasic}}})
-	cnt := newCounter()
-	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretWrong}, DPoP: true, HTTPClient: cnt.Client()})
-	_, err := c.Refresh(context.Background(), newKey(t), "")
+	p := interop.StartOIDCProvider(t, interop.ProviderOptions{Clients: []interop.Client{{ID: "basic", Secret: oauthtest.SecretBasic}}})
+	cnt := oauthtest.NewCounter()
+	c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: oauthtest.SecretWrong}, DPoP: true, HTTPClient: cnt.Client()})
+	_, err := c.Refresh(context.Background(), oauthtest.NewKey(t), "")
 	e := asError(t, err, oauth.KindConfig)
 	if e.Code != "invalid_client" {
 		t.Errorf("code = %q, want invalid_client", e.Code)
@@ -248,11 +249,11 @@ func TestInteropRefreshTokenGrant(t *testing.T) {
 	t.Parallel()
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 		RequireNonce: true,
-		Clients:      []interop.Client{{ID: "basic", Secret: secretBasic}},
+		Clients:      []interop.Client{{ID: "basic", Secret: oauthtest.SecretBasic}},
 	})
-	c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: secretBasic,
+	c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.Issuer, ClientID: "basic", ClientSecret: oauthtest.SecretBasic,
 		Grant: oauth.GrantRefreshToken}, DPoP: true})
-	key := newKey(t)
+	key := oauthtest.NewKey(t)
 	ctx := context.Background()
 	rt0 := p.MintRefreshToken(t, "basic")
 
@@ -307,13 +308,13 @@ func TestInteropClockOffRetriesOnce(t *testing.T) {
 	for _, off := range []time.Duration{330 * time.Second, -600 * time.Second} {
 		p := interop.StartOIDCProvider(t, interop.ProviderOptions{
 			ClockOffset: off,
-			Clients:     []interop.Client{{ID: "basic", Secret: secretBasic}},
+			Clients:     []interop.Client{{ID: "basic", Secret: oauthtest.SecretBasic}},
 		})
-		cnt := newCounter()
-		c := newClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: secretBasic,
+		cnt := oauthtest.NewCounter()
+		c := oauthtest.NewClient(t, oauth.Config{Settings: oauth.Settings{Endpoint: p.TokenEndpoint, ClientID: "basic", ClientSecret: oauthtest.SecretBasic,
 			Scopes: []string{"api:read"}, Resource: interop.DefaultResource}, DPoP: true, HTTPClient: cnt.Client(),
 		})
-		if _, err := c.Token(context.Background(), newKey(t), ""); err != nil {
+		if _, err := c.Token(context.Background(), oauthtest.NewKey(t), ""); err != nil {
 			t.Fatalf("offset %v: %v", off, err)
 		}
 		if n := cnt.Get("/token"); n != 2 {
