@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenwarden/caddy-inject-token/internal/oauthtest"
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/exchange"
+	"github.com/tokenwarden/caddy-inject-token/internal/oauthtest"
 	"github.com/tokenwarden/caddy-inject-token/interop"
 	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
