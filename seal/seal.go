@@ -222,11 +222,11 @@ func (s *Sealer) Open(v []byte, aad string) ([]byte, error) {
 		return nil, ErrForged
 	}
 	if s == nil {
-		return nil, fmt.Errorf("%w (sealed with key %.8s)", ErrNoKey, id)
+		return nil, fmt.Errorf("%w (sealed with key %.32s)", ErrNoKey, id)
 	}
 	k, ok := s.byID[string(id)]
 	if !ok {
-		return nil, fmt.Errorf("%w: key %.8s (current key is %s)", ErrUnknownKey, id, s.current.id)
+		return nil, fmt.Errorf("%w: key %.32s (current key is %s)", ErrUnknownKey, id, s.current.id)
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(string(box))
 	if err != nil {
