@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
+	"github.com/tokenwarden/caddy-inject-token/seal"
 )
 
 // sealedConfig is a Caddyfile whose app-wide seal_key is the token's AES
@@ -163,5 +165,46 @@ func noDataKeyInClear(t *testing.T, path, v, aad string) {
 	}
 	if bytes.Contains(raw, []byte("inject_token")) {
 		t.Errorf("%s: the box holds plain text", path)
+	}
+}
+
+// BenchmarkSealOpen seals and opens a session record (1 KiB) with a file
+// key and with data keys wrapped by the token's AES key, in the same run.
+func BenchmarkSealOpen(b *testing.B) {
+	needHSM(b)
+	b.Setenv("IT_HSM_PIN", userPIN)
+	k := &SealKey{Token: Token{Module: softhsm, TokenLabel: tokLabel, PIN: "{env.IT_HSM_PIN}", KeyLabel: sealLabel}}
+	if err := k.Provision(caddy.Context{}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = k.Cleanup() })
+	hsm, err := seal.NewEnvelope(k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := make([]byte, seal.KeySize)
+	_, _ = rand.Read(raw)
+	file, err := seal.New(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	record := bytes.Repeat([]byte("r"), 1024)
+	const aad = "inject_token/u/alice/state.json"
+	for _, s := range []struct {
+		name string
+		s    *seal.Sealer
+	}{{"file_key", file}, {"softhsm2_wrapped", hsm}} {
+		b.Run(s.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				v, err := s.s.Seal(record, aad)
+				if err == nil {
+					_, err = s.s.Open(v, aad)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
