@@ -56,7 +56,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		dpop ES256|EdDSA|off
 //		allow_browser_origins <origin...>|*
-//		seal_key          <key>
+//		seal_key          <key> | <module> { … }
 //		seal_key_previous <key...>|unsealed
 //	}
 //
