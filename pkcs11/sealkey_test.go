@@ -208,3 +208,21 @@ func BenchmarkSealOpen(b *testing.B) {
 		})
 	}
 }
+
+// TestSealKeyAdapt: `seal_key pkcs11 { … }` adapts to the app's
+// seal_key_source module (the PIN stays a placeholder); its options are
+// checked like the DPoP key source's.
+func TestSealKeyAdapt(t *testing.T) {
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(sealedConfig(t, 8080, "/tmp/x", "http://127.0.0.1:1", sealLabel)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `"inject_token":{"seal_key_source":{"key_label":"it-seal","module":"` + softhsm + `","pin":"{env.IT_HSM_PIN}","source":"pkcs11","token_label":"it-token"}}`
+	if !strings.Contains(string(js), want) {
+		t.Errorf("adapted JSON lacks %s:\n%s", want, js)
+	}
+	bad := strings.Replace(sealedConfig(t, 8080, "/tmp/x", "http://127.0.0.1:1", sealLabel), "key_label", "key_lable", 1)
+	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(bad), nil); err == nil || !strings.Contains(err.Error(), "unrecognized option 'key_lable'") {
+		t.Errorf("misspelt option: %v", err)
+	}
+}
