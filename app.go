@@ -31,9 +31,9 @@ func (App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves the seal keys.
-func (a *App) Provision(caddy.Context) error {
+func (a *App) Provision(ctx caddy.Context) error {
 	var err error
-	a.sealer, err = a.Sealing.sealer(caddy.NewReplacer(), nil)
+	a.sealer, err = a.Sealing.sealer(ctx, caddy.NewReplacer(), nil)
 	return err
 }
 

@@ -58,7 +58,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		dpop ES256|EdDSA|off
 //		allow_browser_origins <origin...>|*
-//		seal_key          <key>
+//		seal_key          <key> | <module> { … }
 //		seal_key_previous <key...>|unsealed
 //	}
 //
@@ -342,12 +342,18 @@ var (
 // unmarshalKeySource reads `<option> <module> { … }` into the JSON of a
 // module of the inject_token.dpop_keys namespace (such as pkcs11).
 func unmarshalKeySource(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	return unmarshalModuleOption(d, "inject_token.dpop_keys")
+}
+
+// unmarshalModuleOption reads `<option> <module> { … }` into the JSON of
+// a module of namespace, inlined as "source".
+func unmarshalModuleOption(d *caddyfile.Dispenser, namespace string) (json.RawMessage, error) {
 	opt := d.Val()
 	if !d.NextArg() {
 		return nil, d.Errf("%s: expected a key source module, e.g. '%s pkcs11 { … }'", opt, opt)
 	}
 	name := d.Val()
-	mod, err := caddyfile.UnmarshalModule(d, "inject_token.dpop_keys."+name)
+	mod, err := caddyfile.UnmarshalModule(d, namespace+"."+name)
 	if err != nil {
 		return nil, err
 	}

@@ -74,7 +74,7 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		if _, err := h.resolve(); err != nil && err.Error() == "" {
 			t.Fatal("empty validation error")
 		}
-		if _, err := h.Sealing.sealer(caddy.NewReplacer(), nil); err != nil && err.Error() == "" {
+		if _, err := h.Sealing.sealer(caddy.Context{}, caddy.NewReplacer(), nil); err != nil && err.Error() == "" {
 			t.Fatal("empty seal key error")
 		}
 	})

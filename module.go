@@ -246,7 +246,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if set.sealer, err = h.Sealing.sealer(caddy.NewReplacer(), app.(*App).sealer); err != nil {
+	if set.sealer, err = h.Sealing.sealer(ctx, caddy.NewReplacer(), app.(*App).sealer); err != nil {
 		return err
 	}
 	s, err := acquireSession(ctx, h.Session, set, h.logger)

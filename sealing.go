@@ -1,6 +1,7 @@
 package injecttoken
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -40,6 +41,14 @@ type Sealing struct {
 	// refresh; its DPoP key when next loaded). The word "unsealed" instead
 	// accepts values stored before sealing was turned on.
 	SealKeyPrevious []string `json:"seal_key_previous,omitempty"`
+
+	// SealKeySource seals with a wrapping key that never leaves an HSM,
+	// instead of SealKey: a module of the inject_token.seal_keys
+	// namespace (such as pkcs11, `seal_key pkcs11 { … }`). Every value
+	// gets a fresh data key, stored only wrapped by the HSM key, so any
+	// number of sessions are sealed with one token object.
+	// SealKeyPrevious still opens values sealed with file keys.
+	SealKeySource json.RawMessage `json:"seal_key_source,omitempty" caddy:"namespace=inject_token.seal_keys inline_key=source"`
 }
 
 // sealUnsealed is the SealKeyPrevious entry that accepts plain values.
@@ -47,8 +56,11 @@ const sealUnsealed = "unsealed"
 
 // sealer resolves the keys; without a SealKey it returns inherited (the
 // app-level sealer, or nil).
-func (s Sealing) sealer(repl *caddy.Replacer, inherited *seal.Sealer) (*seal.Sealer, error) {
-	if s.SealKey == "" {
+func (s *Sealing) sealer(ctx caddy.Context, repl *caddy.Replacer, inherited *seal.Sealer) (*seal.Sealer, error) {
+	if s.SealKey != "" && s.SealKeySource != nil {
+		return nil, errors.New("seal_key: either a key or a key source module, not both")
+	}
+	if s.SealKey == "" && s.SealKeySource == nil {
 		if len(s.SealKeyPrevious) > 0 {
 			return nil, errors.New("seal_key_previous without seal_key")
 		}
@@ -68,10 +80,6 @@ func (s Sealing) sealer(repl *caddy.Replacer, inherited *seal.Sealer) (*seal.Sea
 		}
 		return k, nil
 	}
-	cur, err := key("seal_key", s.SealKey)
-	if err != nil {
-		return nil, err
-	}
 	var prev [][]byte
 	plain := false
 	for _, text := range s.SealKeyPrevious {
@@ -85,9 +93,27 @@ func (s Sealing) sealer(repl *caddy.Replacer, inherited *seal.Sealer) (*seal.Sea
 		}
 		prev = append(prev, k)
 	}
-	sl, err := seal.New(cur, prev...)
-	if err != nil {
-		return nil, err
+	var sl *seal.Sealer
+	if s.SealKeySource != nil {
+		mod, err := ctx.LoadModule(s, "SealKeySource")
+		if err != nil {
+			return nil, fmt.Errorf("seal_key: %w", err)
+		}
+		w, ok := mod.(seal.Wrapper)
+		if !ok {
+			return nil, fmt.Errorf("seal_key: module %T does not wrap keys", mod)
+		}
+		if sl, err = seal.NewEnvelope(w, prev...); err != nil {
+			return nil, err
+		}
+	} else {
+		cur, err := key("seal_key", s.SealKey)
+		if err != nil {
+			return nil, err
+		}
+		if sl, err = seal.New(cur, prev...); err != nil {
+			return nil, err
+		}
 	}
 	sl.AcceptPlain = plain
 	return sl, nil
@@ -98,8 +124,13 @@ func (s Sealing) sealer(repl *caddy.Replacer, inherited *seal.Sealer) (*seal.Sea
 func (s *Sealing) unmarshalSealing(d *caddyfile.Dispenser) (bool, error) {
 	switch d.Val() {
 	case "seal_key":
-		if s.SealKey != "" {
+		if s.SealKey != "" || s.SealKeySource != nil {
 			return true, d.Err("seal_key already specified")
+		}
+		if sealKeyModule(d) {
+			src, err := unmarshalModuleOption(d, "inject_token.seal_keys")
+			s.SealKeySource = src
+			return true, err
 		}
 		if !d.AllArgs(&s.SealKey) {
 			return true, d.Err("seal_key: expected one key, e.g. 'seal_key {env.INJECT_TOKEN_SEAL_KEY}'")
@@ -116,11 +147,26 @@ func (s *Sealing) unmarshalSealing(d *caddyfile.Dispenser) (bool, error) {
 	return true, nil
 }
 
+// sealKeyModule reports whether the seal_key line names a module: one
+// argument and a block (`seal_key pkcs11 { … }`), not a key.
+func sealKeyModule(d *caddyfile.Dispenser) bool {
+	if !d.NextArg() {
+		return false
+	}
+	defer d.Prev()
+	line := d.Line()
+	if !d.Next() {
+		return false
+	}
+	defer d.Prev()
+	return d.Val() == "{" && d.Line() == line
+}
+
 // parseGlobalOption reads the inject_token global option:
 //
 //	{
 //		inject_token {
-//			seal_key          <key>
+//			seal_key          <key> | <module> { … }
 //			seal_key_previous <key...>|unsealed
 //		}
 //	}

@@ -53,7 +53,7 @@ func TestSealKeyConfig(t *testing.T) {
 		{"previous alone", Sealing{SealKeyPrevious: []string{"{env.IT_SK_GOOD}"}}, "seal_key_previous without seal_key"},
 		{"bad previous", Sealing{SealKey: "{env.IT_SK_GOOD}", SealKeyPrevious: []string{"{env.IT_SK_SHORT}"}}, "seal_key_previous {env.IT_SK_SHORT}"},
 	} {
-		_, err := tc.s.sealer(caddy.NewReplacer(), nil)
+		_, err := tc.s.sealer(caddy.Context{}, caddy.NewReplacer(), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 			continue
@@ -68,10 +68,10 @@ func TestSealKeyConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sl, err := (Sealing{}).sealer(caddy.NewReplacer(), app); err != nil || sl != app {
+	if sl, err := (&Sealing{}).sealer(caddy.Context{}, caddy.NewReplacer(), app); err != nil || sl != app {
 		t.Errorf("without its own key a session takes the app's: %v, %v", sl, err)
 	}
-	sl, err := Sealing{SealKey: "{env.IT_SK_GOOD}", SealKeyPrevious: []string{"unsealed"}}.sealer(caddy.NewReplacer(), app)
+	sl, err := (&Sealing{SealKey: "{env.IT_SK_GOOD}", SealKeyPrevious: []string{"unsealed"}}).sealer(caddy.Context{}, caddy.NewReplacer(), app)
 	if err != nil || sl == app || !sl.AcceptPlain {
 		t.Errorf("own key with unsealed: %+v, %v", sl, err)
 	}
@@ -107,6 +107,9 @@ http://localhost {
 		{"{\n\tinject_token {\n\t\tbogus 1\n\t}\n}\n", "unrecognized global option 'bogus'"},
 		{"http://localhost {\n\tinject_token {\n\t\tprelude https://p\n\t\tseal_key {env.A}\n\t\tseal_key {env.B}\n\t}\n}\n", "seal_key already specified, at Caddyfile:5"},
 		{"http://localhost {\n\tinject_token {\n\t\tprelude https://p\n\t\tseal_key_previous\n\t}\n}\n", "seal_key_previous: expected at least one key"},
+		// A block after the argument names a key source module.
+		{"{\n\tinject_token {\n\t\tseal_key nosuch {\n\t\t\tx 1\n\t\t}\n\t}\n}\n", "inject_token.seal_keys.nosuch"},
+		{"{\n\tinject_token {\n\t\tseal_key {env.A} {env.B}\n\t}\n}\n", "seal_key: expected one key"},
 	} {
 		_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(tc.in), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

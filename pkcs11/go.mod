@@ -116,6 +116,7 @@ require (
 	github.com/tailscale/go-winio v0.0.0-20231025203758-c4f33415bf55 // indirect
 	github.com/tailscale/tscert v0.0.0-20251216020129-aea342f6d747 // indirect
 	github.com/thales-e-security/pool v0.0.2 // indirect
+	github.com/tokenwarden/caddy-inject-token/interop v0.0.0
 	github.com/urfave/cli v1.22.17 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	github.com/yuin/goldmark v1.8.6 // indirect
@@ -177,3 +178,5 @@ require (
 )
 
 replace github.com/tokenwarden/caddy-inject-token => ../
+
+replace github.com/tokenwarden/caddy-inject-token/interop => ../interop

@@ -46,9 +46,8 @@ func init() {
 	caddy.RegisterModule(KeySource{})
 }
 
-// KeySource finds one key pair in a PKCS#11 token and signs DPoP proofs
-// with it there.
-type KeySource struct {
+// Token names a PKCS#11 token, how to log in to it and one key in it.
+type Token struct {
 	// Module is the path of the PKCS#11 library (the .so), e.g.
 	// /usr/lib/softhsm/libsofthsm2.so. Required.
 	Module string `json:"module"`
@@ -59,10 +58,50 @@ type KeySource struct {
 	// PIN is the token's user PIN. Use a placeholder ({env.…} or
 	// {file.…}) so it stays out of /config/ and autosave.json.
 	PIN string `json:"pin"`
-	// KeyLabel (CKA_LABEL) and KeyID (CKA_ID, hex) find the key pair; at
-	// least one is required.
+	// KeyLabel (CKA_LABEL) and KeyID (CKA_ID, hex) find the key; at least
+	// one is required.
 	KeyLabel string `json:"key_label,omitempty"`
 	KeyID    string `json:"key_id,omitempty"`
+}
+
+// open checks the settings and logs in to the token: a missing token or
+// a wrong PIN is an error naming the token, never the PIN. It returns the
+// key's id and label for a Find call.
+func (t *Token) open() (c *crypto11.Context, id, label []byte, err error) {
+	if t.Module == "" {
+		return nil, nil, nil, errors.New("pkcs11: module (the PKCS#11 library path) is required")
+	}
+	if (t.TokenLabel == "") == (t.Slot == nil) {
+		return nil, nil, nil, errors.New("pkcs11: exactly one of token_label or slot is required")
+	}
+	if t.KeyLabel == "" && t.KeyID == "" {
+		return nil, nil, nil, errors.New("pkcs11: key_label or key_id is required")
+	}
+	if t.KeyID != "" {
+		if id, err = hex.DecodeString(t.KeyID); err != nil {
+			return nil, nil, nil, fmt.Errorf("pkcs11: key_id %q is not hex", t.KeyID)
+		}
+	}
+	if t.KeyLabel != "" {
+		label = []byte(t.KeyLabel)
+	}
+	pin, err := caddy.NewReplacer().ReplaceOrErr(t.PIN, true, true)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("pkcs11: pin: %v", err)
+	}
+	c, err = crypto11.Configure(&crypto11.Config{Path: t.Module, TokenLabel: t.TokenLabel, SlotNumber: t.Slot, Pin: pin})
+	if err != nil {
+		// crypto11's errors name the failing PKCS#11 call and code
+		// (CKR_PIN_INCORRECT, "could not find PKCS#11 token"), never the PIN.
+		return nil, nil, nil, fmt.Errorf("pkcs11: opening %s with %s: %w", t.where(), t.Module, err)
+	}
+	return c, id, label, nil
+}
+
+// KeySource finds one key pair in a PKCS#11 token and signs DPoP proofs
+// with it there.
+type KeySource struct {
+	Token
 
 	ctx    *crypto11.Context
 	signer crypto11.Signer
@@ -80,36 +119,9 @@ func (KeySource) CaddyModule() caddy.ModuleInfo {
 // Provision opens the token and finds the key pair: a missing token, a
 // wrong PIN or a missing key fails the config load.
 func (k *KeySource) Provision(caddy.Context) error {
-	if k.Module == "" {
-		return errors.New("pkcs11: module (the PKCS#11 library path) is required")
-	}
-	if (k.TokenLabel == "") == (k.Slot == nil) {
-		return errors.New("pkcs11: exactly one of token_label or slot is required")
-	}
-	if k.KeyLabel == "" && k.KeyID == "" {
-		return errors.New("pkcs11: key_label or key_id is required")
-	}
-	var id []byte
-	if k.KeyID != "" {
-		var err error
-		if id, err = hex.DecodeString(k.KeyID); err != nil {
-			return fmt.Errorf("pkcs11: key_id %q is not hex", k.KeyID)
-		}
-	}
-	pin, err := caddy.NewReplacer().ReplaceOrErr(k.PIN, true, true)
+	c, id, label, err := k.open()
 	if err != nil {
-		return fmt.Errorf("pkcs11: pin: %v", err)
-	}
-	where := k.where()
-	c, err := crypto11.Configure(&crypto11.Config{Path: k.Module, TokenLabel: k.TokenLabel, SlotNumber: k.Slot, Pin: pin})
-	if err != nil {
-		// crypto11's errors name the failing PKCS#11 call and code
-		// (CKR_PIN_INCORRECT, "could not find PKCS#11 token"), never the PIN.
-		return fmt.Errorf("pkcs11: opening %s with %s: %w", where, k.Module, err)
-	}
-	var label []byte
-	if k.KeyLabel != "" {
-		label = []byte(k.KeyLabel)
+		return err
 	}
 	signer, err := c.FindKeyPair(id, label)
 	switch {
@@ -124,27 +136,27 @@ func (k *KeySource) Provision(caddy.Context) error {
 	}
 	if err != nil {
 		_ = c.Close()
-		return fmt.Errorf("pkcs11: %s: %w", where, err)
+		return fmt.Errorf("pkcs11: %s: %w", k.where(), err)
 	}
 	k.ctx = c
 	return nil
 }
 
-func (k *KeySource) where() string {
-	if k.Slot != nil {
-		return "slot " + strconv.Itoa(*k.Slot)
+func (t *Token) where() string {
+	if t.Slot != nil {
+		return "slot " + strconv.Itoa(*t.Slot)
 	}
-	return fmt.Sprintf("token %q", k.TokenLabel)
+	return fmt.Sprintf("token %q", t.TokenLabel)
 }
 
-func (k *KeySource) keyName() string {
+func (t *Token) keyName() string {
 	switch {
-	case k.KeyLabel != "" && k.KeyID != "":
-		return fmt.Sprintf("label %q and id %s", k.KeyLabel, k.KeyID)
-	case k.KeyLabel != "":
-		return fmt.Sprintf("label %q", k.KeyLabel)
+	case t.KeyLabel != "" && t.KeyID != "":
+		return fmt.Sprintf("label %q and id %s", t.KeyLabel, t.KeyID)
+	case t.KeyLabel != "":
+		return fmt.Sprintf("label %q", t.KeyLabel)
 	}
-	return "id " + k.KeyID
+	return "id " + t.KeyID
 }
 
 // Key returns the token's key; it is found once, at Provision.
@@ -161,17 +173,24 @@ func (k *KeySource) Signer() crypto.Signer { return k.signer }
 
 // Cleanup closes the token session (crypto11 counts references, so a
 // reload's new config keeps the library open).
-func (k *KeySource) Cleanup() error {
-	if k.ctx == nil {
+func (k *KeySource) Cleanup() error { return closeCtx(&k.ctx) }
+
+func closeCtx(c **crypto11.Context) error {
+	if *c == nil {
 		return nil
 	}
-	err := k.ctx.Close()
-	k.ctx = nil
+	err := (*c).Close()
+	*c = nil
 	return err
 }
 
 // UnmarshalCaddyfile reads the block after `dpop_key pkcs11`.
 func (k *KeySource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return k.Token.UnmarshalCaddyfile(d)
+}
+
+// UnmarshalCaddyfile reads the block after the module's name.
+func (k *Token) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the module name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -214,5 +233,6 @@ var (
 	_ caddy.Provisioner     = (*KeySource)(nil)
 	_ caddy.CleanerUpper    = (*KeySource)(nil)
 	_ caddyfile.Unmarshaler = (*KeySource)(nil)
+	_ caddyfile.Unmarshaler = (*Token)(nil)
 	_ tokencache.KeySource  = (*KeySource)(nil)
 )

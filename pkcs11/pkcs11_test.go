@@ -28,6 +28,9 @@ const (
 	tokLabel = "it-token"
 	userPIN  = "it-user-pin-1234"
 	keyLabel = "it-dpop"
+	// AES keys wrapping seal data keys: the one in use, and another.
+	sealLabel  = "it-seal"
+	otherLabel = "it-seal-other"
 )
 
 // hsmReady is "" once the token exists, else why it does not.
@@ -71,6 +74,11 @@ func setUpToken(dir string) string {
 	if _, err := c.GenerateECDSAKeyPairWithLabel([]byte{0x01}, []byte(keyLabel), elliptic.P256()); err != nil {
 		return err.Error()
 	}
+	for i, l := range []string{sealLabel, otherLabel} {
+		if _, err := c.GenerateSecretKeyWithLabel([]byte{0x10 + byte(i)}, []byte(l), 256, crypto11.CipherAES); err != nil {
+			return err.Error()
+		}
+	}
 	return ""
 }
 
@@ -91,7 +99,7 @@ func needHSM(tb testing.TB) {
 func source(tb testing.TB, mod func(*KeySource)) (*KeySource, error) {
 	tb.Helper()
 	tb.Setenv("IT_HSM_PIN", userPIN)
-	k := &KeySource{Module: softhsm, TokenLabel: tokLabel, PIN: "{env.IT_HSM_PIN}", KeyLabel: keyLabel}
+	k := &KeySource{Token: Token{Module: softhsm, TokenLabel: tokLabel, PIN: "{env.IT_HSM_PIN}", KeyLabel: keyLabel}}
 	if mod != nil {
 		mod(k)
 	}

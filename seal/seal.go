@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ var (
 	ErrNotSealed = errors.New("stored unsealed, but a seal key is configured")
 	// ErrNoKey: the value is sealed but no key is configured.
 	ErrNoKey = errors.New("stored sealed, but no seal key is configured")
+	// ErrUnwrap: the value's data key does not unwrap with the wrapping
+	// key of its ID (another key under the same name in the HSM).
+	ErrUnwrap = errors.New("the data key does not unwrap: the wrapping key is not the one it was sealed with")
 	// ErrForged: the value does not authenticate: it was altered, or it
 	// was sealed for another storage key (records swapped between
 	// sessions).
@@ -63,22 +67,61 @@ func ParseKey(text string) ([]byte, error) {
 // previous one. A nil *Sealer seals nothing and refuses sealed values.
 type Sealer struct {
 	current key
-	byID    map[string]cipher.AEAD
+	byID    map[string]key
 	// AcceptPlain lets Open pass values that are not sealed yet, so
 	// sealing can be turned on for existing data: they are sealed on their
 	// next write. Otherwise a plain value is ErrNotSealed.
 	AcceptPlain bool
 }
 
+// key is a raw key (aead) or a wrapping key (wrap): then each value has
+// its own data key, wrapped by it and stored beside the value.
 type key struct {
 	id   string
 	aead cipher.AEAD
+	wrap Wrapper
+}
+
+// Wrapper wraps data keys with a key that stays elsewhere (in an HSM), for
+// envelope sealing: every sealed value gets a fresh data key, stored only
+// wrapped, so one wrapping key seals any number of values (per-user
+// sessions) without an HSM object each.
+type Wrapper interface {
+	// WrapperID names the wrapping key in sealed values and errors; it
+	// must be stable across restarts, contain no ':' and reveal nothing
+	// secret.
+	WrapperID() string
+	// Wrap returns dataKey encrypted and authenticated by the wrapping key.
+	Wrap(dataKey []byte) ([]byte, error)
+	// Unwrap returns the data key Wrap wrapped, or an error if wrapped was
+	// not wrapped by this key or was altered.
+	Unwrap(wrapped []byte) ([]byte, error)
+}
+
+// NewEnvelope returns a Sealer sealing with data keys wrapped by w, and
+// opening values sealed that way or with any of previous (raw keys, e.g.
+// while moving from a file key to an HSM).
+func NewEnvelope(w Wrapper, previous ...[]byte) (*Sealer, error) {
+	id := w.WrapperID()
+	if id == "" || strings.Contains(id, ":") {
+		return nil, fmt.Errorf("seal: wrapper ID %q must be non-empty and without ':'", id)
+	}
+	s := &Sealer{current: key{id: id, wrap: w}, byID: map[string]key{}}
+	for _, raw := range previous {
+		k, err := newKey(raw)
+		if err != nil {
+			return nil, err
+		}
+		s.byID[k.id] = k
+	}
+	s.byID[id] = s.current
+	return s, nil
 }
 
 // New returns a Sealer sealing with current and opening with current or
 // any of previous. Keys must be KeySize bytes.
 func New(current []byte, previous ...[]byte) (*Sealer, error) {
-	s := &Sealer{byID: map[string]cipher.AEAD{}}
+	s := &Sealer{byID: map[string]key{}}
 	for i, raw := range append([][]byte{current}, previous...) {
 		k, err := newKey(raw)
 		if err != nil {
@@ -87,7 +130,7 @@ func New(current []byte, previous ...[]byte) (*Sealer, error) {
 		if i == 0 {
 			s.current = k
 		}
-		s.byID[k.id] = k.aead
+		s.byID[k.id] = k
 	}
 	return s, nil
 }
@@ -145,11 +188,19 @@ func (s *Sealer) Seal(plain []byte, aad string) ([]byte, error) {
 	if s == nil {
 		return plain, nil
 	}
-	nonce := make([]byte, s.current.aead.NonceSize())
+	aead, box := s.current.aead, []byte(nil)
+	if s.current.wrap != nil {
+		var err error
+		if aead, box, err = s.newDataKey(); err != nil {
+			return nil, err
+		}
+	}
+	nonce := make([]byte, aead.NonceSize())
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	box := s.current.aead.Seal(nonce, nonce, plain, []byte(aad))
+	box = append(box, nonce...)
+	box = aead.Seal(box, nonce, plain, []byte(aad))
 	out := make([]byte, 0, len(prefix)+len(s.current.id)+1+base64.RawURLEncoding.EncodedLen(len(box)))
 	out = append(out, prefix...)
 	out = append(out, s.current.id...)
@@ -171,14 +222,23 @@ func (s *Sealer) Open(v []byte, aad string) ([]byte, error) {
 		return nil, ErrForged
 	}
 	if s == nil {
-		return nil, fmt.Errorf("%w (sealed with key %.8s)", ErrNoKey, id)
+		return nil, fmt.Errorf("%w (sealed with key %.32s)", ErrNoKey, id)
 	}
-	aead, ok := s.byID[string(id)]
+	k, ok := s.byID[string(id)]
 	if !ok {
-		return nil, fmt.Errorf("%w: key %.8s (current key is %s)", ErrUnknownKey, id, s.current.id)
+		return nil, fmt.Errorf("%w: key %.32s (current key is %s)", ErrUnknownKey, id, s.current.id)
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(string(box))
-	if err != nil || len(raw) < aead.NonceSize() {
+	if err != nil {
+		return nil, ErrForged
+	}
+	aead := k.aead
+	if k.wrap != nil {
+		if aead, raw, err = openDataKey(k, raw); err != nil {
+			return nil, err
+		}
+	}
+	if len(raw) < aead.NonceSize() {
 		return nil, ErrForged
 	}
 	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], []byte(aad))
@@ -186,4 +246,45 @@ func (s *Sealer) Open(v []byte, aad string) ([]byte, error) {
 		return nil, ErrForged
 	}
 	return plain, nil
+}
+
+// newDataKey makes a fresh data key and returns its AEAD and the start of
+// an envelope box: the wrapped key's length (2 bytes) and the wrapped key.
+// The data key itself is dropped once the AEAD holds it.
+func (s *Sealer) newDataKey() (cipher.AEAD, []byte, error) {
+	dk := make([]byte, KeySize)
+	if _, err := rand.Read(dk); err != nil {
+		return nil, nil, err
+	}
+	wrapped, err := s.current.wrap.Wrap(dk)
+	if err != nil {
+		return nil, nil, fmt.Errorf("seal: wrapping a data key with %s: %w", s.current.id, err)
+	}
+	if len(wrapped) > 0xffff {
+		return nil, nil, fmt.Errorf("seal: wrapped data key of %d bytes", len(wrapped))
+	}
+	k, err := newKey(dk)
+	if err != nil {
+		return nil, nil, err
+	}
+	box := binary.BigEndian.AppendUint16(nil, uint16(len(wrapped)))
+	return k.aead, append(box, wrapped...), nil
+}
+
+// openDataKey unwraps the data key at the start of an envelope box and
+// returns its AEAD and the rest of the box (nonce and ciphertext).
+func openDataKey(k key, raw []byte) (cipher.AEAD, []byte, error) {
+	if len(raw) < 2 || len(raw)-2 < int(binary.BigEndian.Uint16(raw)) {
+		return nil, nil, ErrForged
+	}
+	n := 2 + int(binary.BigEndian.Uint16(raw))
+	dk, err := k.wrap.Unwrap(raw[2:n])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (key %s: %v)", ErrUnwrap, k.id, err)
+	}
+	dkey, err := newKey(dk)
+	if err != nil {
+		return nil, nil, ErrForged
+	}
+	return dkey.aead, raw[n:], nil
 }

@@ -179,3 +179,71 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// gcmWrapper wraps data keys with AES-GCM under an in-memory key, as an
+// HSM's wrapping key does in the token.
+type gcmWrapper struct{ k key }
+
+func newGCMWrapper(t testing.TB) gcmWrapper {
+	k, err := newKey(newKeyBytes(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gcmWrapper{k}
+}
+
+func (w gcmWrapper) WrapperID() string { return "test-wrapper" }
+
+func (w gcmWrapper) Wrap(dk []byte) ([]byte, error) {
+	nonce := make([]byte, w.k.aead.NonceSize())
+	rand.Read(nonce)
+	return w.k.aead.Seal(nonce, nonce, dk, nil), nil
+}
+
+func (w gcmWrapper) Unwrap(b []byte) ([]byte, error) {
+	n := w.k.aead.NonceSize()
+	if len(b) < n {
+		return nil, errors.New("short")
+	}
+	return w.k.aead.Open(nil, b[:n], b[n:], nil)
+}
+
+// TestEnvelope: each value gets its own data key, stored only wrapped; a
+// value opens under its storage key with the same wrapping key, not under
+// another wrapping key of the same name (ErrUnwrap) nor moved (ErrForged);
+// raw previous keys still open older values.
+func TestEnvelope(t *testing.T) {
+	w, fileKey := newGCMWrapper(t), newKeyBytes(t)
+	plain := []byte(`{"refresh_token":"rt-PLAIN-SECRET"}`)
+	const aad = "inject_token/u/alice/state.json"
+	s, err := NewEnvelope(w, fileKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.Seal(plain, aad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.Seal(plain, aad)
+	if bytes.Contains(a, plain) || bytes.Equal(a[:60], b[:60]) {
+		t.Fatalf("two seals share a wrapped data key or show the value: %s / %s", a, b)
+	}
+	if !bytes.HasPrefix(a, []byte(prefix+"test-wrapper:")) {
+		t.Fatalf("sealed value %s does not name the wrapping key", a)
+	}
+	again, _ := NewEnvelope(w)
+	if got, err := again.Open(a, aad); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("Open after restart = %q, %v", got, err)
+	}
+	if _, err := again.Open(a, "inject_token/u/bob/state.json"); !errors.Is(err, ErrForged) {
+		t.Errorf("moved value: %v, want ErrForged", err)
+	}
+	other, _ := NewEnvelope(newGCMWrapper(t))
+	if _, err := other.Open(a, aad); !errors.Is(err, ErrUnwrap) {
+		t.Errorf("other wrapping key: %v, want ErrUnwrap", err)
+	}
+	old, _ := mustSealer(t, fileKey).Seal(plain, aad)
+	if got, err := s.Open(old, aad); err != nil || !bytes.Equal(got, plain) || !s.stale(old) || s.stale(a) {
+		t.Errorf("previous file key: %q, %v; stale %t/%t", got, err, s.stale(old), s.stale(a))
+	}
+}
