@@ -153,15 +153,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.checkPresented(c); err != nil {
-		return nil, err
-	}
 	// The scheme is only known once the wrapped transport has set it; the
 	// proof must name the scheme actually used.
 	t.HTTPTransport.SetScheme(req)
 	if c.preset {
+		// A per-subject token the handler presented: no session of this
+		// transport's holds it.
 		c.presented.Store(true)
 		return t.roundTripper().RoundTrip(req)
+	}
+	if err := t.checkPresented(c); err != nil {
+		return nil, err
 	}
 	if err := c.buffer(req); err != nil {
 		return nil, err
