@@ -60,6 +60,21 @@ type Config struct {
 	// Clock is the time source (default: the system clock). Tests inject
 	// one to move time instead of waiting for it.
 	Clock Clock
+
+	// Set for run-time sessions only (see Template). sub is the storage
+	// directory below inject_token/ (default: Name made safe); key is
+	// stored in every record; notify, when set, replaces the background
+	// refresher: it hears whenever the next wake may have changed, and the
+	// scheduler drives the cache (sched.go). It must not block or take
+	// the cache's locks: it is called with c.mu held.
+	// inUse says whether a session due to refresh at the given time is in
+	// use: one that is not refreshes on its next use instead.
+	sub string
+	key string
+	// use hears of every Token call, for inUse.
+	notify func()
+	inUse  func(refreshAt time.Time) bool
+	use    func()
 }
 
 // Outcomes reported in Status.LastOutcome and to Config.Observe.
@@ -212,7 +227,11 @@ func (c *Cache) Started() bool { return c.started.Load() }
 // new instance; the old one may be closed).
 func (c *Cache) SetStorage(s certmagic.Storage) {
 	if s != nil {
-		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource})
+		sub := c.cfg.sub
+		if sub == "" {
+			sub = certmagic.StorageKeys.Safe(c.cfg.Name)
+		}
+		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource, sub: sub})
 	}
 }
 
@@ -227,6 +246,10 @@ func (c *Cache) SetLogger(l *zap.Logger) {
 func (c *Cache) store() store     { return *c.st.Load() }
 func (c *Cache) log() *zap.Logger { return c.logger.Load() }
 func (c *Cache) signalWake() {
+	if c.cfg.notify != nil {
+		c.cfg.notify()
+		return
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -289,6 +312,9 @@ var errClosed = errors.New("tokencache: cache closed")
 // with an *UnavailableError during backoff (after a cheap, rate-limited
 // look at storage for a token another instance stored).
 func (c *Cache) Token(ctx context.Context) (*Token, error) {
+	if c.cfg.use != nil {
+		c.cfg.use()
+	}
 	if s := c.current(); s.fresh(c.clock.Now()) {
 		return s.tok, nil
 	}
@@ -399,6 +425,9 @@ func (c *Cache) startFlightLocked() *call {
 		}
 		c.mu.Unlock()
 		close(f.done)
+		if c.cfg.notify != nil {
+			c.cfg.notify() // the scheduler re-reads the next wake
+		}
 	}()
 	return f
 }
