@@ -183,7 +183,9 @@ func New(cfg Config) (*Cache, error) {
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
-	ctx, cancel := context.WithTimeout(c.ctx, cfg.CallTimeout)
+	// Not below c.ctx: nothing can close c before New returns, and a child
+	// would leave c.ctx a children map for the cache's lifetime.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.CallTimeout)
 	defer cancel()
 	rec, err := c.store().load(ctx)
 	if err != nil {
@@ -235,10 +237,12 @@ func (c *Cache) SetStorage(s certmagic.Storage) {
 	}
 }
 
+var nopLogger = zap.NewNop()
+
 // SetLogger replaces the logger (see SetStorage).
 func (c *Cache) SetLogger(l *zap.Logger) {
 	if l == nil {
-		l = zap.NewNop()
+		l = nopLogger
 	}
 	c.logger.Store(l)
 }

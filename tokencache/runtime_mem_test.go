@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -124,6 +125,9 @@ func BenchmarkRuntimeSessionMemory(b *testing.B) {
 		if rt.Resident() != n {
 			b.Fatalf("resident = %d, want %d", rt.Resident(), n)
 		}
+		if f := os.Getenv("INJECT_TOKEN_HEAP_PROFILE"); f != "" {
+			writeHeapProfile(b, f)
+		}
 		b.ReportMetric(held/float64(n), "B/session")
 		b.ReportMetric((held-float64(tokenBytes))/float64(n), "B/session-excl-token")
 		rt.Close()
@@ -138,5 +142,18 @@ func TestJWTFixture(t *testing.T) {
 	}
 	if _, claims := decodeJWT(tok); claims["sub"] != "usr_000000000007" {
 		t.Fatalf("claims = %v", claims)
+	}
+}
+
+// writeHeapProfile writes the heap in use now to file, to see what a
+// resident session is made of (go tool pprof -sample_index=inuse_space).
+func writeHeapProfile(b *testing.B, file string) {
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
 	}
 }
