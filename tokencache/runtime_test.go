@@ -313,3 +313,35 @@ func TestRuntimeTwoInstancesOneRefresh(t *testing.T) {
 		t.Fatalf("refresh calls = %d, reuse = %d; want 1, 0", s.RefreshCalls-before.RefreshCalls, s.ReuseEvents)
 	}
 }
+
+// Concurrent first uses of one key load it once: one Cache, so one single
+// flight per session in the process.
+func TestRuntimeConcurrentFirstUseLoadsOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rt := e.newRuntime(e.template(tokencache.Config{Storage: &certmagic.FileStorage{Path: e.dir}, Backend: e.backend(e.cl), Clock: e.clk}))
+	const n = 32
+	got := make([]*tokencache.Cache, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			c, err := rt.Session(runtimeKey)
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = c
+		})
+	}
+	close(start)
+	wg.Wait()
+	for _, c := range got {
+		if c != got[0] {
+			t.Fatal("concurrent first uses made two caches of one session")
+		}
+	}
+	if rt.Resident() != 1 {
+		t.Fatalf("resident = %d", rt.Resident())
+	}
+}
