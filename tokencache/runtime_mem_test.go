@@ -73,38 +73,8 @@ func BenchmarkRuntimeSessionMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	dir, err := os.MkdirTemp("/dev/shm", "tokencache-bench")
-	if err != nil {
-		dir = b.TempDir()
-	} else {
-		b.Cleanup(func() { _ = os.RemoveAll(dir) })
-	}
-	storage := &certmagic.FileStorage{Path: dir}
-	tmpl := Template{Name: "users", Secret: []byte("benchmark-secret-0123456789"), Storage: storage,
-		Backend: idleBackend{}, MaxResident: n}
+	tmpl, keys, tokenBytes := storedSessions(b, n)
 	ctx := context.Background()
-	now := time.Now()
-	keys := make([]string, n)
-	var tokenBytes int
-	for i := range n {
-		keys[i] = fmt.Sprintf("user%07d@example.com", i)
-		st := store{s: storage, sub: tmpl.sub(keys[i]), now: time.Now}
-		k, err := dpop.GenerateKey("")
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := st.saveKey(ctx, k); err != nil {
-			b.Fatal(err)
-		}
-		jwt := jwtFixture(1024, i)
-		tokenBytes += len(jwt)
-		rec := &record{State: StateActive, KeyThumbprint: k.Thumbprint(), RefreshToken: "rt_" + randomID(),
-			AccessToken: jwt, TokenType: "DPoP", IssuedAt: now, Expiry: now.Add(time.Hour),
-			DeviceID: newDeviceID(), Key: keys[i], Generation: 1, Writer: randomID(), Format: recordFormat}
-		if err := st.save(ctx, rec); err != nil {
-			b.Fatal(err)
-		}
-	}
 	b.ResetTimer()
 	for b.Loop() {
 		rt, err := NewRuntime(tmpl)
@@ -156,4 +126,93 @@ func writeHeapProfile(b *testing.B, file string) {
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// storedSessions stores n logged-in run-time sessions of one template
+// (each with its own P-256 key and a 1 KB JWT) in file storage in memory,
+// and returns the template, their keys and the bytes of their tokens.
+func storedSessions(b *testing.B, n int) (Template, []string, int) {
+	dir, err := os.MkdirTemp("/dev/shm", "tokencache-bench")
+	if err != nil {
+		dir = b.TempDir()
+	} else {
+		b.Cleanup(func() { _ = os.RemoveAll(dir) })
+	}
+	storage := &certmagic.FileStorage{Path: dir}
+	tmpl := Template{Name: "users", Secret: []byte("benchmark-secret-0123456789"), Storage: storage,
+		Backend: idleBackend{}, MaxResident: n}
+	ctx := context.Background()
+	now := time.Now()
+	keys := make([]string, n)
+	var tokenBytes int
+	for i := range n {
+		keys[i] = fmt.Sprintf("user%07d@example.com", i)
+		st := store{s: storage, sub: tmpl.sub(keys[i]), now: time.Now}
+		k, err := dpop.GenerateKey("")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := st.saveKey(ctx, k); err != nil {
+			b.Fatal(err)
+		}
+		jwt := jwtFixture(1024, i)
+		tokenBytes += len(jwt)
+		rec := &record{State: StateActive, KeyThumbprint: k.Thumbprint(), RefreshToken: "rt_" + randomID(),
+			AccessToken: jwt, TokenType: "DPoP", IssuedAt: now, Expiry: now.Add(time.Hour),
+			DeviceID: newDeviceID(), Key: keys[i], Generation: 1, Writer: randomID(), Format: recordFormat}
+		if err := st.save(ctx, rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return tmpl, keys, tokenBytes
+}
+
+// BenchmarkRuntimeToken is the engine's share of the hot path: a token
+// for one of 10,000 resident sessions in rotation (lookup by key, LRU
+// touch, use noted) against the one-session baseline (Cache.Token), in the
+// same run.
+func BenchmarkRuntimeToken(b *testing.B) {
+	const n = 10_000
+	tmpl, keys, _ := storedSessions(b, n)
+	ctx := context.Background()
+	rt, err := NewRuntime(tmpl)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Close()
+	for _, k := range keys {
+		if _, err := rt.Token(ctx, k); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// A named session's cache over a stored session: no scheduler hooks.
+	named, err := New(Config{Name: "named", Storage: tmpl.Storage, Backend: idleBackend{}, sub: tmpl.sub(keys[1])})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer named.Close()
+	b.Run("named-session", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := named.Token(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	c, _ := rt.Session(keys[0])
+	b.Run("one-runtime-session", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Token(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("10000-keys", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if _, err := rt.Token(ctx, keys[i%n]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 }
