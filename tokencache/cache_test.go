@@ -351,9 +351,11 @@ func testRestartUsesStoredSession(t *testing.T, runtime bool) {
 	}
 }
 
-func TestTransientFailuresBackOffAndRecover(t *testing.T) {
-	t.Parallel()
+func TestTransientFailuresBackOffAndRecover(t *testing.T) { bothKinds(t, testTransientFailuresBackOffAndRecover) }
+
+func testTransientFailuresBackOffAndRecover(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
@@ -394,9 +396,11 @@ func TestTransientFailuresBackOffAndRecover(t *testing.T) {
 		t.Fatal("failed refreshes burned the refresh token")
 	}
 }
-func TestValidTokenServesDuringOutage(t *testing.T) {
-	t.Parallel()
+func TestValidTokenServesDuringOutage(t *testing.T) { bothKinds(t, testValidTokenServesDuringOutage) }
+
+func testValidTokenServesDuringOutage(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
@@ -409,9 +413,11 @@ func TestValidTokenServesDuringOutage(t *testing.T) {
 	e.gate.fail(false)
 	e.advanceUntil("recovery", 50*time.Millisecond, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
 }
-func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
-	t.Parallel()
+func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) { bothKinds(t, testRevokedSessionLogsOutAndRelogsIn) }
+
+func testRevokedSessionLogsOutAndRelogsIn(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	t.Run("without password", func(t *testing.T) {
 		c := e.cache(func(cfg *tokencache.Config) { cfg.Name = "nopw" })
 		e.login(c)
@@ -546,9 +552,11 @@ func TestCorruptStateIsReportedAndKept(t *testing.T) {
 	}
 }
 
-func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
-	t.Parallel()
+func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) { bothKinds(t, testLogoutRevokesAndStaysLoggedOut) }
+
+func testLogoutRevokesAndStaysLoggedOut(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.Login = e.passwordLogin() })
 	waitFor(t, "automatic login", 5*time.Second, func() bool { return c.Status().State == tokencache.StateActive })
 	if err := c.Logout(context.Background()); err != nil {
@@ -570,7 +578,7 @@ func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
 	if e.srv.Stats().Logins != logins+1 || !c.Status().AutoLogin {
 		t.Fatal("explicit login after logout failed")
 	}
-	entries, _ := os.ReadDir(filepath.Join(e.dir, "inject_token", "test", "keys"))
+	entries, _ := os.ReadDir(filepath.Join(filepath.Dir(e.statePath()), "keys"))
 	if len(entries) != 1 {
 		t.Fatalf("%d key files kept; old keys must be deleted", len(entries))
 	}
@@ -580,14 +588,16 @@ func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
 	}
 }
 
-func TestStatusHasNoSecrets(t *testing.T) {
-	t.Parallel()
+func TestStatusHasNoSecrets(t *testing.T) { bothKinds(t, testStatusHasNoSecrets) }
+
+func testStatusHasNoSecrets(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
 	b, _ := json.Marshal(c.Status())
-	data, _ := os.ReadFile(filepath.Join(e.dir, "inject_token", "test", "state.json"))
+	data, _ := os.ReadFile(e.statePath())
 	var rec map[string]any
 	_ = json.Unmarshal(data, &rec)
 	if containsAny(string(b), tok.Value, rec["refresh_token"].(string), "PRIVATE KEY") {

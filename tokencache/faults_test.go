@@ -295,9 +295,11 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 // Hole 2: a Retry-After of a day is capped at MaxBackoff and at the end of
 // the token's usable life, and a caller with no valid token meanwhile
 // adopts a token another instance stored.
-func TestRetryAfterIsCappedAndStorageIsPeeked(t *testing.T) {
-	t.Parallel()
+func TestRetryAfterIsCappedAndStorageIsPeeked(t *testing.T) { bothKinds(t, testRetryAfterIsCappedAndStorageIsPeeked) }
+
+func testRetryAfterIsCappedAndStorageIsPeeked(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	direct, err := prelude.New(e.srv.URL, prelude.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -412,9 +414,11 @@ func TestLogoutAndLoginHonourTheIntent(t *testing.T) {
 // Hole 4: a token that arrives already expired is stored (its refresh
 // token is the live one) but not handed out, the refresher backs off
 // instead of spinning, and the session is not reported logged out.
-func TestUnusableTokenOnArrivalBacksOff(t *testing.T) {
-	t.Parallel()
+func TestUnusableTokenOnArrivalBacksOff(t *testing.T) { bothKinds(t, testUnusableTokenOnArrivalBacksOff) }
+
+func testUnusableTokenOnArrivalBacksOff(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.MinBackoff, cfg.MaxBackoff = time.Second, 2*time.Minute })
 	e.login(c)
 	tok := mustToken(t, c)
@@ -534,9 +538,11 @@ func TestCloseCancelsAnOperationWaitingForTheLock(t *testing.T) {
 
 // Rejected credentials: retried a few times with backoff, then automatic
 // login pauses (login_failed) until the credentials change.
-func TestRejectedCredentialsPauseAutoLogin(t *testing.T) {
-	t.Parallel()
+func TestRejectedCredentialsPauseAutoLogin(t *testing.T) { bothKinds(t, testRejectedCredentialsPauseAutoLogin) }
+
+func testRejectedCredentialsPauseAutoLogin(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	var password atomic.Value
 	password.Store("wrong")
 	var attempts atomic.Int64
@@ -587,9 +593,11 @@ func TestRejectedCredentialsPauseAutoLogin(t *testing.T) {
 // Invalidate: the rejected token keeps serving while the refresh fails (no
 // 503 for everyone), a burst of rejections counts once, and after a lost
 // refresh the rejected token is not re-installed.
-func TestInvalidatedTokenServesUntilReplaced(t *testing.T) {
-	t.Parallel()
+func TestInvalidatedTokenServesUntilReplaced(t *testing.T) { bothKinds(t, testInvalidatedTokenServesUntilReplaced) }
+
+func testInvalidatedTokenServesUntilReplaced(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.login(c)
 	tok := mustToken(t, c)

@@ -65,7 +65,11 @@ func (e *env) newRuntime(t tokencache.Template) *tokencache.Runtime {
 
 func (e *env) runtimeSession(cfg tokencache.Config) *tokencache.Cache {
 	e.t.Helper()
-	c, err := e.newRuntime(e.template(cfg)).Session(runtimeKey)
+	key := runtimeKey
+	if cfg.Name != "test" {
+		key = cfg.Name // a test's second session
+	}
+	c, err := e.newRuntime(e.template(cfg)).Session(key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
