@@ -351,7 +351,9 @@ func testRestartUsesStoredSession(t *testing.T, runtime bool) {
 	}
 }
 
-func TestTransientFailuresBackOffAndRecover(t *testing.T) { bothKinds(t, testTransientFailuresBackOffAndRecover) }
+func TestTransientFailuresBackOffAndRecover(t *testing.T) {
+	bothKinds(t, testTransientFailuresBackOffAndRecover)
+}
 
 func testTransientFailuresBackOffAndRecover(t *testing.T, runtime bool) {
 	e := newEnv(t)
@@ -413,7 +415,9 @@ func testValidTokenServesDuringOutage(t *testing.T, runtime bool) {
 	e.gate.fail(false)
 	e.advanceUntil("recovery", 50*time.Millisecond, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
 }
-func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) { bothKinds(t, testRevokedSessionLogsOutAndRelogsIn) }
+func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
+	bothKinds(t, testRevokedSessionLogsOutAndRelogsIn)
+}
 
 func testRevokedSessionLogsOutAndRelogsIn(t *testing.T, runtime bool) {
 	e := newEnv(t)
@@ -552,7 +556,9 @@ func TestCorruptStateIsReportedAndKept(t *testing.T) {
 	}
 }
 
-func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) { bothKinds(t, testLogoutRevokesAndStaysLoggedOut) }
+func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
+	bothKinds(t, testLogoutRevokesAndStaysLoggedOut)
+}
 
 func testLogoutRevokesAndStaysLoggedOut(t *testing.T, runtime bool) {
 	e := newEnv(t)

@@ -295,7 +295,9 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 // Hole 2: a Retry-After of a day is capped at MaxBackoff and at the end of
 // the token's usable life, and a caller with no valid token meanwhile
 // adopts a token another instance stored.
-func TestRetryAfterIsCappedAndStorageIsPeeked(t *testing.T) { bothKinds(t, testRetryAfterIsCappedAndStorageIsPeeked) }
+func TestRetryAfterIsCappedAndStorageIsPeeked(t *testing.T) {
+	bothKinds(t, testRetryAfterIsCappedAndStorageIsPeeked)
+}
 
 func testRetryAfterIsCappedAndStorageIsPeeked(t *testing.T, runtime bool) {
 	e := newEnv(t)
@@ -414,7 +416,9 @@ func TestLogoutAndLoginHonourTheIntent(t *testing.T) {
 // Hole 4: a token that arrives already expired is stored (its refresh
 // token is the live one) but not handed out, the refresher backs off
 // instead of spinning, and the session is not reported logged out.
-func TestUnusableTokenOnArrivalBacksOff(t *testing.T) { bothKinds(t, testUnusableTokenOnArrivalBacksOff) }
+func TestUnusableTokenOnArrivalBacksOff(t *testing.T) {
+	bothKinds(t, testUnusableTokenOnArrivalBacksOff)
+}
 
 func testUnusableTokenOnArrivalBacksOff(t *testing.T, runtime bool) {
 	e := newEnv(t)
@@ -538,7 +542,9 @@ func TestCloseCancelsAnOperationWaitingForTheLock(t *testing.T) {
 
 // Rejected credentials: retried a few times with backoff, then automatic
 // login pauses (login_failed) until the credentials change.
-func TestRejectedCredentialsPauseAutoLogin(t *testing.T) { bothKinds(t, testRejectedCredentialsPauseAutoLogin) }
+func TestRejectedCredentialsPauseAutoLogin(t *testing.T) {
+	bothKinds(t, testRejectedCredentialsPauseAutoLogin)
+}
 
 func testRejectedCredentialsPauseAutoLogin(t *testing.T, runtime bool) {
 	e := newEnv(t)
@@ -593,7 +599,9 @@ func testRejectedCredentialsPauseAutoLogin(t *testing.T, runtime bool) {
 // Invalidate: the rejected token keeps serving while the refresh fails (no
 // 503 for everyone), a burst of rejections counts once, and after a lost
 // refresh the rejected token is not re-installed.
-func TestInvalidatedTokenServesUntilReplaced(t *testing.T) { bothKinds(t, testInvalidatedTokenServesUntilReplaced) }
+func TestInvalidatedTokenServesUntilReplaced(t *testing.T) {
+	bothKinds(t, testInvalidatedTokenServesUntilReplaced)
+}
 
 func testInvalidatedTokenServesUntilReplaced(t *testing.T, runtime bool) {
 	e := newEnv(t)
