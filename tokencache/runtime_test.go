@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/tokenwarden/caddy-inject-token/seal"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -347,5 +348,47 @@ func TestRuntimeConcurrentFirstUseLoadsOnce(t *testing.T) {
 	}
 	if rt.Resident() != 1 {
 		t.Fatalf("resident = %d", rt.Resident())
+	}
+}
+
+// On a sealing storage the raw key, like the tokens, is only in sealed
+// values: no file in storage holds it in any form the disk shows.
+func TestRuntimeKeySealedAtRest(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sealer, err := seal.New([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := seal.Storage{Storage: &certmagic.FileStorage{Path: e.dir}, Sealer: sealer, Prefix: tokencache.StoragePrefix + "/", Plain: tokencache.IsClaim}
+	cfg := tokencache.Config{Storage: st, Backend: e.backend(e.cl), Clock: e.clk}
+	rt := e.newRuntime(e.template(cfg))
+	if err := rt.Login(context.Background(), runtimeKey, e.passwordLogin()); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := rt.Token(context.Background(), runtimeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	files := 0
+	err = filepath.WalkDir(e.dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		files++
+		data, err := os.ReadFile(path)
+		if containsAny(path+string(data), runtimeKey, "alice", tok.Value) {
+			t.Errorf("%s holds the key or the token in the clear", path)
+		}
+		return err
+	})
+	if err != nil || files == 0 {
+		t.Fatalf("walked %d files: %v", files, err)
+	}
+	// A restart opens them again: same session, same token.
+	again, err := e.newRuntime(e.template(cfg)).Token(context.Background(), runtimeKey)
+	if err != nil || again.Value != tok.Value {
+		t.Fatalf("restart over sealed storage: %v", err)
 	}
 }
