@@ -61,20 +61,23 @@ type Config struct {
 	// one to move time instead of waiting for it.
 	Clock Clock
 
-	// Set for run-time sessions only (see Template). sub is the storage
-	// directory below inject_token/ (default: Name made safe); key is
-	// stored in every record; notify, when set, replaces the background
-	// refresher: it hears whenever the next wake may have changed, and the
-	// scheduler drives the cache (sched.go). It must not block or take
-	// the cache's locks: it is called with c.mu held.
-	// inUse says whether a session due to refresh at the given time is in
-	// use: one that is not refreshes on its next use instead.
+	// Set by a Runtime for its sessions only (see Template, sched.go).
+
+	// sub is the storage directory below inject_token/ (default: Name
+	// made safe).
 	sub string
+	// key is stored in every record the cache writes.
 	key string
-	// use hears of every Token call, for inUse.
+	// notify, when set, replaces the background refresher (Start is never
+	// called): it hears whenever the next wake may have changed, and the
+	// scheduler drives the cache. It may be called with c.mu held, so it must
+	// not block or take the cache's locks.
 	notify func()
-	inUse  func(refreshAt time.Time) bool
-	use    func()
+	// inUse says whether a session due to refresh at the given time counts
+	// as in use; one that does not refreshes on its next use instead.
+	inUse func(refreshAt time.Time) bool
+	// use hears of every Token call (for inUse).
+	use func()
 }
 
 // Outcomes reported in Status.LastOutcome and to Config.Observe.

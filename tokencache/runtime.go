@@ -117,7 +117,9 @@ func (t *Template) sub(key string) string {
 
 // Session returns the session for key, loading it from storage (no
 // network call) on first use. A session that was never logged in is
-// returned logged out.
+// returned logged out (and, with a template Login, logs in in the
+// background). The cache is closed if it is evicted: hold the Runtime,
+// not the cache.
 func (r *Runtime) Session(key string) (*Cache, error) {
 	e, err := r.entry(key)
 	if err != nil {
