@@ -35,9 +35,19 @@ func TestDrillRuntimeRefreshLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var late, failures atomic.Int64
 	rt, err := tokencache.NewRuntime(tokencache.Template{
 		Name: "users", Secret: runtimeSecret, Storage: &certmagic.FileStorage{Path: memDir(t)},
 		Backend: prelude.Backend{Client: cl}, UseWindow: 2 * time.Minute,
+		Observe: func(e tokencache.Event) {
+			switch {
+			case e.Kind != tokencache.EventAttempt:
+			case e.Outcome == tokencache.OutcomeRefreshed && e.Lead <= 0:
+				late.Add(1) // the token it replaced had expired
+			case e.Outcome != tokencache.OutcomeRefreshed && e.Outcome != tokencache.OutcomeLoggedIn:
+				failures.Add(1)
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -78,24 +88,28 @@ func TestDrillRuntimeRefreshLoad(t *testing.T) {
 			last = tok.Expiry
 		}
 	}
-	waitFor(t, "every session refreshed", time.Until(last)+10*time.Second, func() bool {
-		return srv.Stats().RefreshSuccesses >= int64(n)
-	})
-	late := 0
-	for i, k := range keys {
-		c, err := rt.Session(k)
-		if err != nil {
-			t.Fatal(err)
+	unrefreshed := func() (n int) {
+		for _, k := range keys {
+			c, err := rt.Session(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Status().RefreshCount == 0 {
+				n++
+			}
 		}
-		st := c.Status()
-		if st.RefreshCount != 1 || st.LastRefresh == nil || !st.LastRefresh.Before(first[i].Expiry) {
-			late++
-		}
+		return n
 	}
+	waitFor(t, "every session refreshed", time.Until(last)+10*time.Second, func() bool {
+		return srv.Stats().RefreshSuccesses >= int64(n) && unrefreshed() == 0
+	})
 	st := srv.Stats()
-	t.Logf("refresh calls %d, successes %d, reuse %d, late or missing %d, all done %s after the first login",
-		st.RefreshCalls, st.RefreshSuccesses, st.ReuseEvents, late, time.Since(start).Round(time.Millisecond))
-	if late != 0 || st.ReuseEvents != 0 || st.RefreshCalls != int64(n) {
-		t.Fatalf("%d sessions not refreshed once before expiry; %d refresh calls for %d sessions; %d reuse", late, st.RefreshCalls, n, st.ReuseEvents)
+	// Sessions logged in first may be refreshed a second time before the
+	// last ones are due (when logging in takes longer than half a
+	// lifetime): counted, not a failure.
+	t.Logf("refresh calls %d, successes %d, reuse %d, failed %d, after expiry %d, all done %s after the first login",
+		st.RefreshCalls, st.RefreshSuccesses, st.ReuseEvents, failures.Load(), late.Load(), time.Since(start).Round(time.Millisecond))
+	if late.Load() != 0 || failures.Load() != 0 || st.ReuseEvents != 0 || st.RefreshCalls != st.RefreshSuccesses {
+		t.Fatal("not every session was refreshed before expiry without failure or reuse")
 	}
 }
