@@ -60,6 +60,24 @@ type Config struct {
 	// Clock is the time source (default: the system clock). Tests inject
 	// one to move time instead of waiting for it.
 	Clock Clock
+
+	// Set by a Runtime for its sessions only (see Template, sched.go).
+
+	// sub is the storage directory below inject_token/ (default: Name
+	// made safe).
+	sub string
+	// key is stored in every record the cache writes.
+	key string
+	// notify, when set, replaces the background refresher (Start is never
+	// called): it hears whenever the next wake may have changed, and the
+	// scheduler drives the cache. It may be called with c.mu held, so it must
+	// not block or take the cache's locks.
+	notify func()
+	// inUse says whether a session due to refresh at the given time counts
+	// as in use; one that does not refreshes on its next use instead.
+	inUse func(refreshAt time.Time) bool
+	// use hears of every Token call (for inUse).
+	use func()
 }
 
 // Outcomes reported in Status.LastOutcome and to Config.Observe.
@@ -168,7 +186,9 @@ func New(cfg Config) (*Cache, error) {
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
-	ctx, cancel := context.WithTimeout(c.ctx, cfg.CallTimeout)
+	// Not below c.ctx: nothing can close c before New returns, and a child
+	// would leave c.ctx a children map for the cache's lifetime.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.CallTimeout)
 	defer cancel()
 	rec, err := c.store().load(ctx)
 	if err != nil {
@@ -212,14 +232,20 @@ func (c *Cache) Started() bool { return c.started.Load() }
 // new instance; the old one may be closed).
 func (c *Cache) SetStorage(s certmagic.Storage) {
 	if s != nil {
-		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource})
+		sub := c.cfg.sub
+		if sub == "" {
+			sub = certmagic.StorageKeys.Safe(c.cfg.Name)
+		}
+		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource, sub: sub})
 	}
 }
+
+var nopLogger = zap.NewNop()
 
 // SetLogger replaces the logger (see SetStorage).
 func (c *Cache) SetLogger(l *zap.Logger) {
 	if l == nil {
-		l = zap.NewNop()
+		l = nopLogger
 	}
 	c.logger.Store(l)
 }
@@ -227,6 +253,10 @@ func (c *Cache) SetLogger(l *zap.Logger) {
 func (c *Cache) store() store     { return *c.st.Load() }
 func (c *Cache) log() *zap.Logger { return c.logger.Load() }
 func (c *Cache) signalWake() {
+	if c.cfg.notify != nil {
+		c.cfg.notify()
+		return
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -289,6 +319,9 @@ var errClosed = errors.New("tokencache: cache closed")
 // with an *UnavailableError during backoff (after a cheap, rate-limited
 // look at storage for a token another instance stored).
 func (c *Cache) Token(ctx context.Context) (*Token, error) {
+	if c.cfg.use != nil {
+		c.cfg.use()
+	}
 	if s := c.current(); s.fresh(c.clock.Now()) {
 		return s.tok, nil
 	}
@@ -399,6 +432,9 @@ func (c *Cache) startFlightLocked() *call {
 		}
 		c.mu.Unlock()
 		close(f.done)
+		if c.cfg.notify != nil {
+			c.cfg.notify() // the scheduler re-reads the next wake
+		}
 	}()
 	return f
 }

@@ -35,6 +35,8 @@ type env struct {
 	cl   *prelude.Client // talks to the sandbox through gate
 	dir  string
 	clk  *fakeClock // nil: real time
+	// runtime: e.cache makes run-time sessions (see runtime_test.go)
+	runtime bool
 }
 
 func newEnv(t *testing.T) *env {
@@ -73,6 +75,9 @@ func (e *env) cache(mod func(*tokencache.Config)) *tokencache.Cache {
 	}
 	if mod != nil {
 		mod(&cfg)
+	}
+	if e.runtime {
+		return e.runtimeSession(cfg)
 	}
 	c, err := tokencache.New(cfg)
 	if err != nil {
@@ -146,8 +151,12 @@ func mustToken(t *testing.T, c *tokencache.Cache) *tokencache.Token {
 }
 
 func TestThousandCallersAtExpiryCauseOneRefresh(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testThousandCallersAtExpiryCauseOneRefresh)
+}
+
+func testThousandCallersAtExpiryCauseOneRefresh(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.login(c)
 	first := mustToken(t, c)
@@ -202,9 +211,11 @@ func TestThousandCallersAtExpiryCauseOneRefresh(t *testing.T) {
 	}
 }
 
-func TestNoCallerWaitsWhileTokenValid(t *testing.T) {
-	t.Parallel()
+func TestNoCallerWaitsWhileTokenValid(t *testing.T) { bothKinds(t, testNoCallerWaitsWhileTokenValid) }
+
+func testNoCallerWaitsWhileTokenValid(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	first := mustToken(t, c)
@@ -308,9 +319,11 @@ func TestThreeInstancesShareOneSession(t *testing.T) {
 	}
 }
 
-func TestRestartUsesStoredSession(t *testing.T) {
-	t.Parallel()
+func TestRestartUsesStoredSession(t *testing.T) { bothKinds(t, testRestartUsesStoredSession) }
+
+func testRestartUsesStoredSession(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c1 := e.cache(nil)
 	e.login(c1)
 	tok := mustToken(t, c1)
@@ -339,8 +352,12 @@ func TestRestartUsesStoredSession(t *testing.T) {
 }
 
 func TestTransientFailuresBackOffAndRecover(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testTransientFailuresBackOffAndRecover)
+}
+
+func testTransientFailuresBackOffAndRecover(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
@@ -381,9 +398,11 @@ func TestTransientFailuresBackOffAndRecover(t *testing.T) {
 		t.Fatal("failed refreshes burned the refresh token")
 	}
 }
-func TestValidTokenServesDuringOutage(t *testing.T) {
-	t.Parallel()
+func TestValidTokenServesDuringOutage(t *testing.T) { bothKinds(t, testValidTokenServesDuringOutage) }
+
+func testValidTokenServesDuringOutage(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
@@ -397,8 +416,12 @@ func TestValidTokenServesDuringOutage(t *testing.T) {
 	e.advanceUntil("recovery", 50*time.Millisecond, func() bool { return c.Status().LastOutcome == tokencache.OutcomeRefreshed })
 }
 func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testRevokedSessionLogsOutAndRelogsIn)
+}
+
+func testRevokedSessionLogsOutAndRelogsIn(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	t.Run("without password", func(t *testing.T) {
 		c := e.cache(func(cfg *tokencache.Config) { cfg.Name = "nopw" })
 		e.login(c)
@@ -434,8 +457,12 @@ func TestRevokedSessionLogsOutAndRelogsIn(t *testing.T) {
 }
 
 func TestLostRefreshResponseNeverReusesToken(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testLostRefreshResponseNeverReusesToken)
+}
+
+func testLostRefreshResponseNeverReusesToken(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
@@ -464,12 +491,16 @@ func TestLostRefreshResponseNeverReusesToken(t *testing.T) {
 // A crash between presenting a refresh token and storing the answer leaves
 // the write-ahead intent behind; the next attempt must not present it.
 func TestInterruptedRefreshIntentIsNotRetried(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testInterruptedRefreshIntentIsNotRetried)
+}
+
+func testInterruptedRefreshIntentIsNotRetried(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	c.Close()
-	path := filepath.Join(e.dir, "inject_token", "test", "state.json")
+	path := e.statePath()
 	var rec map[string]any
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -498,7 +529,7 @@ func TestInterruptedRefreshIntentIsNotRetried(t *testing.T) {
 func TestCorruptStateIsReportedAndKept(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	path := filepath.Join(e.dir, "inject_token", "test", "state.json")
+	path := e.statePath()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -526,8 +557,12 @@ func TestCorruptStateIsReportedAndKept(t *testing.T) {
 }
 
 func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testLogoutRevokesAndStaysLoggedOut)
+}
+
+func testLogoutRevokesAndStaysLoggedOut(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.Login = e.passwordLogin() })
 	waitFor(t, "automatic login", 5*time.Second, func() bool { return c.Status().State == tokencache.StateActive })
 	if err := c.Logout(context.Background()); err != nil {
@@ -549,7 +584,7 @@ func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
 	if e.srv.Stats().Logins != logins+1 || !c.Status().AutoLogin {
 		t.Fatal("explicit login after logout failed")
 	}
-	entries, _ := os.ReadDir(filepath.Join(e.dir, "inject_token", "test", "keys"))
+	entries, _ := os.ReadDir(filepath.Join(filepath.Dir(e.statePath()), "keys"))
 	if len(entries) != 1 {
 		t.Fatalf("%d key files kept; old keys must be deleted", len(entries))
 	}
@@ -559,14 +594,16 @@ func TestLogoutRevokesAndStaysLoggedOut(t *testing.T) {
 	}
 }
 
-func TestStatusHasNoSecrets(t *testing.T) {
-	t.Parallel()
+func TestStatusHasNoSecrets(t *testing.T) { bothKinds(t, testStatusHasNoSecrets) }
+
+func testStatusHasNoSecrets(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(nil)
 	e.login(c)
 	tok := mustToken(t, c)
 	b, _ := json.Marshal(c.Status())
-	data, _ := os.ReadFile(filepath.Join(e.dir, "inject_token", "test", "state.json"))
+	data, _ := os.ReadFile(e.statePath())
 	var rec map[string]any
 	_ = json.Unmarshal(data, &rec)
 	if containsAny(string(b), tok.Value, rec["refresh_token"].(string), "PRIVATE KEY") {

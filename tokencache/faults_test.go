@@ -296,8 +296,12 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 // the token's usable life, and a caller with no valid token meanwhile
 // adopts a token another instance stored.
 func TestRetryAfterIsCappedAndStorageIsPeeked(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testRetryAfterIsCappedAndStorageIsPeeked)
+}
+
+func testRetryAfterIsCappedAndStorageIsPeeked(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	direct, err := prelude.New(e.srv.URL, prelude.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -413,8 +417,12 @@ func TestLogoutAndLoginHonourTheIntent(t *testing.T) {
 // token is the live one) but not handed out, the refresher backs off
 // instead of spinning, and the session is not reported logged out.
 func TestUnusableTokenOnArrivalBacksOff(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testUnusableTokenOnArrivalBacksOff)
+}
+
+func testUnusableTokenOnArrivalBacksOff(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.MinBackoff, cfg.MaxBackoff = time.Second, 2*time.Minute })
 	e.login(c)
 	tok := mustToken(t, c)
@@ -535,8 +543,12 @@ func TestCloseCancelsAnOperationWaitingForTheLock(t *testing.T) {
 // Rejected credentials: retried a few times with backoff, then automatic
 // login pauses (login_failed) until the credentials change.
 func TestRejectedCredentialsPauseAutoLogin(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testRejectedCredentialsPauseAutoLogin)
+}
+
+func testRejectedCredentialsPauseAutoLogin(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	var password atomic.Value
 	password.Store("wrong")
 	var attempts atomic.Int64
@@ -588,8 +600,12 @@ func TestRejectedCredentialsPauseAutoLogin(t *testing.T) {
 // 503 for everyone), a burst of rejections counts once, and after a lost
 // refresh the rejected token is not re-installed.
 func TestInvalidatedTokenServesUntilReplaced(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testInvalidatedTokenServesUntilReplaced)
+}
+
+func testInvalidatedTokenServesUntilReplaced(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.login(c)
 	tok := mustToken(t, c)

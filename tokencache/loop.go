@@ -62,7 +62,7 @@ func (c *Cache) nextWake() (time.Time, bool) {
 		at = now // a result waits to be stored
 	case s.rec.State == StateActive && (forced || s.rejected):
 		at = now // retried (with backoff) until it succeeds
-	case s.rec.State == StateActive && !c.cfg.Lazy:
+	case s.rec.State == StateActive && !c.cfg.Lazy && (c.cfg.inUse == nil || c.cfg.inUse(s.refreshAt)):
 		at = s.refreshAt
 	case s.rec.State == StateLoggedOut && c.cfg.Login != nil && !s.rec.NoAutoLogin:
 		at = now

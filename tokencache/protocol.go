@@ -212,6 +212,9 @@ func (o *op) write(over, next *record) error {
 	if next.DeviceID == "" {
 		next.DeviceID = o.c.deviceOf(over)
 	}
+	if next.Key == "" {
+		next.Key = o.c.cfg.key
+	}
 	if vs := o.st.versioned(); vs != nil {
 		return o.writeIf(vs, over, next)
 	}

@@ -61,6 +61,10 @@ type record struct {
 	// DeviceID is the session's X-Device-Id (see device.go): made once and
 	// carried from record to record by op.write.
 	DeviceID string `json:"device_id,omitempty"`
+	// Key is a run-time session's key (see Template): carried from record
+	// to record by op.write, sealed with the record where the storage
+	// seals, so that a listing can show whose session it is.
+	Key string `json:"key,omitempty"`
 	// Generation grows by one with every write; Writer is a random id of
 	// the operation that wrote the record. Together they fence writes: an
 	// operation writes only over the exact record it read (see
@@ -157,6 +161,9 @@ type store struct {
 	now    func() time.Time
 	failed func(op string)
 	keys   KeySource // nil: keys are generated and kept in storage
+	// sub is the directory below inject_token/ (SessionDir's, or a
+	// run-time session's <template>/<keyed hash>).
+	sub string
 }
 
 func (st store) report(op string, err error) error {
@@ -180,7 +187,7 @@ func IsKeyFile(key string) bool {
 
 const keysDir = "keys"
 
-func (st store) dir() string       { return SessionDir(st.name) }
+func (st store) dir() string       { return StoragePrefix + "/" + st.sub }
 func (st store) recordKey() string { return st.dir() + "/state.json" }
 func (st store) keyKey(thumbprint string) string {
 	return st.dir() + "/" + keysDir + "/" + certmagic.StorageKeys.Safe(thumbprint) + ".pem"
@@ -189,7 +196,9 @@ func (st store) claimDir() string { return st.dir() + "/" + claimsDir }
 
 const claimsDir = "claims"
 
-func (st store) lockName() string { return StoragePrefix + "_" + certmagic.StorageKeys.Safe(st.name) }
+func (st store) lockName() string {
+	return StoragePrefix + "_" + strings.ReplaceAll(st.sub, "/", "_")
+}
 
 // IsClaim reports whether key is one of the engine's write claims
 // (inject_token/<session>/claims/<generation>.<instance>), which hold only

@@ -16,13 +16,14 @@ func (c *Cache) Status() Status {
 	s := c.current()
 	now := c.clock.Now()
 	st := Status{
-		Session:     c.cfg.Name,
-		State:       c.stateOf(s),
-		Reason:      s.rec.Reason,
-		AutoLogin:   c.autoLogin(s),
-		WaitCount:   c.waits.Load(),
-		TokenHeader: s.header,
-		TokenClaims: s.claims,
+		Session:   c.cfg.Name,
+		State:     c.stateOf(s),
+		Reason:    s.rec.Reason,
+		AutoLogin: c.autoLogin(s),
+		WaitCount: c.waits.Load(),
+	}
+	if s.rec.AccessToken != "" && !s.rec.Expiry.IsZero() {
+		st.TokenHeader, st.TokenClaims = decodeJWT(s.rec.AccessToken)
 	}
 	if s.key != nil {
 		st.KeyThumbprint, st.KeyAlgorithm = s.key.Thumbprint(), string(s.key.Algorithm())
@@ -32,7 +33,7 @@ func (c *Cache) Status() Status {
 		exp := s.tok.Expiry
 		st.ExpiresAt = &exp
 		st.SecondsLeft = max(int64(exp.Sub(now).Seconds()), 0)
-		st.Scopes = scopes(s.claims)
+		st.Scopes = scopes(st.TokenClaims)
 	}
 	if at, ok := c.nextWake(); ok {
 		st.NextRefresh = &at

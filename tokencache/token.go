@@ -104,8 +104,6 @@ type snapshot struct {
 	// rejected: an upstream refused tok. It keeps serving (the upstream is
 	// the judge) until a fresh token exists, but a refresh is due now.
 	rejected bool
-	header   map[string]any
-	claims   map[string]any
 }
 
 // valid reports whether s holds a token that may be handed out at now.
@@ -120,9 +118,12 @@ func (c *Cache) newSnapshot(rec *record, key *dpop.Key) *snapshot {
 	if rec.AccessToken == "" || rec.Expiry.IsZero() {
 		return s
 	}
-	s.header, s.claims = decodeJWT(rec.AccessToken)
-	sub, _ := s.claims["sub"].(string)
-	sid, _ := s.claims["sid"].(string)
+	// The decoded claims are not kept: Status decodes them again when
+	// asked, and a resident session is the cheaper for it (see
+	// BenchmarkRuntimeSessionMemory).
+	_, claims := decodeJWT(rec.AccessToken)
+	sub, _ := claims["sub"].(string)
+	sid, _ := claims["sid"].(string)
 	typ := rec.TokenType
 	if typ == "" {
 		typ = "Bearer"
