@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 )
 
@@ -57,9 +58,13 @@ func TestErrorMatchesItsSentinelOnly(t *testing.T) {
 	}
 }
 
+// registryRuns names TestRegistry's backend anew on every run (-count).
+var registryRuns atomic.Int64
+
 func TestRegistry(t *testing.T) {
-	Register("test-registry", func(json.RawMessage, Env) (Backend, error) { return nil, errors.New("built") })
-	if _, err := NewBackend("test-registry", nil, Env{}); err == nil || err.Error() != "built" {
+	name := fmt.Sprintf("test-registry-%d", registryRuns.Add(1))
+	Register(name, func(json.RawMessage, Env) (Backend, error) { return nil, errors.New("built") })
+	if _, err := NewBackend(name, nil, Env{}); err == nil || err.Error() != "built" {
 		t.Fatalf("NewBackend = %v", err)
 	}
 	if _, err := NewBackend("nosuch", nil, Env{}); err == nil {
@@ -70,5 +75,5 @@ func TestRegistry(t *testing.T) {
 			t.Fatal("second registration under one name did not panic")
 		}
 	}()
-	Register("test-registry", nil)
+	Register(name, nil)
 }
