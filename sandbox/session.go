@@ -161,8 +161,12 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	if aerr := decodeJSON(r, &body, true); aerr != nil {
 		return aerr
 	}
+	var stepUp *stepUpClaims
 	if body.StepUpToken != "" {
-		return errBadRequest("step-up is not supported by the sandbox")
+		var aerr *apiError
+		if stepUp, aerr = s.parseStepUp(body.StepUpToken); aerr != nil {
+			return aerr
+		}
 	}
 	var g grant
 	var drop, faulty bool
@@ -170,6 +174,11 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	aerr := s.withRefreshToken(w, r, false, func(sess *session) *apiError {
 		if fault, faulty = s.takeFault(); faulty && !fault.AfterRotate {
 			return nil // answered below, nothing spent
+		}
+		if stepUp != nil {
+			if aerr := s.grantStepUp(sess, stepUp); aerr != nil {
+				return aerr
+			}
 		}
 		var aerr *apiError
 		if g, aerr = s.issue(r, sess, !s.takeSkipRotation()); aerr != nil {
@@ -245,7 +254,9 @@ func (s *Sandbox) handleRevoke(w http.ResponseWriter, r *http.Request) *apiError
 // meSession authenticates a /me route: a valid access token of a live
 // session, and if a DPoP proof is sent (Android does, iOS does not) it must
 // be valid for the session's key.
-func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request) (*session, *apiError) {
+//
+// proofRequired marks /stepup/request, where every SDK that has a key signs.
+func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request, proofRequired bool) (*session, *apiError) {
 	c, aerr := s.bearer(w, r)
 	if aerr != nil {
 		return nil, aerr
@@ -264,7 +275,7 @@ func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request) (*session, *
 	if aerr != nil {
 		return nil, aerr
 	}
-	if _, aerr := s.checkProof(w, r, sess.jkt, false); aerr != nil {
+	if _, aerr := s.checkProof(w, r, sess.jkt, proofRequired); aerr != nil {
 		return nil, aerr
 	}
 	return sess, nil
@@ -291,7 +302,7 @@ func (s *Sandbox) handleMeList(w http.ResponseWriter, r *http.Request) *apiError
 	if !ok {
 		return apiErr(http.StatusBadRequest, "invalid_pagination_offset", "offset must be a non-negative integer")
 	}
-	me, aerr := s.meSession(w, r)
+	me, aerr := s.meSession(w, r, false)
 	if aerr != nil {
 		return aerr
 	}
@@ -340,7 +351,7 @@ func (s *Sandbox) handleMeRevoke(w http.ResponseWriter, r *http.Request) *apiErr
 	case target == "session" && id == "":
 		return errBadRequest("session_id is required with target=session")
 	}
-	me, aerr := s.meSession(w, r)
+	me, aerr := s.meSession(w, r, false)
 	if aerr != nil {
 		return aerr
 	}
