@@ -254,9 +254,7 @@ func (s *Sandbox) handleRevoke(w http.ResponseWriter, r *http.Request) *apiError
 // meSession authenticates a /me route: a valid access token of a live
 // session, and if a DPoP proof is sent (Android does, iOS does not) it must
 // be valid for the session's key.
-//
-// proofRequired marks /stepup/request, where every SDK that has a key signs.
-func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request, proofRequired bool) (*session, *apiError) {
+func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request) (*session, *apiError) {
 	c, aerr := s.bearer(w, r)
 	if aerr != nil {
 		return nil, aerr
@@ -275,7 +273,7 @@ func (s *Sandbox) meSession(w http.ResponseWriter, r *http.Request, proofRequire
 	if aerr != nil {
 		return nil, aerr
 	}
-	if _, aerr := s.checkProof(w, r, sess.jkt, proofRequired); aerr != nil {
+	if _, aerr := s.checkProof(w, r, sess.jkt, false); aerr != nil {
 		return nil, aerr
 	}
 	return sess, nil
@@ -302,7 +300,7 @@ func (s *Sandbox) handleMeList(w http.ResponseWriter, r *http.Request) *apiError
 	if !ok {
 		return apiErr(http.StatusBadRequest, "invalid_pagination_offset", "offset must be a non-negative integer")
 	}
-	me, aerr := s.meSession(w, r, false)
+	me, aerr := s.meSession(w, r)
 	if aerr != nil {
 		return aerr
 	}
@@ -351,7 +349,7 @@ func (s *Sandbox) handleMeRevoke(w http.ResponseWriter, r *http.Request) *apiErr
 	case target == "session" && id == "":
 		return errBadRequest("session_id is required with target=session")
 	}
-	me, aerr := s.meSession(w, r, false)
+	me, aerr := s.meSession(w, r)
 	if aerr != nil {
 		return aerr
 	}

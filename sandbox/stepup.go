@@ -14,7 +14,9 @@ import (
 )
 
 // Step-up as the reference (§3.5) describes it: /stepup/request opens a
-// challenge for one scope on the caller's session, an e-mailed (or texted)
+// challenge for one scope on the caller's session (Bearer; a DPoP proof,
+// which the mobile SDKs send and web SDK 0.6.0 does not, is checked when
+// sent), an e-mailed (or texted)
 // OTP bound to that challenge completes it, and /refresh with the final
 // challenge token as step_up_token mints an access token carrying the scope
 // for granted_for. The sandbox has one step per challenge, the OTP; custom
@@ -39,29 +41,41 @@ type stepUp struct {
 	id           string
 	sess         *session
 	scope        string
-	step         string // verify_email, verify_sms or completed
+	step         string // otpStep or completed
+	otpStep      string // verify_email or verify_sms
 	jti          string // the live challenge token's
 	ident        string // where the OTP goes
 	verification string // handle of the OTP sent for the current step
 	spent        bool
 }
 
-// stepUpClaims are the claims of a step-up challenge token, those the SDKs
-// read (challenge_id, current_step, grant_mode) and the scope it asks for.
+// stepUpClaims are the claims of a step-up challenge token that the SDKs
+// read (the web SDK 0.6.0 hands scope_requested, sid and steps to its
+// onChallenge callback).
 type stepUpClaims struct {
 	jwt.Claims
-	GrantMode   string `json:"grant_mode"`
-	ChallengeID string `json:"challenge_id"`
-	CurrentStep string `json:"current_step"`
-	Scope       string `json:"scope"`
-	SessionID   string `json:"sid"`
+	GrantMode   string       `json:"grant_mode"`
+	ChallengeID string       `json:"challenge_id"`
+	CurrentStep string       `json:"current_step"`
+	Scope       string       `json:"scope_requested"`
+	SessionID   string       `json:"sid"`
+	Steps       []stepUpStep `json:"steps"`
+}
+
+// stepUpStep is one entry of a challenge token's steps.
+type stepUpStep struct {
+	Order              int    `json:"order"`
+	Key                string `json:"key"`
+	ExpirationDuration int64  `json:"expiration_duration"` // seconds
+	Done               bool   `json:"done"`
 }
 
 // mintStepUp signs su's next challenge token and makes it the only live
 // one; callers hold mu.
 func (s *Sandbox) mintStepUp(r *http.Request, su *stepUp) (string, *apiError) {
 	c := stepUpClaims{Claims: s.stdClaims(r, su.sess.user.id, challengeLifetime), GrantMode: grantSessionBound,
-		ChallengeID: su.id, CurrentStep: su.step, Scope: su.scope, SessionID: su.sess.id}
+		ChallengeID: su.id, CurrentStep: su.step, Scope: su.scope, SessionID: su.sess.id,
+		Steps: []stepUpStep{{Order: 1, Key: su.otpStep, ExpirationDuration: int64(verificationLifetime / time.Second), Done: su.step == stepCompleted}}}
 	tok, err := s.sign(c)
 	if err != nil {
 		return "", errInternal(err)
@@ -115,17 +129,18 @@ func (s *Sandbox) handleStepUpRequest(w http.ResponseWriter, r *http.Request) *a
 	if aerr := checkMetadata(body.Metadata); aerr != nil {
 		return aerr
 	}
-	sess, aerr := s.meSession(w, r, true)
+	sess, aerr := s.meSession(w, r)
 	if aerr != nil {
 		return aerr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	su := &stepUp{id: "chl_" + randomID(), sess: sess, scope: body.Scope, ident: s.identOf(sess.user)}
-	su.step = "verify_sms"
+	su.otpStep = "verify_sms"
 	if strings.Contains(su.ident, "@") {
-		su.step = "verify_email"
+		su.otpStep = "verify_email"
 	}
+	su.step = su.otpStep
 	tok, aerr := s.mintStepUp(r, su)
 	if aerr != nil {
 		return aerr
@@ -270,7 +285,7 @@ func (s *Sandbox) handleStepUpContinue(w http.ResponseWriter, r *http.Request) *
 	if aerr := decodeJSON(r, &body, false); aerr != nil {
 		return aerr
 	}
-	sess, aerr := s.meSession(w, r, false)
+	sess, aerr := s.meSession(w, r)
 	if aerr != nil {
 		return aerr
 	}
