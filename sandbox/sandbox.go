@@ -148,19 +148,16 @@ func New(opts Options) (*Sandbox, error) {
 		verifications: make(map[string]*verification),
 		challenges:    make(map[string]*challenge),
 		stepUps:       make(map[string]*stepUp),
-		grantedFor:    opts.StepUpGrantedFor,
 		sessions:      make(map[string]*session),
 		refreshTokens: make(map[string]*session),
 		lastOTP:       make(map[string]string),
 		rejections:    make(map[string]int64),
 	}
-	if s.grantedFor <= 0 {
-		s.grantedFor = DefaultStepUpGrantedFor
-	}
 	if s.clock == nil {
 		s.clock = time.Now
 	}
 	s.SetAccessTokenTTL(opts.AccessTokenTTL)
+	s.SetStepUpGrantedFor(opts.StepUpGrantedFor)
 	s.SetAllowedOrigins(opts.AllowedOrigins)
 	if err := s.initSigning(); err != nil {
 		return nil, err
@@ -222,6 +219,15 @@ func (s *Sandbox) SetAccessTokenTTL(d time.Duration) {
 		d = DefaultAccessTokenTTL
 	}
 	locked(&s.mu, &s.ttl, d)
+}
+
+// SetStepUpGrantedFor changes how long step-up scopes granted from now on
+// last; d ≤ 0 restores the 12 h default.
+func (s *Sandbox) SetStepUpGrantedFor(d time.Duration) {
+	if d <= 0 {
+		d = DefaultStepUpGrantedFor
+	}
+	locked(&s.mu, &s.grantedFor, d)
 }
 
 // SetRequireNonce turns nonce mode on or off.
