@@ -146,7 +146,7 @@
 //	use_dpop_nonce         400 use_dpop_nonce (+ nonce_missing / nonce_invalid)
 //	missing_refresh_token  401 unauthorized: no X-Refresh-Token
 //	unknown_refresh_token  401 unauthorized: never issued
-//	refresh_token_reused   401 unauthorized: spent token; session revoked
+//	refresh_token_reused   409 token_reused: spent token; session revoked
 //	session_revoked        401 unauthorized: logout, /me/revoke, reuse, admin
 //	session_expired        401 unauthorized: past the 30-day session lifetime
 //	injected_failure       FaultRefreshes / FailRefreshes (any status)

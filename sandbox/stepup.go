@@ -99,8 +99,8 @@ func (s *Sandbox) parseStepUp(token string) (*stepUpClaims, *apiError) {
 	return &c, nil
 }
 
-// liveStepUp returns the challenge c names if c is its newest token;
-// callers hold mu.
+// liveStepUp returns the challenge c names if c is its newest token and
+// its session is still live; callers hold mu.
 func (s *Sandbox) liveStepUp(c *stepUpClaims) (*stepUp, *apiError) {
 	su := s.stepUps[c.ChallengeID]
 	switch {
@@ -110,6 +110,8 @@ func (s *Sandbox) liveStepUp(c *stepUpClaims) (*stepUp, *apiError) {
 		return nil, &apiError{http.StatusConflict, "token_reused", "step_up_token_reused", "step-up challenge already used"}
 	case su.jti != c.ID:
 		return nil, apiErr(http.StatusUnauthorized, "invalid_challenge_token", "a newer challenge token replaced this one")
+	case !s.active(su.sess):
+		return nil, apiErr(http.StatusUnauthorized, "invalid_challenge_token", "the challenge's session has ended")
 	}
 	return su, nil
 }

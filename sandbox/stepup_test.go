@@ -245,4 +245,7 @@ func TestStepUpNeedsBearer(t *testing.T) {
 	// A step-up challenge is no login challenge.
 	expect(t, e.c.dpopCall("POST", "/v1/session/login/finalize", nil, fmt.Sprintf(`{"challenge_token":%q}`, challenge)),
 		http.StatusUnauthorized, "invalid_challenge_token")
+	// Nor does it outlive its session.
+	e.srv.RevokeSession(challengeClaimsOf(t, challenge).SessionID)
+	expect(t, e.check(challenge, vt, DefaultOTPCode, e.boundProof(challenge, nil)), http.StatusUnauthorized, "invalid_challenge_token")
 }
