@@ -32,6 +32,7 @@ var (
 	ErrNonceInvalid = errors.New("nonce invalid or stale")
 	ErrTokenHash    = errors.New("ath does not match the access token")
 	ErrKeyMismatch  = errors.New("proof key does not match the bound key")
+	ErrJTIMismatch  = errors.New("jti is not the one the proof is bound to")
 )
 
 var reasons = map[error]string{
@@ -49,6 +50,7 @@ var reasons = map[error]string{
 	ErrNonceInvalid: "nonce_invalid",
 	ErrTokenHash:    "ath_mismatch",
 	ErrKeyMismatch:  "key_mismatch",
+	ErrJTIMismatch:  "jti_mismatch",
 }
 
 // Reason returns a short stable label for a verification error (for
@@ -108,6 +110,12 @@ type Expect struct {
 	// Thumbprint, when set, is the key the proof must be signed with (the
 	// session's pinned key, or an access token's cnf.jkt).
 	Thumbprint string
+	// JTI, when set, is the jti the proof must carry: a challenge-bound
+	// proof, as Prelude's step-up OTP check sends, whose jti is the
+	// challenge token's. Such a proof is not entered in the replay cache:
+	// the single-use challenge is what the server spends, and a mistyped
+	// code is retried with the same challenge and so the same jti.
+	JTI string
 }
 
 // Verified is what a valid proof tells the server.
@@ -232,7 +240,10 @@ func (v *Verifier) Verify(proof string, exp Expect) (*Verified, error) {
 	if exp.Thumbprint != "" && thumb != exp.Thumbprint {
 		return nil, ErrKeyMismatch
 	}
-	if !v.replay.Add(thumb+"|"+c.JTI, time.Unix(c.IAT, 0).Add(v.MaxAge+v.MaxFuture), v.now()) {
+	if exp.JTI != "" && c.JTI != exp.JTI {
+		return nil, ErrJTIMismatch
+	}
+	if exp.JTI == "" && !v.replay.Add(thumb+"|"+c.JTI, time.Unix(c.IAT, 0).Add(v.MaxAge+v.MaxFuture), v.now()) {
 		return nil, ErrReplay
 	}
 	return &Verified{Thumbprint: thumb, Key: *jwk, Claims: c}, nil

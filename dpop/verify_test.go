@@ -381,3 +381,28 @@ func TestVerifyClaimNamesAreExact(t *testing.T) {
 		t.Fatalf("err = %v, want ErrMissingClaim", err)
 	}
 }
+
+// TestVerifyBoundJTI: with Expect.JTI a proof must carry that jti, and is
+// kept out of the replay cache, so the same challenge-bound proof can be
+// presented again (a retried code) while other proofs stay replay-checked.
+func TestVerifyBoundJTI(t *testing.T) {
+	f := newVerifyFixture(t, ES256)
+	v := verifierAt(t0)
+	c := f.claims()
+	c["jti"] = "challenge-jti"
+	bound := f.sign(t, f.header(nil), c)
+	exp := f.exp
+	exp.JTI = "challenge-jti"
+	for range 2 {
+		if _, err := v.Verify(bound, exp); err != nil {
+			t.Fatalf("challenge-bound proof: %v", err)
+		}
+	}
+	_, err := v.Verify(f.proof(t), exp)
+	assertRejected(t, err, ErrJTIMismatch)
+	if _, err := v.Verify(bound, f.exp); err != nil {
+		t.Fatalf("unbound check of the proof: %v", err)
+	}
+	_, err = v.Verify(bound, f.exp)
+	assertRejected(t, err, ErrReplay)
+}

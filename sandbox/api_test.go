@@ -33,7 +33,10 @@ func TestStrictRequests(t *testing.T) {
 		{"wrong method", "GET", otp, "", "", 405, "method_not_allowed"},
 		{"unknown API path", "POST", srv.URL + "/v1/session/nope", "", "", 404, "not_found"},
 		{"unknown path", "GET", srv.URL + "/elsewhere", "", "", 404, "not_found"},
-		{"refresh with step-up", "POST", srv.URL + "/v1/session/refresh", "", `{"step_up_token":"x"}`, 400, "bad_request"},
+		{"refresh with junk step-up token", "POST", srv.URL + "/v1/session/refresh", "", `{"step_up_token":"x"}`, 401, "invalid_challenge_token"},
+		{"otp with identifier and challenge", "POST", otp, "", `{"identifier":{"type":"email_address","value":"a@b.c"},"challenge_token":"x"}`, 400, "bad_request"},
+		{"step-up unknown field", "POST", srv.URL + "/v1/session/stepup/request", "", `{"scope":"transfer:write","x":1}`, 400, "bad_request"},
+		{"step-up bad scope", "POST", srv.URL + "/v1/session/stepup/request", "", `{"scope":"a b"}`, 400, "bad_request"},
 		{"refresh with junk body", "POST", srv.URL + "/v1/session/refresh", "", `{"x":1}`, 400, "bad_request"},
 	}
 	for _, tc := range cases {

@@ -56,6 +56,10 @@ type Handler struct {
 	AccessTokenTTL caddy.Duration `json:"access_token_ttl,omitempty"`
 	// RequireNonce turns on DPoP nonce mode.
 	RequireNonce bool `json:"require_nonce,omitempty"`
+	// StepUpGrantedFor is how long a scope granted by step-up stays in the
+	// session's access tokens (the step-up config's granted_for). Default
+	// 12h.
+	StepUpGrantedFor caddy.Duration `json:"step_up_granted_for,omitempty"`
 	// Persist keeps users, sessions and the signing key in Caddy's storage
 	// (under prelude_sandbox/), so a restarted demo keeps its logins.
 	Persist bool `json:"persist,omitempty"`
@@ -93,7 +97,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	opts := Options{AccessTokenTTL: time.Duration(h.AccessTokenTTL), RequireNonce: h.RequireNonce, AllowedOrigins: h.AllowedOrigins}
+	opts := Options{AccessTokenTTL: time.Duration(h.AccessTokenTTL), RequireNonce: h.RequireNonce, AllowedOrigins: h.AllowedOrigins,
+		StepUpGrantedFor: time.Duration(h.StepUpGrantedFor)}
 	if h.Persist {
 		h.persist = newPersister(ctx, h.poolKey(), h.logger)
 	}
@@ -111,6 +116,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if loaded {
 		h.sb.SetAccessTokenTTL(opts.AccessTokenTTL)
 		h.sb.SetRequireNonce(opts.RequireNonce)
+		h.sb.SetStepUpGrantedFor(opts.StepUpGrantedFor)
 		h.sb.SetAllowedOrigins(opts.AllowedOrigins)
 	}
 	h.logger.Info("prelude sandbox ready", zap.String("name", h.poolKey()), zap.Bool("reused", loaded),
@@ -127,6 +133,9 @@ func (h *Handler) Validate() error {
 	}
 	if ttl := time.Duration(h.AccessTokenTTL); ttl != 0 && ttl < time.Second {
 		return fmt.Errorf("prelude_sandbox: access_token_ttl %v is below 1s", ttl)
+	}
+	if d := time.Duration(h.StepUpGrantedFor); d < 0 {
+		return fmt.Errorf("prelude_sandbox: step_up_granted_for %v is negative", d)
 	}
 	return nil
 }
@@ -160,6 +169,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 //	    name             <name>
 //	    access_token_ttl <duration>
 //	    require_nonce
+//	    step_up_granted_for <duration>
 //	    persist
 //	    allowed_origins  <origin...>
 //	}
@@ -181,15 +191,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "access_token_ttl":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
+			if err := durationArg(d, &h.AccessTokenTTL); err != nil {
+				return err
 			}
-			ttl, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("invalid access_token_ttl %q: %v", v, err)
+		case "step_up_granted_for":
+			if err := durationArg(d, &h.StepUpGrantedFor); err != nil {
+				return err
 			}
-			h.AccessTokenTTL = caddy.Duration(ttl)
 		case "require_nonce":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -212,6 +220,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := h.Validate(); err != nil {
 		return d.Err(err.Error())
 	}
+	return nil
+}
+
+// durationArg reads the one duration argument of the current subdirective.
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name, v := d.Val(), ""
+	if !d.AllArgs(&v) {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return d.Errf("invalid %s %q: %v", name, v, err)
+	}
+	*dst = caddy.Duration(dur)
 	return nil
 }
 

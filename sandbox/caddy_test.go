@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			name demo
 			access_token_ttl 90s
 			require_nonce
-		}`, want: Handler{Name: "demo", AccessTokenTTL: caddy.Duration(90 * time.Second), RequireNonce: true}},
+			step_up_granted_for 5m
+		}`, want: Handler{Name: "demo", AccessTokenTTL: caddy.Duration(90 * time.Second), RequireNonce: true, StepUpGrantedFor: caddy.Duration(5 * time.Minute)}},
+		{input: `prelude_sandbox { step_up_granted_for later }`, wantErr: true},
+		{input: `prelude_sandbox { step_up_granted_for -1s }`, wantErr: true},
 		{input: `prelude_sandbox inline`, wantErr: true},
 		{input: `prelude_sandbox { colour blue }`, wantErr: true},
 		{input: `prelude_sandbox { access_token_ttl soon }`, wantErr: true},
@@ -40,7 +44,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			t.Errorf("%q: err = %v, wantErr %v", tc.input, err, tc.wantErr)
 			continue
 		}
-		if !tc.wantErr && (h.Name != tc.want.Name || h.AccessTokenTTL != tc.want.AccessTokenTTL || h.RequireNonce != tc.want.RequireNonce) {
+		if !tc.wantErr && (h.Name != tc.want.Name || h.AccessTokenTTL != tc.want.AccessTokenTTL || h.RequireNonce != tc.want.RequireNonce || h.StepUpGrantedFor != tc.want.StepUpGrantedFor) {
 			t.Errorf("%q: got %+v, want %+v", tc.input, h, tc.want)
 		}
 	}
@@ -136,4 +140,14 @@ func TestCaddyModule(t *testing.T) {
 	}
 	expect(t, cl.dpopCall("POST", "/v1/session/revoke", http.Header{"X-Refresh-Token": {token}}, ""), http.StatusNoContent, "")
 	expect(t, cl.refresh(token), http.StatusUnauthorized, "unauthorized")
+}
+
+// TestCaddyfileDurationErrorNamesSubdirective: a bad duration's error says
+// which subdirective and which line.
+func TestCaddyfileDurationErrorNamesSubdirective(t *testing.T) {
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("prelude_sandbox {\n\tstep_up_granted_for later\n}"))
+	if err == nil || !strings.Contains(err.Error(), `invalid step_up_granted_for "later"`) || !strings.Contains(err.Error(), ":2") {
+		t.Fatalf("err = %v", err)
+	}
 }

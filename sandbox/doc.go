@@ -50,15 +50,19 @@
 //	POST /v1/session/login/otp        current OTP flow (web SDK 0.6.0): sets the verification cookie
 //	POST /v1/session/login/otp/check  cookie + DPoP; answers the tokens (no finalize)
 //	POST /v1/session/login/otp/retry  cookie
-//	POST /v1/session/otp              documented OTP flow: answers X-Verification-Token
-//	POST /v1/session/otp/check        X-Verification-Token; answers a challenge token
+//	POST /v1/session/otp              documented OTP flow: answers X-Verification-Token;
+//	                                  {challenge_token} sends a step-up's code
+//	POST /v1/session/otp/check        X-Verification-Token; answers a challenge token;
+//	                                  with challenge_token a challenge-bound proof, completes a step-up
 //	POST /v1/session/otp/retry        X-Verification-Token
 //	POST /v1/session/login/email/password
 //	POST /v1/session/login/finalize   DPoP required
-//	POST /v1/session/refresh          DPoP + X-Refresh-Token
+//	POST /v1/session/refresh          DPoP + X-Refresh-Token (+ {step_up_token})
 //	POST /v1/session/revoke           DPoP + X-Refresh-Token
 //	GET  /v1/session/me/list          Bearer (+ optional DPoP)
 //	POST /v1/session/me/revoke        Bearer (+ optional DPoP)
+//	POST /v1/session/stepup/request   Bearer (+ optional DPoP); {scope}: a step-up challenge
+//	POST /v1/session/stepup/continue  Bearer; no custom steps, so always refused
 //	GET  /.well-known/jwks.json
 //	GET  /whoami                      Bearer; echoes claims and request headers
 //
@@ -135,13 +139,14 @@
 //	missing_dpop_proof     401 missing_dpop_proof: no DPoP header
 //	multiple_dpop_proofs   401 invalid_dpop_proof: more than one DPoP header
 //	malformed, bad_typ, bad_alg, private_jwk, bad_signature, missing_claim,
-//	htm_mismatch, htu_mismatch, iat_window, jti_replay
+//	htm_mismatch, htu_mismatch, iat_window, jti_replay, jti_mismatch
 //	                       401 invalid_dpop_proof (the dpop.Reason labels)
+//	challenge_proof_nonce  401 invalid_dpop_proof: a challenge-bound proof with a nonce
 //	key_mismatch           401 dpop_key_mismatch: not the session's key
 //	use_dpop_nonce         400 use_dpop_nonce (+ nonce_missing / nonce_invalid)
 //	missing_refresh_token  401 unauthorized: no X-Refresh-Token
 //	unknown_refresh_token  401 unauthorized: never issued
-//	refresh_token_reused   401 unauthorized: spent token; session revoked
+//	refresh_token_reused   409 token_reused: spent token; session revoked
 //	session_revoked        401 unauthorized: logout, /me/revoke, reuse, admin
 //	session_expired        401 unauthorized: past the 30-day session lifetime
 //	injected_failure       FaultRefreshes / FailRefreshes (any status)
@@ -155,6 +160,9 @@
 //	missing_challenge_token, invalid_challenge_token, expired_challenge_token
 //	                       400 / 401 with the same code
 //	token_reused           409 token_reused: challenge token already finalized
+//	step_up_token_reused   409 token_reused: step-up challenge already granted
+//	step_not_completed, step_not_found, step_bypassed, token_mismatch, invalid_metadata
+//	                       400 with the same code (step-up)
 //	invalid_pagination_limit, invalid_pagination_offset   400 with the same code
 //	bad_request            400 bad_request: body, header or query not acceptable
 //	body_too_large         413 bad_request

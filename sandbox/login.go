@@ -37,16 +37,25 @@ func (id *identifier) validate() *apiError {
 
 // startVerification reads an OTP start body and sends a code (the sandbox
 // "sends" DefaultOTPCode, which LastOTP reports). Unknown identifiers get
-// an account on the spot so tests need no set-up. It returns the new
+// an account on the spot so tests need no set-up. The documented flow
+// (not viaCookie) also sends the code of a step-up challenge named by
+// challenge_token instead of an identifier. It returns the new
 // verification's handle.
 func (s *Sandbox) startVerification(r *http.Request, viaCookie bool) (string, *apiError) {
 	var body struct {
-		Identifier    *identifier `json:"identifier"`
-		LoginConfigID string      `json:"login_config_id"`
-		DispatchID    string      `json:"dispatch_id"`
+		Identifier     *identifier `json:"identifier"`
+		ChallengeToken string      `json:"challenge_token"`
+		LoginConfigID  string      `json:"login_config_id"`
+		DispatchID     string      `json:"dispatch_id"`
 	}
 	if aerr := decodeJSON(r, &body, false); aerr != nil {
 		return "", aerr
+	}
+	switch {
+	case body.ChallengeToken != "" && (viaCookie || body.Identifier != nil):
+		return "", errBadRequest("send either identifier or challenge_token, the latter to /v1/session/otp only")
+	case body.ChallengeToken != "":
+		return s.startStepUpOTP(r, body.ChallengeToken)
 	}
 	if aerr := body.Identifier.validate(); aerr != nil {
 		return "", aerr
@@ -135,9 +144,12 @@ func (s *Sandbox) liveVerification(handle string) *verification {
 // proof is checked before the code so a bad proof cannot burn it; a wrong
 // code can be corrected.
 func (s *Sandbox) handleLoginOTPCheck(w http.ResponseWriter, r *http.Request) *apiError {
-	code, aerr := readCode(r)
+	code, challenge, aerr := readCode(r)
 	if aerr != nil {
 		return aerr
+	}
+	if challenge != "" {
+		return errBadRequest("step-up codes are checked at /v1/session/otp/check")
 	}
 	previous, _, aerr := singleHeader(r, "X-Refresh-Token")
 	if aerr != nil {
@@ -191,12 +203,16 @@ func (s *Sandbox) handleOTPRetry(w http.ResponseWriter, r *http.Request) *apiErr
 }
 
 // handleOTPCheck trades a documented-flow verification and its code for a
-// challenge token. The verification is spent by the right code only, so a
-// typo can be corrected.
+// challenge token, or with challenge_token completes a step-up's OTP step.
+// The verification is spent by the right code only, so a typo can be
+// corrected.
 func (s *Sandbox) handleOTPCheck(w http.ResponseWriter, r *http.Request) *apiError {
-	code, aerr := readCode(r)
+	code, challenge, aerr := readCode(r)
 	if aerr != nil {
 		return aerr
+	}
+	if challenge != "" {
+		return s.checkStepUpOTP(w, r, code, challenge)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -204,19 +220,24 @@ func (s *Sandbox) handleOTPCheck(w http.ResponseWriter, r *http.Request) *apiErr
 	if aerr != nil {
 		return aerr
 	}
+	if v.stepUp != nil {
+		// Without this a step-up code would log its holder in.
+		return apiErr(http.StatusBadRequest, "missing_challenge_token", "this code verifies a step-up; send its challenge_token")
+	}
 	if aerr := s.spendVerification(vt, v, code); aerr != nil {
 		return aerr
 	}
 	return s.writeChallenge(w, r, v.user)
 }
 
-// readCode reads the {"code"} body of an OTP check.
-func readCode(r *http.Request) (string, *apiError) {
+// readCode reads the {"code", "challenge_token"?} body of an OTP check.
+func readCode(r *http.Request) (code, challenge string, aerr *apiError) {
 	var body struct {
-		Code string `json:"code"`
+		Code           string `json:"code"`
+		ChallengeToken string `json:"challenge_token"`
 	}
-	aerr := decodeJSON(r, &body, false)
-	return body.Code, aerr
+	aerr = decodeJSON(r, &body, false)
+	return body.Code, body.ChallengeToken, aerr
 }
 
 // verificationFromHeader returns the documented-flow verification that

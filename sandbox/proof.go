@@ -12,14 +12,9 @@ import (
 // (finalize, refresh, revoke) or fine (the /me routes, where only some SDKs
 // send one, but a proof that is sent must still be valid).
 func (s *Sandbox) checkProof(w http.ResponseWriter, r *http.Request, jkt string, required bool) (*dpop.Verified, *apiError) {
-	proofs := r.Header.Values("DPoP")
-	switch {
-	case len(proofs) == 0 && required:
-		return nil, apiErr(http.StatusUnauthorized, "missing_dpop_proof", "a DPoP proof is required")
-	case len(proofs) == 0:
-		return nil, nil
-	case len(proofs) > 1:
-		return nil, invalidProof("multiple_dpop_proofs", "exactly one DPoP header is allowed")
+	proof, aerr := singleProof(r, required)
+	if aerr != nil || proof == "" {
+		return nil, aerr
 	}
 	exp := dpop.Expect{Method: r.Method, URL: requestURL(r), Thumbprint: jkt}
 	s.mu.Lock()
@@ -28,7 +23,7 @@ func (s *Sandbox) checkProof(w http.ResponseWriter, r *http.Request, jkt string,
 	if nonceMode {
 		exp.Nonce = func(n string) bool { return n == current || (previous != "" && n == previous) }
 	}
-	v, err := s.verifier.Verify(proofs[0], exp)
+	v, err := s.verifier.Verify(proof, exp)
 	if err == nil {
 		if nonceMode {
 			w.Header().Set("DPoP-Nonce", s.rotateNonce())
@@ -47,6 +42,21 @@ func (s *Sandbox) checkProof(w http.ResponseWriter, r *http.Request, jkt string,
 		return nil, &apiError{http.StatusUnauthorized, "dpop_key_mismatch", reason, "proof is not signed by the key bound to this session"}
 	}
 	return nil, invalidProof(reason, err.Error())
+}
+
+// singleProof returns r's one DPoP header, "" if there is none and none
+// is required.
+func singleProof(r *http.Request, required bool) (string, *apiError) {
+	proofs := r.Header.Values("DPoP")
+	switch {
+	case len(proofs) == 0 && required:
+		return "", apiErr(http.StatusUnauthorized, "missing_dpop_proof", "a DPoP proof is required")
+	case len(proofs) == 0:
+		return "", nil
+	case len(proofs) > 1:
+		return "", invalidProof("multiple_dpop_proofs", "exactly one DPoP header is allowed")
+	}
+	return proofs[0], nil
 }
 
 func invalidProof(reason, msg string) *apiError {

@@ -48,6 +48,10 @@ type Options struct {
 	// may call the sandbox cross-origin, as the web SDK does from the app's
 	// own site; "*" allows any. Others get no CORS headers.
 	AllowedOrigins []string
+	// StepUpGrantedFor is how long a step-up scope stays in the session's
+	// access tokens once granted (the step-up config's granted_for); 0
+	// means 12 h, the docs' example of 43200 s.
+	StepUpGrantedFor time.Duration
 	// Now is the sandbox's clock (token times, DPoP iat window, Date
 	// header); nil means time.Now. AdvanceClock shifts it further.
 	Now func() time.Time
@@ -77,6 +81,8 @@ type Sandbox struct {
 	userByIdent   map[string]*user // identifier value → user
 	verifications map[string]*verification
 	challenges    map[string]*challenge // jti → state
+	stepUps       map[string]*stepUp    // challenge_id → state
+	grantedFor    time.Duration
 	sessions      map[string]*session
 	refreshTokens map[string]*session // every token ever issued, spent ones too
 	lastOTP       map[string]string
@@ -104,7 +110,8 @@ type verification struct {
 	user      *user
 	code      string
 	expires   time.Time
-	viaCookie bool // current flow (cookie); else documented (X-Verification-Token)
+	viaCookie bool    // current flow (cookie); else documented (X-Verification-Token)
+	stepUp    *stepUp // the step-up challenge this OTP verifies; nil for a login
 }
 
 // challenge tracks single use; expiry lives in the token's exp.
@@ -123,6 +130,7 @@ type session struct {
 	expiresAt  time.Time
 	revoked    bool
 	device     deviceInfo
+	scopes     map[string]time.Time // granted step-up scope → until
 }
 
 // New returns a Sandbox with a fresh signing key and the demo user.
@@ -139,6 +147,7 @@ func New(opts Options) (*Sandbox, error) {
 		userByIdent:   make(map[string]*user),
 		verifications: make(map[string]*verification),
 		challenges:    make(map[string]*challenge),
+		stepUps:       make(map[string]*stepUp),
 		sessions:      make(map[string]*session),
 		refreshTokens: make(map[string]*session),
 		lastOTP:       make(map[string]string),
@@ -148,6 +157,7 @@ func New(opts Options) (*Sandbox, error) {
 		s.clock = time.Now
 	}
 	s.SetAccessTokenTTL(opts.AccessTokenTTL)
+	s.SetStepUpGrantedFor(opts.StepUpGrantedFor)
 	s.SetAllowedOrigins(opts.AllowedOrigins)
 	if err := s.initSigning(); err != nil {
 		return nil, err
@@ -209,6 +219,15 @@ func (s *Sandbox) SetAccessTokenTTL(d time.Duration) {
 		d = DefaultAccessTokenTTL
 	}
 	locked(&s.mu, &s.ttl, d)
+}
+
+// SetStepUpGrantedFor changes how long step-up scopes granted from now on
+// last; d ≤ 0 restores the 12 h default.
+func (s *Sandbox) SetStepUpGrantedFor(d time.Duration) {
+	if d <= 0 {
+		d = DefaultStepUpGrantedFor
+	}
+	locked(&s.mu, &s.grantedFor, d)
 }
 
 // SetRequireNonce turns nonce mode on or off.
@@ -361,6 +380,8 @@ func (s *Sandbox) routeTable() map[string]route {
 		"/v1/session/revoke":               post(s.handleRevoke),
 		"/v1/session/me/list":              get(s.handleMeList),
 		"/v1/session/me/revoke":            post(s.handleMeRevoke),
+		"/v1/session/stepup/request":       post(s.handleStepUpRequest),
+		"/v1/session/stepup/continue":      post(s.handleStepUpContinue),
 		"/.well-known/jwks.json":           get(s.handleJWKS),
 		"/whoami":                          get(s.handleWhoami),
 	}

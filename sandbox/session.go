@@ -161,8 +161,12 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	if aerr := decodeJSON(r, &body, true); aerr != nil {
 		return aerr
 	}
+	var stepUp *stepUpClaims
 	if body.StepUpToken != "" {
-		return errBadRequest("step-up is not supported by the sandbox")
+		var aerr *apiError
+		if stepUp, aerr = s.parseStepUp(body.StepUpToken); aerr != nil {
+			return aerr
+		}
 	}
 	var g grant
 	var drop, faulty bool
@@ -170,6 +174,11 @@ func (s *Sandbox) handleRefresh(w http.ResponseWriter, r *http.Request) *apiErro
 	aerr := s.withRefreshToken(w, r, false, func(sess *session) *apiError {
 		if fault, faulty = s.takeFault(); faulty && !fault.AfterRotate {
 			return nil // answered below, nothing spent
+		}
+		if stepUp != nil {
+			if aerr := s.grantStepUp(sess, stepUp); aerr != nil {
+				return aerr
+			}
 		}
 		var aerr *apiError
 		if g, aerr = s.issue(r, sess, !s.takeSkipRotation()); aerr != nil {

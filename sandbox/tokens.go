@@ -71,9 +71,10 @@ func (s *Sandbox) sign(claims any) (string, error) {
 	return jwt.Signed(s.signer).Claims(claims).Serialize()
 }
 
-// mintAccess signs an access token for sess; callers hold mu (for ttl).
+// mintAccess signs an access token for sess with its granted step-up
+// scopes; callers hold mu (for ttl and the scopes).
 func (s *Sandbox) mintAccess(r *http.Request, sess *session) (string, time.Time, error) {
-	c := AccessClaims{Claims: s.stdClaims(r, sess.user.id, s.ttl), SessionID: sess.id}
+	c := AccessClaims{Claims: s.stdClaims(r, sess.user.id, s.ttl), SessionID: sess.id, Scope: s.scopeClaim(sess)}
 	tok, err := s.sign(c)
 	return tok, c.Expiry.Time(), err
 }

@@ -26,7 +26,8 @@ import (
 // always calls https://<domain>/v1/session). The SDK has to get through
 // OTP login (a wrong code refused, then the right one), password login,
 // three forced refreshes with rotation and one DPoP key, two concurrent
-// refreshes making one call, listSessions with paging, the revokes and
+// refreshes making one call, step-up (requestStepUp, otpCreate, otpCheck
+// with a wrong code first), listSessions with paging, the revokes and
 // logout — so the sandbox stays faithful to the official client.
 func TestOfficialWebSDK(t *testing.T) {
 	bundle := webSDKBundle(t)
@@ -111,6 +112,26 @@ func TestOfficialWebSDK(t *testing.T) {
 	}
 	if n := sb.Stats().RefreshCalls - before; n != 4 {
 		t.Fatalf("%d /refresh calls for 3 forced and 2 concurrent refreshes, want 4", n)
+	}
+
+	// Step-up as the SDK does it: request (Bearer only), the OTP bound to
+	// the challenge (a wrong code first), a challenge-bound proof on the
+	// check, then the SDK's own refresh with step_up_token.
+	up := run("step-up", `
+		let info, done;
+		const res = await c.requestStepUp({scope: "transfer:write", onChallenge: i => { info = i; }});
+		await c.otpCreate({challengeId: info.challengeId});
+		let wrong = "";
+		try { await c.otpCheck(info.challengeId, "000000"); } catch (e) { wrong = e.name; }
+		await c.otpCheck(info.challengeId, "`+sandbox.DefaultOTPCode+`", i => { done = i; });
+		const {user} = await c.refresh();
+		return {status: res.status, step: info.currentStep, scope: info.scopeRequested, wrong,
+			done: done.currentStep, token: user.accessToken};`)
+	if up["status"] != "review" || up["step"] != "verify_email" || up["scope"] != "transfer:write" || up["wrong"] == "" || up["done"] != "completed" {
+		t.Fatalf("step-up: %v", up)
+	}
+	if c, err := sb.VerifyAccessToken(up["token"].(string)); err != nil || c.Scope != "transfer:write" {
+		t.Fatalf("access token after step-up: %+v, %v", c, err)
 	}
 
 	run("password login", `
