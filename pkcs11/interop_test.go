@@ -29,8 +29,9 @@ func TestInteropTokenKeysAtOIDCProvider(t *testing.T) {
 	jwks := &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: src.Signer().Public(), KeyID: "hsm", Algorithm: "ES256", Use: "sig"}}}
 	p := interop.StartOIDCProvider(t, interop.ProviderOptions{RequireNonce: true,
 		Clients: []interop.Client{{ID: "hsm", AuthMethod: "private_key_jwt", JWKS: jwks}}})
-	c, err := oauth.New(oauth.Config{ClientID: "hsm", ClientKey: src.Signer(), ClientKeyID: "hsm",
-		Endpoint: p.TokenEndpoint, DPoP: true, Resource: interop.DefaultResource})
+	c, err := oauth.New(oauth.Config{Settings: oauth.Settings{ClientID: "hsm",
+		Endpoint: p.TokenEndpoint, Resource: interop.DefaultResource}, ClientKey: src.Signer(), ClientKeyID: "hsm",
+		DPoP: true})
 	if err != nil {
 		t.Fatal(err)
 	}
