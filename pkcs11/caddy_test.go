@@ -3,7 +3,6 @@ package pkcs11
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	_ "github.com/tokenwarden/caddy-inject-token"
+	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
@@ -36,13 +36,13 @@ func TestCaddyfileDPoPKeyInToken(t *testing.T) {
 	}
 	t.Setenv("IT_DEMO_PASSWORD", sandbox.DemoPassword)
 	dir := t.TempDir()
-	port := freePort(t)
+	port := gatewaytest.FreePort(t)
 	load(t, fmt.Sprintf(`{
 	admin off
-	http_port %d
+	http_port %s
 	storage file_system %s
 }
-http://127.0.0.1:%d {
+http://127.0.0.1:%s {
 	bind 127.0.0.1
 	inject_token {
 		session hsm-caddy
@@ -59,7 +59,7 @@ http://127.0.0.1:%d {
 	reverse_proxy %s
 }
 `, port, dir, port, srv.URL, sandbox.DemoEmail, softhsm, tokLabel, keyLabel, srv.URL))
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,13 +119,13 @@ func TestCaddyfileClientKeyInToken(t *testing.T) {
 		}
 	}))
 	t.Cleanup(upstream.Close)
-	port := freePort(t)
+	port := gatewaytest.FreePort(t)
 	load(t, fmt.Sprintf(`{
 	admin off
-	http_port %d
+	http_port %s
 	storage file_system %s
 }
-http://127.0.0.1:%d {
+http://127.0.0.1:%s {
 	bind 127.0.0.1
 	inject_token {
 		session hsm-client
@@ -143,7 +143,7 @@ http://127.0.0.1:%d {
 	reverse_proxy %s
 }
 `, port, t.TempDir(), port, as.URL, softhsm, tokLabel, keyLabel, upstream.URL))
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,16 +151,6 @@ http://127.0.0.1:%d {
 	if resp.StatusCode != http.StatusOK || verified.Load() == 0 {
 		t.Fatalf("status %d, %d assertions verified", resp.StatusCode, verified.Load())
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // load adapts a Caddyfile and runs it in this process until the test ends.

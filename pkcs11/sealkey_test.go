@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/gatewaytest"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 	"github.com/tokenwarden/caddy-inject-token/seal"
@@ -24,12 +25,12 @@ import (
 
 // sealedConfig is a Caddyfile whose app-wide seal_key is the token's AES
 // key called label, with one password session at the sandbox.
-func sealedConfig(t *testing.T, port int, dir, sandboxURL, label string) string {
+func sealedConfig(t *testing.T, port string, dir, sandboxURL, label string) string {
 	t.Setenv("IT_HSM_PIN", userPIN)
 	t.Setenv("IT_DEMO_PASSWORD", sandbox.DemoPassword)
 	return fmt.Sprintf(`{
 	admin off
-	http_port %d
+	http_port %s
 	storage file_system %s
 	inject_token {
 		seal_key pkcs11 {
@@ -40,7 +41,7 @@ func sealedConfig(t *testing.T, port int, dir, sandboxURL, label string) string 
 		}
 	}
 }
-http://127.0.0.1:%d {
+http://127.0.0.1:%s {
 	bind 127.0.0.1
 	inject_token {
 		session hsm-sealed
@@ -62,10 +63,10 @@ func TestCaddyfileSealKeyInToken(t *testing.T) {
 	needHSM(t)
 	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	dir := t.TempDir()
-	port := freePort(t)
+	port := gatewaytest.FreePort(t)
 	get := func() {
 		t.Helper()
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/", port))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -213,7 +214,7 @@ func BenchmarkSealOpen(b *testing.B) {
 // seal_key_source module (the PIN stays a placeholder); its options are
 // checked like the DPoP key source's.
 func TestSealKeyAdapt(t *testing.T) {
-	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(sealedConfig(t, 8080, "/tmp/x", "http://127.0.0.1:1", sealLabel)), nil)
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(sealedConfig(t, "8080", "/tmp/x", "http://127.0.0.1:1", sealLabel)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +222,7 @@ func TestSealKeyAdapt(t *testing.T) {
 	if !strings.Contains(string(js), want) {
 		t.Errorf("adapted JSON lacks %s:\n%s", want, js)
 	}
-	bad := strings.Replace(sealedConfig(t, 8080, "/tmp/x", "http://127.0.0.1:1", sealLabel), "key_label", "key_lable", 1)
+	bad := strings.Replace(sealedConfig(t, "8080", "/tmp/x", "http://127.0.0.1:1", sealLabel), "key_label", "key_lable", 1)
 	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(bad), nil); err == nil || !strings.Contains(err.Error(), "unrecognized option 'key_lable'") {
 		t.Errorf("misspelt option: %v", err)
 	}
