@@ -41,8 +41,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			auth          basic|post|private_key_jwt|tls_client_auth|self_signed_tls_client_auth|none
 //			client_certificate <cert> <key>
 //			trusted_ca_cert <pem_file>
-//			grant         client_credentials|refresh_token|jwt_bearer
+//			grant         client_credentials|refresh_token|jwt_bearer|authorization_code
 //			assertion_file <path>
+//			redirect_uri  <url>                 (authorization_code)
+//			authorize_param <name> <value>      (authorization_code)
 //			scope         <scopes...>
 //			resource      <uri...>
 //			omit_resource_on_refresh
@@ -271,7 +273,18 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 		case "trusted_ca_cert":
 			err = one(opt, &o.TrustedCACert)
 		case "grant":
-			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer")
+			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer", "authorization_code")
+		case "redirect_uri":
+			err = one(opt, &o.RedirectURI)
+		case "authorize_param":
+			var name, value string
+			if !d.AllArgs(&name, &value) {
+				return nil, d.Errf("%s authorize_param: expected 'authorize_param <name> <value>'", block)
+			}
+			if o.AuthorizeParams == nil {
+				o.AuthorizeParams = map[string]string{}
+			}
+			o.AuthorizeParams[name] = value
 		case "assertion_file":
 			err = one(opt, &o.AssertionFile)
 		case "resource":
@@ -309,7 +322,7 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 			if extra != nil {
 				return nil, d.Errf("%s: unrecognized option '%s'", block, opt)
 			}
-			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, client_key_source, auth, client_certificate, trusted_ca_cert, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
+			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, client_key_source, auth, client_certificate, trusted_ca_cert, grant, assertion_file, redirect_uri, authorize_param, scope, resource, omit_resource_on_refresh or param)", opt)
 		}
 		if err != nil {
 			return nil, err
