@@ -341,7 +341,10 @@ func (a *AuthCode) Finish(ctx context.Context, key *dpop.Key, p Pending, callbac
 	secrets := c.secrets(p.State, p.Nonce, p.Verifier)
 	reject := func(cause error, detail string) *Error {
 		e := newError("authorize", KindRejected, 0, cause)
-		e.detail = wire.Scrub(detail, secrets)
+		e.detail = cause.Error()
+		if detail != "" {
+			e.detail += ": " + wire.Scrub(detail, secrets)
+		}
 		return e
 	}
 	switch {
@@ -429,13 +432,13 @@ func plainText(s string) string {
 	if len(s) > 1024 {
 		s = s[:1024]
 	}
-	return strings.Map(func(r rune) rune {
+	return strings.Join(strings.Fields(strings.Map(func(r rune) rune {
 		switch {
-		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', strings.ContainsRune(" .,:;!?()-_'/", r):
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', strings.ContainsRune(".,:;!?()-_'/", r):
 			return r
 		}
 		return ' '
-	}, s)
+	}, s)), " ")
 }
 
 // Backend is the tokencache.Backend of the sessions Finish starts: it
