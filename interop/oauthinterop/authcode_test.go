@@ -448,6 +448,7 @@ func TestInteropAuthCodeRefused(t *testing.T) {
 		"no sub":            func(c map[string]any) { delete(c, "sub") },
 		"sub with newline":  func(c map[string]any) { c["sub"] = "alice\nadmin" },
 		"no exp":            func(c map[string]any) { delete(c, "exp") },
+		"no iat":            func(c map[string]any) { delete(c, "iat") },
 		"iat in the future": func(c map[string]any) { c["iat"] = time.Now().Add(time.Hour).Unix() },
 		"nbf in the future": func(c map[string]any) { c["nbf"] = time.Now().Add(time.Hour).Unix() },
 		"expired":           func(c map[string]any) { c["exp"] = time.Now().Add(-time.Hour).Unix() },
