@@ -240,6 +240,18 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 		}
 		return nil
 	}
+	// pair reads '<opt> <name> <value>' into *dst.
+	pair := func(opt string, dst *map[string]string) error {
+		var name, value string
+		if !d.AllArgs(&name, &value) {
+			return d.Errf("%s %s: expected '%s <name> <value>'", block, opt, opt)
+		}
+		if *dst == nil {
+			*dst = map[string]string{}
+		}
+		(*dst)[name] = value
+		return nil
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		var err error
 		opt := d.Val()
@@ -277,14 +289,7 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 		case "redirect_uri":
 			err = one(opt, &o.RedirectURI)
 		case "authorize_param":
-			var name, value string
-			if !d.AllArgs(&name, &value) {
-				return nil, d.Errf("%s authorize_param: expected 'authorize_param <name> <value>'", block)
-			}
-			if o.AuthorizeParams == nil {
-				o.AuthorizeParams = map[string]string{}
-			}
-			o.AuthorizeParams[name] = value
+			err = pair(opt, &o.AuthorizeParams)
 		case "assertion_file":
 			err = one(opt, &o.AssertionFile)
 		case "resource":
@@ -310,14 +315,7 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 			}
 			o.Scopes = append(o.Scopes, scopes...)
 		case "param":
-			var name, value string
-			if !d.AllArgs(&name, &value) {
-				return nil, d.Errf("%s param: expected 'param <name> <value>'", block)
-			}
-			if o.Params == nil {
-				o.Params = map[string]string{}
-			}
-			o.Params[name] = value
+			err = pair(opt, &o.Params)
 		default:
 			if extra != nil {
 				return nil, d.Errf("%s: unrecognized option '%s'", block, opt)
