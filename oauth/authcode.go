@@ -111,7 +111,9 @@ type AuthCode struct {
 
 // Pending is one login between Begin and Finish. The caller keeps it on
 // the server (sealed, keyed by something only this browser holds): of
-// its fields only State travels through the browser.
+// its fields only State travels through the browser. With DPoP the caller
+// keeps the key given to Begin too: the code is bound to it, so Finish
+// needs the same key, and the session that starts lives with it.
 type Pending struct {
 	// State is the authorization request's state: Finish compares it,
 	// in constant time, with the callback's.

@@ -1,7 +1,9 @@
 // A real OAuth 2.0 authorization server for interop tests: panva's
 // oidc-provider (an OpenID-certified implementation), configured for the
-// machine-to-machine flows this project's oauth package speaks —
-// client_credentials and refresh_token grants, mutual TLS (RFC 8705, behind
+// flows this project's oauth package speaks — client_credentials and
+// refresh_token grants, the authorization code grant with PKCE, PAR (RFC
+// 9126) and DPoP-bound codes for the accounts in the config (login and
+// consent through JSON interaction routes, see interaction), mutual TLS (RFC 8705, behind
 // the Go test front that terminates TLS), DPoP (RFC 9449) with
 // switchable nonce enforcement, resource indicators (RFC 8707) that yield
 // JWT access tokens carrying cnf.jkt, revocation (RFC 7009) and
