@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
@@ -536,4 +537,61 @@ func TestInteropAuthCodeRefused(t *testing.T) {
 			t.Errorf("%d JWKS fetches, want still 2 (refetch is rate-limited)", n)
 		}
 	})
+}
+
+// TestInteropAuthCodeEngineSession: a session of the token engine
+// (tokencache with file storage) logs in through the flow with the key the
+// engine made for it, hands out bob's DPoP-bound token, and refreshes it
+// through the backend contract: the rotated refresh token is stored and
+// the new token is still bob's, bound to the same key.
+func TestInteropAuthCodeEngineSession(t *testing.T) {
+	t.Parallel()
+	p := authCodeProvider(t, interop.ProviderOptions{})
+	rs := interop.StartResourceServer(t, interop.ResourceServerOptions{JWKSURL: p.JWKSURL, Issuer: p.Issuer, Audience: interop.DefaultResource})
+	a := newAuthCode(t, p, newTamper(), nil)
+	ctx := context.Background()
+	cache, err := tokencache.New(tokencache.Config{Name: "bob", Storage: &certmagic.FileStorage{Path: t.TempDir()}, Backend: a.Backend()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	var sub string
+	err = cache.Login(ctx, func(ctx context.Context, key *dpop.Key, _ string) (*tokencache.Grant, error) {
+		authURL, pend, err := a.Begin(ctx, key, "")
+		if err != nil {
+			return nil, err
+		}
+		cb, err := p.Authorize(ctx, authURL, redirectURI, interop.User{Login: "bob", Password: users["bob"].Password})
+		if err != nil {
+			return nil, err
+		}
+		g, id, err := a.Finish(ctx, key, pend, cb)
+		if id != nil {
+			sub = id.Subject
+		}
+		return g, err
+	})
+	if err != nil || sub != "bob" {
+		t.Fatalf("login: %v (sub %q)", err, sub)
+	}
+	tok, err := cache.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := callUpstream(t, rs, tok.Key, &tokencache.Grant{AccessToken: tok.Value}); got != "bob" || tok.Type != "DPoP" {
+		t.Fatalf("upstream saw %q with a %s token", got, tok.Type)
+	}
+	if err := cache.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tok2, err := cache.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok2.Value == tok.Value || tok2.Key.Thumbprint() != tok.Key.Thumbprint() {
+		t.Error("refresh did not replace the token, or changed the session's key")
+	}
+	if got := callUpstream(t, rs, tok2.Key, &tokencache.Grant{AccessToken: tok2.Value}); got != "bob" {
+		t.Errorf("upstream saw %q after the refresh", got)
+	}
 }
