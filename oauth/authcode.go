@@ -322,8 +322,8 @@ func (a *AuthCode) push(ctx context.Context, m *metadata, q url.Values) (string,
 	return body.RequestURI, nil
 }
 
-// Finish completes the login the browser's callback (its query, or form
-// for response_mode form_post) answers. In order, before anything is sent:
+// Finish completes the login the browser's callback (its query parameters)
+// answers. In order, before anything is sent:
 // p must be complete and younger than PendingLifetime; the callback's
 // state must equal p.State (constant time); its iss, when present or
 // promised by the server's metadata, must be the issuer (RFC 9207); an
