@@ -42,9 +42,10 @@ var users = map[string]interop.Account{
 
 // authCodeProvider starts oidc-provider with alice and bob and a
 // confidential web client "web" that must push its authorization requests.
+// Clients already in opts are registered too.
 func authCodeProvider(t *testing.T, opts interop.ProviderOptions) *interop.Provider {
 	opts.Accounts = users
-	opts.Clients = []interop.Client{{ID: "web", Secret: oauthtest.SecretBasic, RedirectURIs: []string{redirectURI}, RequirePAR: !opts.NoPAR}}
+	opts.Clients = append(opts.Clients, interop.Client{ID: "web", Secret: oauthtest.SecretBasic, RedirectURIs: []string{redirectURI}, RequirePAR: !opts.NoPAR})
 	return interop.StartOIDCProvider(t, opts)
 }
 
@@ -117,8 +118,13 @@ func (tp *tamper) set(f func(*tamper)) {
 
 // newAuthCode is the gateway's flow for client "web", DPoP on, through tp.
 func newAuthCode(t *testing.T, p *interop.Provider, tp *tamper, now func() time.Time) *oauth.AuthCode {
+	return newAuthCodeWith(t, p, tp, now, nil)
+}
+
+// newAuthCodeWith is newAuthCode with the client changed by edit.
+func newAuthCodeWith(t *testing.T, p *interop.Provider, tp *tamper, now func() time.Time, edit func(*oauth.Config)) *oauth.AuthCode {
 	t.Helper()
-	a, err := oauth.NewAuthCode(context.Background(), oauth.AuthCodeConfig{
+	cfg := oauth.AuthCodeConfig{
 		Config: oauth.Config{
 			Settings: oauth.Settings{
 				Endpoint: p.Issuer, ClientID: "web", ClientSecret: oauthtest.SecretBasic,
@@ -132,7 +138,11 @@ func newAuthCode(t *testing.T, p *interop.Provider, tp *tamper, now func() time.
 			DPoP: true, HTTPClient: &http.Client{Transport: tp},
 		},
 		Now: now,
-	})
+	}
+	if edit != nil {
+		edit(&cfg.Config)
+	}
+	a, err := oauth.NewAuthCode(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +280,40 @@ func TestInteropAuthCodeWithoutPAR(t *testing.T) {
 	}
 	if id.Subject != "bob" || tp.count("/request") != 0 {
 		t.Errorf("sub %q, %d pushed requests", id.Subject, tp.count("/request"))
+	}
+}
+
+// TestInteropAuthCodeClientAuth: a private_key_jwt client (its assertion
+// made anew for the PAR and the token request) and a public client (auth
+// none, PKCE alone) log in the same way.
+func TestInteropAuthCodeClientAuth(t *testing.T) {
+	t.Parallel()
+	signer, jwks := oauthtest.ClientKey(t)
+	p := authCodeProvider(t, interop.ProviderOptions{RequireNonce: true, Clients: []interop.Client{
+		{ID: "pkjwt", AuthMethod: "private_key_jwt", JWKS: jwks, RedirectURIs: []string{redirectURI}, RequirePAR: true},
+		{ID: "public", AuthMethod: "none", RedirectURIs: []string{redirectURI}},
+	}})
+	for name, edit := range map[string]func(*oauth.Config){
+		"private_key_jwt": func(c *oauth.Config) {
+			c.ClientID, c.ClientSecret, c.ClientKey, c.ClientKeyID = "pkjwt", "", signer, "k1"
+		},
+		"public": func(c *oauth.Config) { c.ClientID, c.ClientSecret = "public", "" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			tp := newTamper()
+			a := newAuthCodeWith(t, p, tp, nil, edit)
+			key := oauthtest.NewKey(t)
+			g, id, err := login(t, p, a, key, interop.User{Login: "alice", Password: users["alice"].Password})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.Subject != "alice" || oauthtest.JKT(t, g.AccessToken) != key.Thumbprint() || tp.count("/request") != 1 {
+				t.Errorf("sub %q, jkt ok %v, %d pushed requests", id.Subject, oauthtest.JKT(t, g.AccessToken) == key.Thumbprint(), tp.count("/request"))
+			}
+			if _, err := a.Backend().Refresh(context.Background(), key, g.RefreshToken); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 
