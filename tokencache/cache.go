@@ -112,6 +112,7 @@ type Cache struct {
 	logger      atomic.Pointer[zap.Logger]
 	snap        atomic.Pointer[snapshot]
 	waits       atomic.Int64
+	offset      offset // this clock's lead over the token server's
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -182,6 +183,8 @@ func New(cfg Config) (*Cache, error) {
 		cfg.Clock = systemClock{}
 	}
 	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64(), claimer: randomID(), spareDevice: newDeviceID()}
+	_, probe := cfg.Backend.(ServerClock)
+	c.offset.probe.Store(probe)
 	c.SetStorage(cfg.Storage)
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -236,7 +239,7 @@ func (c *Cache) SetStorage(s certmagic.Storage) {
 		if sub == "" {
 			sub = certmagic.StorageKeys.Safe(c.cfg.Name)
 		}
-		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource, sub: sub})
+		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, frame: c.offset.frame, failed: c.storageFailed, keys: c.cfg.KeySource, sub: sub})
 	}
 }
 
@@ -386,6 +389,9 @@ func (c *Cache) peek(ctx context.Context) *Token {
 	defer c.opMu.Unlock()
 	if c.pending.Load() != nil || c.ctx.Err() != nil {
 		return nil
+	}
+	if c.offset.probe.Load() {
+		c.learnSkew(ctx)
 	}
 	o := c.newOp(ctx, ctx)
 	rec, err := o.st.load(ctx)

@@ -1,6 +1,12 @@
 package tokencache
 
-import "time"
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
 
 // Clock is the engine's time source. Every deadline the engine computes and
 // every timer it waits on come from it, so tests can move time instead of
@@ -39,3 +45,62 @@ var (
 	_ Clock = systemClock{}
 	_ Timer = systemTimer{}
 )
+
+// ServerClock is implemented by a backend that knows how far the local
+// clock is from its token server's (from the Date of the server's
+// answers). Expiries are the token server's: with it, the engine judges
+// every stored expiry on that clock, so an instance whose own clock is off
+// neither hands out an expired token nor refreshes early, including one
+// that only adopts tokens another instance stored (each record says how far
+// its writer's clock was off; see record.ServerSkew).
+type ServerClock interface {
+	// ServerSkew returns how far the local clock is ahead of the token
+	// server's (localNow − serverNow), as last measured. With no
+	// measurement yet it asks the server (one request whose Date it
+	// reads); an error means it cannot tell. The engine calls it before it
+	// first judges a stored expiry and after every refresh or login.
+	ServerSkew(ctx context.Context) (time.Duration, error)
+}
+
+// offset is a cache's estimate of its clock's lead over the token
+// server's (see ServerClock).
+type offset struct {
+	// probe: the backend is a ServerClock not asked yet. Until it is, a
+	// stored token is not handed out (newSnapshot), since this instance
+	// cannot tell when it expires.
+	probe atomic.Bool
+	// skew is the measured lead; nil when unknown (no ServerClock, or it
+	// could not tell), and then a record's times are taken on its writer's
+	// clock, as if the two clocks agreed.
+	skew atomic.Pointer[time.Duration]
+}
+
+// frame is the lead on whose clock this instance reads times written by a
+// writer whose clock led by writer.
+func (o *offset) frame(writer time.Duration) time.Duration {
+	if d := o.skew.Load(); d != nil {
+		return *d
+	}
+	return writer
+}
+
+// learnSkew asks the backend for the token server's clock (see
+// ServerClock). A failure leaves the last estimate, or none.
+func (c *Cache) learnSkew(ctx context.Context) {
+	sc, ok := c.cfg.Backend.(ServerClock)
+	if !ok {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+	defer cancel()
+	d, err := sc.ServerSkew(cctx)
+	c.offset.probe.Store(false)
+	if err != nil {
+		if c.offset.skew.Load() == nil {
+			c.log().Warn("token server's clock unknown; stored expiries are taken on their writer's clock",
+				zap.String("session", c.cfg.Name), zap.Error(err))
+		}
+		return
+	}
+	c.offset.skew.Store(&d)
+}

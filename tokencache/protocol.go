@@ -148,6 +148,11 @@ func (c *Cache) runOp(parent context.Context, fn func(*op) (*snapshot, error)) (
 	defer stop()
 	defer context.AfterFunc(c.ctx, stop)()
 	defer context.AfterFunc(parent, stop)()
+	if c.offset.probe.Load() {
+		// Before anything stored is judged: its times are on its writer's
+		// clock, and this one's lead over the token server's is unknown.
+		c.learnSkew(quit)
+	}
 	return fn(c.newOp(ctx, quit))
 }
 
@@ -193,6 +198,9 @@ func (o *op) nextGen(r *record) int64 { return max(r.Generation, r.ver, o.floor)
 func (o *op) build(over *record, content record) *record {
 	n := content
 	n.Generation, n.Writer, n.Format, n.ver, n.unreadable = o.nextGen(over), o.id, recordFormat, 0, false
+	// Times kept from over are on its clock (a new grant's are moved there
+	// by withGrant).
+	n.ServerSkew = over.ServerSkew
 	return &n
 }
 
@@ -452,7 +460,7 @@ func (o *op) fenced(err error) (*snapshot, error) {
 func (o *op) storeGrant(over *record, g *Grant) (*snapshot, error) {
 	c := o.c
 	next := o.successor(over)
-	applyGrant(next, g, c.clock.Now())
+	o.withGrant(next, g)
 	if g.RefreshToken == "" && over.RefreshToken != "" {
 		// The server kept the refresh token (Prelude's SDKs read a missing
 		// X-Refresh-Token so): it stays the one to present, and writing
@@ -529,6 +537,14 @@ func (o *op) flushPending() error {
 	}
 	_, _, err = o.resolvePending(rec)
 	return err
+}
+
+// withGrant puts g, just received, into r: on this instance's clock, whose
+// lead over the token server's the answer has just measured.
+func (o *op) withGrant(r *record, g *Grant) {
+	o.c.learnSkew(o.ctx)
+	r.onClock(o.c.offset.frame(r.ServerSkew))
+	applyGrant(r, g, o.c.clock.Now())
 }
 
 // applyGrant puts g into r, which becomes active; the refresh token is kept
