@@ -123,8 +123,11 @@ type Cache struct {
 
 	// opMu serialises every operation that writes state (refresh, login,
 	// logout) in this process, so a logout cannot race a refresh that would
-	// write tokens back. It guards pending.
+	// write tokens back. It guards pending and held.
 	opMu sync.Mutex
+	// held releases the storage lock an operation kept because it ended
+	// with a write pending (see op.keep); nil when none is held.
+	held func()
 	// pending is a result that is not durable yet (the write failed): it is
 	// written before anything else, and only over the intent it resolves.
 	// Written only under opMu; atomic so the loop can see that one waits.
@@ -293,6 +296,10 @@ func (c *Cache) Close() {
 			c.log().Error("closing with a refreshed grant that could not be stored yet",
 				zap.String("session", c.cfg.Name), zap.Error(err))
 		}
+	}
+	if c.held != nil {
+		c.held()
+		c.held = nil
 	}
 }
 

@@ -166,8 +166,43 @@ func (o *op) stopped() error {
 
 // lock takes the cluster-wide lock for this session; waiting is bounded by
 // LockTimeout and ends at once on Close. The returned func releases it even
-// if the operation's contexts end meanwhile.
+// if the operation's contexts end meanwhile, except that an operation
+// ending with a write still pending (its outcome unknown, or a result not
+// stored) keeps it for the next one (see keep).
 func (o *op) lock() (func(), error) {
+	c := o.c
+	if held := c.held; held != nil {
+		c.held = nil
+		return o.keep(held), nil
+	}
+	unlock, err := o.take()
+	if err != nil {
+		return nil, err
+	}
+	return o.keep(unlock), nil
+}
+
+// keep wraps unlock so that an operation ending with a write pending keeps
+// the lock, its lease renewed by the storage, for the next operation of
+// this cache: that write names this instance, so only this instance can
+// resolve it (an intent whose write was ambiguous was never presented, a
+// grant not stored holds the only live refresh token), while another
+// instance meeting it could only give the session up. A storage out of
+// reach for longer than the lease lets the lock go all the same, and the
+// writes stay fenced. Close releases it (its flush ends the cache's last
+// operation).
+func (o *op) keep(unlock func()) func() {
+	return func() {
+		if o.c.pending.Load() != nil && o.c.ctx.Err() == nil {
+			o.c.held = unlock
+			return
+		}
+		unlock()
+	}
+}
+
+// take takes the storage lock.
+func (o *op) take() (func(), error) {
 	c := o.c
 	lctx, cancel := context.WithTimeout(o.quit, c.cfg.LockTimeout)
 	defer cancel()
