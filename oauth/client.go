@@ -122,6 +122,7 @@ type Client struct {
 	grantJWT  *FileSource      // the jwt-bearer assertion file, or nil
 	certThumb string           // x5t#S256 of the client certificate, or ""
 	skew      atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
+	dated     atomic.Bool      // skew was measured (an answer had a Date)
 
 	mu   sync.Mutex
 	meta *metadata // nil until Discover succeeded
@@ -384,6 +385,7 @@ func (c *Client) observeDate(r *wire.Reply) time.Duration {
 		skew = 0
 	}
 	c.skew.Store(int64(skew))
+	c.dated.Store(true)
 	return skew
 }
 

@@ -91,6 +91,7 @@ type Client struct {
 	nonces  *dpop.NonceStore
 	maxBody int64
 	skew    atomic.Int64 // latest clockSkew, ns; dates DPoP proofs on the server's clock
+	dated   atomic.Bool  // skew was measured (an answer had a Date)
 }
 
 // New returns a client for the frontend API at baseURL, e.g.
@@ -286,8 +287,7 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte,
 	}
 	rep := &reply{Reply: r}
 	if !r.Date.IsZero() {
-		rep.skew = clockSkew(r.ReceivedAt, r.Date)
-		cl.skew.Store(int64(rep.skew))
+		rep.skew = cl.observe(r)
 	}
 	return rep, nil
 }

@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,11 @@ type ServerClock interface {
 	ServerSkew(ctx context.Context) (time.Duration, error)
 }
 
+// ErrNoServerClock is a ServerClock's error when the backend behind it
+// (a wrapper's) does not learn its token server's clock: expiries are
+// then taken on their writer's clock, without a warning.
+var ErrNoServerClock = errors.New("the backend does not learn its token server's clock")
+
 // offset is a cache's estimate of its clock's lead over the token
 // server's (see ServerClock).
 type offset struct {
@@ -96,7 +102,7 @@ func (c *Cache) learnSkew(ctx context.Context) {
 	d, err := sc.ServerSkew(cctx)
 	c.offset.probe.Store(false)
 	if err != nil {
-		if c.offset.skew.Load() == nil {
+		if c.offset.skew.Load() == nil && !errors.Is(err, ErrNoServerClock) {
 			c.log().Warn("token server's clock unknown; stored expiries are taken on their writer's clock",
 				zap.String("session", c.cfg.Name), zap.Error(err))
 		}
