@@ -315,6 +315,15 @@ func (c *Cache) TakeOver(old *Cache) {
 	old.opMu.Lock()
 	p := old.pending.Swap(nil)
 	old.opMu.Unlock()
+	if d := old.offset.skew.Load(); d != nil && c.offset.probe.Swap(false) {
+		// The same session's token server: its clock is known already,
+		// and the token loaded in New can be judged without asking again.
+		c.offset.skew.Store(d)
+		s := c.current()
+		rec := s.rec
+		rec.onClock(*d)
+		c.publish(c.newSnapshot(&rec, s.key))
+	}
 	if p != nil && c.pending.CompareAndSwap(nil, p) {
 		c.signalWake()
 	}

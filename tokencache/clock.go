@@ -90,6 +90,13 @@ func (o *offset) frame(writer time.Duration) time.Duration {
 	return writer
 }
 
+// probeTimeout bounds asking for the token server's clock: until it is
+// known, or the asking failed, a stored token is not handed out (see
+// offset.probe), so a token server out of reach at start delays requests
+// by this much at most, after which stored expiries are taken on their
+// writer's clock.
+const probeTimeout = 5 * time.Second
+
 // learnSkew asks the backend for the token server's clock (see
 // ServerClock). A failure leaves the last estimate, or none.
 func (c *Cache) learnSkew(ctx context.Context) {
@@ -97,7 +104,7 @@ func (c *Cache) learnSkew(ctx context.Context) {
 	if !ok {
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+	cctx, cancel := context.WithTimeout(ctx, min(c.cfg.CallTimeout, probeTimeout))
 	defer cancel()
 	d, err := sc.ServerSkew(cctx)
 	c.offset.probe.Store(false)
