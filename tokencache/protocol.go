@@ -19,6 +19,8 @@ import (
 // Every storage call of a refresh, in order (S = the session's state key,
 // inject_token/<session>/state.json; C = its claims directory):
 //
+//	clock    ServerSkew (backend)      first operation only: the token server's
+//	                                   clock, on which stored expiries are judged
 //	peek     Load S                    fresh token stored? adopt it, done
 //	         Lock                      failure or timeout: transient, backoff
 //	re-read  Load S                    failure: transient; newer format: refused
@@ -37,7 +39,9 @@ import (
 //	result   write(S: the new grant) over the intent (retried ×3)
 //	         refused: the grant is dropped and storage adopted; failed: kept
 //	           in memory and written first next time
-//	         Unlock
+//	         Unlock, unless a write is pending (kept in memory above): the
+//	           lock is then kept, renewed by the storage, for the next
+//	           operation, since only this instance can resolve that write
 //
 // write(next over r) is one of two, chosen by the storage:
 //
