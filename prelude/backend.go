@@ -48,7 +48,10 @@ type Backend struct {
 	Email, Password string
 }
 
-var _ tokencache.Backend = Backend{}
+var (
+	_ tokencache.Backend     = Backend{}
+	_ tokencache.ServerClock = Backend{}
+)
 
 // errNoClient is returned by a Backend or LoginFunc built without a Client.
 var errNoClient = errors.New("prelude: no Client configured")
