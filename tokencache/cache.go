@@ -126,8 +126,10 @@ type Cache struct {
 	// write tokens back. It guards pending and held.
 	opMu sync.Mutex
 	// held releases the storage lock an operation kept because it ended
-	// with a write pending (see op.keep); nil when none is held.
-	held func()
+	// with a write pending (see op.keep); nil when none is held. heldSince
+	// is when the first operation kept it.
+	held      func()
+	heldSince time.Time
 	// pending is a result that is not durable yet (the write failed): it is
 	// written before anything else, and only over the intent it resolves.
 	// Written only under opMu; atomic so the loop can see that one waits.
@@ -186,8 +188,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.Clock = systemClock{}
 	}
 	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64(), claimer: randomID(), spareDevice: newDeviceID()}
-	_, probe := cfg.Backend.(ServerClock)
-	c.offset.probe.Store(probe)
+	c.offset.init(cfg.Backend)
 	c.SetStorage(cfg.Storage)
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())

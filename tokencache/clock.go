@@ -58,8 +58,10 @@ type ServerClock interface {
 	// ServerSkew returns how far the local clock is ahead of the token
 	// server's (localNow − serverNow), as last measured. With no
 	// measurement yet it asks the server (one request whose Date it
-	// reads); an error means it cannot tell. The engine calls it before it
-	// first judges a stored expiry and after every refresh or login.
+	// reads); an error means it cannot tell. The engine calls it when a
+	// cache is made, with a context already done (a measurement in memory
+	// answers; the request fails at once), before it first judges a stored
+	// expiry, and after every refresh or login.
 	ServerSkew(ctx context.Context) (time.Duration, error)
 }
 
@@ -79,6 +81,24 @@ type offset struct {
 	// could not tell), and then a record's times are taken on its writer's
 	// clock, as if the two clocks agreed.
 	skew atomic.Pointer[time.Duration]
+}
+
+// init starts the estimate for backend b: what a ServerClock knows
+// without asking (it is called with a context that is already done, so it
+// cannot send anything), else a probe pending. A process's sessions share
+// their backends, so only the first of them has to ask.
+func (o *offset) init(b Backend) {
+	sc, ok := b.(ServerClock)
+	if !ok {
+		return
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if d, err := sc.ServerSkew(done); err == nil {
+		o.skew.Store(&d)
+		return
+	}
+	o.probe.Store(true)
 }
 
 // frame is the lead on whose clock this instance reads times written by a

@@ -195,12 +195,23 @@ func (o *op) lock() (func(), error) {
 // reach for longer than the lease lets the lock go all the same, and the
 // writes stay fenced. Close releases it (its flush ends the cache's last
 // operation).
+//
+// It is kept for LockTimeout at most (the longest another instance waits
+// for it), so that a write that keeps failing does not hold the cluster
+// off for good.
 func (o *op) keep(unlock func()) func() {
 	return func() {
-		if o.c.pending.Load() != nil && o.c.ctx.Err() == nil {
-			o.c.held = unlock
+		c := o.c
+		now := c.clock.Now()
+		if c.pending.Load() != nil && c.ctx.Err() == nil &&
+			(c.heldSince.IsZero() || now.Sub(c.heldSince) < c.cfg.LockTimeout) {
+			if c.heldSince.IsZero() {
+				c.heldSince = now
+			}
+			c.held = unlock
 			return
 		}
+		c.heldSince = time.Time{}
 		unlock()
 	}
 }

@@ -404,6 +404,42 @@ func TestScheduleAmbiguousIntentCutOff(t *testing.T) {
 	}
 }
 
+// The lock kept over a pending write is kept for LockTimeout at most: an
+// instance whose writes keep failing (here every intent write) does not
+// hold the others off for good. Without the bound, B never gets the lock.
+func TestKeptLockIsBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	l := newLeases(e.clk, 10*time.Second)
+	l.renewed = true
+	sa, fa := newFaultyAs(e, l, "A", true)
+	a := e.cache(func(cfg *tokencache.Config) {
+		cfg.Storage, cfg.Lazy, cfg.LockTimeout = sa, true, 5*time.Second
+		cfg.MinBackoff, cfg.MaxBackoff = time.Minute, time.Minute
+	})
+	e.login(a)
+	fa.setFault(func(op, key string) (error, error) {
+		if op == "store" && isState(key) {
+			return errors.New("injected: every write fails"), nil
+		}
+		return nil, nil
+	})
+	sb, _ := newFaultyAs(e, l, "B", true)
+	b := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy, cfg.LockTimeout = sb, true, 50*time.Millisecond })
+	for i, held := range []bool{true, true, false} {
+		if err := a.Refresh(context.Background()); err == nil {
+			t.Fatal("a refresh whose writes fail reported success")
+		}
+		if err := b.Refresh(context.Background()); (err != nil) != held {
+			t.Fatalf("step %d: B's refresh: %v; want the lock held: %v", i, err, held)
+		}
+		e.clk.Advance(3 * time.Second)
+	}
+	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses != 1 {
+		t.Fatalf("reuse %d, refresh successes %d", s.ReuseEvents, s.RefreshSuccesses)
+	}
+}
+
 // Schedule 5 (claims): an outage right after the intent's claim fails the
 // state write and the claim's Delete; the instance restarts. Before: the
 // new engine stood down on the orphan claim: session given up, 0 refresh

@@ -44,10 +44,15 @@ type skewedBackend struct {
 	probes   atomic.Int64
 }
 
-func (b *skewedBackend) ServerSkew(context.Context) (time.Duration, error) {
-	if !b.measured.Swap(true) {
-		b.probes.Add(1)
+func (b *skewedBackend) ServerSkew(ctx context.Context) (time.Duration, error) {
+	if b.measured.Load() {
+		return b.d, nil
 	}
+	if err := ctx.Err(); err != nil {
+		return 0, err // a probe cannot be sent
+	}
+	b.probes.Add(1)
+	b.measured.Store(true)
 	return b.d, nil
 }
 
