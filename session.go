@@ -558,6 +558,15 @@ func (b sessionBackend) Revoke(ctx context.Context, key *dpop.Key, refreshToken 
 	return b.s.settings().backend.Revoke(ctx, key, refreshToken)
 }
 
+// ServerSkew is the token server's clock as the backend in force knows it
+// (tokencache.ErrNoServerClock when it does not learn it).
+func (b sessionBackend) ServerSkew(ctx context.Context) (time.Duration, error) {
+	if sc, ok := b.s.settings().backend.(tokencache.ServerClock); ok {
+		return sc.ServerSkew(ctx)
+	}
+	return 0, tokencache.ErrNoServerClock
+}
+
 // AutoLogin is the session's automatic login, which reads the settings in
 // force when it runs.
 func (b sessionBackend) AutoLogin() tokencache.LoginFunc { return b.s.autoLogin }
@@ -575,6 +584,7 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // Interface guards
 var (
-	_ caddy.Destructor   = (*session)(nil)
-	_ tokencache.Backend = sessionBackend{}
+	_ caddy.Destructor       = (*session)(nil)
+	_ tokencache.Backend     = sessionBackend{}
+	_ tokencache.ServerClock = sessionBackend{}
 )

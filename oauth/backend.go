@@ -17,7 +17,10 @@ func init() { tokencache.Register(BackendName, Open) }
 // BackendName is the name this backend is registered under.
 const BackendName = "oauth2"
 
-var _ tokencache.Backend = (*Client)(nil)
+var (
+	_ tokencache.Backend     = (*Client)(nil)
+	_ tokencache.ServerClock = (*Client)(nil)
+)
 
 // Open is the backend's tokencache.Factory: it builds a Client from a
 // Config in JSON (the fields that have a JSON name) and env's nonce store

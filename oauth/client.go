@@ -126,6 +126,7 @@ type Client struct {
 	grantJWT  *FileSource      // the jwt-bearer assertion file, or nil
 	certThumb string           // x5t#S256 of the client certificate, or ""
 	skew      atomic.Int64     // localNow − serverDate in ns; 0 under 1 s
+	dated     atomic.Bool      // skew was measured (an answer had a Date)
 
 	mu   sync.Mutex
 	meta *metadata // nil until Discover succeeded
@@ -375,6 +376,20 @@ func (c *Client) send(ctx context.Context, x *exchange) (*response, error) {
 // latest Date header showed (0 when under a second or unknown).
 func (c *Client) Skew() time.Duration { return time.Duration(c.skew.Load()) }
 
+// ServerSkew implements tokencache.ServerClock: Skew as the latest answer's
+// Date showed it or, before any answer, as a HEAD request to the token
+// endpoint shows it.
+func (c *Client) ServerSkew(ctx context.Context) (time.Duration, error) {
+	if c.dated.Load() {
+		return c.Skew(), nil
+	}
+	r, err := wire.ProbeDate(ctx, c.hc, http.MethodHead, c.endpoint, c.cfg.UserAgent)
+	if err != nil {
+		return 0, fmt.Errorf("oauth: reading the token server's clock: %w", err)
+	}
+	return c.observeDate(r), nil
+}
+
 // observeDate records the server's clock offset from its Date header and
 // returns it (0 when absent or under a second: Date has one-second
 // resolution, so smaller differences are rounding).
@@ -393,6 +408,7 @@ func (c *Client) observeDate(r *wire.Reply) time.Duration {
 		skew = 0
 	}
 	c.skew.Store(int64(skew))
+	c.dated.Store(true)
 	return skew
 }
 

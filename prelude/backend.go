@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -48,10 +49,21 @@ type Backend struct {
 	Email, Password string
 }
 
-var _ tokencache.Backend = Backend{}
+var (
+	_ tokencache.Backend     = Backend{}
+	_ tokencache.ServerClock = Backend{}
+)
 
 // errNoClient is returned by a Backend or LoginFunc built without a Client.
 var errNoClient = errors.New("prelude: no Client configured")
+
+// ServerSkew implements tokencache.ServerClock (see Client.ServerSkew).
+func (b Backend) ServerSkew(ctx context.Context) (time.Duration, error) {
+	if b.Client == nil {
+		return 0, errNoClient
+	}
+	return b.Client.ServerSkew(ctx)
+}
 
 // Refresh implements tokencache.Backend: it rotates refreshToken and
 // returns the new grant. Errors are *Error, classified through Kind.Class.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -91,6 +92,7 @@ type Client struct {
 	nonces  *dpop.NonceStore
 	maxBody int64
 	skew    atomic.Int64 // latest clockSkew, ns; dates DPoP proofs on the server's clock
+	dated   atomic.Bool  // skew was measured (an answer had a Date)
 }
 
 // New returns a client for the frontend API at baseURL, e.g.
@@ -286,10 +288,31 @@ func (cl *Client) send(ctx context.Context, c *call, u *url.URL, payload []byte,
 	}
 	rep := &reply{Reply: r}
 	if !r.Date.IsZero() {
-		rep.skew = clockSkew(r.ReceivedAt, r.Date)
-		cl.skew.Store(int64(rep.skew))
+		rep.skew = cl.observe(r)
 	}
 	return rep, nil
+}
+
+// ServerSkew implements tokencache.ServerClock: the skew the latest
+// answer's Date showed (see clockSkew) or, before any answer, the one a
+// GET of the frontend's public keys (/.well-known/jwks.json) shows.
+func (cl *Client) ServerSkew(ctx context.Context) (time.Duration, error) {
+	if cl.dated.Load() {
+		return time.Duration(cl.skew.Load()), nil
+	}
+	r, err := wire.ProbeDate(ctx, cl.hc, http.MethodGet, cl.base.JoinPath(".well-known", "jwks.json"), cl.ua)
+	if err != nil {
+		return 0, fmt.Errorf("prelude: reading the token server's clock: %w", err)
+	}
+	return cl.observe(r), nil
+}
+
+// observe records the skew r's Date shows and returns it.
+func (cl *Client) observe(r *wire.Reply) time.Duration {
+	skew := clockSkew(r.ReceivedAt, r.Date)
+	cl.skew.Store(int64(skew))
+	cl.dated.Store(true)
+	return skew
 }
 
 // clockSkew estimates localNow − serverNow from a response's Date header.

@@ -112,6 +112,7 @@ type Cache struct {
 	logger      atomic.Pointer[zap.Logger]
 	snap        atomic.Pointer[snapshot]
 	waits       atomic.Int64
+	offset      offset // this clock's lead over the token server's
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -122,8 +123,13 @@ type Cache struct {
 
 	// opMu serialises every operation that writes state (refresh, login,
 	// logout) in this process, so a logout cannot race a refresh that would
-	// write tokens back. It guards pending.
+	// write tokens back. It guards pending and held.
 	opMu sync.Mutex
+	// held releases the storage lock an operation kept because it ended
+	// with a write pending (see op.keep); nil when none is held. heldSince
+	// is when the first operation kept it.
+	held      func()
+	heldSince time.Time
 	// pending is a result that is not durable yet (the write failed): it is
 	// written before anything else, and only over the intent it resolves.
 	// Written only under opMu; atomic so the loop can see that one waits.
@@ -182,6 +188,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.Clock = systemClock{}
 	}
 	c := &Cache{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), done: make(chan struct{}), jitter: rand.Float64(), claimer: randomID(), spareDevice: newDeviceID()}
+	c.offset.init(cfg.Backend)
 	c.SetStorage(cfg.Storage)
 	c.SetLogger(cfg.Logger)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -236,7 +243,7 @@ func (c *Cache) SetStorage(s certmagic.Storage) {
 		if sub == "" {
 			sub = certmagic.StorageKeys.Safe(c.cfg.Name)
 		}
-		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, failed: c.storageFailed, keys: c.cfg.KeySource, sub: sub})
+		c.st.Store(&store{s: s, name: c.cfg.Name, now: c.clock.Now, frame: c.offset.frame, failed: c.storageFailed, keys: c.cfg.KeySource, sub: sub})
 	}
 }
 
@@ -291,6 +298,10 @@ func (c *Cache) Close() {
 				zap.String("session", c.cfg.Name), zap.Error(err))
 		}
 	}
+	if c.held != nil {
+		c.held()
+		c.held = nil
+	}
 }
 
 // TakeOver closes old, a cache of the same session being replaced (a
@@ -305,6 +316,15 @@ func (c *Cache) TakeOver(old *Cache) {
 	old.opMu.Lock()
 	p := old.pending.Swap(nil)
 	old.opMu.Unlock()
+	if d := old.offset.skew.Load(); d != nil && c.offset.probe.Swap(false) {
+		// The same session's token server: its clock is known already,
+		// and the token loaded in New can be judged without asking again.
+		c.offset.skew.Store(d)
+		s := c.current()
+		rec := s.rec
+		rec.onClock(*d)
+		c.publish(c.newSnapshot(&rec, s.key))
+	}
 	if p != nil && c.pending.CompareAndSwap(nil, p) {
 		c.signalWake()
 	}
@@ -386,6 +406,9 @@ func (c *Cache) peek(ctx context.Context) *Token {
 	defer c.opMu.Unlock()
 	if c.pending.Load() != nil || c.ctx.Err() != nil {
 		return nil
+	}
+	if c.offset.probe.Load() {
+		c.learnSkew(ctx)
 	}
 	o := c.newOp(ctx, ctx)
 	rec, err := o.st.load(ctx)

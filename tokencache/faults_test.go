@@ -28,11 +28,50 @@ type leases struct {
 	ttl  time.Duration
 	mu   sync.Mutex
 	held map[string]lease
+	// renewed, when set, makes a holder renew its lease between Lock and
+	// Unlock, as redisstorage and FileStorage do, unless it is cut off
+	// (from storage: its renewals fail, and so does its Unlock).
+	renewed bool
+	cut     map[string]bool
 }
 
 type lease struct {
-	holder string
-	until  time.Time
+	holder   string
+	until    time.Time
+	renewing bool // between Lock and Unlock (see leases.renewed)
+}
+
+// setCut cuts who off from storage (true) or lets it back. A renewed
+// lease lasts a TTL from the cut; back before it ends, its holder renews
+// it again, else it is lost.
+func (l *leases) setCut(who string, cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cut == nil {
+		l.cut = map[string]bool{}
+	}
+	l.cut[who] = cut
+	now := l.clk.Now()
+	for key, cur := range l.held {
+		if cur.holder != who || !cur.renewing {
+			continue
+		}
+		switch {
+		case cut:
+			cur.until = now.Add(l.ttl)
+		case now.Before(cur.until):
+			cur.until = now.Add(l.ttl)
+		default:
+			cur.renewing = false
+		}
+		l.held[key] = cur
+	}
+}
+
+func (l *leases) isCut(who string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cut[who]
 }
 
 func newLeases(clk *fakeClock, ttl time.Duration) *leases {
@@ -43,19 +82,29 @@ func (l *leases) tryAcquire(key, who string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clk.Now()
-	if cur, ok := l.held[key]; ok && cur.holder != who && now.Before(cur.until) {
+	if cur, ok := l.held[key]; ok && cur.holder != who &&
+		(now.Before(cur.until) || l.renewed && cur.renewing && !l.cut[cur.holder]) {
 		return false
 	}
-	l.held[key] = lease{holder: who, until: now.Add(l.ttl)}
+	l.held[key] = lease{holder: who, until: now.Add(l.ttl), renewing: true}
 	return true
 }
 
-func (l *leases) release(key, who string) {
+// release ends who's renewals and, unless it is cut off, its lease.
+func (l *leases) release(key, who string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held[key].holder == who {
-		delete(l.held, key)
+	cur := l.held[key]
+	if cur.holder != who {
+		return nil
 	}
+	if l.cut[who] {
+		cur.renewing = false
+		l.held[key] = cur
+		return errors.New("injected: cut off from storage")
+	}
+	delete(l.held, key)
+	return nil
 }
 
 func (l *leases) holds(who string) bool {
@@ -102,8 +151,7 @@ func (s *leased) Lock(ctx context.Context, key string) error {
 }
 
 func (s *leased) Unlock(_ context.Context, key string) error {
-	s.l.release(key, s.who)
-	return nil
+	return s.l.release(key, s.who)
 }
 
 func (s *leased) Load(ctx context.Context, key string) ([]byte, error) {

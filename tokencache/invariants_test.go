@@ -23,6 +23,22 @@ type scriptedStorage struct {
 	*certmagic.FileStorage
 	mu     sync.Mutex
 	script []bool
+	// locks, when set, gives out the locks (leases on the fake clock).
+	locks *leased
+}
+
+func (s *scriptedStorage) Lock(ctx context.Context, key string) error {
+	if s.locks != nil {
+		return s.locks.Lock(ctx, key)
+	}
+	return s.FileStorage.Lock(ctx, key)
+}
+
+func (s *scriptedStorage) Unlock(ctx context.Context, key string) error {
+	if s.locks != nil {
+		return s.locks.Unlock(ctx, key)
+	}
+	return s.FileStorage.Unlock(ctx, key)
 }
 
 // set replaces the script.
@@ -47,24 +63,30 @@ func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) e
 	return s.FileStorage.Store(ctx, key, value)
 }
 
-// A refreshed grant that could not be stored stays in memory; if another
-// instance meanwhile gave the session up, the stale grant must not be
-// written over storage later (lock → re-read → act). Deterministic: A's
-// background retry waits for a backoff on the fake clock, which stands
-// still, so B always acts first.
+// A refreshed grant that could not be stored stays in memory (and A keeps
+// the lock for it); if A's lease lapsed and another instance meanwhile gave
+// the session up, the stale grant must not be written over storage later
+// (lock → re-read → act). Deterministic: A's background retry waits for a
+// one-minute backoff on the fake clock, which moves only past the lease,
+// so B always acts first.
 func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	flaky := &scriptedStorage{FileStorage: &certmagic.FileStorage{Path: e.dir}}
-	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage = flaky; cfg.Lazy = true })
+	l := newLeases(e.clk, 10*time.Second)
+	flaky := &scriptedStorage{FileStorage: &certmagic.FileStorage{Path: e.dir}, locks: newLeased(e.dir, l, "A")}
+	a := e.cache(func(cfg *tokencache.Config) {
+		cfg.Storage, cfg.Lazy, cfg.MinBackoff, cfg.MaxBackoff = flaky, true, time.Minute, time.Minute
+	})
 	e.login(a)
 	// The intent write succeeds, the three writes of the result fail.
 	flaky.set(false, true, true, true)
 	if err := a.Refresh(context.Background()); err == nil {
 		t.Fatal("refresh whose result could not be stored reported success")
 	}
-	// Instance B finds the unresolved intent and gives the token up.
-	b := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
+	// A's lease lapses (its storage out of reach for longer); instance B
+	// finds the unresolved intent and gives the token up.
+	e.clk.Advance(11 * time.Second)
+	b := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = newLeased(e.dir, l, "B"), true })
 	_ = b.Refresh(context.Background())
 	if st := b.Status(); st.State != tokencache.StateLoggedOut {
 		t.Fatalf("instance B state = %s, want logged_out", st.State)

@@ -191,7 +191,7 @@ func (o *op) login(over, live *record, login LoginFunc, auto bool) (*snapshot, e
 		return nil, o.fail(OutcomeLoginFail, reasonOf(err, ReasonOther), err)
 	}
 	next := o.build(over, record{KeyThumbprint: key.Thumbprint(), DeviceID: device})
-	applyGrant(next, grant, c.clock.Now())
+	o.withGrant(next, grant)
 	switch err := o.writeRetry(over, next); {
 	case errors.Is(err, errFenced):
 		o.st.deleteKey(o.ctx, key.Thumbprint())

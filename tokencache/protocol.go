@@ -19,6 +19,8 @@ import (
 // Every storage call of a refresh, in order (S = the session's state key,
 // inject_token/<session>/state.json; C = its claims directory):
 //
+//	clock    ServerSkew (backend)      first operation only: the token server's
+//	                                   clock, on which stored expiries are judged
 //	peek     Load S                    fresh token stored? adopt it, done
 //	         Lock                      failure or timeout: transient, backoff
 //	re-read  Load S                    failure: transient; newer format: refused
@@ -37,7 +39,9 @@ import (
 //	result   write(S: the new grant) over the intent (retried ×3)
 //	         refused: the grant is dropped and storage adopted; failed: kept
 //	           in memory and written first next time
-//	         Unlock
+//	         Unlock, unless a write is pending (kept in memory above): the
+//	           lock is then kept, renewed by the storage, for the next
+//	           operation, since only this instance can resolve that write
 //
 // write(next over r) is one of two, chosen by the storage:
 //
@@ -150,6 +154,11 @@ func (c *Cache) runOp(parent context.Context, fn func(*op) (*snapshot, error)) (
 	defer stop()
 	defer context.AfterFunc(c.ctx, stop)()
 	defer context.AfterFunc(parent, stop)()
+	if c.offset.probe.Load() {
+		// Before anything stored is judged: its times are on its writer's
+		// clock, and this one's lead over the token server's is unknown.
+		c.learnSkew(quit)
+	}
 	return fn(c.newOp(ctx, quit))
 }
 
@@ -163,8 +172,54 @@ func (o *op) stopped() error {
 
 // lock takes the cluster-wide lock for this session; waiting is bounded by
 // LockTimeout and ends at once on Close. The returned func releases it even
-// if the operation's contexts end meanwhile.
+// if the operation's contexts end meanwhile, except that an operation
+// ending with a write still pending (its outcome unknown, or a result not
+// stored) keeps it for the next one (see keep).
 func (o *op) lock() (func(), error) {
+	c := o.c
+	if held := c.held; held != nil {
+		c.held = nil
+		return o.keep(held), nil
+	}
+	unlock, err := o.take()
+	if err != nil {
+		return nil, err
+	}
+	return o.keep(unlock), nil
+}
+
+// keep wraps unlock so that an operation ending with a write pending keeps
+// the lock, its lease renewed by the storage, for the next operation of
+// this cache: that write names this instance, so only this instance can
+// resolve it (an intent whose write was ambiguous was never presented, a
+// grant not stored holds the only live refresh token), while another
+// instance meeting it could only give the session up. A storage out of
+// reach for longer than the lease lets the lock go all the same, and the
+// writes stay fenced. Close releases it (its flush ends the cache's last
+// operation).
+//
+// It is kept for LockTimeout at most (the longest another instance waits
+// for it), so that a write that keeps failing does not hold the cluster
+// off for good.
+func (o *op) keep(unlock func()) func() {
+	return func() {
+		c := o.c
+		now := c.clock.Now()
+		if c.pending.Load() != nil && c.ctx.Err() == nil &&
+			(c.heldSince.IsZero() || now.Sub(c.heldSince) < c.cfg.LockTimeout) {
+			if c.heldSince.IsZero() {
+				c.heldSince = now
+			}
+			c.held = unlock
+			return
+		}
+		c.heldSince = time.Time{}
+		unlock()
+	}
+}
+
+// take takes the storage lock.
+func (o *op) take() (func(), error) {
 	c := o.c
 	lctx, cancel := context.WithTimeout(o.quit, c.cfg.LockTimeout)
 	defer cancel()
@@ -195,6 +250,9 @@ func (o *op) nextGen(r *record) int64 { return max(r.Generation, r.ver, o.floor)
 func (o *op) build(over *record, content record) *record {
 	n := content
 	n.Generation, n.Writer, n.Format, n.ver, n.unreadable = o.nextGen(over), o.id, recordFormat, 0, false
+	// Times kept from over are on its clock (a new grant's are moved there
+	// by withGrant).
+	n.ServerSkew = over.ServerSkew
 	return &n
 }
 
@@ -454,7 +512,7 @@ func (o *op) fenced(err error) (*snapshot, error) {
 func (o *op) storeGrant(over *record, g *Grant) (*snapshot, error) {
 	c := o.c
 	next := o.successor(over)
-	applyGrant(next, g, c.clock.Now())
+	o.withGrant(next, g)
 	if g.RefreshToken == "" && over.RefreshToken != "" {
 		// The server kept the refresh token (Prelude's SDKs read a missing
 		// X-Refresh-Token so): it stays the one to present, and writing
@@ -531,6 +589,14 @@ func (o *op) flushPending() error {
 	}
 	_, _, err = o.resolvePending(rec)
 	return err
+}
+
+// withGrant puts g, just received, into r: on this instance's clock, whose
+// lead over the token server's the answer has just measured.
+func (o *op) withGrant(r *record, g *Grant) {
+	o.c.learnSkew(o.ctx)
+	r.onClock(o.c.offset.frame(r.ServerSkew))
+	applyGrant(r, g, o.c.clock.Now())
 }
 
 // applyGrant puts g into r, which becomes active; the refresh token is kept

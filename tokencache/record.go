@@ -53,6 +53,11 @@ type record struct {
 	TokenType     string    `json:"token_type,omitempty"`
 	Expiry        time.Time `json:"expiry,omitzero"`
 	IssuedAt      time.Time `json:"issued_at,omitzero"`
+	// ServerSkew is how far the writer's clock was ahead of the token
+	// server's: Expiry, IssuedAt and RefreshExpiry are on the writer's
+	// clock, and a reader moves them onto its own (see onClock), so
+	// instances whose clocks disagree judge a token's life alike.
+	ServerSkew time.Duration `json:"server_skew,omitempty"`
 	// Intent is the hash of a refresh token that was about to be presented.
 	// It is written before the request and cleared once the outcome is
 	// known, so a crash or a lost response is detected on the next attempt
@@ -142,6 +147,19 @@ func (r *record) spent() bool {
 	return r.Intent != "" && r.Intent == tokenHash(r.RefreshToken)
 }
 
+// onClock moves r's instants from the clock they are on (ServerSkew ahead
+// of the token server's) onto one skew ahead of it.
+func (r *record) onClock(skew time.Duration) {
+	if d := skew - r.ServerSkew; d != 0 {
+		for _, t := range []*time.Time{&r.Expiry, &r.IssuedAt, &r.RefreshExpiry} {
+			if !t.IsZero() {
+				*t = t.Add(d)
+			}
+		}
+	}
+	r.ServerSkew = skew
+}
+
 func tokenHash(tok string) string {
 	if tok == "" {
 		return ""
@@ -156,9 +174,12 @@ var errKeyBroken = errors.New("stored DPoP key unusable")
 // store wraps a certmagic.Storage with this session's key layout. failed,
 // when set, hears of every failed storage operation (for EventStorageError).
 type store struct {
-	s      certmagic.Storage
-	name   string
-	now    func() time.Time
+	s    certmagic.Storage
+	name string
+	now  func() time.Time
+	// frame is the clock a loaded record's times are moved onto (see
+	// offset.frame); nil leaves them on their writer's.
+	frame  func(writer time.Duration) time.Duration
 	failed func(op string)
 	keys   KeySource // nil: keys are generated and kept in storage
 	// sub is the directory below inject_token/ (SessionDir's, or a
@@ -245,6 +266,9 @@ func (st store) load(ctx context.Context) (*record, error) {
 		return nil, &unreadableError{ver: ver, err: fmt.Errorf("session state in storage has unknown state %q", r.State)}
 	}
 	r.ver = ver
+	if st.frame != nil {
+		r.onClock(st.frame(r.ServerSkew))
+	}
 	return &r, nil
 }
 

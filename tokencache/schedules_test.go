@@ -347,6 +347,99 @@ func ambiguousIntent(t *testing.T, cas, readFails bool) {
 	})
 }
 
+// Schedule 4 across instances (drill 7's strict case): A's write of its
+// intent is applied but the reply is lost, and A is cut off from storage,
+// so the read that would resolve it fails too. A comes back within its
+// lease (renewed while held); B wants to refresh after the lease would have
+// ended had A let it go. Only A can resolve its intent (it knows it never
+// presented the token; B could only give the session up), so A keeps the
+// lock while its write is pending: B waits, A resolves and refreshes, the
+// session survives (one login, no reuse) and B adopts. Before: A released
+// the lock (its Unlock failing), B took it once the lease ran out and
+// ended the session.
+func TestScheduleAmbiguousIntentCutOff(t *testing.T) {
+	t.Parallel()
+	for _, cas := range []bool{false, true} {
+		t.Run(map[bool]string{false: "claims", true: "conditional"}[cas], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			l := newLeases(e.clk, 10*time.Second)
+			l.renewed = true
+			sa, fa := newFaultyAs(e, l, "A", cas)
+			a := e.cache(func(cfg *tokencache.Config) {
+				cfg.Storage, cfg.Lazy, cfg.MinBackoff, cfg.MaxBackoff = sa, true, time.Minute, time.Minute
+			})
+			e.login(a)
+			first := once()
+			fa.setFault(func(op, key string) (error, error) {
+				if op == "store" && isState(key) && first() {
+					l.setCut("A", true)
+					return nil, errors.New("injected: reply lost, then cut off")
+				}
+				if l.isCut("A") {
+					return errors.New("injected: cut off"), nil
+				}
+				return nil, nil
+			})
+			if err := a.Refresh(context.Background()); err == nil {
+				t.Fatal("a refresh whose intent write was ambiguous reported success")
+			}
+			e.clk.Advance(5 * time.Second)
+			l.setCut("A", false)
+			e.clk.Advance(6 * time.Second)
+			sb, _ := newFaultyAs(e, l, "B", cas)
+			b := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy, cfg.LockTimeout = sb, true, 50*time.Millisecond })
+			_ = b.Refresh(context.Background())
+			if err := a.Refresh(context.Background()); err != nil {
+				t.Fatalf("A back within its lease: %v", err)
+			}
+			if st := a.Status(); st.State != tokencache.StateActive {
+				t.Fatalf("session %s (%s)", st.State, st.Reason)
+			}
+			mustToken(t, b)
+			if s := e.srv.Stats(); s.ReuseEvents != 0 || s.Logins != 1 || s.RefreshSuccesses != 1 {
+				t.Fatalf("reuse %d, logins %d, refresh successes %d", s.ReuseEvents, s.Logins, s.RefreshSuccesses)
+			}
+		})
+	}
+}
+
+// The lock kept over a pending write is kept for LockTimeout at most: an
+// instance whose writes keep failing (here every intent write) does not
+// hold the others off for good. Without the bound, B never gets the lock.
+func TestKeptLockIsBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	l := newLeases(e.clk, 10*time.Second)
+	l.renewed = true
+	sa, fa := newFaultyAs(e, l, "A", true)
+	a := e.cache(func(cfg *tokencache.Config) {
+		cfg.Storage, cfg.Lazy, cfg.LockTimeout = sa, true, 5*time.Second
+		cfg.MinBackoff, cfg.MaxBackoff = time.Minute, time.Minute
+	})
+	e.login(a)
+	fa.setFault(func(op, key string) (error, error) {
+		if op == "store" && isState(key) {
+			return errors.New("injected: every write fails"), nil
+		}
+		return nil, nil
+	})
+	sb, _ := newFaultyAs(e, l, "B", true)
+	b := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy, cfg.LockTimeout = sb, true, 50*time.Millisecond })
+	for i, held := range []bool{true, true, false} {
+		if err := a.Refresh(context.Background()); err == nil {
+			t.Fatal("a refresh whose writes fail reported success")
+		}
+		if err := b.Refresh(context.Background()); (err != nil) != held {
+			t.Fatalf("step %d: B's refresh: %v; want the lock held: %v", i, err, held)
+		}
+		e.clk.Advance(3 * time.Second)
+	}
+	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses != 1 {
+		t.Fatalf("reuse %d, refresh successes %d", s.ReuseEvents, s.RefreshSuccesses)
+	}
+}
+
 // Schedule 5 (claims): an outage right after the intent's claim fails the
 // state write and the claim's Delete; the instance restarts. Before: the
 // new engine stood down on the orphan claim: session given up, 0 refresh

@@ -135,6 +135,12 @@ func (c *Cache) newSnapshot(rec *record, key *dpop.Key) *snapshot {
 	}
 	s.tok = &Token{Value: rec.AccessToken, Type: typ, Expiry: rec.Expiry, Subject: sub, SessionID: sid, Key: key}
 	s.rejected = c.isRejected(rec.AccessToken)
+	if c.offset.probe.Load() {
+		// The token server's clock is not known yet, so neither is when
+		// rec's token expires on this one: due for a refresh operation,
+		// which asks first (runOp) and then adopts it.
+		return s
+	}
 	s.usable = usableUntil(rec.IssuedAt, rec.Expiry)
 	if rec.State == StateActive && !s.rejected {
 		at := refreshAt(rec.IssuedAt, rec.Expiry, c.cfg.RefreshBefore)

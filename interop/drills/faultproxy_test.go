@@ -1,6 +1,7 @@
 package drills
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -27,12 +28,18 @@ type faultProxy struct {
 	// intercept, when set, sees every client→server chunk; a func it
 	// returns runs just before the reply to that chunk is delivered.
 	intercept func(req []byte) (beforeReply func())
+	// stale: GETs are answered from replies (as a replica that stopped
+	// replicating would) when one was recorded for the same request;
+	// everything else still reaches Redis.
+	stale   bool
+	replies map[string][]byte // GET request → the latest reply Redis gave it
 }
 
 // pair is one proxied connection's pending interception.
 type pair struct {
 	mu          sync.Mutex
 	beforeReply func()
+	get         string // a GET forwarded: its reply is recorded (see stale)
 }
 
 func (c *pair) set(f func()) {
@@ -136,8 +143,27 @@ func (p *faultProxy) pipe(dst, src net.Conn, pr *pair, upstream bool) {
 				if f := p.interceptor(); f != nil {
 					pr.set(f(buf[:n]))
 				}
-			} else if f := pr.take(); f != nil {
-				f()
+				if isGet(buf[:n]) {
+					if reply := p.staleReply(buf[:n]); reply != nil {
+						if _, werr := src.Write(reply); werr != nil {
+							return
+						}
+						continue
+					}
+					pr.mu.Lock()
+					pr.get = string(buf[:n])
+					pr.mu.Unlock()
+				}
+			} else {
+				if f := pr.take(); f != nil {
+					f()
+				}
+				pr.mu.Lock()
+				if pr.get != "" {
+					p.record(pr.get, buf[:n])
+					pr.get = ""
+				}
+				pr.mu.Unlock()
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
@@ -147,6 +173,38 @@ func (p *faultProxy) pipe(dst, src net.Conn, pr *pair, upstream bool) {
 			return
 		}
 	}
+}
+
+// isGet reports whether req is one Redis GET (go-redis sends one command
+// per chunk unless it pipelines, which the storage module does not).
+func isGet(req []byte) bool { return bytes.HasPrefix(req, []byte("*2\r\n$3\r\nget\r\n")) }
+
+// staleReply is the recorded reply to req while the proxy plays a stale
+// replica, else nil.
+func (p *faultProxy) staleReply(req []byte) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stale {
+		return nil
+	}
+	return p.replies[string(req)]
+}
+
+func (p *faultProxy) record(req string, reply []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.replies == nil {
+		p.replies = make(map[string][]byte)
+	}
+	p.replies[req] = bytes.Clone(reply)
+}
+
+// setStale makes the proxy answer GETs as a replica that stopped
+// replicating now would (true), or as Redis again (false).
+func (p *faultProxy) setStale(on bool) {
+	p.mu.Lock()
+	p.stale = on
+	p.mu.Unlock()
 }
 
 // partition returns a channel that closes when the current partition ends,
