@@ -403,7 +403,7 @@ func (t *runtimeTemplate) applyLocked() error {
 	t.shared.mu.Unlock()
 	old := t.rt.Load()
 	if old != nil && bytes.Equal(t.secret, b.secret) && t.storage.swap(b.storage) {
-		err := updateRuntime(old, t.template(b, old))
+		err := old.Update(t.template(b, old))
 		if err == nil {
 			return nil
 		}
@@ -439,6 +439,9 @@ func (t *runtimeTemplate) template(b *templateBinding, old *tokencache.Runtime) 
 		Observe:       observeRefresh(t.name),
 		MaxResident:   b.opts.MaxResident,
 		UseWindow:     time.Duration(b.opts.UseWindow),
+		IdleTimeout:   time.Duration(b.opts.IdleTimeout),
+		Retention:     time.Duration(b.opts.Retention),
+		MaxRefreshing: b.opts.MaxRefreshing,
 	}
 	if old != nil {
 		tpl.Storage = t.currentStorage()
@@ -449,7 +452,6 @@ func (t *runtimeTemplate) template(b *templateBinding, old *tokencache.Runtime) 
 	if b.set.keySource != nil {
 		tpl.KeySource = sessionKeys{s}
 	}
-	setTemplateLimits(&tpl, b.opts)
 	return tpl
 }
 

@@ -165,8 +165,20 @@ func TestTemplateSessions(t *testing.T) {
 
 	// A reload changing refresh_before keeps both sessions: no login,
 	// same sid.
+	residentOf := func() any {
+		t.Helper()
+		return admin.Call(http.MethodGet, adminapi.TemplatePath(name, ""), "", http.StatusOK)["resident"]
+	}
+	if r := residentOf(); r != float64(2) {
+		t.Fatalf("resident before reload = %v, want 2", r)
+	}
 	g2 := templateGateway(dir, name, srv.URL, "refresh_before 45s")
 	tester.InitServer(g2.String(), "caddyfile")
+	// Swapped in place: the resident sessions were neither dropped nor
+	// reloaded from storage.
+	if r := residentOf(); r != float64(2) {
+		t.Errorf("resident after reload = %v, want 2 (the reload rebuilt the template)", r)
+	}
 	if wa2 := who("alice@example.com"); wa2.Claims["sid"] != wa.Claims["sid"] {
 		t.Errorf("sid after reload = %v, want %v", wa2.Claims["sid"], wa.Claims["sid"])
 	}
