@@ -145,6 +145,10 @@ var (
 		"caddy_inject_token_refresh_before_seconds",
 		"The session's configured refresh_before: how long before expiry its token is refreshed (at most half the token's lifetime).",
 		[]string{"session"}, nil)
+	templateSessionsDesc = prometheus.NewDesc(
+		"caddy_inject_token_template_sessions",
+		"Sessions of a template held in memory, by state (a template's sessions in storage but not in memory are not counted). Labelled by template, never by user.",
+		[]string{"template", "state"}, nil)
 )
 
 // sessionCollector reports every live session's state and token expiry at
@@ -157,6 +161,7 @@ func (sessionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- stateDesc
 	ch <- autoLoginDesc
 	ch <- refreshBeforeDesc
+	ch <- templateSessionsDesc
 }
 
 func (sessionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -169,6 +174,11 @@ func (sessionCollector) Collect(ch chan<- prometheus.Metric) {
 		if st.ExpiresAt != nil {
 			ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue,
 				float64(st.ExpiresAt.UnixNano())/1e9, s.name)
+		}
+	}
+	for _, t := range allTemplates() {
+		for state, n := range t.runtime().Counts() {
+			ch <- prometheus.MustNewConstMetric(templateSessionsDesc, prometheus.GaugeValue, float64(n), t.name, state)
 		}
 	}
 }

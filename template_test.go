@@ -151,6 +151,25 @@ func TestTemplateSessions(t *testing.T) {
 		t.Fatalf("without X-User: %d %s", status, body)
 	}
 
+	// Metrics: per template, never per user.
+	m := scrapeMetrics(t)
+	if g := m.match("caddy_inject_token_template_sessions", "template", name, "state", "active"); len(g) != 1 || g[0].value != 2 {
+		t.Errorf("template_sessions{active} = %v, want one series of 2", g)
+	}
+	if r := m.match("caddy_inject_token_requests_total", "session", name, "result", resultNoUser); len(r) != 1 || r[0].value != 1 {
+		t.Errorf("requests_total{no_user} = %v, want 1", r)
+	}
+	if r := m.match("caddy_inject_token_requests_total", "session", name, "result", resultInjected); len(r) != 1 || r[0].value != 2 {
+		t.Errorf("requests_total{injected} = %v, want 2", r)
+	}
+	for _, x := range m {
+		for _, v := range x.labels {
+			if strings.Contains(v, "alice") || strings.Contains(v, "bob") {
+				t.Errorf("series %v is labelled with a user", x)
+			}
+		}
+	}
+
 	// Sessions live under inject_token/<template>/<keyed hash>/, not
 	// under the key.
 	entries, err := os.ReadDir(filepath.Join(dir, "inject_token", name))
