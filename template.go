@@ -49,7 +49,7 @@ type TemplateSessions struct {
 	MaxResident int `json:"max_resident,omitempty"`
 
 	// IdleTimeout drops a session from memory once it has not been used
-	// for this long (it stays in storage). Default: the engine's.
+	// for this long (it stays in storage). Default: 30m.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	// Retention deletes a session not used for this long: revoked at its
@@ -62,7 +62,8 @@ type TemplateSessions struct {
 	UseWindow caddy.Duration `json:"use_window,omitempty"`
 
 	// MaxRefreshing bounds how many of the template's sessions the
-	// scheduler refreshes at once. Default: the engine's.
+	// scheduler refreshes at once (a refresh a request waits for is never
+	// held back). Default: 32.
 	MaxRefreshing int `json:"max_refreshing,omitempty"`
 }
 
