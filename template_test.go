@@ -242,6 +242,9 @@ func TestTemplateSessions(t *testing.T) {
 		t.Errorf("lookup = %v", lk)
 	}
 	admin.Call(http.MethodGet, adminapi.TemplateSessionPath(name, "nobody", ""), "", http.StatusNotFound)
+	admin.Call(http.MethodDelete, adminapi.TemplateSessionPath(name, "nobody", ""), "", http.StatusNotFound)
+	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "nobody", adminapi.RouteErase), "", http.StatusNotFound)
+	admin.Call(http.MethodGet, adminapi.TemplatePath("no-such-template", "/sessions"), "", http.StatusNotFound)
 
 	// Revoke bob: his requests stop; alice's go on.
 	admin.Call(http.MethodDelete, adminapi.TemplateSessionPath(name, bobKey, ""), "", http.StatusOK)
