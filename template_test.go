@@ -246,6 +246,21 @@ func TestTemplateSessions(t *testing.T) {
 	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "nobody", adminapi.RouteErase), "", http.StatusNotFound)
 	admin.Call(http.MethodGet, adminapi.TemplatePath("no-such-template", "/sessions"), "", http.StatusNotFound)
 
+	// A one-time-code login waits for its code per key, across requests.
+	carol := srv.AddUser("carol@example.com", "carol-pw-3")
+	otp := adminapi.TemplateSessionPath(name, "carol", adminapi.RouteOTPStart)
+	if m := admin.Call(http.MethodPost, otp, `{"email_address":"carol@example.com"}`, http.StatusOK); m["status"] != "code_sent" {
+		t.Fatalf("otp start = %v", m)
+	}
+	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "dave", adminapi.RouteOTPCheck), `{"code":"`+sandbox.DefaultOTPCode+`"}`, http.StatusConflict)
+	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "carol", adminapi.RouteOTPCheck), `{"code":"000000"}`, http.StatusUnprocessableEntity)
+	if st := admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "carol", adminapi.RouteOTPCheck), `{"code":"`+sandbox.DefaultOTPCode+`"}`, http.StatusOK); st["sub"] != carol {
+		t.Errorf("otp login answer = %v", st)
+	}
+	if w := who("carol"); w.Claims["sub"] != carol {
+		t.Errorf("carol's sub = %v, want %s", w.Claims["sub"], carol)
+	}
+
 	// Revoke bob: his requests stop; alice's go on.
 	admin.Call(http.MethodDelete, adminapi.TemplateSessionPath(name, bobKey, ""), "", http.StatusOK)
 	if status, body := get(bobKey); status != http.StatusServiceUnavailable {
