@@ -1,6 +1,8 @@
 package injecttoken
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
+	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
@@ -236,6 +239,17 @@ func TestTemplateSessions(t *testing.T) {
 	}
 	if !keys["alice@example.com"] || !keys[bobKey] || len(keys) != 2 {
 		t.Errorf("listed keys = %v", keys)
+	}
+	// The CLI shows the same.
+	var out bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"templates", name, "--address", adminURL}, strings.NewReader(""), &out); err != nil ||
+		!strings.Contains(out.String(), "alice@example.com  active  sub "+alice) || !strings.Contains(out.String(), bobKey+"  active") {
+		t.Errorf("caddy inject-token templates %s: %v\n%s", name, err, out.String())
+	}
+	out.Reset()
+	if err := cli.Run(context.Background(), []string{"templates", "--address", adminURL}, strings.NewReader(""), &out); err != nil ||
+		!strings.Contains(out.String(), name+"  (prelude") || !strings.Contains(out.String(), "active 2") {
+		t.Errorf("caddy inject-token templates: %v\n%s", err, out.String())
 	}
 	lk := admin.Call(http.MethodGet, adminapi.TemplateSessionPath(name, bobKey, ""), "", http.StatusOK)
 	if lk["sub"] != bob || lk["key"] != bobKey {
