@@ -181,7 +181,8 @@ func (r *Runtime) indexUse(ctx context.Context, es []*entry) error {
 				h := t.hash(e.key)
 				ie, ok := m[h]
 				if !ok {
-					ie = indexEntry{Key: e.key, Created: now.Unix()}
+					// Made (or first seen) now: that counts as a use.
+					ie = indexEntry{Key: e.key, Created: now.Unix(), Used: now.Unix()}
 				}
 				ie.Used = max(ie.Used, time.Unix(0, used[i]).Unix())
 				m[h] = ie

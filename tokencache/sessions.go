@@ -358,9 +358,10 @@ func (r *Runtime) List(ctx context.Context, cursor string, limit int) ([]Session
 	return page, "", nil
 }
 
-// info is what ie and key's session tell: from memory when the session
-// is resident, else from its stored record. State is "" when there is no
-// record.
+// info is what ie and key's session tell: state, expiry and subject from
+// its stored record (what every instance sees; a resident session holds
+// the same or, when another instance acted, older), its last use also
+// from memory when it is resident. State is "" when there is no record.
 func (r *Runtime) info(ctx context.Context, key string, ie indexEntry) SessionInfo {
 	info := SessionInfo{Key: key}
 	if ie.Created > 0 {
@@ -368,19 +369,6 @@ func (r *Runtime) info(ctx context.Context, key string, ie indexEntry) SessionIn
 	}
 	if ie.Used > 0 {
 		info.LastUsed = time.Unix(ie.Used, 0)
-	}
-	if e := r.resident(key); e != nil {
-		s := e.c.current()
-		if u := time.Unix(0, e.used.Load()); e.used.Load() > 0 && u.After(info.LastUsed) {
-			info.LastUsed = u
-		}
-		if s.rec.Generation > 0 {
-			info.State = e.c.stateOf(s)
-		}
-		if s.tok != nil {
-			info.Expires, info.Sub = s.tok.Expiry, s.tok.Subject
-		}
-		return info
 	}
 	rec, err := r.store(key).load(ctx)
 	switch {
@@ -392,6 +380,14 @@ func (r *Runtime) info(ctx context.Context, key string, ie indexEntry) SessionIn
 			info.Expires = rec.Expiry
 			_, claims := decodeJWT(rec.AccessToken)
 			info.Sub, _ = claims["sub"].(string)
+		}
+	}
+	if e := r.resident(key); e != nil {
+		if u := e.used.Load(); u > 0 && time.Unix(0, u).After(info.LastUsed) {
+			info.LastUsed = time.Unix(0, u)
+		}
+		if st := e.c.stateOf(e.c.current()); st == StateLoginFailed && info.State == StateLoggedOut {
+			info.State = st
 		}
 	}
 	return info
