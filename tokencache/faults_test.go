@@ -431,7 +431,7 @@ func testUnusableTokenOnArrivalBacksOff(t *testing.T, runtime bool) {
 	e.clk.Advance(time.Until(tok.Expiry) + time.Second) // refresh due, token gone
 	// Ten seconds of engine time in small steps, letting the loop act.
 	for range 100 {
-		waitFor(t, "refresher idle", 10*time.Second, func() bool { return e.clk.Armed() > 0 })
+		waitFor(t, "refresher idle", 10*time.Second, e.waiting)
 		e.clk.Advance(100 * time.Millisecond)
 	}
 	s := e.srv.Stats()

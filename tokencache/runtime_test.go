@@ -60,6 +60,7 @@ func (e *env) newRuntime(t tokencache.Template) *tokencache.Runtime {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.housekeepers.Add(1)
 	e.t.Cleanup(rt.Close)
 	return rt
 }
@@ -76,6 +77,11 @@ func (e *env) runtimeSession(cfg tokencache.Config) *tokencache.Cache {
 	}
 	return c
 }
+
+// waiting reports whether a refresher (a named session's loop or a
+// Runtime's scheduler) is idle with its next wake-up scheduled: a timer
+// is armed besides the housekeeping timer each Runtime keeps armed.
+func (e *env) waiting() bool { return e.clk.Armed() > int(e.housekeepers.Load()) }
 
 // statePath is the file holding the session's record.
 func (e *env) statePath() string {
