@@ -71,11 +71,24 @@ func newIndex(r *Runtime) *index {
 
 // shardOf is the page of a session hash (its first byte).
 func shardOf(hash string) (int, bool) {
-	if len(hash) != 32 {
+	if !isHash(hash) {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(hash[:2], 16, 8)
 	return int(n), err == nil
+}
+
+// isHash reports whether s is a session hash: 32 lower-case hex digits.
+func isHash(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func (x *index) pageKey(n int) string {
