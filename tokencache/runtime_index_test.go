@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,11 +23,14 @@ import (
 // grant with no refresh token, so nothing is ever revoked or refreshed.
 // It makes thousands of sessions cheaply where the test is about the
 // index, not the token server.
-func offlineLogin(clk tokencache.Clock) tokencache.LoginFunc {
+func offlineLogin(clk tokencache.Clock) tokencache.LoginFunc { return offlineLoginFor(clk, time.Hour) }
+
+// offlineLoginFor is offlineLogin with tokens valid for ttl.
+func offlineLoginFor(clk tokencache.Clock, ttl time.Duration) tokencache.LoginFunc {
 	var n atomic.Int64
 	return func(context.Context, *dpop.Key, string) (*tokencache.Grant, error) {
 		return &tokencache.Grant{AccessToken: fmt.Sprintf("offline-%d", n.Add(1)), TokenType: "Bearer",
-			Expiry: clk.Now().Add(time.Hour)}, nil
+			Expiry: clk.Now().Add(ttl)}, nil
 	}
 }
 
@@ -76,11 +80,17 @@ func (e *env) seedSessions(tmpl tokencache.Template, keys []string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	for _, k := range keys {
-		if _, err := rt.Session(k); err != nil {
-			e.t.Fatal(err)
-		}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < len(keys); i += 4 {
+				if _, err := rt.Session(keys[i]); err != nil {
+					e.t.Error(err)
+				}
+			}
+		})
 	}
+	wg.Wait()
 	rt.Close()
 }
 
@@ -313,9 +323,12 @@ func TestRuntimeRetentionErasesOnlyIdle(t *testing.T) {
 	tmpl.Retention = 24 * time.Hour
 	tmpl.UseWindow = time.Nanosecond // no scheduled refreshes: uses refresh
 	rt := e.newRuntime(tmpl)
-	keys := []string{"busy", "idle1", "idle2"}
-	for _, k := range keys {
-		if err := rt.Login(context.Background(), k, e.passwordLogin()); err != nil {
+	// The idle ones are sandbox sessions, to be revoked there; busy's
+	// token outlives the test, so its uses cost no refresh.
+	for k, login := range map[string]tokencache.LoginFunc{
+		"busy": offlineLoginFor(e.clk, 48*time.Hour), "idle1": e.passwordLogin(), "idle2": e.passwordLogin(),
+	} {
+		if err := rt.Login(context.Background(), k, login); err != nil {
 			t.Fatal(err)
 		}
 	}
