@@ -530,3 +530,41 @@ func TestRuntimeIndexSealedAtRest(t *testing.T) {
 		t.Fatalf("listing over sealed storage: %d sessions", len(all))
 	}
 }
+
+// Two instances making sessions at once in the same index page lose
+// none of each other's entries: a page is rewritten under its storage
+// lock.
+func TestRuntimeIndexWritersOnTwoInstances(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	tmpl := e.template(tokencache.Config{Backend: e.backend(e.cl), Clock: e.clk})
+	// Keys whose hashes share the first index page.
+	var keys []string
+	for i := 0; len(keys) < 24; i++ {
+		k := fmt.Sprintf("user-%d", i)
+		if strings.HasPrefix(filepath.Base(tmpl.Dir(k)), "00") {
+			keys = append(keys, k)
+		}
+	}
+	l := newLeases(e.clk, time.Minute)
+	var wg sync.WaitGroup
+	for i, who := range []string{"A", "B"} {
+		inst := tmpl
+		inst.Storage = newLeased(e.dir, l, who)
+		rt := e.newRuntime(inst)
+		for w := range 2 {
+			wg.Go(func() {
+				for j := i*2 + w; j < len(keys); j += 4 {
+					if err := rt.Login(context.Background(), keys[j], offlineLogin(e.clk)); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	tmpl.Storage = &certmagic.FileStorage{Path: e.dir}
+	if all := listAll(t, e.newRuntime(tmpl), 100, nil); len(all) != len(keys) {
+		t.Fatalf("listed %d of %d sessions made on two instances: index entries lost", len(all), len(keys))
+	}
+}
