@@ -289,6 +289,12 @@ func TestRuntimeEraseLeavesNoTrace(t *testing.T) {
 	if left := filesUnder(t, e.dir, tmpl.Dir(runtimeKey)); len(left) != 0 {
 		t.Fatalf("erase left %v", left)
 	}
+	hash := filepath.Base(tmpl.Dir(runtimeKey))
+	for _, p := range filesUnder(t, e.dir, "") {
+		if strings.Contains(p, hash) {
+			t.Fatalf("erase left %s", p)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(e.dir, tmpl.Dir(runtimeKey))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("erase left the session directory: %v", err)
 	}

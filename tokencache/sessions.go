@@ -164,8 +164,8 @@ func (r *Runtime) erase(ctx context.Context, key string, idleBefore time.Time) e
 	return nil
 }
 
-// deleteSession deletes every key under the session's directory, under
-// its storage lock, unless it was logged in again meanwhile.
+// deleteSession deletes the session's directory, under its storage lock,
+// unless it was logged in again meanwhile.
 func (r *Runtime) deleteSession(ctx context.Context, st store) error {
 	s := st.s
 	lctx, cancel := context.WithTimeout(ctx, r.lockTimeout())
@@ -178,25 +178,10 @@ func (r *Runtime) deleteSession(ctx context.Context, st store) error {
 	if err == nil && rec.State == StateActive {
 		return errors.New("erasing session: it was logged in again meanwhile; kept")
 	}
-	keys, err := s.List(ctx, st.dir(), true)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("erasing session: listing its keys: %w", err)
-	}
-	// Deepest first, the record last: a failure part way leaves a
-	// record (logged out) that a retry finds.
-	slices.SortFunc(keys, func(a, b string) int { return len(b) - len(a) })
-	for _, k := range keys {
-		if k == st.recordKey() {
-			continue
-		}
-		if err := s.Delete(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("erasing session: %w", err)
-		}
-	}
-	for _, k := range []string{st.recordKey(), st.dir()} {
-		if err := s.Delete(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("erasing session: %w", err)
-		}
+	// Delete removes a directory with everything below it (the
+	// certmagic.Storage contract): record, keys, claims.
+	if err := s.Delete(ctx, st.dir()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("erasing session: %w", err)
 	}
 	return nil
 }
