@@ -327,6 +327,7 @@ func TestRuntimeRetentionErasesOnlyIdle(t *testing.T) {
 	tmpl := e.template(tokencache.Config{Storage: &certmagic.FileStorage{Path: e.dir}, Backend: e.backend(e.cl), Clock: e.clk,
 		MinBackoff: 20 * time.Millisecond})
 	tmpl.Retention = 24 * time.Hour
+	tmpl.IdleTimeout = 48 * time.Hour // busy stays in memory: its uses reach the index by the housekeeper alone
 	tmpl.UseWindow = time.Nanosecond // no scheduled refreshes: uses refresh
 	rt := e.newRuntime(tmpl)
 	// The idle ones are sandbox sessions, to be revoked there; busy's
@@ -338,19 +339,18 @@ func TestRuntimeRetentionErasesOnlyIdle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// busy is used every 55 minutes for a day (evicted for idleness in
-	// between); the others never. The sweep below takes 256 ticks
-	// (minutes) or more: busy's last use stays well within Retention.
-	for range 27 {
-		e.clk.Advance(55 * time.Minute)
+	// busy is used every 20 minutes for a day and stays in memory; the
+	// others are never used. The sweep below takes 256 ticks (minutes) or
+	// more: busy's last use stays well within Retention.
+	for range 75 {
+		e.clk.Advance(20 * time.Minute)
 		if _, err := rt.Token(context.Background(), "busy"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Another instance (nothing resident) sweeps: it knows busy's use only
-	// from the index.
+	// from the index, where the first instance's housekeeper writes it.
 	other := e.newRuntime(tmpl)
-	rt.Close() // its last uses are written when its sessions are released
 	e.advanceUntil("the idle sessions erased", time.Minute, func() bool {
 		if len(filesUnder(t, e.dir, tmpl.Dir("idle1")))+len(filesUnder(t, e.dir, tmpl.Dir("idle2"))) > 0 {
 			return false
@@ -359,6 +359,10 @@ func TestRuntimeRetentionErasesOnlyIdle(t *testing.T) {
 		_, ok2, _ := other.Lookup(context.Background(), "idle2")
 		return !ok1 && !ok2
 	})
+	// A whole sweep more (the pages not reached yet): busy stays.
+	if n, err := other.Sweep(context.Background()); n != 0 || err != nil {
+		t.Fatalf("a further sweep erased %d: %v", n, err)
+	}
 	if _, ok, err := other.Lookup(context.Background(), "busy"); !ok || err != nil {
 		t.Fatalf("the session in use was erased: %v", err)
 	}
