@@ -13,6 +13,7 @@ import (
 const (
 	resultInjected    = "injected"    // a token was injected and the request forwarded
 	resultUnavailable = "unavailable" // no valid token: answered 503
+	resultNoUser      = "no_user"     // a template's request without a session key: answered 401
 	resultRetried401  = "retried_401" // upstream said 401; retried once with a fresh token
 )
 
@@ -46,7 +47,7 @@ var (
 	}
 	// storageOps are the operations tokencache names in Event.Op.
 	storageOps     = []string{"load", "store", "lock", "unlock", "delete", labelOther}
-	requestResults = []string{resultInjected, resultUnavailable, resultRetried401}
+	requestResults = []string{resultInjected, resultUnavailable, resultRetried401, resultNoUser}
 	// proofKinds are the attempts the transport signs proofs for.
 	proofKinds     = []string{proofFirst, proofNonceRetry}
 	rejectionKinds = []string{rejectionToken, rejectionNonce, rejectionRateLimited}
@@ -144,6 +145,10 @@ var (
 		"caddy_inject_token_refresh_before_seconds",
 		"The session's configured refresh_before: how long before expiry its token is refreshed (at most half the token's lifetime).",
 		[]string{"session"}, nil)
+	templateSessionsDesc = prometheus.NewDesc(
+		"caddy_inject_token_template_sessions",
+		"Sessions of a template held in memory, by state (a template's sessions in storage but not in memory are not counted). Labelled by template, never by user.",
+		[]string{"template", "state"}, nil)
 )
 
 // sessionCollector reports every live session's state and token expiry at
@@ -156,6 +161,7 @@ func (sessionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- stateDesc
 	ch <- autoLoginDesc
 	ch <- refreshBeforeDesc
+	ch <- templateSessionsDesc
 }
 
 func (sessionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -168,6 +174,11 @@ func (sessionCollector) Collect(ch chan<- prometheus.Metric) {
 		if st.ExpiresAt != nil {
 			ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue,
 				float64(st.ExpiresAt.UnixNano())/1e9, s.name)
+		}
+	}
+	for _, t := range allTemplates() {
+		for state, n := range t.runtime().Counts() {
+			ch <- prometheus.MustNewConstMetric(templateSessionsDesc, prometheus.GaugeValue, float64(n), t.name, state)
 		}
 	}
 }
@@ -265,6 +276,19 @@ func oneOf(v string, set []string, other string) string {
 // its own.
 func forgetSessionMetrics(name string) {
 	if _, live := lookupSession(name); live {
+		return
+	}
+	match := prometheus.Labels{"session": name}
+	for _, v := range sessionVecs {
+		v.DeletePartialMatch(match)
+	}
+}
+
+// forgetTemplateMetrics deletes the series of a destroyed template (its
+// sessions' counters are labelled with its name), unless a template of
+// that name is live again.
+func forgetTemplateMetrics(name string) {
+	if _, live := lookupTemplate(name); live {
 		return
 	}
 	match := prometheus.Labels{"session": name}
