@@ -41,7 +41,8 @@ import (
 //	           in memory and written first next time
 //	         Unlock, unless a write is pending (kept in memory above): the
 //	           lock is then kept, renewed by the storage, for the next
-//	           operation, since only this instance can resolve that write
+//	           operation (up to LockTimeout), since only this instance can
+//	           resolve that write
 //
 // write(next over r) is one of two, chosen by the storage:
 //
