@@ -539,6 +539,17 @@ func TestRuntimeIndexSealedAtRest(t *testing.T) {
 	if all := listAll(t, e.newRuntime(tmpl), 10, nil); len(all) != len(keys) {
 		t.Fatalf("listing over sealed storage: %d sessions", len(all))
 	}
+	// A reload's new instance of the same sealed storage is taken in
+	// place (seal.Storage is not comparable: it is looked through).
+	reloaded := tmpl
+	st.Storage = &certmagic.FileStorage{Path: e.dir}
+	reloaded.Storage = st
+	if err := rt.Update(reloaded); err != nil {
+		t.Fatalf("update with a new instance of the same sealed storage: %v", err)
+	}
+	if _, err := rt.Token(context.Background(), keys[0]); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Two instances making sessions at once in the same index page lose
