@@ -204,8 +204,16 @@ func TestRuntimeLookup(t *testing.T) {
 	if _, ok, err := other.Lookup(context.Background(), "nobody@example.com"); ok || err != nil {
 		t.Fatalf("unknown key found: %v %v", ok, err)
 	}
-	if err := other.Revoke(context.Background(), "nobody@example.com"); !errors.Is(err, tokencache.ErrUnknownSession) {
-		t.Fatalf("revoke of an unknown key: %v", err)
+	if _, err := rt.Session("nobody@example.com"); err != nil { // resident, never stored
+		t.Fatal(err)
+	}
+	for _, r := range []*tokencache.Runtime{rt, other} {
+		if err := r.Revoke(context.Background(), "nobody@example.com"); !errors.Is(err, tokencache.ErrUnknownSession) {
+			t.Fatalf("revoke of an unknown key: %v", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, tmpl.Dir("nobody@example.com"))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("revoking an unknown key stored a session for it")
 	}
 }
 

@@ -223,9 +223,9 @@ func (r *Runtime) letGo(e *entry, evict bool) {
 // server cannot be reached the session is kept (retry).
 // ErrUnknownSession when key has no session in storage.
 func (r *Runtime) Revoke(ctx context.Context, key string) error {
-	if e := r.resident(key); e != nil {
-		return e.c.Logout(ctx)
-	}
+	// Storage says whether there is a session: one resident here may
+	// never have been stored (looked up, never logged in), and a logout
+	// would store it.
 	rec, err := r.store(key).load(ctx)
 	if err != nil {
 		return err
