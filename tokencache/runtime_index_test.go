@@ -341,6 +341,24 @@ func TestRuntimeEraseLeavesNoTrace(t *testing.T) {
 	if err := rt.Erase(context.Background(), runtimeKey); !errors.Is(err, tokencache.ErrUnknownSession) {
 		t.Fatalf("second erase: %v", err)
 	}
+	// A record of a newer release is left alone; one that cannot be read
+	// holds nothing to revoke with and goes.
+	bob := filepath.Join(e.dir, tmpl.Dir("bob@example.com"), "state.json")
+	if err := os.WriteFile(bob, []byte(`{"state":"active","generation":9,"format":99}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Erase(context.Background(), "bob@example.com"); !errors.Is(err, tokencache.ErrNewerFormat) {
+		t.Fatalf("erase of a newer release's record: %v", err)
+	}
+	if err := os.WriteFile(bob, []byte(`{"state":`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Erase(context.Background(), "bob@example.com"); err != nil {
+		t.Fatalf("erase of an unreadable record: %v", err)
+	}
+	if left := filesUnder(t, e.dir, tmpl.Dir("bob@example.com")); len(left) != 0 {
+		t.Fatalf("erase left %v", left)
+	}
 }
 
 // Retention erases the sessions idle longer than Retention, revoking each
