@@ -624,3 +624,55 @@ func TestRuntimeIndexWritersOnTwoInstances(t *testing.T) {
 		t.Fatalf("listed %d of %d sessions made on two instances: index entries lost", len(all), len(keys))
 	}
 }
+
+// holdFirst holds the first Refresh call until released; the others pass.
+type holdFirst struct {
+	tokencache.Backend
+	first   atomic.Bool
+	held    chan struct{} // closed when the first call is held
+	release chan struct{}
+}
+
+func (b *holdFirst) Refresh(ctx context.Context, key *dpop.Key, rt string) (*tokencache.Grant, error) {
+	if b.first.CompareAndSwap(false, true) {
+		close(b.held)
+		<-b.release
+	}
+	return b.Backend.Refresh(ctx, key, rt)
+}
+
+// A request is never held back by MaxRefreshing: with the only slot
+// taken by a scheduled refresh that hangs, a caller whose token expired
+// gets its own refresh at once.
+func TestRuntimeSchedulerCapSparesRequests(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	b := &holdFirst{Backend: e.backend(e.cl), held: make(chan struct{}), release: make(chan struct{})}
+	defer close(b.release)
+	tmpl := e.fileTemplate()
+	tmpl.Backend, tmpl.MaxRefreshing, tmpl.UseWindow = b, 1, 10*time.Second
+	rt := e.newRuntime(tmpl)
+	for _, k := range []string{"scheduled", "requested"} {
+		if err := rt.Login(context.Background(), k, e.passwordLogin()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.clk.Advance(28 * time.Second) // "scheduled" is used within its window, "requested" is not
+	if _, err := rt.Token(context.Background(), "scheduled"); err != nil {
+		t.Fatal(err)
+	}
+	e.advanceUntil("the scheduled refresh to hang", 100*time.Millisecond, func() bool {
+		select {
+		case <-b.held:
+			return true
+		default:
+			return false
+		}
+	})
+	e.clk.Advance(time.Minute) // every token has expired
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rt.Token(ctx, "requested"); err != nil {
+		t.Fatalf("a request waited for the scheduler's slot: %v", err)
+	}
+}
