@@ -428,3 +428,25 @@ func TestRuntimeKeySealedAtRest(t *testing.T) {
 		t.Fatalf("restart over sealed storage: %v", err)
 	}
 }
+
+// The keys sealing treats apart (claims plain, key files re-sealed when
+// read) are recognised in a run-time session's directory as in a named
+// one's; index pages are neither.
+func TestRuntimeClaimAndKeyFileNames(t *testing.T) {
+	t.Parallel()
+	dir := (&tokencache.Template{Name: "users", Secret: runtimeSecret}).Dir(runtimeKey)
+	for key, want := range map[string][2]bool{ // IsClaim, IsKeyFile
+		"inject_token/test/claims/00000000000000000001.abc": {true, false},
+		dir + "/claims/00000000000000000001.abc":            {true, false},
+		"inject_token/test/keys/thumb.pem":                  {false, true},
+		dir + "/keys/thumb.pem":                             {false, true},
+		dir + "/state.json":                                 {false, false},
+		"inject_token/users/index/00":                       {false, false},
+		"inject_token/users/not-a-hash/claims/1.abc":        {false, false},
+		"inject_token/users/not-a-hash/keys/thumb.pem":      {false, false},
+	} {
+		if got := [2]bool{tokencache.IsClaim(key), tokencache.IsKeyFile(key)}; got != want {
+			t.Errorf("%s: IsClaim, IsKeyFile = %v, want %v", key, got, want)
+		}
+	}
+}
