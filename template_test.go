@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/cli"
@@ -294,4 +297,37 @@ func TestTemplateSessions(t *testing.T) {
 
 	admin.AssertNoSecrets("alice-pw-1", "bob-pw-2",
 		strings.TrimPrefix(wa.Headers["Authorization"], "Bearer "), strings.TrimPrefix(wb.Headers["Authorization"], "Bearer "))
+}
+
+// TestPlaceholderKey: a request's key is every placeholder of key resolved,
+// and no key at all when any of them is empty or unknown (never a shared
+// or partial key); one header is read directly, with the placeholder's
+// value (several values joined with ",").
+func TestPlaceholderKey(t *testing.T) {
+	for _, tc := range []struct {
+		key     string
+		headers []string
+		want    string // "" = refused
+	}{
+		{"{http.request.header.X-User}", []string{"X-User", "alice"}, "alice"},
+		{"{http.request.header.X-User}", []string{"X-User", "a", "X-User", "b"}, "a,b"},
+		{"{http.request.header.X-User}", nil, ""},
+		{"{http.request.header.X-User}", []string{"X-User", ""}, ""},
+		{"{http.request.header.X-User}", []string{"X-User", strings.Repeat("a", maxKeyLen+1)}, ""},
+		{"{http.request.header.X-Tenant}/{http.request.header.X-User}", []string{"X-Tenant", "t1", "X-User", "bob"}, "t1/bob"},
+		{"{http.request.header.X-Tenant}/{http.request.header.X-User}", []string{"X-Tenant", "t1"}, ""},
+		{"tenant-{http.request.header.X-User}", nil, ""},
+		{"{http.request.no_such_placeholder}", []string{"X-User", "alice"}, ""},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
+		for i := 0; i+1 < len(tc.headers); i += 2 {
+			r.Header.Add(tc.headers[i], tc.headers[i+1])
+		}
+		repl := caddyhttp.NewTestReplacer(r)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		got, err := placeholderKey(tc.key)(r)
+		if tc.want == "" && err == nil || tc.want != "" && (err != nil || got != tc.want) {
+			t.Errorf("key %s with %q: %q, %v; want %q", tc.key, tc.headers, got, err, tc.want)
+		}
+	}
 }
