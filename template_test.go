@@ -331,3 +331,46 @@ func TestPlaceholderKey(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateProvisionErrors: the JSON config path refuses what the
+// Caddyfile does, and a template cannot take a live session's name (both
+// would live under inject_token/<name>/).
+func TestTemplateProvisionErrors(t *testing.T) {
+	storage, _ := json.Marshal(map[string]string{"module": "file_system", "root": t.TempDir()})
+	ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: storage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "{http.request.header.X-User}"
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users"}}, "template needs 'key <placeholder>'"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users", Key: "alice"}}, "has no placeholder"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Key: key}}, "key is a template option"},
+		{Handler{Prelude: "http://127.0.0.1:9", Session: "s", TemplateSessions: TemplateSessions{Template: "users", Key: key}}, "session and template cannot be combined"},
+		{Handler{Prelude: "http://127.0.0.1:9", Login: &Login{Method: "password", Email: "a", Password: "{env.X}"},
+			TemplateSessions: TemplateSessions{Template: "users", Key: key}}, "login password is for a named session"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "Users", Key: key}}, "invalid template name"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users", Key: key, MaxResident: -1}}, "must not be negative"},
+	} {
+		h := tc.h
+		if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error = %v, want %q", tc.h.TemplateSessions, err, tc.want)
+			h.Cleanup()
+		}
+	}
+
+	name := fmt.Sprintf("clash-%d", time.Now().UnixNano()%1e9)
+	named := &Handler{Session: name, Prelude: "http://127.0.0.1:9"}
+	if err := named.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer named.Cleanup()
+	tmpl := &Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: name, Key: key}}
+	if err := tmpl.Provision(ctx); err == nil || !strings.Contains(err.Error(), "has the name of a session") {
+		t.Errorf("template named as a live session: %v", err)
+		tmpl.Cleanup()
+	}
+}
