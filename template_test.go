@@ -11,12 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/cli"
@@ -372,5 +374,40 @@ func TestTemplateProvisionErrors(t *testing.T) {
 	if err := tmpl.Provision(ctx); err == nil || !strings.Contains(err.Error(), "has the name of a session") {
 		t.Errorf("template named as a live session: %v", err)
 		tmpl.Cleanup()
+	}
+}
+
+// TestTemplateSecretCreatedOnce: instances starting together on one
+// storage agree on one secret (created under the storage lock, read again
+// inside it), and it survives: a later load returns it unchanged.
+func TestTemplateSecretCreatedOnce(t *testing.T) {
+	dir := t.TempDir()
+	const n = 3
+	secrets := make([][]byte, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := &certmagic.FileStorage{Path: dir} // an instance of its own
+			<-start
+			s, err := loadTemplateSecret(context.Background(), st, "users")
+			if err != nil {
+				t.Error(err)
+			}
+			secrets[i] = s
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i := range secrets {
+		if len(secrets[i]) != templateSecretSize || !bytes.Equal(secrets[i], secrets[0]) {
+			t.Fatalf("instance %d got another secret (%d bytes)", i, len(secrets[i]))
+		}
+	}
+	again, err := loadTemplateSecret(context.Background(), &certmagic.FileStorage{Path: dir}, "users")
+	if err != nil || !bytes.Equal(again, secrets[0]) {
+		t.Errorf("reloaded secret differs: %v", err)
 	}
 }
