@@ -48,16 +48,7 @@ func TestTemplateCaddyfileErrors(t *testing.T) {
 		{"use_window args", "inject_token {\n template users\n use_window 1m 2m\n}", "use_window: expected exactly one value", 3},
 		{"login with template", "inject_token {\n template users\n key {http.request.header.X-User}\n prelude https://a.b\n login password a b\n}", "login password is for a named session", 6},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
-			}
-			if at := fmt.Sprintf(", at Testfile:%d", tc.line); !strings.Contains(err.Error(), at) {
-				t.Errorf("error = %v, want it to name the line (%s)", err, at)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantCaddyfileError(t, tc.input, tc.want, tc.line) })
 	}
 
 	var h Handler
