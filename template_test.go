@@ -18,12 +18,16 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/cli"
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // TestTemplateCaddyfileErrors: template mistakes fail at load, naming the
@@ -400,5 +404,64 @@ func TestTemplateSecretCreatedOnce(t *testing.T) {
 	again, err := loadTemplateSecret(context.Background(), &certmagic.FileStorage{Path: dir}, "users")
 	if err != nil || !bytes.Equal(again, secrets[0]) {
 		t.Errorf("reloaded secret differs: %v", err)
+	}
+}
+
+// verifyingBase is an upstream that verifies each request's DPoP proof
+// (the dpop package's server-side checks) and records the thumbprint it
+// was signed with.
+type verifyingBase struct {
+	v      *dpop.Verifier
+	mu     sync.Mutex
+	thumbs []string
+}
+
+func (b *verifyingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "DPoP ")
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusUnauthorized
+	} else if v, err := b.v.Verify(req.Header.Get("DPoP"), dpop.Expect{Method: req.Method,
+		URL: &url.URL{Scheme: "http", Host: req.Host, Path: req.URL.Path}, AccessToken: tok}); err != nil {
+		status = http.StatusUnauthorized
+	} else {
+		b.mu.Lock()
+		b.thumbs = append(b.thumbs, v.Thumbprint)
+		b.mu.Unlock()
+	}
+	return &http.Response{StatusCode: status, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
+}
+
+// TestTransportRuntimeDPoP: the transport presents a run-time session's
+// DPoP-bound token with a proof signed by that session's own key, which
+// the upstream verifies; two keys of one template are two keys.
+func TestTransportRuntimeDPoP(t *testing.T) {
+	rt, err := tokencache.NewRuntime(tokencache.Template{Name: "dpop-users", Secret: bytes.Repeat([]byte{7}, 32),
+		Storage: &certmagic.FileStorage{Path: t.TempDir()}, Backend: noRefresh{}, KeyAlgorithm: dpop.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	shared := newSession("dpop-users")
+	shared.set.Store(&settings{})
+	base := &verifyingBase{v: dpop.NewVerifier(64)}
+	tr := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport), base: base, logger: zap.NewNop(), auth: new(authHeader)}
+	want := map[string]string{}
+	for _, key := range []string{"alice", "bob"} {
+		if err := rt.Login(context.Background(), key, issuer("DPoP")); err != nil {
+			t.Fatal(err)
+		}
+		c, _ := rt.Session(key)
+		want[key] = c.Status().KeyThumbprint
+		req := benchUpstreamRequest()
+		ctx := context.WithValue(req.Context(), caddyhttp.VarsCtxKey,
+			map[string]any{credVar: &credential{sess: shared, name: "dpop-users", rt: rt, key: key}})
+		resp, err := tr.RoundTrip(req.WithContext(ctx))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %v, %v", key, resp, err)
+		}
+	}
+	if len(base.thumbs) != 2 || base.thumbs[0] != want["alice"] || base.thumbs[1] != want["bob"] || want["alice"] == want["bob"] {
+		t.Errorf("proofs signed with %v, want alice's %s then bob's %s", base.thumbs, want["alice"], want["bob"])
 	}
 }
