@@ -197,21 +197,27 @@ func (r *Runtime) tpl() *Template { return r.tmpl.Load() }
 // MaxRefreshing apply to resident sessions at once; RefreshBefore,
 // KeyAlgorithm, KeySource and the timeouts and backoffs to each session
 // from its next load. A changed Name or Secret is refused (every stored
-// session would be orphaned: make a new Runtime), as is another Storage:
-// nil, the same instance, or one whose String() is the same, keeps the
-// current one. Clock is never changed.
+// session would be orphaned: make a new Runtime), as is another storage.
+// Storage nil keeps the current one; a new instance of the same storage
+// (what a reload hands out: the same String() once wrappers such as
+// seal.Storage are looked through) replaces it in every resident session,
+// as Cache.SetStorage does for a named one. Clock is never changed.
 func (r *Runtime) Update(t Template) error {
 	old := r.tpl()
-	if t.Storage == nil || sameStorage(t.Storage, old.Storage) {
+	swap := false
+	switch {
+	case t.Storage == nil:
 		t.Storage = old.Storage
+	case !sameStorage(t.Storage, old.Storage):
+		return fmt.Errorf("tokencache: template %q: another storage cannot be swapped in place (make a new Runtime)", old.Name)
+	default:
+		swap = !identical(t.Storage, old.Storage)
 	}
 	switch {
 	case t.Name != old.Name:
 		return fmt.Errorf("tokencache: template %q cannot be renamed to %q in place; its sessions are stored under its name (make a new Runtime)", old.Name, t.Name)
 	case !hmac.Equal(t.Secret, old.Secret):
 		return fmt.Errorf("tokencache: template %q: a changed secret moves every session's storage directory; it cannot change in place (make a new Runtime)", old.Name)
-	case t.Storage != old.Storage:
-		return fmt.Errorf("tokencache: template %q: another storage cannot be swapped in place (make a new Runtime)", old.Name)
 	}
 	if err := t.check(); err != nil {
 		return err
@@ -230,6 +236,9 @@ func (r *Runtime) Update(t Template) error {
 	for _, e := range es {
 		if isReady(e) && e.c != nil {
 			e.c.SetLogger(t.Logger)
+			if swap {
+				e.c.SetStorage(t.Storage)
+			}
 			r.sched.poke(e) // UseWindow may have changed its plan
 		}
 	}
@@ -238,16 +247,44 @@ func (r *Runtime) Update(t Template) error {
 }
 
 // sameStorage reports whether a and b are the same storage: the same
-// comparable value, or equal String()s (a reload hands out a new instance
-// of the same storage).
+// value, or equal String()s of the storages they wrap (a reload hands out
+// a new instance of the same storage, and wrappers such as seal.Storage
+// embed it).
 func sameStorage(a, b certmagic.Storage) bool {
-	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
-	if ta == tb && ta.Comparable() && a == b {
+	if identical(a, b) {
 		return true
 	}
-	sa, ok1 := a.(fmt.Stringer)
-	sb, ok2 := b.(fmt.Stringer)
-	return ok1 && ok2 && sa.String() == sb.String()
+	ida, idb := storageID(a), storageID(b)
+	return ida != "" && ida == idb
+}
+
+// identical reports whether a and b are the same comparable value.
+func identical(a, b certmagic.Storage) bool {
+	ta := reflect.TypeOf(a)
+	return ta == reflect.TypeOf(b) && ta.Comparable() && a == b
+}
+
+// storageID names the storage s is or wraps: its type and String(), ""
+// when it has none.
+func storageID(s certmagic.Storage) string {
+	for range 8 {
+		if str, ok := s.(fmt.Stringer); ok {
+			return fmt.Sprintf("%T %s", s, str.String())
+		}
+		v := reflect.ValueOf(s)
+		if v.Kind() == reflect.Pointer {
+			v = v.Elem()
+		}
+		if v.Kind() != reflect.Struct || v.NumField() == 0 || !v.Type().Field(0).Anonymous {
+			return ""
+		}
+		inner, ok := v.Field(0).Interface().(certmagic.Storage)
+		if !ok || inner == nil {
+			return ""
+		}
+		s = inner
+	}
+	return ""
 }
 
 // liveBackend is the Backend every session of a Runtime holds: it passes
@@ -494,12 +531,17 @@ func (r *Runtime) observe(e *entry, ev Event) {
 	if o := r.tpl().Observe; o != nil {
 		o(ev)
 	}
-	if ev.Kind == EventAttempt && ev.Outcome == OutcomeLoggedIn && e.indexed.Load() == 0 {
+	if ev.Kind == EventAttempt && ev.Outcome == OutcomeLoggedIn {
+		// Every login, not only the first: another instance may have
+		// erased the session meanwhile. Logins are rare; uses are not.
 		ctx, cancel := context.WithTimeout(context.Background(), r.lockTimeout())
 		defer cancel()
-		if err := r.indexUse(ctx, []*entry{e}); err != nil && e.c != nil {
-			e.c.log().Warn("indexing the new session; retried at the next housekeeping",
-				zap.String("session", e.c.cfg.Name), zap.Error(err))
+		if err := r.indexUse(ctx, []*entry{e}); err != nil {
+			e.indexed.Store(0) // retried by Runtime.Login and the housekeeper
+			if e.c != nil {
+				e.c.log().Warn("indexing the new session; retried at the next housekeeping",
+					zap.String("session", e.c.cfg.Name), zap.Error(err))
+			}
 		}
 	}
 }

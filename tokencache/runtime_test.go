@@ -12,7 +12,6 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
-	"github.com/tokenwarden/caddy-inject-token/seal"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -51,6 +50,9 @@ func (e *env) template(cfg tokencache.Config) tokencache.Template {
 	if cfg.Lazy {
 		t.UseWindow = time.Nanosecond
 	}
+	// The env's tests hold the *Cache (as a named session's caller does)
+	// while they move the clock by hours: no idle eviction closes it.
+	t.IdleTimeout = 1000 * time.Hour
 	return t
 }
 
@@ -175,7 +177,7 @@ func TestRuntimeStorageLayout(t *testing.T) {
 func TestRuntimeEvictionReloadsSameSession(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	tmpl := e.template(tokencache.Config{Storage: &certmagic.FileStorage{Path: e.dir}, Backend: e.backend(e.cl), Clock: e.clk})
+	tmpl := e.fileTemplate()
 	tmpl.MaxResident = 2
 	rt := e.newRuntime(tmpl)
 	keys := []string{"a", "b", "c"}
@@ -362,7 +364,7 @@ func TestRuntimeTwoInstancesOneRefresh(t *testing.T) {
 func TestRuntimeConcurrentFirstUseLoadsOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	rt := e.newRuntime(e.template(tokencache.Config{Storage: &certmagic.FileStorage{Path: e.dir}, Backend: e.backend(e.cl), Clock: e.clk}))
+	rt := e.newRuntime(e.fileTemplate())
 	const n = 32
 	got := make([]*tokencache.Cache, n)
 	start := make(chan struct{})
@@ -394,11 +396,7 @@ func TestRuntimeConcurrentFirstUseLoadsOnce(t *testing.T) {
 func TestRuntimeKeySealedAtRest(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	sealer, err := seal.New([]byte("0123456789abcdef0123456789abcdef"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := seal.Storage{Storage: &certmagic.FileStorage{Path: e.dir}, Sealer: sealer, Prefix: tokencache.StoragePrefix + "/", Plain: tokencache.IsClaim}
+	st := e.sealedStorage()
 	cfg := tokencache.Config{Storage: st, Backend: e.backend(e.cl), Clock: e.clk}
 	rt := e.newRuntime(e.template(cfg))
 	if err := rt.Login(context.Background(), runtimeKey, e.passwordLogin()); err != nil {
@@ -428,5 +426,27 @@ func TestRuntimeKeySealedAtRest(t *testing.T) {
 	again, err := e.newRuntime(e.template(cfg)).Token(context.Background(), runtimeKey)
 	if err != nil || again.Value != tok.Value {
 		t.Fatalf("restart over sealed storage: %v", err)
+	}
+}
+
+// The keys sealing treats apart (claims plain, key files re-sealed when
+// read) are recognised in a run-time session's directory as in a named
+// one's; index pages are neither.
+func TestRuntimeClaimAndKeyFileNames(t *testing.T) {
+	t.Parallel()
+	dir := (&tokencache.Template{Name: "users", Secret: runtimeSecret}).Dir(runtimeKey)
+	for key, want := range map[string][2]bool{ // IsClaim, IsKeyFile
+		"inject_token/test/claims/00000000000000000001.abc": {true, false},
+		dir + "/claims/00000000000000000001.abc":            {true, false},
+		"inject_token/test/keys/thumb.pem":                  {false, true},
+		dir + "/keys/thumb.pem":                             {false, true},
+		dir + "/state.json":                                 {false, false},
+		"inject_token/users/index/00":                       {false, false},
+		"inject_token/users/not-a-hash/claims/1.abc":        {false, false},
+		"inject_token/users/not-a-hash/keys/thumb.pem":      {false, false},
+	} {
+		if got := [2]bool{tokencache.IsClaim(key), tokencache.IsKeyFile(key)}; got != want {
+			t.Errorf("%s: IsClaim, IsKeyFile = %v, want %v", key, got, want)
+		}
 	}
 }

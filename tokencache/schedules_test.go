@@ -295,6 +295,16 @@ func TestScheduleOneListingFails(t *testing.T) {
 	})
 }
 
+// faultySession is a lazy session logged in on one instance over faulty
+// storage, with conditional writes (cas) or claims.
+func (e *env) faultySession(cas bool) (*tokencache.Cache, *faulty) {
+	e.t.Helper()
+	st, f := newFaultyAs(e, newLeases(e.clk, 10*time.Second), "A", cas)
+	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
+	e.login(a)
+	return a, f
+}
+
 // survivesOneFault logs a session in on one instance (with conditional
 // writes or claims), injects a fault (made afresh for each kind of
 // session) and refreshes twice: the session must stay active, refreshed,
@@ -306,10 +316,7 @@ func survivesOneFault(t *testing.T, cas bool, what string, fault func() func(op,
 			t.Parallel()
 			e := newEnv(t)
 			e.runtime = runtime
-			l := newLeases(e.clk, 10*time.Second)
-			st, f := newFaultyAs(e, l, "A", cas)
-			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
-			e.login(a)
+			a, f := e.faultySession(cas)
 			f.setFault(fault())
 			_ = a.Refresh(context.Background())
 			e.clk.Advance(time.Second)
@@ -491,10 +498,7 @@ func testStorageCallsPerRefresh(t *testing.T, runtime bool) {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
 			e.runtime = runtime
-			l := newLeases(e.clk, 10*time.Second)
-			st, f := newFaultyAs(e, l, "A", cas)
-			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
-			e.login(a)
+			a, f := e.faultySession(cas)
 			for range 3 { // the first refresh after a login is steady state too
 				e.clk.Advance(time.Second)
 				f.count()

@@ -118,7 +118,9 @@ var errInUse = errors.New("session used meanwhile; kept")
 // trace of it: its record, DPoP key, write claims and index entry. If the
 // token server cannot be reached nothing is removed (retry). A session
 // logged in again while it is erased is not removed either (an error says
-// so). ErrUnknownSession when there is nothing to erase.
+// so). A record that cannot be decoded holds nothing to revoke with and
+// is removed; one of a newer release is left alone (ErrNewerFormat).
+// ErrUnknownSession when there is nothing to erase.
 func (r *Runtime) Erase(ctx context.Context, key string) error {
 	return r.erase(ctx, key, time.Time{})
 }
@@ -126,16 +128,17 @@ func (r *Runtime) Erase(ctx context.Context, key string) error {
 // erase is Erase; with idleBefore set (retention) a session used since
 // then is kept (errInUse).
 func (r *Runtime) erase(ctx context.Context, key string, idleBefore time.Time) error {
-	t := r.tpl()
-	hash, st := t.hash(key), r.store(key)
+	hash, st := r.tpl().hash(key), r.store(key)
 	rec, err := st.load(ctx)
-	if err != nil && !transient(err) {
-		rec, err = &record{State: StateLoggedOut, Generation: 1}, nil // unreadable: nothing to revoke with
-	}
-	if err != nil {
+	_, unreadable := errors.AsType[*unreadableError](err)
+	switch {
+	case unreadable:
+		if e := r.resident(key); e != nil {
+			r.letGo(e, true)
+		}
+	case err != nil:
 		return err
-	}
-	if rec.Generation > 0 {
+	case rec.Generation > 0:
 		e, fresh, err := r.hold(key)
 		if err != nil {
 			return err
@@ -149,6 +152,8 @@ func (r *Runtime) erase(ctx context.Context, key string, idleBefore time.Time) e
 			return fmt.Errorf("erasing session: %w", err)
 		}
 		r.letGo(e, true)
+	}
+	if unreadable || rec.Generation > 0 {
 		if err := r.deleteSession(ctx, st); err != nil {
 			return err
 		}
@@ -158,7 +163,7 @@ func (r *Runtime) erase(ctx context.Context, key string, idleBefore time.Time) e
 	if err := r.idx.remove(ctx, hash); err != nil {
 		return err
 	}
-	if rec.Generation == 0 {
+	if !unreadable && rec.Generation == 0 {
 		return ErrUnknownSession
 	}
 	return nil
@@ -223,9 +228,9 @@ func (r *Runtime) letGo(e *entry, evict bool) {
 // server cannot be reached the session is kept (retry).
 // ErrUnknownSession when key has no session in storage.
 func (r *Runtime) Revoke(ctx context.Context, key string) error {
-	if e := r.resident(key); e != nil {
-		return e.c.Logout(ctx)
-	}
+	// Storage says whether there is a session: one resident here may
+	// never have been stored (looked up, never logged in), and a logout
+	// would store it.
 	rec, err := r.store(key).load(ctx)
 	if err != nil {
 		return err
