@@ -275,12 +275,8 @@ func oneOf(v string, set []string, other string) string {
 // session of the same name created meanwhile keeps the series, which are
 // its own.
 func forgetSessionMetrics(name string) {
-	if _, live := lookupSession(name); live {
-		return
-	}
-	match := prometheus.Labels{"session": name}
-	for _, v := range sessionVecs {
-		v.DeletePartialMatch(match)
+	if _, live := lookupSession(name); !live {
+		deleteSeries(name)
 	}
 }
 
@@ -288,9 +284,13 @@ func forgetSessionMetrics(name string) {
 // sessions' counters are labelled with its name), unless a template of
 // that name is live again.
 func forgetTemplateMetrics(name string) {
-	if _, live := lookupTemplate(name); live {
-		return
+	if _, live := lookupTemplate(name); !live {
+		deleteSeries(name)
 	}
+}
+
+// deleteSeries deletes every per-session series labelled session=name.
+func deleteSeries(name string) {
 	match := prometheus.Labels{"session": name}
 	for _, v := range sessionVecs {
 		v.DeletePartialMatch(match)

@@ -62,6 +62,10 @@ const (
 // reloads) naming the same session share one token, and Caddy instances
 // sharing storage share one session. A reload does not log out or refresh.
 //
+// With template (see TemplateSessions) the handler serves one session per
+// user instead: each request's session is found by its key and made at run
+// time; a request without a key is refused with 401.
+//
 // The session can be inspected and managed through the admin API under
 // /inject_token/ (status, refresh, login, logout, Prelude session listing
 // and revocation).
@@ -70,7 +74,9 @@ const (
 //
 // Placeholder | Description
 // ------------|-------------
-// `{http.inject_token.session}` | The session name
+// `{http.inject_token.session}` | The session name (with a template, the template's)
+// `{http.inject_token.template}` | With a template: the template's name
+// `{http.inject_token.key}` | With a template: the request's session key (its user)
 // `{http.inject_token.sub}` | The token's subject (user ID)
 // `{http.inject_token.sid}` | The token's Prelude session ID
 // `{http.inject_token.state}` | The session state (`active` or `logged_out`)

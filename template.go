@@ -81,6 +81,22 @@ type requestKey func(r *http.Request) (string, error)
 // known and non-empty (so "tenant-{header}" cannot collapse to one shared
 // "tenant-" key).
 func placeholderKey(tmpl string) requestKey {
+	if name, ok := strings.CutPrefix(tmpl, "{http.request.header."); ok && strings.HasSuffix(name, "}") &&
+		!strings.ContainsAny(name[:len(name)-1], "{}") {
+		// The common case, one header, read without the replacer's
+		// parsing: as the placeholder does, values joined with ",".
+		name = name[:len(name)-1]
+		return func(r *http.Request) (string, error) {
+			key := strings.Join(r.Header.Values(name), ",") // one value: no copy
+			if key == "" {
+				return "", fmt.Errorf("header %s is empty or missing", name)
+			}
+			if len(key) > maxKeyLen {
+				return "", fmt.Errorf("key longer than %d bytes", maxKeyLen)
+			}
+			return key, nil
+		}
+	}
 	return func(r *http.Request) (string, error) {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if repl == nil {

@@ -6,14 +6,11 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/tokenwarden/caddy-inject-token/sandbox"
-	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
 
 // BenchmarkHandlerTemplate is BenchmarkHandlerInject for a template's
@@ -23,33 +20,62 @@ import (
 //
 //	go test -run x -bench 'Handler(Inject|Template)' -benchmem .
 func BenchmarkHandlerTemplate(b *testing.B) {
-	n := 10_000
-	if v, err := strconv.Atoi(os.Getenv("INJECT_TOKEN_BENCH_KEYS")); err == nil && v > 0 {
-		n = v
-	}
-	srv := sandboxtest.NewServer(b, sandbox.Options{AccessTokenTTL: time.Hour})
-	storage, _ := json.Marshal(map[string]string{"module": "file_system", "root": b.TempDir()})
-	ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: storage})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := &Handler{Prelude: srv.URL, TemplateSessions: TemplateSessions{Template: "bench-users",
-		Key: "{http.request.header.X-User}", MaxResident: n + 1000}}
-	if err := h.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	defer h.Cleanup()
-	keys := make([]string, n)
-	login := issuer("Bearer")
-	for i := range keys {
-		keys[i] = "user-" + strconv.Itoa(i)
-		if err := h.tmpl.runtime().Login(context.Background(), keys[i], login); err != nil {
-			b.Fatal(err)
-		}
-	}
+	h, keys := templateBenchHandler(b)
 	var next atomic.Uint64
 	b.ResetTimer()
 	runHandlerWith(b, h, func(r *http.Request) {
-		r.Header.Set("X-User", keys[next.Add(1)%uint64(n)])
+		r.Header.Set("X-User", keys[next.Add(1)%uint64(len(keys))])
 	})
+}
+
+// templateBench is BenchmarkHandlerTemplate's handler, made once per
+// process: logging 10,000 sessions in for each of the benchmark's calls
+// would take minutes. Its storage directory is left behind on purpose (the
+// sessions are resident; it is a benchmark).
+var templateBench struct {
+	once sync.Once
+	h    *Handler
+	keys []string
+	err  error
+}
+
+func templateBenchHandler(b *testing.B) (*Handler, []string) {
+	tb := &templateBench
+	tb.once.Do(func() {
+		n := 10_000
+		if v, err := strconv.Atoi(os.Getenv("INJECT_TOKEN_BENCH_KEYS")); err == nil && v > 0 {
+			n = v
+		}
+		dir, err := os.MkdirTemp("", "inject-token-bench-")
+		if err != nil {
+			tb.err = err
+			return
+		}
+		storage, _ := json.Marshal(map[string]string{"module": "file_system", "root": dir})
+		ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: storage})
+		if err != nil {
+			tb.err = err
+			return
+		}
+		// The token server is never called: every session logs in with
+		// issuer and its token outlives the benchmark.
+		h := &Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "bench-users",
+			Key: "{http.request.header.X-User}", MaxResident: n + 1000}}
+		if tb.err = h.Provision(ctx); tb.err != nil {
+			return
+		}
+		login := issuer("Bearer")
+		for i := range n {
+			key := "user-" + strconv.Itoa(i)
+			if tb.err = h.tmpl.runtime().Login(context.Background(), key, login); tb.err != nil {
+				return
+			}
+			tb.keys = append(tb.keys, key)
+		}
+		tb.h = h
+	})
+	if tb.err != nil {
+		b.Fatal(tb.err)
+	}
+	return tb.h, tb.keys
 }

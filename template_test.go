@@ -6,19 +6,28 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
 	"github.com/tokenwarden/caddy-inject-token/cli"
+	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // TestTemplateCaddyfileErrors: template mistakes fail at load, naming the
@@ -43,16 +52,7 @@ func TestTemplateCaddyfileErrors(t *testing.T) {
 		{"use_window args", "inject_token {\n template users\n use_window 1m 2m\n}", "use_window: expected exactly one value", 3},
 		{"login with template", "inject_token {\n template users\n key {http.request.header.X-User}\n prelude https://a.b\n login password a b\n}", "login password is for a named session", 6},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
-			}
-			if at := fmt.Sprintf(", at Testfile:%d", tc.line); !strings.Contains(err.Error(), at) {
-				t.Errorf("error = %v, want it to name the line (%s)", err, at)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantCaddyfileError(t, tc.input, tc.want, tc.line) })
 	}
 
 	var h Handler
@@ -294,4 +294,174 @@ func TestTemplateSessions(t *testing.T) {
 
 	admin.AssertNoSecrets("alice-pw-1", "bob-pw-2",
 		strings.TrimPrefix(wa.Headers["Authorization"], "Bearer "), strings.TrimPrefix(wb.Headers["Authorization"], "Bearer "))
+}
+
+// TestPlaceholderKey: a request's key is every placeholder of key resolved,
+// and no key at all when any of them is empty or unknown (never a shared
+// or partial key); one header is read directly, with the placeholder's
+// value (several values joined with ",").
+func TestPlaceholderKey(t *testing.T) {
+	for _, tc := range []struct {
+		key     string
+		headers []string
+		want    string // "" = refused
+	}{
+		{"{http.request.header.X-User}", []string{"X-User", "alice"}, "alice"},
+		{"{http.request.header.X-User}", []string{"X-User", "a", "X-User", "b"}, "a,b"},
+		{"{http.request.header.X-User}", nil, ""},
+		{"{http.request.header.X-User}", []string{"X-User", ""}, ""},
+		{"{http.request.header.X-User}", []string{"X-User", strings.Repeat("a", maxKeyLen+1)}, ""},
+		{"{http.request.header.X-Tenant}/{http.request.header.X-User}", []string{"X-Tenant", "t1", "X-User", "bob"}, "t1/bob"},
+		{"{http.request.header.X-Tenant}/{http.request.header.X-User}", []string{"X-Tenant", "t1"}, ""},
+		{"tenant-{http.request.header.X-User}", nil, ""},
+		{"{http.request.no_such_placeholder}", []string{"X-User", "alice"}, ""},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
+		for i := 0; i+1 < len(tc.headers); i += 2 {
+			r.Header.Add(tc.headers[i], tc.headers[i+1])
+		}
+		repl := caddyhttp.NewTestReplacer(r)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		got, err := placeholderKey(tc.key)(r)
+		if tc.want == "" && err == nil || tc.want != "" && (err != nil || got != tc.want) {
+			t.Errorf("key %s with %q: %q, %v; want %q", tc.key, tc.headers, got, err, tc.want)
+		}
+	}
+}
+
+// TestTemplateProvisionErrors: the JSON config path refuses what the
+// Caddyfile does, and a template cannot take a live session's name (both
+// would live under inject_token/<name>/).
+func TestTemplateProvisionErrors(t *testing.T) {
+	storage, _ := json.Marshal(map[string]string{"module": "file_system", "root": t.TempDir()})
+	ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: storage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "{http.request.header.X-User}"
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users"}}, "template needs 'key <placeholder>'"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users", Key: "alice"}}, "has no placeholder"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Key: key}}, "key is a template option"},
+		{Handler{Prelude: "http://127.0.0.1:9", Session: "s", TemplateSessions: TemplateSessions{Template: "users", Key: key}}, "session and template cannot be combined"},
+		{Handler{Prelude: "http://127.0.0.1:9", Login: &Login{Method: "password", Email: "a", Password: "{env.X}"},
+			TemplateSessions: TemplateSessions{Template: "users", Key: key}}, "login password is for a named session"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "Users", Key: key}}, "invalid template name"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users", Key: key, MaxResident: -1}}, "must not be negative"},
+	} {
+		h := tc.h
+		if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error = %v, want %q", tc.h.TemplateSessions, err, tc.want)
+			h.Cleanup()
+		}
+	}
+
+	name := fmt.Sprintf("clash-%d", time.Now().UnixNano()%1e9)
+	named := &Handler{Session: name, Prelude: "http://127.0.0.1:9"}
+	if err := named.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer named.Cleanup()
+	tmpl := &Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: name, Key: key}}
+	if err := tmpl.Provision(ctx); err == nil || !strings.Contains(err.Error(), "has the name of a session") {
+		t.Errorf("template named as a live session: %v", err)
+		tmpl.Cleanup()
+	}
+}
+
+// TestTemplateSecretCreatedOnce: instances starting together on one
+// storage agree on one secret (created under the storage lock, read again
+// inside it), and it survives: a later load returns it unchanged.
+func TestTemplateSecretCreatedOnce(t *testing.T) {
+	dir := t.TempDir()
+	const n = 3
+	secrets := make([][]byte, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := &certmagic.FileStorage{Path: dir} // an instance of its own
+			<-start
+			s, err := loadTemplateSecret(context.Background(), st, "users")
+			if err != nil {
+				t.Error(err)
+			}
+			secrets[i] = s
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i := range secrets {
+		if len(secrets[i]) != templateSecretSize || !bytes.Equal(secrets[i], secrets[0]) {
+			t.Fatalf("instance %d got another secret (%d bytes)", i, len(secrets[i]))
+		}
+	}
+	again, err := loadTemplateSecret(context.Background(), &certmagic.FileStorage{Path: dir}, "users")
+	if err != nil || !bytes.Equal(again, secrets[0]) {
+		t.Errorf("reloaded secret differs: %v", err)
+	}
+}
+
+// verifyingBase is an upstream that verifies each request's DPoP proof
+// (the dpop package's server-side checks) and records the thumbprint it
+// was signed with.
+type verifyingBase struct {
+	v      *dpop.Verifier
+	mu     sync.Mutex
+	thumbs []string
+}
+
+func (b *verifyingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "DPoP ")
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusUnauthorized
+	} else if v, err := b.v.Verify(req.Header.Get("DPoP"), dpop.Expect{Method: req.Method,
+		URL: &url.URL{Scheme: "http", Host: req.Host, Path: req.URL.Path}, AccessToken: tok}); err != nil {
+		status = http.StatusUnauthorized
+	} else {
+		b.mu.Lock()
+		b.thumbs = append(b.thumbs, v.Thumbprint)
+		b.mu.Unlock()
+	}
+	return &http.Response{StatusCode: status, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
+}
+
+// TestTransportRuntimeDPoP: the transport presents a run-time session's
+// DPoP-bound token with a proof signed by that session's own key, which
+// the upstream verifies; two keys of one template are two keys.
+func TestTransportRuntimeDPoP(t *testing.T) {
+	rt, err := tokencache.NewRuntime(tokencache.Template{Name: "dpop-users", Secret: bytes.Repeat([]byte{7}, 32),
+		Storage: &certmagic.FileStorage{Path: t.TempDir()}, Backend: noRefresh{}, KeyAlgorithm: dpop.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	shared := newSession("dpop-users")
+	shared.set.Store(&settings{})
+	base := &verifyingBase{v: dpop.NewVerifier(64)}
+	tr := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport), base: base, logger: zap.NewNop(), auth: new(authHeader)}
+	want := map[string]string{}
+	for _, key := range []string{"alice", "bob"} {
+		if err := rt.Login(context.Background(), key, issuer("DPoP")); err != nil {
+			t.Fatal(err)
+		}
+		c, _ := rt.Session(key)
+		want[key] = c.Status().KeyThumbprint
+		req := benchUpstreamRequest()
+		ctx := context.WithValue(req.Context(), caddyhttp.VarsCtxKey,
+			map[string]any{credVar: &credential{sess: shared, name: "dpop-users", rt: rt, key: key}})
+		resp, err := tr.RoundTrip(req.WithContext(ctx))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %v, %v", key, resp, err)
+		}
+	}
+	if len(base.thumbs) != 2 || base.thumbs[0] != want["alice"] || base.thumbs[1] != want["bob"] || want["alice"] == want["bob"] {
+		t.Errorf("proofs signed with %v, want alice's %s then bob's %s", base.thumbs, want["alice"], want["bob"])
+	}
 }

@@ -7,6 +7,7 @@
 # $PORT_BASE..+8, +19 and +100 (default 18000) and a temporary directory.
 #
 #   interop/bench/run.sh [rounds] [seconds]      # default 3 rounds of 6 s per site
+#   SITES="2 7" interop/bench/run.sh 9 5         # only these sites (indices below, from 0; bare always)
 #
 # Two Caddy processes: the upstream (a `respond` plus a static token
 # endpoint) and the gateway, with one site per variant:
@@ -31,6 +32,8 @@
 set -euo pipefail
 
 ROUNDS=${1:-3}
+SITES=${SITES:-0 1 2 3 4 5 6 7}
+[[ " $SITES " == *" 0 "* ]] || SITES="0 $SITES"
 KEYS=${KEYS:-10000}
 SECS=${2:-6}
 PORT_BASE=${PORT_BASE:-18000}
@@ -202,8 +205,10 @@ RSS_START=
 TOTAL=0
 declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do
-	order=(0 1 2 3 4 5 6 7)
-	if [ $((r % 2)) = 0 ]; then order=(7 6 5 4 3 2 1 0); fi
+	read -ra order <<<"$SITES"
+	if [ $((r % 2)) = 0 ]; then
+		for ((a = 0, b = ${#order[@]} - 1; a < b; a++, b--)); do t=${order[a]} order[a]=${order[b]} order[b]=$t; done
+	fi
 	for i in "${order[@]}"; do
 		port=$((PORT_BASE + i + 1))
 		script=()
@@ -232,14 +237,16 @@ echo "gateway RSS: $RSS_START KiB after round 1 ($START_TOTAL requests), $(rss) 
 echo
 echo "| site | req/s | rps vs bare | gateway CPU µs/request | vs bare | vs raw-signature site |"
 echo "|---|---|---|---|---|---|"
-for i in 0 1 2 3 4 5 6 7; do
+for i in $SITES; do
 	rps=$(median "${RPS[$i]}")
 	us=$(median "${CPU[$i]}")
 	su=""
-	if [ -n "${SIGN_OF[$i]:-}" ]; then su=$(median "${CPU[${SIGN_OF[$i]}]}"); fi
+	if [ -n "${SIGN_OF[$i]:-}" ]; then su=$(median "${CPU[${SIGN_OF[$i]}]:-}"); fi
 	awk -v l="${LABELS[$i]}" -v r="$rps" -v br="$bare_rps" -v u="$us" -v bu="$bare_cpu" -v i="$i" -v su="$su" \
 		'BEGIN {d = (i == 0) ? "" : sprintf("%+.1f", u - bu); s = (su == "") ? "" : sprintf("%+.1f", u - su)
 		printf "| %s | %.0f | %.2f | %.1f | %s | %s |\n", l, r, r / br, u, d, s}'
 done
-awk -v t="$(median "${CPU[7]}")" -v b="$(median "${CPU[2]}")" -v k="$KEYS" \
-	'BEGIN {printf "\ntemplate (%d keys) vs the single-session Bearer site: %+.1f µs CPU/request\n", k, t - b}'
+if [ -n "${CPU[7]:-}" ] && [ -n "${CPU[2]:-}" ]; then
+	awk -v t="$(median "${CPU[7]}")" -v b="$(median "${CPU[2]}")" -v k="$KEYS" \
+		'BEGIN {printf "\ntemplate (%d keys) vs the single-session Bearer site: %+.1f µs CPU/request\n", k, t - b}'
+fi

@@ -93,12 +93,18 @@ func drillTemplateRefresh(t *testing.T, n int, opts clusterOptions, lifetimes in
 	st := c.sb.Stats()
 	calls, ok := st.RefreshCalls-base.RefreshCalls, st.RefreshSuccesses-base.RefreshSuccesses
 	var refreshed, adopted, failures, late float64
-	for _, nd := range c.nodes {
-		refreshed += metricSum(t, nd, "caddy_inject_token_refresh_total", "session", templateDrill, "outcome", "refreshed")
-		adopted += metricSum(t, nd, "caddy_inject_token_refresh_total", "session", templateDrill, "outcome", "adopted")
-		failures += metricSum(t, nd, "caddy_inject_token_refresh_failures_total", "session", templateDrill)
-		late += metricSum(t, nd, "caddy_inject_token_refresh_lead_seconds_bucket", "session", templateDrill, "le", "0")
+	count := func() bool {
+		refreshed, adopted, failures, late = 0, 0, 0, 0
+		for _, nd := range c.nodes {
+			refreshed += metricSum(t, nd, "caddy_inject_token_refresh_total", "session", templateDrill, "outcome", "refreshed")
+			adopted += metricSum(t, nd, "caddy_inject_token_refresh_total", "session", templateDrill, "outcome", "adopted")
+			failures += metricSum(t, nd, "caddy_inject_token_refresh_failures_total", "session", templateDrill)
+			late += metricSum(t, nd, "caddy_inject_token_refresh_lead_seconds_bucket", "session", templateDrill, "le", "0")
+		}
+		return refreshed >= float64(want)
 	}
+	// An engine reports a refresh after the sandbox has answered it.
+	poll(10*time.Second, 100*time.Millisecond, count)
 	t.Logf("| %d | %d | %s | %v | %v | %d | %d | %v | %v | %d | %v |", n, len(c.nodes), storageName(opts), loggedIn.Round(100*time.Millisecond),
 		used.Round(100*time.Millisecond), calls, ok, failures, late, st.ReuseEvents, done.Round(100*time.Millisecond))
 	t.Logf("adopted by other instances: %v; refreshed by the engine: %v", adopted, refreshed)
