@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
@@ -39,6 +40,24 @@ func (st store) sourcedKey(ctx context.Context, thumbprint string) (*dpop.Key, e
 // a missing key. The reason classifies a failure.
 func (o *op) newKey() (*dpop.Key, string, error) {
 	c := o.c
+	if o.given != nil {
+		if c.cfg.KeySource != nil {
+			// The source's key is never stored, and only it may sign for
+			// the session: a login made with another key is refused.
+			k, err := c.cfg.KeySource.Key(o.ctx)
+			if err != nil {
+				return nil, ReasonOther, fmt.Errorf("DPoP key source: %w", err)
+			}
+			if k.Thumbprint() != o.given.Thumbprint() {
+				return nil, ReasonOther, errors.New("adopted login: made with a key other than the key source's")
+			}
+			return k, "", nil
+		}
+		if err := o.st.saveKey(o.ctx, o.given); err != nil {
+			return nil, ReasonStorage, err
+		}
+		return o.given, "", nil
+	}
 	if c.cfg.KeySource != nil {
 		k, err := c.cfg.KeySource.Key(o.ctx)
 		if err != nil {

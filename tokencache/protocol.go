@@ -107,6 +107,8 @@ type op struct {
 	// logs its outcome, so the engine does not log it again at INFO, and a
 	// failure is the operator's answer, not a retry to schedule.
 	operator bool
+	// given is the DPoP key an adopted login was made with (see Adopt).
+	given *dpop.Key
 }
 
 // pendingWrite is a result that could not be stored yet. next may be
