@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -259,5 +260,159 @@ func TestLifetimes(t *testing.T) {
 	}
 	if n := records(); n != 0 {
 		t.Fatalf("%d records left", n)
+	}
+}
+
+// TestThrottle: wrong passwords for one account are refused at the gateway
+// after the account limit ("try again in N s", 429, metric hook), without
+// locking out another account from the same address; one address is
+// limited across accounts.
+func TestThrottle(t *testing.T) {
+	srv := newSandbox(t)
+	clk := &clock{t: time.Now()}
+	var mu sync.Mutex
+	refused := map[string]int{}
+	s := newSite(t, srv, t.TempDir(), func(c *peruser.Config) {
+		c.Now, c.AccountLimit, c.AccountWindow, c.AddressLimit, c.AddressWindow = clk.Now, 3, 5*time.Minute, 8, time.Minute
+		c.OnThrottle = func(by string) { mu.Lock(); refused[by]++; mu.Unlock() }
+	})
+	b := newBrowser(t, s.URL)
+	for range 3 {
+		if r := b.login(alice, "guess", "/"); r.status != http.StatusUnauthorized {
+			t.Fatalf("wrong password: %d", r.status)
+		}
+	}
+	before := len(srv.Requests())
+	r := b.login(alice, alicePW, "/") // even the right one, now
+	if r.status != http.StatusTooManyRequests || r.hdr.Get("Retry-After") != "300" || !strings.Contains(r.body, "Try again in 300 s") {
+		t.Fatalf("4th attempt: %d %q %s", r.status, r.hdr.Get("Retry-After"), r.body)
+	}
+	if len(srv.Requests()) != before {
+		t.Fatal("a throttled login reached the token server")
+	}
+	if r := b.login(bob, bobPW, "/"); r.status != http.StatusSeeOther {
+		t.Fatalf("bob from the same address: %d", r.status)
+	}
+	clk.Add(5 * time.Minute)
+	if r := b.login(alice, alicePW, "/"); r.status != http.StatusSeeOther {
+		t.Fatalf("alice after the window: %d %s", r.status, r.body)
+	}
+	// Eight attempts a minute from one address, whatever the account.
+	for i := range 7 { // the 1st of the window was alice's
+		b.login("nobody"+string(rune('a'+i))+"@example.com", "x", "/")
+	}
+	if r := b.login("carol@example.com", "x", "/"); r.status != http.StatusTooManyRequests {
+		t.Fatalf("9th attempt from one address: %d", r.status)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if refused["account"] != 1 || refused["address"] != 1 {
+		t.Fatalf("refusals counted: %v", refused)
+	}
+}
+
+// TestCrossSiteAndCSRF: logout and revoke are refused (403) when posted
+// from another site (Origin, Sec-Fetch-Site) or without this login's CSRF
+// token, and the user stays logged in; a login form is refused without its
+// token too.
+func TestCrossSiteAndCSRF(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), nil)
+	a, b := newBrowser(t, s.URL), newBrowser(t, s.URL)
+	a.login(alice, alicePW, "/")
+	b.login(bob, bobPW, "/")
+	tokA := csrf(t, a.do("GET", pfx+"/", nil).body)
+	tokB := csrf(t, b.do("GET", pfx+"/", nil).body)
+	for _, path := range []string{"/logout", "/revoke"} {
+		form := url.Values{"csrf": {tokA}, "target": {"all"}}
+		for name, hdr := range map[string][]string{
+			"cross-site origin": {"Origin", "https://evil.example", "Sec-Fetch-Site", ""},
+			"cross-site fetch":  {"Origin", "", "Sec-Fetch-Site", "cross-site"},
+			"same-site fetch":   {"Origin", "", "Sec-Fetch-Site", "same-site"},
+		} {
+			if r := a.do("POST", pfx+path, form, hdr...); r.status != http.StatusForbidden {
+				t.Fatalf("%s %s: %d", name, path, r.status)
+			}
+		}
+		for name, tok := range map[string]string{"no token": "", "bob's token": tokB, "forged": tokA[:len(tokA)-2] + "xx"} {
+			if r := a.do("POST", pfx+path, url.Values{"csrf": {tok}, "target": {"all"}}); r.status != http.StatusForbidden {
+				t.Fatalf("%s %s: %d", name, path, r.status)
+			}
+		}
+	}
+	if status, _ := a.whoami(); status != 200 {
+		t.Fatalf("alice after refused posts: %d", status)
+	}
+	if st := srv.Stats(); st.Revokes != 0 {
+		t.Fatalf("a refused post revoked: %+v", st)
+	}
+	c := newBrowser(t, s.URL)
+	c.loginForm()
+	if r := c.do("POST", pfx+"/login/password", url.Values{"email": {alice}, "password": {alicePW}}); r.status != http.StatusForbidden {
+		t.Fatalf("login without its token: %d", r.status)
+	}
+}
+
+// TestReturnURL: a login returns only to a path on this site.
+func TestReturnURL(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), nil)
+	for back, want := range map[string]string{
+		"/orders?id=7":              "/orders?id=7",
+		"//evil.example/x":          "/",
+		"/\\evil.example":           "/",
+		"https://evil.example/":     "/",
+		"javascript:alert(1)":       "/",
+		"/%0d%0aSet-Cookie:x=1":     "/%0d%0aSet-Cookie:x=1",
+		"http:evil.example":         "/",
+		"\t//evil.example":          "/",
+		"/ok\r\nLocation: //evil.x": "/",
+	} {
+		r := newBrowser(t, s.URL).login(bob, bobPW, back)
+		if r.status != http.StatusSeeOther || r.loc != want {
+			t.Errorf("return %q: %d %q, want %q", back, r.status, r.loc, want)
+		}
+	}
+	// The redirect to the login page carries only the request's own path.
+	b := newBrowser(t, s.URL)
+	if r := b.do("GET", "//evil.example/x", nil); r.status != http.StatusSeeOther || r.loc != pfx+"/login" {
+		t.Errorf("redirect to login from //evil.example/x: %d %q", r.status, r.loc)
+	}
+}
+
+// TestDevices: the user's page lists the user's devices with the gateway's
+// own marked; revoking another device leaves the gateway's session,
+// revoking the gateway's own ends it.
+func TestDevices(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), nil)
+	a, phone := newBrowser(t, s.URL), newBrowser(t, s.URL)
+	a.login(alice, alicePW, "/")
+	// alice's "phone": a second Prelude session of hers, outside the gateway.
+	other := newSite(t, srv, t.TempDir(), nil)
+	newBrowser(t, other.URL).login(alice, alicePW, "/")
+	_ = phone
+	page := a.do("GET", pfx+"/", nil)
+	if page.status != 200 || strings.Count(page.body, "data-id=") != 2 || strings.Count(page.body, `data-current="1"`) != 1 {
+		t.Fatalf("devices: %s", page.body)
+	}
+	r := a.do("POST", pfx+"/revoke", url.Values{"csrf": {csrf(t, page.body)}, "target": {"others"}})
+	if r.status != http.StatusSeeOther || r.loc != pfx+"/" {
+		t.Fatalf("revoke others: %d %q %s", r.status, r.loc, r.body)
+	}
+	page = a.do("GET", pfx+"/", nil)
+	if strings.Count(page.body, "data-id=") != 1 {
+		t.Fatalf("after revoking others: %s", page.body)
+	}
+	if status, _ := a.whoami(); status != 200 {
+		t.Fatalf("alice after revoking her others: %d", status)
+	}
+	_, w := a.whoami()
+	r = a.do("POST", pfx+"/revoke", url.Values{"csrf": {csrf(t, page.body)}, "target": {"session"}, "id": {w.Claims["sid"].(string)}})
+	if r.status != http.StatusSeeOther || r.loc != pfx+"/login" {
+		t.Fatalf("revoke this: %d %q", r.status, r.loc)
+	}
+	if status, _ := a.whoami(); status != http.StatusSeeOther {
+		t.Fatalf("alice after revoking the gateway's device: %d", status)
 	}
 }
