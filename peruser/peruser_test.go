@@ -416,3 +416,70 @@ func TestDevices(t *testing.T) {
 		t.Fatalf("alice after revoking the gateway's device: %d", status)
 	}
 }
+
+// TestTwoInstancesShareUsers: two gateways on one storage (as two Caddy
+// instances would be): a user logged in through one is served by the
+// other with the same session and no new login; a token both find rejected
+// is refreshed once; a logout through one ends the user on both.
+func TestTwoInstancesShareUsers(t *testing.T) {
+	srv := newSandbox(t)
+	dir := t.TempDir()
+	s1, s2 := newSite(t, srv, dir, nil), newSite(t, srv, dir, nil)
+	b1 := newBrowser(t, s1.URL)
+	b1.login(alice, alicePW, "/")
+	_, w1 := b1.whoami()
+	// The same browser reaches the other instance (another host:port here,
+	// so its cookie is copied over, as a load balancer would present it).
+	b2 := newBrowser(t, s2.URL)
+	u1, _ := url.Parse(s1.URL)
+	u2, _ := url.Parse(s2.URL)
+	b2.c.Jar.SetCookies(u2, b1.c.Jar.Cookies(u1))
+	_, w2 := b2.whoami()
+	if w2.Claims["sub"] != w1.Claims["sub"] || w2.Claims["sid"] != w1.Claims["sid"] {
+		t.Fatalf("instance 2 serves %v, instance 1 %v", w2.Claims, w1.Claims)
+	}
+	if st := srv.Stats(); st.Logins != 1 {
+		t.Fatalf("logins: %+v", st)
+	}
+
+	// Both instances find the token rejected at once: one refresh.
+	sub := w1.Claims["sub"].(string)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for _, s := range []*site{s1, s2} {
+		c, err := s.rt.Session(sub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := c.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Invalidate(tok.Value)
+	}
+	start := make(chan struct{})
+	for _, b := range []*browser{b1, b2, b1, b2} {
+		wg.Go(func() {
+			<-start
+			if status, w := b.whoami(); status != 200 || w.Claims["sub"] != sub {
+				t.Errorf("during the refresh: %d %v", status, w.Claims)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if st := srv.Stats(); st.RefreshSuccesses != 1 || st.ReuseEvents != 0 || st.Logins != 1 {
+		t.Fatalf("refreshes: %+v", st)
+	}
+	_, w1 = b1.whoami()
+	_, w2 = b2.whoami()
+	if w1.Claims["jti"] != w2.Claims["jti"] {
+		t.Fatal("the instances serve different tokens after the refresh")
+	}
+
+	page := b1.do("GET", pfx+"/", nil)
+	b1.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}})
+	if status, _ := b2.whoami(); status != http.StatusSeeOther {
+		t.Fatalf("instance 2 after logout on instance 1: %d", status)
+	}
+}
