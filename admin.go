@@ -93,6 +93,9 @@ var sessionOps = map[string]op{
 // names. It is the one implementation behind both the admin API and the
 // dashboard.
 func dispatch(r *http.Request, path, via string) (any, error) {
+	if path == "/templates" || strings.HasPrefix(path, "/templates/") {
+		return dispatchTemplates(r, path, via)
+	}
 	rest, ok := strings.CutPrefix(path, "/sessions")
 	if !ok {
 		return nil, errorf(http.StatusNotFound, adminapi.CodeNotFound, "not found: %s", r.URL.Path)

@@ -197,7 +197,7 @@ func opFailure(s *session, op opName, err error) error {
 	if errors.As(err, &ue) {
 		return &opError{status: http.StatusServiceUnavailable, code: adminapi.CodeUnavailable,
 			msg:   fmt.Sprintf("session %q has no valid access token right now (%s): %v", s.name, ue.State, ue.Err),
-			retry: retryHint(s, ue.State, ue.RetryAfter)}
+			retry: retryHint(s.cache(), ue.State, ue.RetryAfter)}
 	}
 	return &opError{status: http.StatusInternalServerError, code: adminapi.CodeInternal,
 		msg: fmt.Sprintf("%s failed: %v", opNoun(op), err)}
@@ -219,8 +219,8 @@ func opNoun(op opName) string {
 // retryHint is the Retry-After for a session without a token: the
 // engine's backoff while retrying can help, operatorRetryAfter while only
 // an operator can change the state.
-func retryHint(s *session, state string, engine time.Duration) time.Duration {
-	if state == tokencache.StateLoggedOut && !s.cache().Status().AutoLogin || state == tokencache.StateLoginFailed {
+func retryHint(c *tokencache.Cache, state string, engine time.Duration) time.Duration {
+	if state == tokencache.StateLoggedOut && (c == nil || !c.Status().AutoLogin) || state == tokencache.StateLoginFailed {
 		return operatorRetryAfter
 	}
 	return max(engine, time.Second)

@@ -30,6 +30,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	inject_token [<matcher>] {
 //		session        <name>
+//		template       <name>          # instead of session: one session per user, made at run time
+//		key            <placeholder>   # with template: the request's session key
+//		max_resident   <n>
+//		idle_timeout   <duration>
+//		retention      <duration>
+//		use_window     <duration>
+//		max_refreshing <n>
 //		prelude        <base_url>
 //		login password <email> <password>
 //		refresh_before <duration>
@@ -79,6 +86,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
+			continue
+		}
+		if seen[sub] && isTemplateOption(sub) {
+			return d.Errf("%s already specified", sub)
+		}
+		if ok, err := h.unmarshalTemplate(d); ok {
+			if err != nil {
+				return err
+			}
+			seen[sub] = true
 			continue
 		}
 		if seen[sub] && sub != "strip_header" && sub != "allow_browser_origins" {
@@ -188,7 +205,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, prelude, oauth2, token_exchange, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, template, key, max_resident, idle_timeout, retention, use_window, max_refreshing, prelude, oauth2, token_exchange, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
 		}
 	}
 	switch n := btoi(h.Prelude != "") + btoi(h.OAuth2 != nil) + btoi(h.TokenExchange != nil); {
@@ -200,6 +217,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("inject_token: login password is for the prelude backend; oauth2 and token_exchange log in with their grant")
 	case h.Prelude != "" && h.DPoP == "off":
 		return d.Err("inject_token: dpop off is for oauth2; Prelude always binds sessions to a DPoP key")
+	}
+	if err := h.TemplateSessions.check(h.Session, h.Login != nil); err != nil {
+		return d.Errf("inject_token: %v", err)
+	}
+	if h.Template != "" && h.TokenExchange != nil {
+		return d.Err("inject_token: token_exchange cannot be a template's backend")
 	}
 	return nil
 }

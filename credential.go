@@ -54,6 +54,12 @@ type credential struct {
 	sess *session
 	name string
 
+	// rt and key, when rt is set, are the run-time session of the
+	// template sess stands for: its token is rt's for key, and sess holds
+	// only what the template's sessions share (nonces, clocks, budget).
+	rt  *tokencache.Runtime
+	key string
+
 	// preset: the handler presented a per-subject token (token_exchange
 	// subject_header) itself; the transport sends the request as it is
 	// and sess is nil.
@@ -82,6 +88,26 @@ func (c *credential) String() string {
 
 // GoString is like String.
 func (c *credential) GoString() string { return c.String() }
+
+// token is the token to present now: the named session's, or the
+// run-time session's.
+func (c *credential) token(ctx context.Context) (*tokencache.Token, error) {
+	if c.rt != nil {
+		return c.rt.Token(ctx, c.key)
+	}
+	return c.sess.cache().Token(ctx)
+}
+
+// invalidate makes the session replace token at its next use.
+func (c *credential) invalidate(token string) {
+	if c.rt == nil {
+		c.sess.cache().Invalidate(token)
+		return
+	}
+	if tc, err := c.rt.Session(c.key); err == nil {
+		tc.Invalidate(token)
+	}
+}
 
 // credentialOf returns the credential the handler set for req, or nil.
 func credentialOf(ctx context.Context) *credential {
@@ -311,7 +337,7 @@ func (c *credential) rejected(tok *tokencache.Token, logger *zap.Logger) {
 		}
 		return
 	}
-	s.cache().Invalidate(tok.Value)
+	c.invalidate(tok.Value)
 	if ce := logger.Check(zapcore.DebugLevel, "upstream rejected token; invalidated"); ce != nil {
 		ce.Write(zap.String("session", c.name), zap.String("sid", tok.SessionID))
 	}

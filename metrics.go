@@ -13,6 +13,7 @@ import (
 const (
 	resultInjected    = "injected"    // a token was injected and the request forwarded
 	resultUnavailable = "unavailable" // no valid token: answered 503
+	resultNoUser      = "no_user"     // a template's request without a session key: answered 401
 	resultRetried401  = "retried_401" // upstream said 401; retried once with a fresh token
 )
 
@@ -46,7 +47,7 @@ var (
 	}
 	// storageOps are the operations tokencache names in Event.Op.
 	storageOps     = []string{"load", "store", "lock", "unlock", "delete", labelOther}
-	requestResults = []string{resultInjected, resultUnavailable, resultRetried401}
+	requestResults = []string{resultInjected, resultUnavailable, resultRetried401, resultNoUser}
 	// proofKinds are the attempts the transport signs proofs for.
 	proofKinds     = []string{proofFirst, proofNonceRetry}
 	rejectionKinds = []string{rejectionToken, rejectionNonce, rejectionRateLimited}
@@ -265,6 +266,19 @@ func oneOf(v string, set []string, other string) string {
 // its own.
 func forgetSessionMetrics(name string) {
 	if _, live := lookupSession(name); live {
+		return
+	}
+	match := prometheus.Labels{"session": name}
+	for _, v := range sessionVecs {
+		v.DeletePartialMatch(match)
+	}
+}
+
+// forgetTemplateMetrics deletes the series of a destroyed template (its
+// sessions' counters are labelled with its name), unless a template of
+// that name is live again.
+func forgetTemplateMetrics(name string) {
+	if _, live := lookupTemplate(name); live {
 		return
 	}
 	match := prometheus.Labels{"session": name}

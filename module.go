@@ -136,6 +136,10 @@ type Handler struct {
 	// inject_token app's (global option) applies.
 	Sealing
 
+	// TemplateSessions, with template set, serves one session per user,
+	// made at run time, instead of one named session.
+	TemplateSessions
+
 	allowAll bool
 	allowed  map[string]bool // lowercased origins
 	// placeholders provides {http.inject_token.*} on demand, so a
@@ -144,6 +148,8 @@ type Handler struct {
 	auth         *authHeader
 	injected     prometheus.Counter // requests_total{session, injected}
 	sess         *session
+	tmpl         *runtimeTemplate // with a template; sess is then tmpl.shared
+	keyOf        requestKey       // with a template: the request's session key
 	perSubject   *perSubject // per-request subjects of token_exchange, or nil
 	acquired     bool
 	owner        configID
@@ -192,10 +198,13 @@ const sessionNameHint = "use 1-64 lowercase letters, digits, '.', '_' or '-' (no
 // no network I/O.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Session == "" {
+	if err := h.TemplateSessions.check(h.Session, h.Login != nil); err != nil {
+		return err
+	}
+	if h.Session == "" && h.Template == "" {
 		h.Session = DefaultSession
 	}
-	if !validSessionName(h.Session) {
+	if h.Template == "" && !validSessionName(h.Session) {
 		return fmt.Errorf("invalid session name %q: %s", h.Session, sessionNameHint)
 	}
 	if h.RefreshBefore < 0 {
@@ -249,6 +258,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if set.sealer, err = h.Sealing.sealer(ctx, caddy.NewReplacer(), app.(*App).sealer); err != nil {
 		return err
 	}
+	h.auth = new(authHeader)
+	if h.Template != "" {
+		return h.provisionTemplate(ctx, set)
+	}
 	s, err := acquireSession(ctx, h.Session, set, h.logger)
 	if err != nil {
 		return err
@@ -257,7 +270,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.perSubject = perSubjectOf(set)
 	// Resolved once: a label lookup per request is measurable on the hot path.
 	h.injected = requestsTotal.WithLabelValues(h.Session, resultInjected)
-	h.auth = new(authHeader)
 	h.placeholders = func(key string) (any, bool) {
 		switch key {
 		case "http.inject_token.session":
@@ -364,7 +376,11 @@ func checkBaseURL(s string) error {
 func (h *Handler) Cleanup() error {
 	if h.acquired {
 		h.acquired = false
-		releaseSession(h.sess, h.owner)
+		if h.tmpl != nil {
+			releaseTemplate(h.tmpl, h.owner)
+		} else {
+			releaseSession(h.sess, h.owner)
+		}
 	}
 	return nil
 }
@@ -378,22 +394,41 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errTrace)
 	}
-	var subject string
+	var subject, key string
 	if h.perSubject != nil {
 		subject = h.perSubject.take(r)
 	}
+	if h.keyOf != nil {
+		// Before stripping: the key may come from a header stripped.
+		var err error
+		if key, err = h.keyOf(r); err != nil || key == "" {
+			return h.noUser(w, r, err)
+		}
+	}
 	stripClientCredentials(r.Header, h.StripHeaders)
 	stripTrailers(r, h.StripHeaders)
-	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(h.placeholders)
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.tmpl != nil {
+		repl.Map(h.templatePlaceholders(key))
+	} else {
+		repl.Map(h.placeholders)
+	}
 	if h.perSubject != nil {
 		return h.perSubject.serve(subject, w, r, next)
 	}
 
-	tok, err := h.sess.cache().Token(r.Context())
-	if err != nil {
-		return h.unavailable(w, r, err)
+	var c *credential
+	var tok *tokencache.Token
+	var err error
+	if h.tmpl != nil {
+		c, tok, err = h.templateCredential(r, key)
+	} else {
+		c = &credential{sess: h.sess, name: h.Session}
+		tok, err = h.sess.cache().Token(r.Context())
 	}
-	c := &credential{sess: h.sess, name: h.Session}
+	if err != nil {
+		return h.unavailable(w, r, err, key)
+	}
 	caddyhttp.SetVar(r.Context(), credVar, c)
 	if !isDPoP(tok) {
 		// For a reverse_proxy without the transport; the transport
@@ -401,9 +436,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		presentBearer(r.Header, tok, h.auth)
 	} else if liveTransports.Load() == 0 {
 		h.logger.Error("DPoP-bound token but no 'transport inject_token' in any reverse_proxy; refusing to forward",
-			zap.String("session", h.Session))
+			zap.String("session", h.name()))
 		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("session %q has a DPoP-bound token: "+
-			"reverse_proxy needs 'transport inject_token' to sign proofs", h.Session))
+			"reverse_proxy needs 'transport inject_token' to sign proofs", h.name()))
 	}
 	h.injected.Inc()
 
@@ -423,7 +458,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) presentedHere(r *http.Request, c *credential, tok *tokencache.Token) {
 	if isDPoP(tok) {
 		h.logger.Error("DPoP-bound token was not presented: the reverse_proxy that handled this request "+
-			"has no 'transport inject_token'", zap.String("session", h.Session), zap.String("uri", r.RequestURI))
+			"has no 'transport inject_token'", zap.String("session", h.name()), zap.String("uri", r.RequestURI))
 		return
 	}
 	if c.w.status == http.StatusUnauthorized {
@@ -440,21 +475,26 @@ type unavailableBody struct {
 
 // unavailable answers a request for which no valid token exists: 503 with
 // Retry-After, through the server's error routes if it has any.
-func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
-	countRequest(h.Session, resultUnavailable)
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error, key string) error {
+	name := h.name()
+	countRequest(name, resultUnavailable)
+	tc := h.sessionCache(key)
 	var state string
 	retry := time.Second
 	var ue *tokencache.UnavailableError
-	if errors.As(err, &ue) {
+	switch {
+	case errors.As(err, &ue):
 		state, retry = ue.State, ue.RetryAfter
-	} else {
-		state = h.sess.cache().Status().State
+	case tc != nil:
+		state = tc.Status().State
+	default:
+		state = "unavailable"
 	}
-	retry = retryHint(h.sess, state, retry)
+	retry = retryHint(tc, state, retry)
 	secs := max(int64((retry+time.Second-1)/time.Second), 1)
 	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	if c := h.logger.Check(zapcore.DebugLevel, "no valid token; not forwarding"); c != nil {
-		c.Write(zap.String("session", h.Session), zap.String("state", state), zap.Error(err))
+		c.Write(zap.String("session", name), zap.String("state", state), zap.Error(err))
 	}
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
@@ -464,11 +504,33 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusServiceUnavailable)
 	_ = json.NewEncoder(w).Encode(unavailableBody{
-		Error:   fmt.Sprintf("no valid access token for session %q", h.Session),
-		Session: h.Session,
+		Error:   fmt.Sprintf("no valid access token for session %q", name),
+		Session: name,
 		State:   state,
 	})
 	return nil
+}
+
+// name is the session's name, or the template's: what metrics and logs
+// call it (never a user's key).
+func (h *Handler) name() string {
+	if h.tmpl != nil {
+		return h.Template
+	}
+	return h.Session
+}
+
+// sessionCache is the cache of the request's session (key: a template's
+// run-time session), nil if it cannot be had.
+func (h *Handler) sessionCache(key string) *tokencache.Cache {
+	if h.tmpl == nil {
+		return h.sess.cache()
+	}
+	c, err := h.tmpl.runtime().Session(key)
+	if err != nil {
+		return nil
+	}
+	return c
 }
 
 // literalWarned holds the session and field of every literal secret
@@ -484,11 +546,11 @@ func (h *Handler) warnLiteralSecrets() {
 		if value == "" || strings.Contains(value, "{") && strings.Contains(value, "}") {
 			return
 		}
-		if _, done := literalWarned.LoadOrStore(h.Session+" "+field, true); done {
+		if _, done := literalWarned.LoadOrStore(h.name()+" "+field, true); done {
 			return
 		}
 		h.logger.Warn("literal secret in the configuration: Caddy shows it in /config/ and autosave.json; use a placeholder",
-			zap.String("session", h.Session), zap.String("field", field),
+			zap.String("session", h.name()), zap.String("field", field),
 			zap.String("instead", "{env."+env+"} or {file./run/secrets/"+strings.ToLower(env)+"}"))
 	}
 	if h.Login != nil {

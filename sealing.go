@@ -198,20 +198,32 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 // file_system storage gets conditional writes (filecas), which the sealed
 // storage forwards to the engine.
 func sealedStorage(ctx caddy.Context, name string, sl *seal.Sealer) (certmagic.Storage, error) {
+	st := sealStorage(ctx, sl)
+	if err := st.Check(ctx, tokencache.SessionDir(name)); err != nil {
+		return nil, fmt.Errorf("session %q: its stored state cannot be opened: %w "+
+			"(check seal_key, and seal_key_previous during a rotation)", name, err)
+	}
+	return st.WithVersions(), nil
+}
+
+// templateStorage is the storage of a template's sessions: sealed like a
+// named session's, but not checked as a whole (a template may hold
+// 100,000 sessions); its secret (loadTemplateSecret) is opened instead.
+func templateStorage(ctx caddy.Context, sl *seal.Sealer) (certmagic.Storage, error) {
+	return sealStorage(ctx, sl).WithVersions(), nil
+}
+
+// sealStorage wraps the config's storage, sealing with sl (nil: plain).
+func sealStorage(ctx caddy.Context, sl *seal.Sealer) seal.Storage {
 	inner := ctx.Storage()
 	if fst, ok := inner.(*certmagic.FileStorage); ok {
 		inner = filecas.New(fst)
 	}
-	st := seal.Storage{
+	return seal.Storage{
 		Storage: inner, Sealer: sl, Prefix: tokencache.StoragePrefix + "/",
 		// DPoP key files are written once, at login; state is rewritten
 		// at every refresh.
 		Immutable: tokencache.IsKeyFile,
 		Plain:     tokencache.IsClaim,
 	}
-	if err := st.Check(ctx, tokencache.SessionDir(name)); err != nil {
-		return nil, fmt.Errorf("session %q: its stored state cannot be opened: %w "+
-			"(check seal_key, and seal_key_previous during a rotation)", name, err)
-	}
-	return st.WithVersions(), nil
 }

@@ -277,6 +277,9 @@ func asNonces() *dpop.NonceStore {
 // it, or binding the new settings to it if one does. On success the caller
 // must call releaseSession exactly once.
 func acquireSession(ctx caddy.Context, name string, set *settings, logger *zap.Logger) (*session, error) {
+	if _, clash := lookupTemplate(name); clash {
+		return nil, fmt.Errorf("session %q has the name of a template: both would live under inject_token/%s/ in storage", name, name)
+	}
 	storage, err := sealedStorage(ctx, name, set.sealer)
 	if err != nil {
 		return nil, err

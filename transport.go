@@ -168,10 +168,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := c.buffer(req); err != nil {
 		return nil, err
 	}
-	cache := c.sess.cache()
 	nonceRetried, freshRetried, proofRetried, kind := false, false, false, proofFirst
 	for range maxAttempts {
-		tok, err := cache.Token(req.Context())
+		tok, err := c.token(req.Context())
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +202,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if freshRetried || !c.full {
 				return resp, nil
 			}
-			fresh, err := cache.Token(req.Context())
+			fresh, err := c.token(req.Context())
 			if err != nil || fresh.Value == tok.Value {
 				return resp, nil // no fresh token: the upstream's answer stands
 			}

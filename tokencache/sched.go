@@ -15,6 +15,11 @@ import (
 // session not used within the UseWindow leaving its refresh to its next
 // use. Due sessions start the cache's single flight, as the loop does.
 //
+// At most cap flights the scheduler started run at once; sessions due
+// beyond that stay at the top of the heap until one ends. A flight a
+// caller started, or one the scheduler only joined, is not counted: a
+// request is never held back by the cap.
+//
 // Locks: a cache calls poke with its c.mu held, so the scheduler never
 // holds s.mu while it calls into a cache.
 type scheduler struct {
@@ -23,9 +28,11 @@ type scheduler struct {
 	stop  chan struct{}
 	done  chan struct{}
 
-	mu    sync.Mutex
-	h     entryHeap
-	dirty []*entry
+	mu      sync.Mutex
+	h       entryHeap
+	dirty   []*entry
+	cap     int // MaxRefreshing
+	running int // flights started by the scheduler, not yet ended
 }
 
 // schedState is an entry's place in the scheduler.
@@ -42,10 +49,25 @@ type schedState struct {
 	gone  bool // evicted: never planned again
 }
 
-func newScheduler(clock Clock) *scheduler {
-	s := &scheduler{clock: clock, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+func newScheduler(clock Clock, limit int) *scheduler {
+	s := &scheduler{clock: clock, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), cap: limit}
 	go s.run()
 	return s
+}
+
+// setCap changes MaxRefreshing (Update).
+func (s *scheduler) setCap(n int) {
+	s.mu.Lock()
+	s.cap = n
+	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *scheduler) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // poke asks for e to be planned again. It never blocks.
@@ -57,10 +79,7 @@ func (s *scheduler) poke(e *entry) {
 		s.dirty = append(s.dirty, e)
 	}
 	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.signal()
 }
 
 // remove takes an evicted session out for good.
@@ -94,13 +113,11 @@ func (s *scheduler) run() {
 			s.plan(e)
 		}
 		for _, e := range s.due() {
-			e.c.mu.Lock()
-			e.c.startFlightLocked() // its end pokes e again
-			e.c.mu.Unlock()
+			s.start(e)
 		}
 		timer.Stop()
 		s.mu.Lock()
-		if len(s.h) > 0 {
+		if len(s.h) > 0 && s.running < s.cap {
 			timer.Reset(max(s.h[0].sched.at.Sub(s.clock.Now()), 0))
 		}
 		s.mu.Unlock()
@@ -142,14 +159,39 @@ func (s *scheduler) plan(e *entry) {
 	}
 }
 
-// due pops the sessions whose time has come. They stay planned: the end
-// of the flight each starts plans it again.
+// start starts e's flight, as the loop does; its end pokes e again. A
+// flight it starts (rather than joins) counts against the cap until it
+// ends.
+func (s *scheduler) start(e *entry) {
+	c := e.c
+	c.mu.Lock()
+	joined := c.flight != nil && c.flight.epoch == c.epoch
+	f := c.startFlightLocked()
+	c.mu.Unlock()
+	if joined {
+		return
+	}
+	s.mu.Lock()
+	s.running++
+	s.mu.Unlock()
+	go func() {
+		<-f.done
+		s.mu.Lock()
+		s.running--
+		s.mu.Unlock()
+		s.signal()
+	}()
+}
+
+// due pops the sessions whose time has come, as many as the cap leaves
+// room for. They stay planned: the end of the flight each starts plans it
+// again.
 func (s *scheduler) due() []*entry {
 	now := s.clock.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []*entry
-	for len(s.h) > 0 && !s.h[0].sched.at.After(now) {
+	for len(s.h) > 0 && s.running+len(out) < s.cap && !s.h[0].sched.at.After(now) {
 		out = append(out, heap.Pop(&s.h).(*entry))
 	}
 	return out
