@@ -22,9 +22,9 @@
 // What is stored where (all under inject_token/ in Caddy's storage, sealed
 // with the seal key):
 //
-//	inject_token/<template>/<hmac(key)>/…          the user's session (tokencache)
-//	inject_token/peruser/<template>/cookies/<hmac(id)>   cookie id → user, claims, lifetimes
-//	inject_token/peruser/<template>/flows/<hmac(state)>   an OAuth login in progress (10 min)
+//	inject_token/<template>/<hmac(key)>/…               the user's session (tokencache)
+//	inject_token/<template>/peruser/cookies/<hmac(id)>   cookie id → user, claims, lifetimes
+//	inject_token/<template>/peruser/flows/<hmac(state)>  an OAuth login in progress (10 min)
 //
 // Package peruser knows nothing of Caddy; the root package's per_user glue
 // wires it into the inject_token handler.

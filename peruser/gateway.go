@@ -372,7 +372,7 @@ func (g *Gateway) mac(label, v string) []byte {
 }
 
 func (g *Gateway) storageKey(kind, v string) string {
-	return tokencache.StoragePrefix + "/peruser/" + certmagic.StorageKeys.Safe(g.cfg.Template) + "/" + kind + "/" +
+	return tokencache.StoragePrefix + "/" + certmagic.StorageKeys.Safe(g.cfg.Template) + "/peruser/" + kind + "/" +
 		hex.EncodeToString(g.mac(kind, v)[:16])
 }
 

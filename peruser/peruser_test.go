@@ -232,7 +232,7 @@ func TestLifetimes(t *testing.T) {
 		c.Now, c.IdleTimeout, c.MaxLifetime = clk.Now, time.Hour, 3*time.Hour
 	})
 	records := func() int {
-		m, _ := filepath.Glob(filepath.Join(dir, "inject_token", "peruser", "users", "cookies", "*"))
+		m, _ := filepath.Glob(filepath.Join(dir, "inject_token", "users", "peruser", "cookies", "*"))
 		return len(m)
 	}
 	a, b := newBrowser(t, s.URL), newBrowser(t, s.URL)
