@@ -155,7 +155,7 @@ type Handler struct {
 	sess         *session
 	tmpl         *runtimeTemplate // with a template; sess is then tmpl.shared
 	keyOf        requestKey       // with a template: the request's session key
-	perSubject   *perSubject // per-request subjects of token_exchange, or nil
+	perSubject   *perSubject      // per-request subjects of token_exchange, or nil
 	perUser      *peruser.Gateway
 	acquired     bool
 	owner        configID

@@ -163,3 +163,45 @@ func TestPerUserConfigErrors(t *testing.T) {
 		t.Fatalf("load without seal_key: %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestDemoPerUserSite: the demo's per-user site redirects an
+// unidentified browser to its login page, and alice and bob (the demo's
+// users) log in there with their passwords and are served as themselves.
+func TestDemoPerUserSite(t *testing.T) {
+	d := exampleDemo(t, t.TempDir())
+	d.Start(t)
+	status, h, _ := do(t, noRedirect(), "GET", d.PerUser+"/", nil, "Accept", "text/html")
+	if status != http.StatusSeeOther || h.Get("Location") != "/.inject_token/login?return=%2F" {
+		t.Fatalf("unidentified browser at the demo's per-user site: %d %v", status, h)
+	}
+	subs := map[string]bool{}
+	for _, u := range [][2]string{{"alice@example.com", "alice-password"}, {"bob@example.com", "bob-password"}} {
+		jar, _ := cookiejar.New(nil)
+		c := noRedirect()
+		c.Jar = jar
+		_, _, page := do(t, c, "GET", d.PerUser+"/.inject_token/login", nil)
+		csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(string(page))
+		if csrf == nil {
+			t.Fatalf("login page: %s", page)
+		}
+		form := url.Values{"csrf": {csrf[1]}, "email": {u[0]}, "password": {u[1]}}
+		status, _, body := do(t, c, "POST", d.PerUser+"/.inject_token/login/password", []byte(form.Encode()),
+			"Content-Type", "application/x-www-form-urlencoded", "Origin", d.PerUser)
+		if status != http.StatusSeeOther {
+			t.Fatalf("%s login: %d %s", u[0], status, body)
+		}
+		status, _, body = do(t, c, "GET", d.PerUser+"/", nil)
+		var w whoami
+		if status != 200 || json.Unmarshal(body, &w) != nil || w.Headers["X-Forwarded-Email"] != u[0] || w.Claims["sub"] == nil {
+			t.Fatalf("%s through the demo: %d %s", u[0], status, body)
+		}
+		subs[w.Claims["sub"].(string)] = true
+	}
+	if len(subs) != 2 {
+		t.Fatalf("alice and bob served as %v", subs)
+	}
+}
+
+func noRedirect() *http.Client {
+	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
