@@ -327,6 +327,7 @@ func TestCrossSiteAndCSRF(t *testing.T) {
 		form := url.Values{"csrf": {tokA}, "target": {"all"}}
 		for name, hdr := range map[string][]string{
 			"cross-site origin": {"Origin", "https://evil.example", "Sec-Fetch-Site", ""},
+			"opaque origin":     {"Origin", "null", "Sec-Fetch-Site", ""},
 			"cross-site fetch":  {"Origin", "", "Sec-Fetch-Site", "cross-site"},
 			"same-site fetch":   {"Origin", "", "Sec-Fetch-Site", "same-site"},
 		} {
