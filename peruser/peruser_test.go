@@ -95,17 +95,26 @@ func TestTwoUsersLogInAndOut(t *testing.T) {
 	s.assertNoTokens(aliceTok.Value)
 }
 
-// assertNoTokens: no token the sessions ever held appears in a page or
-// header the gateway sent, nor in a cookie.
+// assertNoTokens: no token the sessions ever held (nor a password typed)
+// appears in a page or header the gateway sent a browser, nor in a log
+// line (message or any field).
 func (s *site) assertNoTokens(extra ...string) {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	secrets := append(append([]string{}, extra...), s.secrets...)
-	if len(secrets) == 0 {
+	secrets := append(append([]string{alicePW, bobPW}, extra...), s.secrets...)
+	if len(secrets) <= 2 {
 		s.t.Fatal("no tokens to look for")
 	}
-	for _, v := range s.seen {
+	seen := append([]string{}, s.seen...)
+	for _, e := range s.logs.All() {
+		b, _ := json.Marshal(e.ContextMap())
+		seen = append(seen, e.Message+" "+string(b))
+	}
+	if s.logs.Len() == 0 {
+		s.t.Fatal("no log lines to look at")
+	}
+	for _, v := range seen {
 		for _, sec := range secrets {
 			if sec != "" && strings.Contains(v, sec) {
 				s.t.Fatalf("a token was sent to a browser: %.80s…", v)
@@ -416,6 +425,7 @@ func TestDevices(t *testing.T) {
 	if status, _ := a.whoami(); status != http.StatusSeeOther {
 		t.Fatalf("alice after revoking the gateway's device: %d", status)
 	}
+	s.assertNoTokens()
 }
 
 // TestTwoInstancesShareUsers: two gateways on one storage (as two Caddy
@@ -483,4 +493,6 @@ func TestTwoInstancesShareUsers(t *testing.T) {
 	if status, _ := b2.whoami(); status != http.StatusSeeOther {
 		t.Fatalf("instance 2 after logout on instance 1: %d", status)
 	}
+	s1.assertNoTokens(s2.secrets...)
+	s2.assertNoTokens(s1.secrets...)
 }
