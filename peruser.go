@@ -330,3 +330,9 @@ func initThrottleMetrics(template string) func(by string) {
 	}
 	return func(by string) { loginThrottled.WithLabelValues(template, by).Inc() }
 }
+
+// Interface guards
+var (
+	_ peruser.Sessions = templateUsers{}
+	_ peruser.AuthCode = authCodeLogin{}
+)
