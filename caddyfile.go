@@ -37,6 +37,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		retention      <duration>
 //		use_window     <duration>
 //		max_refreshing <n>
+//		per_user {                     # with template: the gateway logs each browser user in (docs/per-user.md)
+//			path <path>  idle_timeout <d>  max_lifetime <d>
+//			identity_header <header> <sub|email|phone|name|key>
+//			throttle_account <n> <window>  throttle_address <n> <window>
+//		}
 //		prelude        <base_url>
 //		login password <email> <password>
 //		refresh_before <duration>
@@ -192,6 +197,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.DPoPKey = src
 
+		case "per_user":
+			p, err := parsePerUser(d)
+			if err != nil {
+				return err
+			}
+			h.PerUser = p
+
 		case "allow_browser_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {
@@ -207,7 +219,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AllowBrowserOrigins = append(h.AllowBrowserOrigins, origins...)
 
 		default:
-			return d.Errf("unrecognized subdirective '%s' (expected session, template, key, max_resident, idle_timeout, retention, use_window, max_refreshing, prelude, oauth2, token_exchange, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
+			return d.Errf("unrecognized subdirective '%s' (expected session, template, key, max_resident, idle_timeout, retention, use_window, max_refreshing, per_user, prelude, oauth2, token_exchange, login, refresh_before, strip_header, dpop, dpop_key, allow_browser_origins, seal_key or seal_key_previous)", sub)
 		}
 	}
 	switch n := btoi(h.Prelude != "") + btoi(h.OAuth2 != nil) + btoi(h.TokenExchange != nil); {
@@ -220,7 +232,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	case h.Prelude != "" && h.DPoP == "off":
 		return d.Err("inject_token: dpop off is for oauth2; Prelude always binds sessions to a DPoP key")
 	}
-	if err := h.TemplateSessions.check(h.Session, h.Login != nil); err != nil {
+	if err := h.TemplateSessions.check(h.Session, h.Login != nil, h.PerUser != nil); err != nil {
 		return d.Errf("inject_token: %v", err)
 	}
 	if h.Template != "" && h.TokenExchange != nil {

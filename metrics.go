@@ -117,6 +117,10 @@ var (
 		"Upstream answers that rejected or challenged the injected credential, by session and kind (token_rejected, nonce_challenge, refresh_rate_limited).",
 		"session", "kind")
 
+	loginThrottled = counterVec("login_throttled_total",
+		"Per-user logins refused at the gateway by template and by what was over its limit (account, address).",
+		"template", "by")
+
 	live = sessionCollector{}
 )
 
@@ -196,7 +200,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	cs := []prometheus.Collector{live}
+	cs := []prometheus.Collector{live, loginThrottled}
 	for _, v := range sessionVecs {
 		cs = append(cs, v)
 	}
@@ -286,6 +290,7 @@ func forgetSessionMetrics(name string) {
 func forgetTemplateMetrics(name string) {
 	if _, live := lookupTemplate(name); !live {
 		deleteSeries(name)
+		loginThrottled.DeletePartialMatch(prometheus.Labels{"template": name})
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/peruser"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
@@ -146,6 +147,10 @@ type Handler struct {
 	// made at run time, instead of one named session.
 	TemplateSessions
 
+	// PerUser, with a template, makes the gateway log each browser user
+	// in itself (login pages, cookie, identity headers, the user's page).
+	PerUser *PerUser `json:"per_user,omitempty"`
+
 	allowAll bool
 	allowed  map[string]bool // lowercased origins
 	// placeholders provides {http.inject_token.*} on demand, so a
@@ -157,6 +162,7 @@ type Handler struct {
 	tmpl         *runtimeTemplate // with a template; sess is then tmpl.shared
 	keyOf        requestKey       // with a template: the request's session key
 	perSubject   *perSubject      // per-request subjects of token_exchange, or nil
+	perUser      *peruser.Gateway
 	acquired     bool
 	owner        configID
 	logger       *zap.Logger
@@ -204,7 +210,7 @@ const sessionNameHint = "use 1-64 lowercase letters, digits, '.', '_' or '-' (no
 // no network I/O.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if err := h.TemplateSessions.check(h.Session, h.Login != nil); err != nil {
+	if err := h.TemplateSessions.check(h.Session, h.Login != nil, h.PerUser != nil); err != nil {
 		return err
 	}
 	if h.Session == "" && h.Template == "" {
@@ -266,7 +272,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.auth = new(authHeader)
 	if h.Template != "" {
-		return h.provisionTemplate(ctx, set)
+		if err := h.provisionTemplate(ctx, set); err != nil || h.PerUser == nil {
+			return err
+		}
+		return h.provisionPerUser(ctx, set)
 	}
 	s, err := acquireSession(ctx, h.Session, set, h.logger)
 	if err != nil {
@@ -380,6 +389,10 @@ func checkBaseURL(s string) error {
 // Cleanup releases the session; the last config using it stops its
 // refresher.
 func (h *Handler) Cleanup() error {
+	if h.perUser != nil {
+		h.perUser.Close()
+		h.perUser = nil
+	}
 	if h.acquired {
 		h.acquired = false
 		if h.tmpl != nil {
@@ -393,7 +406,10 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if why := h.crossSite(r); why != "" {
+	if h.perUser != nil && caddyhttp.GetVar(r.Context(), perUserVar) == nil {
+		return h.servePerUser(w, r, next)
+	}
+	if why := h.crossSite(r); why != "" && (h.perUser == nil || !navigation(r)) {
 		return h.forbidden(w, why)
 	}
 	if r.Method == http.MethodTrace {

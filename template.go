@@ -215,8 +215,11 @@ func (ts *TemplateSessions) templateOption() string {
 // check validates the template settings against the handler's session
 // (the session name configured, "" if none) and automatic login; it is
 // shared by the Caddyfile and JSON paths, so both refuse alike.
-func (ts *TemplateSessions) check(session string, login bool) error {
+func (ts *TemplateSessions) check(session string, login, perUser bool) error {
 	if ts.Template == "" {
+		if perUser {
+			return errors.New("per_user needs 'template <name>': each user gets a session of the template")
+		}
 		if opt := ts.templateOption(); opt != "" {
 			return fmt.Errorf("%s is a template option: add 'template <name>'", opt)
 		}
@@ -227,9 +230,9 @@ func (ts *TemplateSessions) check(session string, login bool) error {
 		return fmt.Errorf("invalid template name %q: %s", ts.Template, sessionNameHint)
 	case session != "":
 		return errors.New("session and template cannot be combined: a handler serves one named session, or a template's sessions made at run time")
-	case ts.Key == "":
+	case ts.Key == "" && !perUser:
 		return errors.New("template needs 'key <placeholder>', e.g. 'key {http.request.header.X-User}': where each request's session key comes from")
-	case !strings.Contains(ts.Key, "{"):
+	case ts.Key != "" && !strings.Contains(ts.Key, "{"):
 		return fmt.Errorf("key %q has no placeholder, so every request would share one session", ts.Key)
 	case login:
 		return errors.New("login password is for a named session; a template's sessions log in one by one (admin API: POST /inject_token/templates/<template>/sessions/<key>/login/password)")

@@ -68,11 +68,20 @@ type Handler struct {
 	// official web SDK does from the app's own site; "*" allows any. The
 	// allowed origin is echoed, never a wildcard.
 	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+	// Users are password users to create (or whose password to reset) at
+	// provisioning, besides the demo user: for demos with several users.
+	Users []User `json:"users,omitempty"`
 
 	sb       *Sandbox
 	attached bool // this handler holds a pool reference to release
 	logger   *zap.Logger
 	persist  *persister
+}
+
+// User is a sandbox password user.
+type User struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -113,6 +122,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.sb, h.attached = v.(pooled).Sandbox, true
+	for _, u := range h.Users {
+		h.sb.AddUser(u.Email, u.Password)
+	}
 	if loaded {
 		h.sb.SetAccessTokenTTL(opts.AccessTokenTTL)
 		h.sb.SetRequireNonce(opts.RequireNonce)
@@ -172,6 +184,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 //	    step_up_granted_for <duration>
 //	    persist
 //	    allowed_origins  <origin...>
+//	    user             <email> <password>   # repeatable
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -213,6 +226,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Persist = true
+		case "user":
+			var u User
+			if !d.AllArgs(&u.Email, &u.Password) {
+				return d.Errf("user: expected 'user <email> <password>'")
+			}
+			h.Users = append(h.Users, u)
+			delete(seen, sub) // repeatable
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
 		}

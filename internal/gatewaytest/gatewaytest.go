@@ -189,8 +189,8 @@ func WaitWithin(t *testing.T, what string, d time.Duration, cond func() bool) {
 // Demo is Caddyfile.example adapted to the test: the test admin address,
 // free loopback ports and storage in a temp dir.
 type Demo struct {
-	Config                      string
-	Sandbox, Gateway, Dashboard string // base URLs
+	Config                               string
+	Sandbox, Gateway, Dashboard, PerUser string // base URLs
 }
 
 // ExampleDemo reads the Caddyfile.example at path and adapts it.
@@ -200,20 +200,27 @@ func ExampleDemo(t *testing.T, path, storage string) Demo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, gw, db := FreePort(t), FreePort(t), FreePort(t)
+	sb, gw, db, pu := FreePort(t), FreePort(t), FreePort(t), FreePort(t)
+	root, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := strings.NewReplacer(
 		"admin localhost:2019", "admin localhost:2999\n\thttp_port 9080\n\thttps_port 9443\n\tskip_install_trust",
 		"./.demo-data", storage,
 		"127.0.0.1:9090", "127.0.0.1:"+sb,
 		"127.0.0.1:8080", "127.0.0.1:"+gw,
 		"127.0.0.1:8081", "127.0.0.1:"+db,
+		"127.0.0.1:8082", "127.0.0.1:"+pu,
+		"{file.contrib/", "{file."+root+"/contrib/",
 	).Replace(string(b))
-	for _, want := range []string{storage, sb, gw, db, "localhost:2999"} {
+	for _, want := range []string{storage, sb, gw, db, pu, root, "localhost:2999"} {
 		if !strings.Contains(cfg, want) {
 			t.Fatalf("Caddyfile.example changed shape: %q not substituted", want)
 		}
 	}
-	return Demo{Config: cfg, Sandbox: "http://127.0.0.1:" + sb, Gateway: "http://127.0.0.1:" + gw, Dashboard: "http://127.0.0.1:" + db}
+	return Demo{Config: cfg, Sandbox: "http://127.0.0.1:" + sb, Gateway: "http://127.0.0.1:" + gw,
+		Dashboard: "http://127.0.0.1:" + db, PerUser: "http://127.0.0.1:" + pu}
 }
 
 // Start loads the demo into the in-process Caddy and waits for its session
