@@ -1,0 +1,128 @@
+package peruser_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/caddy-inject-token/peruser"
+	"github.com/tokenwarden/caddy-inject-token/sandbox"
+	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
+)
+
+// front is the real sandbox behind a gate: a password login waits until
+// `hold` of them are in flight (or a deadline passes), and the whole
+// server can be made unreachable (503 on every call).
+type front struct {
+	sb     *sandbox.Sandbox
+	hold   int
+	down   atomic.Bool
+	mu     sync.Mutex
+	logins int
+	full   chan struct{}
+}
+
+func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.down.Load() {
+		http.Error(w, `{"code":"internal"}`, http.StatusServiceUnavailable)
+		return
+	}
+	if r.URL.Path == "/v1/session/login/email/password" && f.hold > 0 {
+		f.mu.Lock()
+		f.logins++
+		if f.logins == f.hold {
+			close(f.full)
+		}
+		f.mu.Unlock()
+		select {
+		case <-f.full:
+		case <-time.After(5 * time.Second): // the gateway let only one through: fine
+		}
+	}
+	f.sb.ServeHTTP(w, r)
+}
+
+func newFront(t *testing.T, hold int) (*sandboxtest.Server, *front) {
+	sb, err := sandbox.New(sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.AddUser(alice, alicePW)
+	sb.AddUser(bob, bobPW)
+	f := &front{sb: sb, hold: hold, full: make(chan struct{})}
+	hs := httptest.NewServer(f)
+	t.Cleanup(hs.Close)
+	return &sandboxtest.Server{Sandbox: sb, URL: hs.URL}, f
+}
+
+// TestAttackAccountThrottleRace: the account limit counts a failed login
+// only after the token server answered, and checks it before; so a
+// guesser who sends his guesses at once (from enough addresses to stay
+// under the address limit, or just under it) gets them all to the token
+// server. With throttle_account 1, eight concurrent wrong passwords for
+// alice must not all reach the server.
+// Fix: count the attempt against the account before the login (hit in
+// throttled, as for the address), or hold an in-flight count per account.
+func TestAttackAccountThrottleRace(t *testing.T) {
+	const n = 8
+	srv, f := newFront(t, 2)
+	s := newSite(t, srv, t.TempDir(), func(c *peruser.Config) { c.AccountLimit, c.AddressLimit = 1, 100 })
+	var wg sync.WaitGroup
+	statuses := make([]int, n)
+	for i := range n {
+		b := newBrowser(t, s.URL)
+		tok := b.loginForm()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// b.do calls t.Fatal only on transport errors.
+			statuses[i] = b.do("POST", pfx+"/login/password", url.Values{"csrf": {tok}, "email": {alice}, "password": {"guess"}}).status
+		}()
+	}
+	wg.Wait()
+	f.mu.Lock()
+	reached := f.logins
+	f.mu.Unlock()
+	if reached > 1 {
+		t.Fatalf("throttle_account 1: %d concurrent guesses reached the token server (statuses %v)", reached, statuses)
+	}
+}
+
+// TestAttackLogoutWhileServerDown: the user presses "Log out" (on a
+// shared computer, say) while the token server cannot be reached; the
+// gateway answers "could not be logged out" and keeps the cookie and its
+// record, so the next person at that browser is still the user (and a
+// copied cookie still works). The browser's side of a logout must end
+// whatever the server says; the upstream revocation can be retried by the
+// gateway (the session kept for that, or Forget with a queued revoke).
+func TestAttackLogoutWhileServerDown(t *testing.T) {
+	srv, f := newFront(t, 0)
+	s := newSite(t, srv, t.TempDir(), nil)
+	a := newBrowser(t, s.URL)
+	if r := a.login(alice, alicePW, "/"); r.status != http.StatusSeeOther {
+		t.Fatalf("login: %d %s", r.status, r.body)
+	}
+	page := a.do("GET", pfx+"/", nil)
+	if page.status != 200 {
+		t.Fatalf("page: %d", page.status)
+	}
+	stolen := a.cookies()
+	f.down.Store(true)
+	r := a.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}})
+	t.Logf("logout while the server is down: %d", r.status)
+	f.down.Store(false) // the server is back; the next person sits down
+	if st, w := a.whoami(); st == 200 {
+		t.Fatalf("after pressing log out, the browser is still alice (sub %v)", w.Claims["sub"])
+	}
+	// The cookie copied before the logout must not work either.
+	c := newBrowser(t, s.URL)
+	u, _ := url.Parse(s.URL)
+	c.c.Jar.SetCookies(u, stolen)
+	if st, _ := c.whoami(); st == 200 {
+		t.Fatal("a copy of the cookie taken before the logout still identifies alice")
+	}
+}
