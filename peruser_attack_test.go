@@ -2,6 +2,7 @@ package injecttoken
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -16,12 +17,16 @@ import (
 // perUserAttackLogin starts the per-user site in a real Caddy in front of
 // the sandbox echo (reverse_proxy) and logs alice in; it returns her
 // client.
-func perUserAttackLogin(t *testing.T) (*http.Client, string) {
+func perUserAttackLogin(t *testing.T, more ...func(srv string) string) (*http.Client, string) {
 	t.Helper()
 	srv := sandboxtest.NewServer(t, sandbox.Options{})
 	sub := srv.AddUser("alice@example.com", "alice-password")
 	t.Setenv("IT_PERUSER_SEAL_KEY", testSealKey)
-	startConfig(t, perUserSite(t.TempDir(), srv.URL, ""))
+	cfg := perUserSite(t.TempDir(), srv.URL, "")
+	for _, m := range more {
+		cfg += m(srv.URL)
+	}
+	startConfig(t, cfg)
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	_, _, page := perUserDo(t, c, "GET", "/.inject_token/login", nil, "Accept", "text/html")
@@ -73,5 +78,64 @@ func TestAttackIdentityHeaderDroppedByConnection(t *testing.T) {
 	var w whoami
 	if status == 200 && json.Unmarshal([]byte(body), &w) == nil && w.Claims["sub"] == sub && w.Headers["X-Forwarded-User"] != sub {
 		t.Fatalf("upstream got alice's token but no verified X-Forwarded-User (Connection hop-by-hop trick): %v", w.Headers)
+	}
+}
+
+// TestAttackTemplateKeyNamespaceShared: two sites share template "users"
+// (allowed: "Key is per handler: two sites may find the user
+// differently"): the per-user site keys sessions by the Prelude sub, an
+// API site by another identity source's id (here a header a forward_auth
+// in front would set; equally {http.auth.user.id} of a JWT module trusting
+// another issuer, or a basic_auth user name). Both land in one key
+// namespace, so an identity of the second source that equals alice's sub
+// is served with alice's upstream token. Sessions made by different key
+// sources must not be each other's: namespace the stored key by its
+// source (e.g. the per-user gateway's keys as "peruser:<sub>"), or refuse
+// a template bound with two different key sources.
+func TestAttackTemplateKeyNamespaceShared(t *testing.T) {
+	_, sub := perUserAttackLogin(t, func(srv string) string {
+		return fmt.Sprintf(`http://localhost:9081 {
+	inject_token {
+		template users
+		key {http.request.header.X-User}
+		prelude %s
+		seal_key {env.IT_PERUSER_SEAL_KEY}
+	}
+	reverse_proxy %s {
+		rewrite /whoami
+	}
+}
+`, srv, strings.TrimPrefix(srv, "http://"))
+	})
+	req, _ := http.NewRequest("GET", "http://localhost:9081/orders", nil)
+	req.Header.Set("X-User", sub) // the API site's identity "usr_…", not alice
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var w whoami
+	if resp.StatusCode == 200 && json.NewDecoder(resp.Body).Decode(&w) == nil && w.Claims["sub"] == sub {
+		t.Fatalf("the API site's identity %q was served with alice's per-user session (her token, sub %v)", sub, w.Claims["sub"])
+	}
+}
+
+// TestAttackLoginCookieForwardedUpstream: the gateway's own login cookie
+// (the user's whole session at the gateway: whoever holds it is the user
+// until it expires) is passed on to the legacy app in the Cookie header,
+// where the app, its logs, its error pages or a third party it forwards
+// to can replay it against the gateway. The token-handler pattern keeps
+// the gateway's credential between the browser and the gateway: strip
+// the gateway's cookies (login and _flow) from Cookie before the request
+// goes on.
+func TestAttackLoginCookieForwardedUpstream(t *testing.T) {
+	c, _ := perUserAttackLogin(t)
+	status, _, body := perUserDo(t, c, "GET", "/orders", nil)
+	var w whoami
+	if status != 200 || json.Unmarshal([]byte(body), &w) != nil {
+		t.Fatalf("alice's request: %d %s", status, body)
+	}
+	if ck := w.Headers["Cookie"]; strings.Contains(ck, "inject_token") {
+		t.Fatalf("the legacy app received the gateway's login cookie: %s", ck)
 	}
 }
