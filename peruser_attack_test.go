@@ -139,3 +139,29 @@ func TestAttackLoginCookieForwardedUpstream(t *testing.T) {
 		t.Fatalf("the legacy app received the gateway's login cookie: %s", ck)
 	}
 }
+
+// TestAttackThrottleXForwardedFor (holds): without trusted_proxies a
+// client's own X-Forwarded-For does not give it a new address for the
+// per-address login limit.
+func TestAttackThrottleXForwardedFor(t *testing.T) {
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
+	srv.AddUser("alice@example.com", "alice-password")
+	t.Setenv("IT_PERUSER_SEAL_KEY", testSealKey)
+	startConfig(t, perUserSite(t.TempDir(), srv.URL, "throttle_address 2 1m"))
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	var last int
+	for i := range 3 {
+		_, _, page := perUserDo(t, c, "GET", "/.inject_token/login", nil, "Accept", "text/html")
+		m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+		if m == nil {
+			t.Fatalf("login page: %s", page)
+		}
+		form := url.Values{"csrf": {m[1]}, "email": {fmt.Sprintf("user%d@example.com", i)}, "password": {"x"}}
+		last, _, _ = perUserDo(t, c, "POST", "/.inject_token/login/password", form,
+			"X-Forwarded-For", fmt.Sprintf("203.0.113.%d", i+1), "X-Real-IP", fmt.Sprintf("198.51.100.%d", i+1))
+	}
+	if last != http.StatusTooManyRequests {
+		t.Fatalf("3rd attempt with a spoofed X-Forwarded-For: %d, want 429", last)
+	}
+}
