@@ -1,13 +1,20 @@
 package peruser_test
 
 import (
+	"encoding/json"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tokenwarden/caddy-inject-token/peruser"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
@@ -124,5 +131,47 @@ func TestAttackLogoutWhileServerDown(t *testing.T) {
 	c.c.Jar.SetCookies(u, stolen)
 	if st, _ := c.whoami(); st == 200 {
 		t.Fatal("a copy of the cookie taken before the logout still identifies alice")
+	}
+}
+
+// TestAttackLoginWhileServerDown (holds): a login while the token server
+// cannot be reached gets a clear 502 page, sets no login cookie, stores
+// nothing, does not count against the account, and no log line carries
+// the password.
+func TestAttackLoginWhileServerDown(t *testing.T) {
+	srv, f := newFront(t, 0)
+	core, logs := observer.New(zap.DebugLevel)
+	dir := t.TempDir()
+	s := newSite(t, srv, dir, func(c *peruser.Config) { c.Logger, c.AccountLimit = zap.New(core), 1 })
+	a := newBrowser(t, s.URL)
+	f.down.Store(true)
+	r := a.login(alice, alicePW, "/")
+	if r.status != http.StatusBadGateway || !strings.Contains(r.body, "cannot be reached") {
+		t.Fatalf("login while down: %d %s", r.status, r.body)
+	}
+	for _, c := range a.cookies() {
+		if c.Name == "inject_token-users" {
+			t.Fatalf("a login cookie was set: %v", c)
+		}
+	}
+	var stored []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.Contains(p, "peruser") {
+			stored = append(stored, p)
+		}
+		return nil
+	})
+	if len(stored) > 0 {
+		t.Fatalf("stored for a failed login: %v", stored)
+	}
+	for _, e := range logs.All() {
+		b, _ := json.Marshal(e.ContextMap())
+		if strings.Contains(e.Message+string(b), alicePW) {
+			t.Fatalf("the password in a log line: %s %s", e.Message, b)
+		}
+	}
+	f.down.Store(false)
+	if r := a.login(alice, alicePW, "/"); r.status != http.StatusSeeOther {
+		t.Fatalf("after the outage (account limit 1): %d %s", r.status, r.body)
 	}
 }
