@@ -175,3 +175,30 @@ func TestAttackLoginWhileServerDown(t *testing.T) {
 		t.Fatalf("after the outage (account limit 1): %d %s", r.status, r.body)
 	}
 }
+
+// TestAttackReturnURLs (holds): after a login the browser goes nowhere
+// but this site, whatever the return parameter says, and the Location
+// header carries no raw control characters.
+func TestAttackReturnURLs(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), func(c *peruser.Config) { c.AddressLimit = 1000 })
+	base, _ := url.Parse(s.URL)
+	for _, back := range []string{"//evil.example", "/\\evil.example", "\\\\evil.example", "/%2F%2Fevil.example",
+		"%2F%2Fevil.example", "javascript:alert(1)", "JaVaScRiPt:alert(1)", "https://evil.example/", "http:evil.example",
+		"/\tevil.example", "/%0d%0aSet-Cookie:%20x=1", "/\r\nSet-Cookie: x=1", "/.//evil.example", "/..//evil.example",
+		" //evil.example", "///evil.example", "/%5Cevil.example", "/%09/evil.example", "//%2565vil.example",
+		"/\u3000/evil.example", "/\uff0f\uff0fevil.example", "/x?y=//evil.example#//evil.example", "//user@evil.example"} {
+		b := newBrowser(t, s.URL)
+		r := b.login(alice, alicePW, back)
+		if r.status != http.StatusSeeOther {
+			t.Fatalf("return %q: %d", back, r.status)
+		}
+		if strings.ContainsAny(r.loc, "\r\n\t\\") {
+			t.Errorf("return %q: raw control or backslash in Location %q", back, r.loc)
+		}
+		u, err := base.Parse(r.loc)
+		if err != nil || u.Host != base.Host || u.Scheme != base.Scheme {
+			t.Errorf("return %q: Location %q leaves the site (%v)", back, r.loc, err)
+		}
+	}
+}
