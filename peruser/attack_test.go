@@ -1,6 +1,7 @@
 package peruser_test
 
 import (
+	"context"
 	"encoding/json"
 	"io/fs"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/tokenwarden/caddy-inject-token/peruser"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // front is the real sandbox behind a gate: a password login waits until
@@ -200,5 +202,90 @@ func TestAttackReturnURLs(t *testing.T) {
 		if err != nil || u.Host != base.Host || u.Scheme != base.Scheme {
 			t.Errorf("return %q: Location %q leaves the site (%v)", back, r.loc, err)
 		}
+	}
+}
+
+// TestAttackCookieReplay (holds with Prelude, whose tokens carry sid): a
+// cookie copied before its logout, or from a browser whose session a
+// later login replaced, never identifies the user again, even after the
+// user logs in anew elsewhere.
+func TestAttackCookieReplay(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), nil)
+	u, _ := url.Parse(s.URL)
+	replay := func(ck []*http.Cookie) int {
+		c := newBrowser(t, s.URL)
+		c.c.Jar.SetCookies(u, ck)
+		st, _ := c.whoami()
+		return st
+	}
+	a := newBrowser(t, s.URL)
+	a.login(alice, alicePW, "/")
+	copyA := a.cookies()
+	b := newBrowser(t, s.URL)
+	b.login(alice, alicePW, "/")
+	copyB := b.cookies()
+	page := b.do("GET", pfx+"/", nil)
+	if r := b.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}}); r.status != http.StatusSeeOther {
+		t.Fatalf("logout: %d", r.status)
+	}
+	if st := replay(copyB); st == 200 {
+		t.Fatal("B's cookie, copied before its logout, still works")
+	}
+	c := newBrowser(t, s.URL)
+	c.login(alice, alicePW, "/")
+	if st, _ := c.whoami(); st != 200 {
+		t.Fatalf("alice's new login: %d", st)
+	}
+	if st := replay(copyA); st == 200 {
+		t.Fatal("A's cookie from before the logout elsewhere identifies alice again after her new login")
+	}
+	if st := replay(copyB); st == 200 {
+		t.Fatal("B's logged-out cookie identifies alice again after her new login")
+	}
+}
+
+// noSID is the users' sessions of a backend whose access tokens name no
+// session (opaque tokens, or JWTs without sid: most OAuth servers, and
+// the authorization code login of peruser/oauth.go).
+type noSID struct{ recSessions }
+
+func (n noSID) Token(ctx context.Context, key string) (*tokencache.Token, error) {
+	tok, err := n.recSessions.Token(ctx, key)
+	if tok != nil {
+		cp := *tok
+		cp.SessionID = ""
+		tok = &cp
+	}
+	return tok, err
+}
+
+// TestAttackCookieReplayWithoutSID: without a sid the only thing tying a
+// cookie record to the login that made it is the user's key, so a record
+// outlives its session: alice logs in on a shared computer A, later logs
+// in on B and logs out there ("log out" ends the session, but only B's
+// record is deleted); when she next logs in anywhere, A's old cookie (or a
+// copy of it) is alice again. Bind the record to its session's
+// generation, e.g. store the DPoP key's thumbprint (a new key per login,
+// never changed while the session lives: tok.Key.Thumbprint()) and
+// compare it as the sid is compared; or delete a user's records on logout.
+func TestAttackCookieReplayWithoutSID(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), func(c *peruser.Config) { c.Sessions = noSID{c.Sessions.(recSessions)} })
+	u, _ := url.Parse(s.URL)
+	a := newBrowser(t, s.URL)
+	a.login(alice, alicePW, "/")
+	copyA := a.cookies()
+	b := newBrowser(t, s.URL)
+	b.login(alice, alicePW, "/")
+	page := b.do("GET", pfx+"/", nil)
+	if r := b.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}}); r.status != http.StatusSeeOther {
+		t.Fatalf("logout: %d", r.status)
+	}
+	newBrowser(t, s.URL).login(alice, alicePW, "/")
+	r := newBrowser(t, s.URL)
+	r.c.Jar.SetCookies(u, copyA)
+	if st, w := r.whoami(); st == 200 {
+		t.Fatalf("A's cookie from before alice's logout identifies her again after her new login (sub %v)", w.Claims["sub"])
 	}
 }
