@@ -165,3 +165,64 @@ func TestAttackThrottleXForwardedFor(t *testing.T) {
 		t.Fatalf("3rd attempt with a spoofed X-Forwarded-For: %d, want 429", last)
 	}
 }
+
+// behindProxy is perUserSite with loopback as a trusted proxy (Caddy's
+// default, non-strict client-IP choice).
+func behindProxy(storage, srv, block string) string {
+	cfg := perUserSite(storage, srv, block)
+	return strings.Replace(cfg, "\tstorage file_system "+storage+"\n", "\tstorage file_system "+storage+
+		"\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/8 ::1/128\n\t}\n", 1)
+}
+
+// TestAttackThrottleBehindAppendingProxy: behind a trusted proxy that
+// appends the client's address to X-Forwarded-For (nginx
+// $proxy_add_x_forwarded_for, most cloud load balancers), Caddy's default
+// client IP is the leftmost entry, which the client wrote itself; so one
+// guesser gets a fresh "address" per attempt and the per-address login
+// limit never applies. The gateway should take the address the trusted
+// proxy vouched for (the rightmost untrusted entry, as
+// trusted_proxies_strict does), or the docs must make per_user require
+// trusted_proxies_strict.
+func TestAttackThrottleBehindAppendingProxy(t *testing.T) {
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
+	t.Setenv("IT_PERUSER_SEAL_KEY", testSealKey)
+	startConfig(t, behindProxy(t.TempDir(), srv.URL, "throttle_address 2 1m"))
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	var last int
+	for i := range 3 {
+		// The proxy appended the real client, 198.51.100.7.
+		xff := fmt.Sprintf("203.0.113.%d, 198.51.100.7", i+1)
+		_, _, page := perUserDo(t, c, "GET", "/.inject_token/login", nil, "Accept", "text/html", "X-Forwarded-For", xff)
+		m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+		if m == nil {
+			t.Fatalf("login page: %s", page)
+		}
+		form := url.Values{"csrf": {m[1]}, "email": {fmt.Sprintf("user%d@example.com", i)}, "password": {"x"}}
+		last, _, _ = perUserDo(t, c, "POST", "/.inject_token/login/password", form, "X-Forwarded-For", xff)
+	}
+	if last != http.StatusTooManyRequests {
+		t.Fatalf("3rd attempt by one client (198.51.100.7) with a new leftmost X-Forwarded-For: %d, want 429", last)
+	}
+}
+
+// TestAttackCookieBehindTLSProxy (holds): through a trusted proxy that
+// says it terminated TLS the cookie is __Host- and Secure; a client that
+// is not a trusted proxy cannot claim TLS with X-Forwarded-Proto.
+func TestAttackCookieBehindTLSProxy(t *testing.T) {
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
+	t.Setenv("IT_PERUSER_SEAL_KEY", testSealKey)
+	startConfig(t, behindProxy(t.TempDir(), srv.URL, ""))
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	_, h, _ := perUserDo(t, c, "GET", "/.inject_token/login", nil, "Accept", "text/html", "X-Forwarded-Proto", "https")
+	ck := (&http.Response{Header: h}).Cookies()
+	if len(ck) != 1 || !strings.HasPrefix(ck[0].Name, "__Host-") || !ck[0].Secure || !ck[0].HttpOnly || ck[0].Path != "/" || ck[0].Domain != "" {
+		t.Fatalf("cookie through a TLS-terminating trusted proxy: %v", h.Values("Set-Cookie"))
+	}
+	startConfig(t, perUserSite(t.TempDir(), srv.URL, "")) // no trusted proxies
+	_, h, _ = perUserDo(t, c, "GET", "/.inject_token/login", nil, "Accept", "text/html", "X-Forwarded-Proto", "https")
+	ck = (&http.Response{Header: h}).Cookies()
+	if len(ck) != 1 || strings.HasPrefix(ck[0].Name, "__Host-") || ck[0].Secure {
+		t.Fatalf("an untrusted client's X-Forwarded-Proto made the cookie %v", h.Values("Set-Cookie"))
+	}
+}
