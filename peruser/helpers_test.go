@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
 	"github.com/tokenwarden/caddy-inject-token/peruser"
@@ -46,6 +48,7 @@ type site struct {
 	rt  *tokencache.Runtime
 	URL string
 
+	logs    *observer.ObservedLogs // the gateway's and the sessions' log lines
 	mu      sync.Mutex
 	seen    []string // every header value and body the gateway sent a browser
 	secrets []string // every token the users' sessions were given
@@ -116,16 +119,17 @@ func newSite(t *testing.T, srv *sandboxtest.Server, dir string, mod func(*peruse
 		t.Fatal(err)
 	}
 	st := sealedStorage(t, dir)
-	s := &site{t: t, srv: srv}
+	core, logs := observer.New(zap.DebugLevel)
+	s := &site{t: t, srv: srv, logs: logs}
 	rt, err := tokencache.NewRuntime(tokencache.Template{Name: "users", Secret: secret, Storage: st,
-		Backend: recBackend{prelude.Backend{Client: cl}, s}, LockTimeout: 10 * time.Second})
+		Backend: recBackend{prelude.Backend{Client: cl}, s}, LockTimeout: 10 * time.Second, Logger: zap.New(core)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close)
 	s.rt = rt
 	sl, _ := seal.New(sealKey)
-	cfg := peruser.Config{Template: "users", Sessions: recSessions{rt, s}, Storage: st, Sealer: sl, Secret: secret, Prelude: cl,
+	cfg := peruser.Config{Template: "users", Sessions: recSessions{rt, s}, Storage: st, Sealer: sl, Secret: secret, Prelude: cl, Logger: zap.New(core),
 		Headers: []peruser.Header{{Name: "X-Forwarded-User", Claim: "sub"}, {Name: "X-Forwarded-Email", Claim: "email"}}}
 	if mod != nil {
 		mod(&cfg)

@@ -80,7 +80,9 @@ func (g *Gateway) render(w http.ResponseWriter, r *http.Request, status int, nam
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer a browser posts
+	// the forms with "Origin: null", which the same-origin check refuses.
+	h.Set("Referrer-Policy", "same-origin")
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead {
 		return

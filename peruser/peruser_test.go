@@ -3,7 +3,9 @@ package peruser_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -95,17 +97,26 @@ func TestTwoUsersLogInAndOut(t *testing.T) {
 	s.assertNoTokens(aliceTok.Value)
 }
 
-// assertNoTokens: no token the sessions ever held appears in a page or
-// header the gateway sent, nor in a cookie.
+// assertNoTokens: no token the sessions ever held (nor a password typed)
+// appears in a page or header the gateway sent a browser, nor in a log
+// line (message or any field).
 func (s *site) assertNoTokens(extra ...string) {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	secrets := append(append([]string{}, extra...), s.secrets...)
-	if len(secrets) == 0 {
+	secrets := append(append([]string{alicePW, bobPW}, extra...), s.secrets...)
+	if len(secrets) <= 2 {
 		s.t.Fatal("no tokens to look for")
 	}
-	for _, v := range s.seen {
+	seen := append([]string{}, s.seen...)
+	for _, e := range s.logs.All() {
+		b, _ := json.Marshal(e.ContextMap())
+		seen = append(seen, e.Message+" "+string(b))
+	}
+	if s.logs.Len() == 0 {
+		s.t.Fatal("no log lines to look at")
+	}
+	for _, v := range seen {
 		for _, sec := range secrets {
 			if sec != "" && strings.Contains(v, sec) {
 				s.t.Fatalf("a token was sent to a browser: %.80s…", v)
@@ -134,12 +145,14 @@ func TestOneTimeCodeLogin(t *testing.T) {
 		if r = b.do("POST", pfx+"/login/otp/check", form); r.status != http.StatusSeeOther || r.loc != "/here" {
 			t.Fatalf("right code: %d %q %s", r.status, r.loc, r.body)
 		}
-		status, w := b.whoami()
+		// A forged copy of a header the login has no claim for is removed
+		// too, not merely overwritten.
+		status, w := b.whoami("X-Forwarded-Email", "boss@example.com")
 		if status != 200 || w.Claims["sub"] == "" || w.Headers["X-Forwarded-User"] != w.Claims["sub"] {
 			t.Fatalf("after the code: %d %v", status, w)
 		}
-		if id == alice && w.Headers["X-Forwarded-Email"] != alice {
-			t.Fatalf("email header %q", w.Headers["X-Forwarded-Email"])
+		if want := map[bool]string{true: alice, false: ""}[id == alice]; w.Headers["X-Forwarded-Email"] != want {
+			t.Fatalf("%s: email header %q, want %q", id, w.Headers["X-Forwarded-Email"], want)
 		}
 	}
 	s.assertNoTokens()
@@ -327,6 +340,7 @@ func TestCrossSiteAndCSRF(t *testing.T) {
 		form := url.Values{"csrf": {tokA}, "target": {"all"}}
 		for name, hdr := range map[string][]string{
 			"cross-site origin": {"Origin", "https://evil.example", "Sec-Fetch-Site", ""},
+			"opaque origin":     {"Origin", "null", "Sec-Fetch-Site", ""},
 			"cross-site fetch":  {"Origin", "", "Sec-Fetch-Site", "cross-site"},
 			"same-site fetch":   {"Origin", "", "Sec-Fetch-Site", "same-site"},
 		} {
@@ -415,6 +429,7 @@ func TestDevices(t *testing.T) {
 	if status, _ := a.whoami(); status != http.StatusSeeOther {
 		t.Fatalf("alice after revoking the gateway's device: %d", status)
 	}
+	s.assertNoTokens()
 }
 
 // TestTwoInstancesShareUsers: two gateways on one storage (as two Caddy
@@ -481,5 +496,74 @@ func TestTwoInstancesShareUsers(t *testing.T) {
 	b1.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}})
 	if status, _ := b2.whoami(); status != http.StatusSeeOther {
 		t.Fatalf("instance 2 after logout on instance 1: %d", status)
+	}
+	s1.assertNoTokens(s2.secrets...)
+	s2.assertNoTokens(s1.secrets...)
+}
+
+// TestCookieNeedsTLS: over TLS (here: Secure says so, as a trusted proxy's
+// X-Forwarded-Proto would) the cookie is __Host- prefixed and Secure; over
+// plain http to a host that is not loopback no cookie is set and the login
+// is refused, and a __Host- cookie is not read over plain http.
+func TestCookieNeedsTLS(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), func(c *peruser.Config) {
+		c.Secure = func(r *http.Request) bool { return r.Header.Get("X-Test-TLS") == "1" }
+	})
+	login := func(host, tls string) *http.Response {
+		jar, _ := cookiejar.New(nil)
+		c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		req, _ := http.NewRequest("GET", s.URL+pfx+"/login", nil)
+		req.Host = host
+		req.Header.Set("X-Test-TLS", tls)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		page, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return resp
+		}
+		form := url.Values{"csrf": {csrf(t, string(page))}, "email": {alice}, "password": {alicePW}}
+		req, _ = http.NewRequest("POST", s.URL+pfx+"/login/password", strings.NewReader(form.Encode()))
+		req.Host = host
+		req.Header.Set("X-Test-TLS", tls)
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for _, c := range resp.Cookies() {
+			req.AddCookie(c)
+		}
+		resp, err = c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	resp := login("app.example.com", "1")
+	var set *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "__Host-inject_token-users" {
+			set = c
+		}
+	}
+	if resp.StatusCode != http.StatusSeeOther || set == nil || !set.Secure || !set.HttpOnly || set.Path != "/" || set.Domain != "" {
+		t.Fatalf("over TLS: %d, cookie %+v", resp.StatusCode, set)
+	}
+	if resp := login("app.example.com", ""); resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+		t.Fatalf("plain http to app.example.com: %d, cookies %v", resp.StatusCode, resp.Cookies())
+	}
+	// The __Host- cookie presented over plain http is not read.
+	req, _ := http.NewRequest("GET", s.URL+"/app", nil)
+	req.Host = "localhost"
+	req.Header.Set("Accept", "text/html")
+	req.AddCookie(set)
+	r, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("__Host- cookie over plain http: %d", r.StatusCode)
 	}
 }
