@@ -289,3 +289,28 @@ func TestAttackCookieReplayWithoutSID(t *testing.T) {
 		t.Fatalf("A's cookie from before alice's logout identifies her again after her new login (sub %v)", w.Claims["sub"])
 	}
 }
+
+// TestAttackAccountLockoutBySendingCodes: asking for a one-time code
+// counts against the account, and the account limit refuses every login
+// of that account (password too); so anyone who knows alice's address
+// locks her out of the gateway indefinitely with five "send me a code"
+// requests every five minutes (from one address, far under its limit),
+// and mails her a code each time. Codes sent and failed logins by others
+// should not refuse the owner's correct password: e.g. count code sends
+// separately (per account and per address), or keep the account limit
+// per (account, address) with a much higher account-wide ceiling.
+func TestAttackAccountLockoutBySendingCodes(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), nil) // defaults: 5 per 5m per account, 30/min per address
+	e := newBrowser(t, s.URL)
+	for range 5 {
+		tok := e.loginForm()
+		if r := e.do("POST", pfx+"/login/otp", url.Values{"csrf": {tok}, "identifier": {alice}}); r.status != 200 {
+			t.Fatalf("code request: %d", r.status)
+		}
+	}
+	a := newBrowser(t, s.URL)
+	if r := a.login(alice, alicePW, "/"); r.status != http.StatusSeeOther {
+		t.Fatalf("alice with her right password after someone asked for five codes: %d (Retry-After %s)", r.status, r.hdr.Get("Retry-After"))
+	}
+}
