@@ -1,8 +1,10 @@
 package injecttoken
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -224,5 +226,47 @@ func TestAttackCookieBehindTLSProxy(t *testing.T) {
 	ck = (&http.Response{Header: h}).Cookies()
 	if len(ck) != 1 || strings.HasPrefix(ck[0].Name, "__Host-") || ck[0].Secure {
 		t.Fatalf("an untrusted client's X-Forwarded-Proto made the cookie %v", h.Values("Set-Cookie"))
+	}
+}
+
+// TestAttackAddressLimitIPv6: the per-address login limit is per full
+// IPv6 address, but every IPv6 client holds at least a /64 (2^64
+// addresses): one guesser takes a new address per attempt and the limit
+// never applies (and the limiter's memory grows with each). Key IPv6
+// clients by their /64 (or /56). Needs addresses of one /64 on lo; run
+// inside a network namespace:
+//
+//	unshare -n sh -c 'ip link set lo up; for i in 10 11 12 13; do ip -6 addr add 2001:db8::$i/64 dev lo nodad; done;
+//	  go test -run TestAttackAddressLimitIPv6 .'
+func TestAttackAddressLimitIPv6(t *testing.T) {
+	src := []string{"2001:db8::11", "2001:db8::12", "2001:db8::13"}
+	for _, a := range append(src, "2001:db8::10") {
+		ln, err := net.Listen("tcp", "["+a+"]:0")
+		if err != nil {
+			t.Skipf("needs 2001:db8::10-13/64 on lo (see the comment): %v", err)
+		}
+		ln.Close()
+	}
+	srv := sandboxtest.NewServer(t, sandbox.Options{})
+	t.Setenv("IT_PERUSER_SEAL_KEY", testSealKey)
+	startConfig(t, perUserSite(t.TempDir(), srv.URL, "throttle_address 2 1m"))
+	var last int
+	for i, a := range src {
+		jar, _ := cookiejar.New(nil)
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(a)}}
+		c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp", "[2001:db8::10]:9080")
+			}}}
+		_, _, page := perUserDo(t, c, "GET", "/.inject_token/login", nil, "Accept", "text/html")
+		m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+		if m == nil {
+			t.Fatalf("login page from %s: %s", a, page)
+		}
+		form := url.Values{"csrf": {m[1]}, "email": {fmt.Sprintf("user%d@example.com", i)}, "password": {"x"}}
+		last, _, _ = perUserDo(t, c, "POST", "/.inject_token/login/password", form)
+	}
+	if last != http.StatusTooManyRequests {
+		t.Fatalf("3rd attempt from the same /64 (throttle_address 2): %d, want 429", last)
 	}
 }
