@@ -220,6 +220,14 @@ func TestCookie(t *testing.T) {
 	if _, w := b.whoami(); w.Claims["sub"] != sub {
 		t.Fatalf("alice after logging in again: %v", w.Claims)
 	}
+	// alice logs in in another browser: that login replaces her session,
+	// so this browser's cookie (from the login before) ends.
+	if r := newBrowser(t, s.URL).login(alice, alicePW, "/"); r.status != http.StatusSeeOther {
+		t.Fatal(r.status)
+	}
+	if status, _ := b.whoami(); status != http.StatusSeeOther {
+		t.Fatalf("a cookie of a replaced session: %d", status)
+	}
 	// A cookie sealed for another template's gateway does not open here.
 	other := newSite(t, srv, t.TempDir(), func(c *peruser.Config) { c.Template = "others" })
 	ob := newBrowser(t, other.URL)
@@ -361,6 +369,11 @@ func TestCrossSiteAndCSRF(t *testing.T) {
 		t.Fatalf("a refused post revoked: %+v", st)
 	}
 	c := newBrowser(t, s.URL)
+	// A cross-site post from a browser whose cookie was not sent
+	// (SameSite) is refused too, not taken for a logged-out user.
+	if r := c.do("POST", pfx+"/logout", url.Values{}, "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"); r.status != http.StatusForbidden {
+		t.Fatalf("cross-site post without a cookie: %d", r.status)
+	}
 	c.loginForm()
 	if r := c.do("POST", pfx+"/login/password", url.Values{"email": {alice}, "password": {alicePW}}); r.status != http.StatusForbidden {
 		t.Fatalf("login without its token: %d", r.status)
