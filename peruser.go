@@ -99,8 +99,10 @@ func (h *Handler) provisionPerUser(ctx caddy.Context, set *settings) error {
 	if cfg.Prelude == nil {
 		return errors.New("per_user: the template's backend offers no login for users (prelude)")
 	}
+	h.perUserSets = []string{"Cookie"}
 	for _, ih := range p.IdentityHeaders {
 		cfg.Headers = append(cfg.Headers, peruser.Header{Name: ih.Header, Claim: ih.Claim})
+		h.perUserSets = append(h.perUserSets, ih.Header)
 	}
 	if t := p.ThrottleAccount; t != nil {
 		cfg.AccountLimit, cfg.AccountWindow = t.Max, time.Duration(t.Window)
@@ -139,6 +141,10 @@ func (h *Handler) servePerUser(w http.ResponseWriter, r *http.Request, next cadd
 	if why := h.crossSite(r); why != "" && !navigation(r) {
 		return h.forbidden(w, why)
 	}
+	// The gateway sets these (and the handler Authorization and DPoP): a
+	// client listing one in Connection would have reverse_proxy drop the
+	// verified value as hop-by-hop.
+	dropConnectionNames(r.Header, h.perUserSets)
 	return h.perUser.Serve(w, r, func(w http.ResponseWriter, r *http.Request, u *peruser.User) error {
 		caddyhttp.SetVar(r.Context(), perUserVar, u.Key)
 		return h.ServeHTTP(w, r, next)
