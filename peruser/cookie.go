@@ -40,11 +40,16 @@ func (g *Gateway) expired(rec *record, now time.Time) bool {
 // a plain name over http to a loopback host, and none otherwise (the
 // cookie would travel in clear text).
 func (g *Gateway) cookieName(r *http.Request, kind string) (name string, secure, ok bool) {
-	base := "inject_token" + kind + "-" + g.cfg.Template
+	base := g.cookieBase(kind)
 	if g.cfg.Secure(r) {
 		return "__Host-" + base, true, true
 	}
 	return base, false, loopbackHost(r.Host)
+}
+
+// cookieBase is the cookie's name without the __Host- prefix.
+func (g *Gateway) cookieBase(kind string) string {
+	return "inject_token" + kind + "-" + g.cfg.Template
 }
 
 // loopbackHost: localhost, 127.0.0.0/8 or ::1, with or without a port.
@@ -111,6 +116,33 @@ func (g *Gateway) cookieID(r *http.Request, kind string) string {
 		return ""
 	}
 	return string(id)
+}
+
+// stripOwnCookies removes the gateway's cookies (the login and the login
+// flow) from r's Cookie header: whoever holds the login cookie is the user
+// here, so it stays between the browser and the gateway, never reaching
+// the legacy app, its logs or whoever it talks to. The other cookies are
+// kept as sent.
+func (g *Gateway) stripOwnCookies(r *http.Request) {
+	own := map[string]bool{}
+	for _, kind := range []string{"", "_flow"} {
+		base := g.cookieBase(kind)
+		own[base], own["__Host-"+base] = true, true
+	}
+	var kept []string
+	for _, line := range r.Header.Values("Cookie") {
+		for part := range strings.SplitSeq(line, ";") {
+			part = strings.TrimSpace(part)
+			name, _, _ := strings.Cut(part, "=")
+			if part != "" && !own[strings.TrimSpace(name)] {
+				kept = append(kept, part)
+			}
+		}
+	}
+	r.Header.Del("Cookie")
+	if len(kept) > 0 {
+		r.Header.Set("Cookie", strings.Join(kept, "; "))
+	}
 }
 
 func (g *Gateway) clearCookie(w http.ResponseWriter, r *http.Request) {

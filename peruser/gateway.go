@@ -250,6 +250,7 @@ func (g *Gateway) Serve(w http.ResponseWriter, r *http.Request, next Next) error
 			r.Header.Set(h.Name, v)
 		}
 	}
+	g.stripOwnCookies(r)
 	return next(w, r, &User{Key: id.key, Token: id.tok})
 }
 
