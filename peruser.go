@@ -45,10 +45,12 @@ type PerUser struct {
 	// placeholder). A client's own copies are always removed.
 	IdentityHeaders []IdentityHeader `json:"identity_headers,omitempty"`
 
-	// ThrottleAccount bounds failed logins per account (default 5 per
-	// 5m); ThrottleAddress login attempts per client address (default 30
-	// per 1m; the address as Caddy's trusted_proxies make it). Refusals
-	// are counted by caddy_inject_token_login_throttled_total.
+	// ThrottleAccount bounds failed logins per account from one client
+	// address (default 5 per 5m; ten times as many per account from all
+	// addresses; as many codes sent per account); ThrottleAddress login
+	// attempts per client address (default 30 per 1m). Refusals are
+	// counted by caddy_inject_token_login_throttled_total. See
+	// docs/per-user.md, Throttling.
 	ThrottleAccount *Throttle `json:"throttle_account,omitempty"`
 	ThrottleAddress *Throttle `json:"throttle_address,omitempty"`
 }

@@ -97,11 +97,17 @@ type Config struct {
 	// connection's remote IP).
 	ClientAddr func(*http.Request) string
 
-	// AccountLimit failed logins per AccountWindow for one account
-	// (default 5 per 5m); AddressLimit login attempts per AddressWindow
-	// from one client address (default 30 per 1m).
-	AccountLimit, AddressLimit   int
-	AccountWindow, AddressWindow time.Duration
+	// AccountLimit failed logins per AccountWindow for one account from
+	// one client address (default 5 per 5m), and AccountCeiling for one
+	// account from all addresses together (default 10 × AccountLimit): a
+	// stranger's wrong passwords lock the owner's own address out only
+	// once the ceiling is reached. One-time codes sent to an account are
+	// counted apart, AccountLimit per AccountWindow, so asking for codes
+	// never blocks a password. AddressLimit login attempts per
+	// AddressWindow from one client address (default 30 per 1m; an IPv6
+	// client's address is its /64).
+	AccountLimit, AccountCeiling, AddressLimit int
+	AccountWindow, AddressWindow               time.Duration
 	// OnThrottle is called for every refused login, with "account" or
 	// "address" (the metric).
 	OnThrottle func(by string)
@@ -116,8 +122,10 @@ type Config struct {
 type Gateway struct {
 	cfg       Config
 	prefix    string
-	byAccount *limiter
-	byAddress *limiter
+	byAddress *limiter // login attempts per client address
+	byAccount *limiter // failed logins per (account, client address)
+	byCeil    *limiter // failed logins per account
+	bySends   *limiter // one-time codes sent per account
 
 	mu    sync.Mutex
 	flows map[string]*otpFlow // one-time-code logins waiting for their code
@@ -170,6 +178,7 @@ func New(cfg Config) (*Gateway, error) {
 	def(&cfg.AddressWindow, time.Minute)
 	defInt(&cfg.AccountLimit, 5)
 	defInt(&cfg.AddressLimit, 30)
+	defInt(&cfg.AccountCeiling, 10*cfg.AccountLimit)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -193,8 +202,10 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{
 		cfg: cfg, prefix: cfg.Prefix,
-		byAccount: newLimiter(cfg.AccountLimit, cfg.AccountWindow),
 		byAddress: newLimiter(cfg.AddressLimit, cfg.AddressWindow),
+		byAccount: newLimiter(cfg.AccountLimit, cfg.AccountWindow),
+		byCeil:    newLimiter(cfg.AccountCeiling, cfg.AccountWindow),
+		bySends:   newLimiter(cfg.AccountLimit, cfg.AccountWindow),
 		flows:     map[string]*otpFlow{},
 		stop:      make(chan struct{}), done: make(chan struct{}),
 	}
