@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"encoding/base64"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -81,6 +82,21 @@ func (l *limiter) evict(now time.Time) {
 		}
 		delete(l.m, k)
 	}
+}
+
+// addressKey is the login limits' key for a client IP: every IPv6 client
+// holds at least a /64 and can take a new address in it per attempt, so
+// its /64 counts as one address.
+func addressKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	if a = a.Unmap(); a.Is4() {
+		return a.String()
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
 }
 
 // safeReturn reports whether s is a path on this site to return to after a

@@ -106,7 +106,7 @@ const (
 // limit is checked and counted in one step. Over any limit it gives back
 // what it counted, answers 429 and returns nil.
 func (g *Gateway) throttled(w http.ResponseWriter, r *http.Request, account string, kind int) *attempt {
-	now, addr := g.cfg.Now(), g.cfg.ClientAddr(r)
+	now, addr := g.cfg.Now(), addressKey(g.cfg.ClientAddr(r))
 	account = strings.ToLower(account)
 	limits := []count{{"address", g.byAddress, addr}}
 	switch {
