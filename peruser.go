@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -171,9 +173,24 @@ func viaTLS(r *http.Request) bool {
 	return trusted && strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }
 
-// clientAddr is the client's IP as Caddy determined it (trusted_proxies).
+// clientAddr is the client's IP for the login limits: Caddy's client IP
+// when the peer is the client, or when trusted_proxies_strict makes it
+// the rightmost untrusted entry of the client IP headers. Behind a
+// trusted proxy without strict, Caddy's client IP is the leftmost entry,
+// which the client wrote itself (a proxy that appends keeps it), so one
+// guesser would be a new address per attempt; the rightmost entry, which
+// the nearest trusted proxy wrote, is taken instead. Behind a chain of
+// trusted proxies that entry may be a proxy, limiting its clients
+// together: set trusted_proxies_strict (docs/per-user.md).
 func clientAddr(r *http.Request) string {
-	if ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ip != "" {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted && srv != nil && srv.TrustedProxiesStrict == 0 {
+		if last := rightmostIP(r.Header, srv.ClientIPHeaders); last != "" {
+			return last
+		}
+	}
+	if ip != "" {
 		return ip
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -181,6 +198,24 @@ func clientAddr(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// rightmostIP is the last valid IP in the first of headers that has one.
+func rightmostIP(h http.Header, headers []string) string {
+	for _, name := range headers {
+		parts := strings.Split(strings.Join(h.Values(name), ","), ",")
+		for _, part := range slices.Backward(parts) {
+			host, _, err := net.SplitHostPort(strings.TrimSpace(part))
+			if err != nil {
+				host = strings.TrimSpace(part)
+			}
+			host, _, _ = strings.Cut(host, "%")
+			if a, err := netip.ParseAddr(host); err == nil {
+				return a.String()
+			}
+		}
+	}
+	return ""
 }
 
 // templateUsers gives the gateway the template's Runtime in force (a
