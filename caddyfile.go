@@ -53,8 +53,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			auth          basic|post|private_key_jwt|tls_client_auth|self_signed_tls_client_auth|none
 //			client_certificate <cert> <key>
 //			trusted_ca_cert <pem_file>
-//			grant         client_credentials|refresh_token|jwt_bearer
+//			grant         client_credentials|refresh_token|jwt_bearer|authorization_code
 //			assertion_file <path>
+//			redirect_uri  <url>                 (authorization_code)
+//			authorize_param <name> <value>      (authorization_code)
 //			scope         <scopes...>
 //			resource      <uri...>
 //			omit_resource_on_refresh
@@ -273,6 +275,18 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 		}
 		return nil
 	}
+	// pair reads '<opt> <name> <value>' into *dst.
+	pair := func(opt string, dst *map[string]string) error {
+		var name, value string
+		if !d.AllArgs(&name, &value) {
+			return d.Errf("%s %s: expected '%s <name> <value>'", block, opt, opt)
+		}
+		if *dst == nil {
+			*dst = map[string]string{}
+		}
+		(*dst)[name] = value
+		return nil
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		var err error
 		opt := d.Val()
@@ -306,7 +320,11 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 		case "trusted_ca_cert":
 			err = one(opt, &o.TrustedCACert)
 		case "grant":
-			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer")
+			err = one(opt, &o.Grant, "client_credentials", "refresh_token", "jwt_bearer", "authorization_code")
+		case "redirect_uri":
+			err = one(opt, &o.RedirectURI)
+		case "authorize_param":
+			err = pair(opt, &o.AuthorizeParams)
 		case "assertion_file":
 			err = one(opt, &o.AssertionFile)
 		case "resource":
@@ -332,19 +350,12 @@ func parseOAuth2Block(d *caddyfile.Dispenser, block string, extra func(opt strin
 			}
 			o.Scopes = append(o.Scopes, scopes...)
 		case "param":
-			var name, value string
-			if !d.AllArgs(&name, &value) {
-				return nil, d.Errf("%s param: expected 'param <name> <value>'", block)
-			}
-			if o.Params == nil {
-				o.Params = map[string]string{}
-			}
-			o.Params[name] = value
+			err = pair(opt, &o.Params)
 		default:
 			if extra != nil {
 				return nil, d.Errf("%s: unrecognized option '%s'", block, opt)
 			}
-			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, client_key_source, auth, client_certificate, trusted_ca_cert, grant, assertion_file, scope, resource, omit_resource_on_refresh or param)", opt)
+			return nil, d.Errf("oauth2: unrecognized option '%s' (expected client_id, client_secret, client_key, client_key_source, auth, client_certificate, trusted_ca_cert, grant, assertion_file, redirect_uri, authorize_param, scope, resource, omit_resource_on_refresh or param)", opt)
 		}
 		if err != nil {
 			return nil, err

@@ -56,7 +56,14 @@ func (o *OAuth2) resolve(repl *caddy.Replacer, set *settings, useDPoP bool) erro
 	if err != nil {
 		return err
 	}
-	if err := set.open(oauth.BackendName, cfg.Endpoint, cfg, o.env()); err != nil {
+	// The authorization code grant is its own backend: users log in
+	// through the server's pages (per-user mode), it refreshes and revokes
+	// the sessions that start.
+	name := oauth.BackendName
+	if cfg.Grant == oauth.GrantAuthorizationCode {
+		name = oauth.AuthCodeBackendName
+	}
+	if err := set.open(name, cfg.Endpoint, cfg, o.env()); err != nil {
 		return fmt.Errorf("oauth2: %w", err)
 	}
 	return nil
@@ -86,7 +93,7 @@ func (o *OAuth2) config(repl *caddy.Replacer, block string, useDPoP bool) (oauth
 		v    *string
 	}{
 		{"endpoint", &cfg.Endpoint}, {"client_id", &cfg.ClientID}, {"client_secret", &cfg.ClientSecret},
-		{"resource", &cfg.Resource}, {"assertion_file", &cfg.AssertionFile},
+		{"resource", &cfg.Resource}, {"assertion_file", &cfg.AssertionFile}, {"redirect_uri", &cfg.RedirectURI},
 	} {
 		var err error
 		if *f.v, err = field(f.name, *f.v); err != nil {
@@ -104,12 +111,22 @@ func (o *OAuth2) config(repl *caddy.Replacer, block string, useDPoP bool) (oauth
 		}
 		cfg.Resources = append(cfg.Resources, v)
 	}
-	cfg.Params = make(map[string]string, len(o.Params))
-	for k, v := range o.Params {
-		var err error
-		if cfg.Params[k], err = field("param "+k, v); err != nil {
-			return cfg, err
+	params := func(name string, in map[string]string) (map[string]string, error) {
+		out := make(map[string]string, len(in))
+		for k, v := range in {
+			var err error
+			if out[k], err = field(name+" "+k, v); err != nil {
+				return nil, err
+			}
 		}
+		return out, nil
+	}
+	var err error
+	if cfg.Params, err = params("param", o.Params); err != nil {
+		return cfg, err
+	}
+	if cfg.AuthorizeParams, err = params("authorize_param", o.AuthorizeParams); err != nil {
+		return cfg, err
 	}
 	keyPEM, err := field("client_key", o.ClientKey)
 	if err != nil {

@@ -2,11 +2,13 @@ package injecttoken
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/tokenwarden/caddy-inject-token/dpop"
+	"github.com/tokenwarden/caddy-inject-token/oauth"
 	"github.com/tokenwarden/caddy-inject-token/peruser"
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
@@ -97,11 +100,14 @@ func (h *Handler) provisionPerUser(ctx caddy.Context, set *settings) error {
 	h.tmpl.mu.Lock()
 	cfg.Secret = h.tmpl.secret
 	h.tmpl.mu.Unlock()
-	if pb, ok := set.backend.(prelude.Backend); ok {
-		cfg.Prelude = pb.Client
-	}
-	if cfg.Prelude == nil {
-		return errors.New("per_user: the template's backend offers no login for users (prelude)")
+	switch b := set.backend.(type) {
+	case prelude.Backend:
+		cfg.Prelude = b.Client
+	case oauth.AuthCodeFlow:
+		cfg.OAuth = authCodeLogin{b.AuthCode()}
+	default:
+		return errors.New("per_user: the template's backend offers no login for users: " +
+			"use prelude, or oauth2 with 'grant authorization_code' and 'redirect_uri <site>" + pagePath(p.Path) + "/callback'")
 	}
 	h.perUserSets = []string{"Cookie"}
 	for _, ih := range p.IdentityHeaders {
@@ -216,6 +222,45 @@ func rightmostIP(h http.Header, headers []string) string {
 		}
 	}
 	return ""
+}
+
+// pagePath is the per-user pages' path prefix.
+func pagePath(p string) string {
+	if p == "" {
+		return "/.inject_token"
+	}
+	return p
+}
+
+// authCodeLogin adapts oauth.AuthCode to the gateway's login hook: the
+// Pending login travels as JSON (the gateway keeps it sealed in storage).
+type authCodeLogin struct{ a *oauth.AuthCode }
+
+func (l authCodeLogin) Begin(ctx context.Context, key *dpop.Key, returnTo string) (string, string, []byte, error) {
+	u, p, err := l.a.Begin(ctx, key, returnTo)
+	if err != nil {
+		return "", "", nil, err
+	}
+	b, err := json.Marshal(p)
+	return u, p.State, b, err
+}
+
+// Finish returns the ID token's verified sub and name, and its email only
+// when the provider says it verified it.
+func (l authCodeLogin) Finish(ctx context.Context, key *dpop.Key, pending []byte, callback url.Values) (*tokencache.Grant, map[string]string, error) {
+	var p oauth.Pending
+	if err := json.Unmarshal(pending, &p); err != nil {
+		return nil, nil, err
+	}
+	g, id, err := l.a.Finish(ctx, key, p, callback)
+	if err != nil {
+		return nil, nil, err
+	}
+	claims := map[string]string{"sub": id.Subject, "name": id.Name}
+	if id.EmailVerified {
+		claims["email"] = id.Email
+	}
+	return g, claims, nil
 }
 
 // templateUsers gives the gateway the template's Runtime in force (a

@@ -8,12 +8,12 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/tokenwarden/caddy-inject-token/internal/jwks"
 	"github.com/tokenwarden/caddy-inject-token/internal/wire"
 )
 
@@ -48,9 +48,7 @@ type verifier struct {
 	auds            []string
 	hc              *http.Client
 
-	mu      sync.Mutex
-	keys    *jose.JSONWebKeySet
-	fetched time.Time // zero: never
+	keys jwks.Cache
 }
 
 func newVerifier(cfg *Config) (*verifier, error) {
@@ -66,7 +64,9 @@ func newVerifier(cfg *Config) (*verifier, error) {
 			return nil, fmt.Errorf("token_exchange verify %q: %w", u, err)
 		}
 	}
-	return &verifier{jwksURL: v.JWKSURL, issuer: v.Issuer, auds: v.Audiences, hc: wire.NoPostRedirects(cfg.HTTPClient, 10*time.Second)}, nil
+	ver := &verifier{jwksURL: v.JWKSURL, issuer: v.Issuer, auds: v.Audiences, hc: wire.NoPostRedirects(cfg.HTTPClient, 10*time.Second)}
+	ver.keys = jwks.Cache{Fetch: ver.fetch, MinRefetch: keyRefetchEvery}
+	return ver, nil
 }
 
 // verify checks subject's signature, exp (required), nbf, iss and aud.
@@ -75,7 +75,7 @@ func (v *verifier) verify(ctx context.Context, subject string, now time.Time) er
 	if err != nil || len(tok.Headers) != 1 {
 		return invalid("not a signed JWT")
 	}
-	keys, err := v.keysFor(ctx, tok.Headers[0].KeyID, now)
+	keys, err := v.keys.Keys(ctx, tok.Headers[0].KeyID, now)
 	if err != nil {
 		return &Error{Failure: failureRetry, detail: "subject keys: " + err.Error()}
 	}
@@ -98,37 +98,6 @@ func (v *verifier) verify(ctx context.Context, subject string, now time.Time) er
 		return invalid(err.Error())
 	}
 	return nil
-}
-
-// keysFor returns the keys that may have signed a token with kid,
-// fetching the set when it has none yet or (at most every
-// keyRefetchEvery) when kid is unknown.
-func (v *verifier) keysFor(ctx context.Context, kid string, now time.Time) ([]jose.JSONWebKey, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.keys != nil {
-		if ks := v.keys.Key(kid); len(ks) > 0 || kid == "" {
-			if kid == "" {
-				return v.keys.Keys, nil
-			}
-			return ks, nil
-		}
-		if now.Sub(v.fetched) < keyRefetchEvery {
-			return nil, nil
-		}
-	} else if !v.fetched.IsZero() && now.Sub(v.fetched) < keyRefetchEvery {
-		return nil, errors.New("key set unavailable")
-	}
-	v.fetched = now
-	set, err := v.fetch(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v.keys = set
-	if kid == "" {
-		return set.Keys, nil
-	}
-	return set.Key(kid), nil
 }
 
 // fetch reads the key set, discovering its URL from the issuer if needed.

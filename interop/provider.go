@@ -55,9 +55,22 @@ type ProviderOptions struct {
 	// subject's sub (see oidc-provider/server.js).
 	SubjectJWKS     *jose.JSONWebKeySet
 	SubjectAudience string
+	// Accounts are the users who can log in through the authorization
+	// code flow (see Provider.Authorize); their sub is the login.
+	Accounts map[string]Account
+	// NoPAR turns pushed authorization requests (RFC 9126) off: the
+	// metadata then advertises no pushed_authorization_request_endpoint.
+	NoPAR bool
 	// StartTimeout bounds waiting for the READY line (and npm ci, when it
 	// runs); default 2 minutes.
 	StartTimeout time.Duration
+}
+
+// Account is a user of the provider.
+type Account struct {
+	Password string `json:"password"`
+	Email    string `json:"email,omitempty"`
+	Name     string `json:"name,omitempty"`
 }
 
 // JWTBearer is the RFC 7523 jwt-bearer grant type, registered in the
@@ -88,6 +101,12 @@ type Client struct {
 	// certificate (tls_client_certificate_bound_access_tokens, RFC 8705
 	// §3): they carry cnf x5t#S256.
 	CertificateBound bool
+	// RedirectURIs make the client one of the authorization code flow:
+	// response_types ["code"], and GrantTypes default to
+	// authorization_code and refresh_token.
+	RedirectURIs []string
+	// RequirePAR sets require_pushed_authorization_requests.
+	RequirePAR bool
 }
 
 // MarshalJSON renders the registration as oidc-provider client metadata.
@@ -104,6 +123,14 @@ func (c Client) MarshalJSON() ([]byte, error) {
 	if c.JWKS != nil {
 		m["jwks"] = c.JWKS
 	}
+	if len(c.RedirectURIs) > 0 {
+		m["redirect_uris"] = c.RedirectURIs
+		m["response_types"] = []string{"code"}
+		m["grant_types"] = []string{"authorization_code", "refresh_token"}
+	}
+	if c.RequirePAR {
+		m["require_pushed_authorization_requests"] = true
+	}
 	if len(c.GrantTypes) > 0 {
 		m["grant_types"] = c.GrantTypes
 	}
@@ -115,7 +142,7 @@ func (c Client) MarshalJSON() ([]byte, error) {
 	}
 	m["scope"] = c.Scope
 	if c.Scope == "" {
-		m["scope"] = "api:read api:write openid offline_access"
+		m["scope"] = "api:read api:write openid offline_access email profile"
 	}
 	return json.Marshal(m)
 }
@@ -273,6 +300,12 @@ func serverConfig(opts ProviderOptions) map[string]any {
 	}
 	if len(opts.JWTBearerIssuers) > 0 {
 		cfg["jwtBearerIssuers"] = opts.JWTBearerIssuers
+	}
+	if len(opts.Accounts) > 0 {
+		cfg["accounts"] = opts.Accounts
+	}
+	if opts.NoPAR {
+		cfg["par"] = false
 	}
 	if opts.AccessTokenTTL > 0 {
 		cfg["accessTokenTTL"] = int(opts.AccessTokenTTL / time.Second)

@@ -27,14 +27,22 @@ func Open(raw json.RawMessage, env tokencache.Env) (tokencache.Backend, error) {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, fmt.Errorf("oauth settings: %w", err)
 	}
+	if err := cfg.useEnv(env); err != nil {
+		return nil, err
+	}
+	return New(cfg)
+}
+
+// useEnv takes env's nonce store and client key into cfg.
+func (cfg *Config) useEnv(env tokencache.Env) error {
 	cfg.Nonces = env.Nonces
 	if env.ClientKey != nil {
 		if len(cfg.ClientKeyPEM) > 0 {
-			return nil, errors.New("oauth: a client key in the settings and one from a key source are exclusive")
+			return errors.New("oauth: a client key in the settings and one from a key source are exclusive")
 		}
 		cfg.ClientKey = env.ClientKey
 	}
-	return New(cfg)
+	return nil
 }
 
 var _ tokencache.Scoped = (*Client)(nil)

@@ -53,6 +53,10 @@ const (
 	// service-account token, a SPIFFE JWT-SVID), or signed with the client
 	// key.
 	GrantJWTBearer = "jwt_bearer"
+	// GrantAuthorizationCode is the authorization code grant with PKCE
+	// (RFC 6749 §4.1, RFC 7636): run by an AuthCode (NewAuthCode), not by
+	// a Client.
+	GrantAuthorizationCode = "authorization_code"
 )
 
 // jwtBearerGrantType is GrantJWTBearer's grant_type on the wire.
@@ -157,8 +161,13 @@ func New(cfg Config) (*Client, error) {
 	case "":
 		cfg.Grant = GrantClientCredentials
 	case GrantClientCredentials, GrantRefreshToken, GrantJWTBearer:
+	case GrantAuthorizationCode:
+		return nil, errors.New("oauth: Grant authorization_code is run by NewAuthCode: a user logs in through the server's pages")
 	default:
 		return nil, fmt.Errorf("oauth: unsupported Grant %q (want %s, %s or %s)", cfg.Grant, GrantClientCredentials, GrantRefreshToken, GrantJWTBearer)
+	}
+	if cfg.RedirectURI != "" || len(cfg.AuthorizeParams) > 0 {
+		return nil, errors.New("oauth: RedirectURI and AuthorizeParams are for Grant authorization_code")
 	}
 	if cfg.AssertionFile != "" && cfg.Grant != GrantJWTBearer {
 		return nil, errors.New("oauth: AssertionFile is for Grant jwt_bearer")

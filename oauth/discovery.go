@@ -17,6 +17,15 @@ type metadata struct {
 	issuer     string // "" when Endpoint turned out to be a token endpoint
 	token      *url.URL
 	revocation *url.URL // nil when not advertised
+
+	// What the authorization code grant uses (nil / false / empty when not
+	// advertised).
+	authorization *url.URL
+	par           *url.URL // pushed_authorization_request_endpoint (RFC 9126)
+	requirePAR    bool
+	jwks          *url.URL
+	issParameter  bool     // authorization_response_iss_parameter_supported (RFC 9207)
+	pkceMethods   []string // code_challenge_methods_supported
 }
 
 // Discover resolves the token and revocation endpoints.
@@ -155,6 +164,13 @@ func (c *Client) parseMetadata(body []byte) (*metadata, error) {
 		Issuer     string `json:"issuer"`
 		Token      string `json:"token_endpoint"`
 		Revocation string `json:"revocation_endpoint"`
+
+		Authorization string   `json:"authorization_endpoint"`
+		PAR           string   `json:"pushed_authorization_request_endpoint"`
+		RequirePAR    bool     `json:"require_pushed_authorization_requests"`
+		JWKS          string   `json:"jwks_uri"`
+		ISSParameter  bool     `json:"authorization_response_iss_parameter_supported"`
+		PKCEMethods   []string `json:"code_challenge_methods_supported"`
 	}
 	if err := wire.UnmarshalExact(body, &doc); err != nil || doc.Token == "" {
 		return nil, errNotMetadata
@@ -162,17 +178,28 @@ func (c *Client) parseMetadata(body []byte) (*metadata, error) {
 	if strings.TrimRight(doc.Issuer, "/") != strings.TrimRight(c.cfg.Endpoint, "/") {
 		return nil, fmt.Errorf("metadata issuer %q does not match %q", wire.Scrub(doc.Issuer, nil), c.endpoint.Redacted())
 	}
-	m := &metadata{issuer: doc.Issuer}
+	m := &metadata{issuer: doc.Issuer, requirePAR: doc.RequirePAR, issParameter: doc.ISSParameter, pkceMethods: doc.PKCEMethods}
 	var err error
 	if m.token, err = wire.CheckURL(doc.Token, true); err != nil {
 		return nil, fmt.Errorf("token_endpoint %w", err)
 	}
-	if doc.Revocation != "" {
-		if m.revocation, err = wire.CheckURL(doc.Revocation, true); err != nil {
-			return nil, fmt.Errorf("revocation_endpoint %w", err)
+	for _, o := range []struct {
+		name, v string
+		dst     **url.URL
+	}{
+		{"revocation_endpoint", doc.Revocation, &m.revocation},
+		{"authorization_endpoint", doc.Authorization, &m.authorization},
+		{"pushed_authorization_request_endpoint", doc.PAR, &m.par},
+		{"jwks_uri", doc.JWKS, &m.jwks},
+	} {
+		if o.v == "" {
+			continue
+		}
+		if *o.dst, err = wire.CheckURL(o.v, true); err != nil {
+			return nil, fmt.Errorf("%s %w", o.name, err)
 		}
 	}
-	if err := sameSecurity(c.endpoint, m.token, m.revocation); err != nil {
+	if err := sameSecurity(c.endpoint, m.token, m.revocation, m.authorization, m.par, m.jwks); err != nil {
 		return nil, err
 	}
 	return m, nil

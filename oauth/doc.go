@@ -7,6 +7,12 @@
 // authorization server metadata discovery (RFC 8414 and OpenID Connect
 // Discovery), token revocation (RFC 7009) and DPoP (RFC 9449).
 //
+// AuthCode (NewAuthCode) runs the authorization code grant for users who
+// log in themselves: PKCE S256, state and nonce, pushed authorization
+// requests (RFC 9126), DPoP-bound codes (dpop_jkt), the iss callback
+// parameter (RFC 9207) and the user from the ID token verified against the
+// issuer's JWKS; its Backend refreshes and revokes the sessions it starts.
+//
 // A Client is a tokencache.Backend: the token cache owns the session state
 // (refresh token, DPoP key, schedule) and calls Refresh, Revoke and the
 // LoginFuncs from Login and LoginWithRefreshToken.

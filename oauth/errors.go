@@ -84,7 +84,8 @@ type Error struct {
 	// and truncated) and the Retry-After hint on 429 and 503 (RetryDelay;
 	// see RetryAfter).
 	tokencache.Failure
-	// Op is "token", "revoke" or "discover".
+	// Op is "token", "revoke" or "discover"; for the authorization code
+	// flow also "par", "authorize" (the callback) and "id_token".
 	Op string
 	// Kind classifies the failure.
 	Kind Kind

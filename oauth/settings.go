@@ -33,8 +33,21 @@ type Settings struct {
 	// presenting an RFC 7523 assertion; see AssertionFile) or
 	// "refresh_token" (an initial refresh token is handed in through the
 	// admin API or `caddy inject-token login refresh-token`, and rotated
-	// tokens are kept).
+	// tokens are kept) or "authorization_code" (GrantAuthorizationCode:
+	// each user logs in through the server's pages, see NewAuthCode; only
+	// per-user mode runs it).
 	Grant string `json:"grant,omitempty"`
+
+	// RedirectURI is the gateway's callback URL as registered at the
+	// server, for grant authorization_code (required there, refused
+	// elsewhere).
+	RedirectURI string `json:"redirect_uri,omitempty"`
+
+	// AuthorizeParams are extra authorization request parameters for
+	// grant authorization_code (prompt, login_hint, acr_values,
+	// ui_locales, max_age, ...). They cannot replace the parameters the
+	// flow sets itself (state, nonce, PKCE, redirect_uri, ...).
+	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
 
 	// AssertionFile holds the assertion of grant "jwt_bearer": a
 	// Kubernetes projected service-account token or a SPIFFE JWT-SVID. It

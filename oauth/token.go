@@ -63,32 +63,37 @@ func (c *Client) Exchange(ctx context.Context, key *dpop.Key, grantType string, 
 	for _, vs := range params {
 		secrets = append(secrets, vs...)
 	}
-	return c.request(ctx, key, false, secrets, func(f url.Values, _ *exchange, _ *metadata) error {
+	g, tr, err := c.request(ctx, key, false, secrets, func(f url.Values, _ *exchange, _ *metadata) error {
 		for k, vs := range params {
 			f[k] = vs
 		}
 		f.Set("grant_type", grantType)
 		return nil
 	})
+	if err != nil {
+		return nil, "", err
+	}
+	return g, tr.IssuedTokenType, nil
 }
 
 // request posts one token request whose grant-specific parameters grant
-// sets; the form is rebuilt for every attempt.
-func (c *Client) request(ctx context.Context, key *dpop.Key, spends bool, secrets []string, grant func(url.Values, *exchange, *metadata) error) (*tokencache.Grant, string, error) {
+// sets; the form is rebuilt for every attempt. It returns the grant and the
+// whole parsed response.
+func (c *Client) request(ctx context.Context, key *dpop.Key, spends bool, secrets []string, grant func(url.Values, *exchange, *metadata) error) (*tokencache.Grant, *tokenResponse, error) {
 	x := &exchange{op: "token", spends: spends}
 	x.secrets = c.secrets(secrets...)
 	if x.spends && secrets[0] == "" {
-		return nil, "", x.fail(KindDead, 0, errors.New("refresh_token grant without a refresh token: log in with one"))
+		return nil, nil, x.fail(KindDead, 0, errors.New("refresh_token grant without a refresh token: log in with one"))
 	}
 	if c.cfg.DPoP {
 		if key == nil {
-			return nil, "", x.fail(KindConfig, 0, errors.New("DPoP is enabled but no key was given"))
+			return nil, nil, x.fail(KindConfig, 0, errors.New("DPoP is enabled but no key was given"))
 		}
 		x.key = key
 	}
 	m, err := c.metadata(ctx)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	x.target = m.token
 	x.form = func() (url.Values, http.Header, error) {
@@ -96,7 +101,9 @@ func (c *Client) request(ctx context.Context, key *dpop.Key, spends bool, secret
 		if err := grant(f, x, m); err != nil {
 			return nil, nil, err
 		}
-		if len(c.cfg.Scopes) > 0 {
+		if len(c.cfg.Scopes) > 0 && f.Get("grant_type") != GrantAuthorizationCode {
+			// The code carries the scope it was granted for (RFC 6749
+			// §4.1.3 defines no scope here).
 			f.Set("scope", strings.Join(c.cfg.Scopes, " "))
 		}
 		if !x.spends || !c.cfg.OmitResourceOnRefresh {
@@ -110,7 +117,7 @@ func (c *Client) request(ctx context.Context, key *dpop.Key, spends bool, secret
 	}
 	resp, err := c.do(ctx, x)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	return c.parseToken(x, resp)
 }
@@ -183,25 +190,26 @@ type tokenResponse struct {
 	RefreshToken     string          `json:"refresh_token"`
 	RefreshExpiresIn json.RawMessage `json:"refresh_expires_in"`
 	IssuedTokenType  string          `json:"issued_token_type"`
+	IDToken          string          `json:"id_token"`
 }
 
 // parseToken turns a 2xx token response into a Grant. A response that
 // cannot be used is, for a refresh_token grant, an unknown outcome: the
 // server accepted the request and may have rotated the refresh token.
-func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, string, error) {
+func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, *tokenResponse, error) {
 	bad := func(what string) error {
 		return x.fail(x.lost(resp.Status), resp.Status, errors.New("malformed token response: "+what))
 	}
 	if resp.BodyErr != nil {
-		return nil, "", x.fail(x.lost(resp.Status), resp.Status, resp.BodyErr)
+		return nil, nil, x.fail(x.lost(resp.Status), resp.Status, resp.BodyErr)
 	}
 	var tr tokenResponse
 	if err := wire.UnmarshalExact(resp.Body, &tr); err != nil {
-		return nil, "", bad("body is not a JSON object")
+		return nil, nil, bad("body is not a JSON object")
 	}
-	x.secrets = append(x.secrets, tr.AccessToken, tr.RefreshToken)
+	x.secrets = append(x.secrets, tr.AccessToken, tr.RefreshToken, tr.IDToken)
 	if tr.AccessToken == "" {
-		return nil, "", bad("no access_token")
+		return nil, nil, bad("no access_token")
 	}
 	g := &tokencache.Grant{AccessToken: tr.AccessToken, RefreshToken: tr.RefreshToken}
 	switch strings.ToLower(tr.TokenType) {
@@ -212,7 +220,7 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, str
 	default:
 		// An unknown or missing type cannot be presented correctly: a
 		// DPoP-bound token sent as Bearer is rejected, and vice versa.
-		return nil, "", bad("token_type " + wire.Scrub(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
+		return nil, nil, bad("token_type " + wire.Scrub(tr.TokenType, x.secrets) + " is neither Bearer nor DPoP")
 	}
 	if d, ok := seconds(tr.ExpiresIn); ok {
 		g.Expiry = resp.SentAt.Add(d)
@@ -224,7 +232,7 @@ func (c *Client) parseToken(x *exchange, resp *response) (*tokencache.Grant, str
 	if d, ok := seconds(tr.RefreshExpiresIn); ok && tr.RefreshToken != "" {
 		g.RefreshExpiry = resp.SentAt.Add(d)
 	}
-	return g, tr.IssuedTokenType, nil
+	return g, &tr, nil
 }
 
 // seconds reads a positive lifetime in seconds, as a JSON number or (as

@@ -1,7 +1,9 @@
 // A real OAuth 2.0 authorization server for interop tests: panva's
 // oidc-provider (an OpenID-certified implementation), configured for the
-// machine-to-machine flows this project's oauth package speaks —
-// client_credentials and refresh_token grants, mutual TLS (RFC 8705, behind
+// flows this project's oauth package speaks — client_credentials and
+// refresh_token grants, the authorization code grant with PKCE, PAR (RFC
+// 9126) and DPoP-bound codes for the accounts in the config (login and
+// consent through JSON interaction routes, see interaction), mutual TLS (RFC 8705, behind
 // the Go test front that terminates TLS), DPoP (RFC 9449) with
 // switchable nonce enforcement, resource indicators (RFC 8707) that yield
 // JWT access tokens carrying cnf.jkt, revocation (RFC 7009) and
@@ -26,6 +28,10 @@
 //                  header it sends use the shifted clock
 //   jwtBearerIssuers { "<iss>": <JWKS> }: issuers whose assertions the
 //                  jwt-bearer grant accepts besides the client's own
+//   accounts       { "<login>": { password, email, name } }: the users of
+//                  the authorization code flow (login through the JSON
+//                  interaction routes below; sub = the login)
+//   par            false: no pushed authorization requests endpoint
 //
 // It listens on loopback only and prints "READY <issuer>" on stdout once it
 // accepts connections (the Go helper in ../ waits for that line). The issuer
@@ -196,8 +202,12 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
     },
     // The jwt-bearer grant's access tokens name the assertion's subject.
     extraTokenClaims: async (ctx) => (ctx.jwtBearerSubject ? { assertion_sub: ctx.jwtBearerSubject } : undefined),
-    findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => accountClaims(sub) }),
     scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+    // The ID token carries the scopes' claims itself (not only userinfo),
+    // as many providers do: the gateway reads email and name from it.
+    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+    conformIdTokenClaims: false,
     clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none',
       'tls_client_auth', 'self_signed_tls_client_auth'],
     // Rotate on every use so clients must persist the new refresh token and
@@ -210,7 +220,10 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
       Grant: cfg.refreshTokenTTL ?? 86400,
     },
     features: {
+      // Login and consent are this file's own JSON interaction routes
+      // (interaction below), driven by the Go tests over plain HTTP.
       devInteractions: { enabled: false },
+      pushedAuthorizationRequests: { enabled: cfg.par !== false },
       clientCredentials: { enabled: true },
       revocation: { enabled: true },
       introspection: { enabled: true },
@@ -261,6 +274,10 @@ server.listen(cfg.port ?? 0, '127.0.0.1', () => {
   server.on('request', (req, res) => {
     // Node writes Date from its own (unshifted) clock unless one is set.
     res.setHeader('Date', new Date().toUTCString());
+    if (req.url.startsWith('/interaction/')) {
+      interaction(provider, req, res);
+      return;
+    }
     if (req.method === 'POST' && req.url === '/__test/refresh_token') {
       mintRefreshToken(provider, req, res);
       return;
@@ -355,6 +372,86 @@ function mintRefreshToken(provider, req, res) {
       res.end(JSON.stringify({ error: String(err.message ?? err) }));
     }
   });
+}
+
+// accountClaims are an account's claims: cfg.accounts' email and name for
+// the accounts configured there, only sub for any other (client-less
+// tests mint grants for "test-user").
+function accountClaims(sub) {
+  const a = cfg.accounts?.[sub];
+  return a ? { sub, email: a.email, email_verified: true, name: a.name } : { sub };
+}
+
+function readForm(req) {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    req.on('data', (chunk) => {
+      body += chunk;
+      if (body.length > 1 << 16) reject(new Error('form too large'));
+    });
+    req.on('end', () => resolve(new URLSearchParams(body)));
+    req.on('error', reject);
+  });
+}
+
+// interaction serves the login and consent steps of the authorization
+// code flow as a JSON API, for tests that drive them over HTTP:
+//   GET  /interaction/<uid>         → {"uid", "prompt": "login"|"consent", "client_id"}
+//   POST /interaction/<uid>/login   form login=<account>&password=<pw>
+//                                   (cfg.accounts; 401 invalid_login otherwise)
+//   POST /interaction/<uid>/consent grants what the client asked for
+//   POST /interaction/<uid>/abort   form error_description=<text>: the
+//                                   client gets error=access_denied with it
+// Each POST that succeeds answers 303 back into the provider, which
+// continues the flow (the next prompt, or the redirect to the client).
+async function interaction(provider, req, res) {
+  const m = req.url.match(/^\/interaction\/([\w-]+)(?:\/(login|consent|abort))?$/);
+  const json = (status, body) => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+  try {
+    if (!m || (req.method === 'GET') === Boolean(m[2])) {
+      json(404, { error: 'not_found' });
+      return;
+    }
+    const details = await provider.interactionDetails(req, res);
+    if (!m[2]) {
+      json(200, { uid: details.uid, prompt: details.prompt.name, client_id: details.params.client_id });
+      return;
+    }
+    const form = await readForm(req);
+    if (m[2] === 'login') {
+      const login = form.get('login');
+      const account = cfg.accounts?.[login];
+      if (!account || form.get('password') !== account.password) {
+        json(401, { error: 'invalid_login' });
+        return;
+      }
+      await provider.interactionFinished(req, res, { login: { accountId: login } }, { mergeWithLastSubmission: false });
+      return;
+    }
+    if (m[2] === 'abort') {
+      await provider.interactionFinished(req, res, {
+        error: 'access_denied', error_description: form.get('error_description') ?? 'denied',
+      }, { mergeWithLastSubmission: false });
+      return;
+    }
+    const { prompt: { details: missing }, params, session: { accountId } } = details;
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId, clientId: params.client_id });
+    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { consent: details.grantId ? {} : { grantId } }, { mergeWithLastSubmission: true });
+  } catch (err) {
+    console.error('interaction', err);
+    json(400, { error: String(err.name ?? 'error'), error_description: String(err.message ?? err) });
+  }
 }
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
