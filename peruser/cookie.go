@@ -23,6 +23,12 @@ type record struct {
 	// one: a later login of the same user (which replaces the session)
 	// ends this cookie.
 	SID string `json:"sid,omitempty"`
+	// JKT is the thumbprint of the DPoP key the login made (every login
+	// makes a new one, and a session's key never changes while it
+	// lives): the cookie is this session's only, even when the tokens
+	// name no session (OAuth, opaque tokens) and the user's next login,
+	// anywhere, makes a session under the same key.
+	JKT string `json:"jkt,omitempty"`
 	// Claims are the verified claims of the login (sub, email, phone,
 	// name) for the identity headers.
 	Claims map[string]string `json:"claims,omitempty"`

@@ -275,6 +275,7 @@ type identity struct {
 	tok    *tokencache.Token
 	cookie string // the cookie's id (mode 1), for the CSRF token
 	sid    string // the upstream session the cookie's login made
+	jkt    string // the DPoP key thumbprint of the session it made
 }
 
 // identify finds the request's user and that user's token. A user whose
@@ -292,7 +293,7 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 		if rec == nil {
 			return nil, errLoggedOut
 		}
-		id = &identity{key: rec.Key, claims: rec.Claims, cookie: cid, sid: rec.SID}
+		id = &identity{key: rec.Key, claims: rec.Claims, cookie: cid, sid: rec.SID, jkt: rec.JKT}
 		if id.claims == nil {
 			id.claims = map[string]string{}
 		}
@@ -309,9 +310,10 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 		}
 		return nil, err
 	}
-	if id.sid != "" && tok.SessionID != "" && tok.SessionID != id.sid {
+	if id.madeOther(tok) {
 		// The user logged in again since (elsewhere): the session this
-		// cookie's login made has been replaced.
+		// cookie's login made has been replaced, or has ended and another
+		// been made.
 		g.deleteRecord(r.Context(), id.cookie)
 		g.clearCookie(w, r)
 		return nil, errLoggedOut
@@ -321,6 +323,14 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 		id.claims["sub"] = tok.Subject
 	}
 	return id, nil
+}
+
+// madeOther reports whether tok is of a session other than the one the
+// cookie's login made: another upstream session id, or another DPoP key
+// (which every login makes anew, tokens with a sid or not).
+func (id *identity) madeOther(tok *tokencache.Token) bool {
+	return id.sid != "" && tok.SessionID != "" && tok.SessionID != id.sid ||
+		id.jkt != "" && (tok.Key == nil || tok.Key.Thumbprint() != id.jkt)
 }
 
 // loggedOut reports whether a Token error means the session has ended (as

@@ -293,7 +293,7 @@ func (g *Gateway) finish(w http.ResponseWriter, r *http.Request, k *dpop.Key, gr
 			g.deleteRecord(r.Context(), old)
 		}
 		now, id := g.cfg.Now(), newID()
-		rec := &record{Key: key, SID: tc.SID, Claims: claims, Created: now, Seen: now}
+		rec := &record{Key: key, SID: tc.SID, JKT: k.Thumbprint(), Claims: claims, Created: now, Seen: now}
 		if err := g.storeRecord(r.Context(), id, rec); err != nil {
 			g.message(w, r, http.StatusServiceUnavailable, "Your login could not be stored. Try again.")
 			return
