@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // record is what a cookie's id stands for, in storage: never a token.
@@ -221,6 +223,47 @@ func (g *Gateway) deleteRecord(ctx context.Context, id string) {
 	}
 }
 
+// pendingLogout is a logout whose revocation at the token server is
+// still to be made: of Key's session while its DPoP key is JKT.
+type pendingLogout struct {
+	Key   string    `json:"key"`
+	JKT   string    `json:"jkt"`
+	Since time.Time `json:"since"`
+}
+
+// pendLogout records id's logout for the sweep to revoke at the server.
+func (g *Gateway) pendLogout(ctx context.Context, id *identity) {
+	p := pendingLogout{Key: id.key, JKT: id.keyThumbprint(), Since: g.cfg.Now()}
+	b, err := json.Marshal(p)
+	if err == nil {
+		err = g.cfg.Storage.Store(ctx, g.storageKey("logouts", p.Key+"\x00"+p.JKT), b)
+	}
+	if err != nil {
+		g.cfg.Logger.Error("per-user logout: recording the revocation to retry failed",
+			zap.String("template", g.cfg.Template), zap.Error(err))
+	}
+}
+
+// retryLogout tries a pending logout again and reports whether it is done
+// with: revoked, or the session is no longer the one logged out of (a
+// later login replaced it, revoking it, or it ended).
+func (g *Gateway) retryLogout(ctx context.Context, b []byte) bool {
+	var p pendingLogout
+	if json.Unmarshal(b, &p) != nil || p.Key == "" || p.JKT == "" {
+		return true
+	}
+	c, err := g.cfg.Sessions.Session(p.Key)
+	if err == nil {
+		err = c.LogoutKey(ctx, p.JKT)
+	}
+	if err != nil && !errors.Is(err, tokencache.ErrReplaced) {
+		g.cfg.Logger.Warn("per-user logout: revoking at the server failed again; retried at the next sweep",
+			zap.String("template", g.cfg.Template), zap.String("user", p.Key), zap.Error(err))
+		return false
+	}
+	return true
+}
+
 // sweepEvery is how often expired records are looked for.
 const sweepEvery = 10 * time.Minute
 
@@ -245,11 +288,11 @@ func (g *Gateway) sweeper() {
 }
 
 // Sweep deletes the expired cookie records and OAuth logins in progress,
-// and returns how many it deleted. Every instance sharing the storage
+// retries the pending logouts, and returns how many records it deleted. Every instance sharing the storage
 // sweeps; deleting twice is harmless.
 func (g *Gateway) Sweep(ctx context.Context) (int, error) {
 	now, n := g.cfg.Now(), 0
-	for _, kind := range []string{"cookies", "flows"} {
+	for _, kind := range []string{"cookies", "flows", "logouts"} {
 		dir := strings.TrimSuffix(g.storageKey(kind, ""), "/"+lastElem(g.storageKey(kind, "")))
 		keys, err := g.cfg.Storage.List(ctx, dir, false)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -264,10 +307,13 @@ func (g *Gateway) Sweep(ctx context.Context) (int, error) {
 				continue
 			}
 			var dead bool
-			if kind == "cookies" {
+			switch kind {
+			case "cookies":
 				rec := new(record)
 				dead = json.Unmarshal(b, rec) != nil || g.expired(rec, now)
-			} else {
+			case "logouts":
+				dead = g.retryLogout(ctx, b)
+			default:
 				var f struct {
 					Expires time.Time `json:"expires"`
 				}

@@ -279,7 +279,9 @@ type identity struct {
 }
 
 // identify finds the request's user and that user's token. A user whose
-// session has ended is logged out: the cookie record is deleted.
+// session has ended is logged out: the cookie record is deleted. When the
+// session has no valid token just now, the error comes with the identity
+// found (without a token).
 func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, error) {
 	var id *identity
 	if g.cfg.KeyFrom != nil {
@@ -308,7 +310,7 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 			}
 			return nil, errLoggedOut
 		}
-		return nil, err
+		return id, err // who, without a token just now
 	}
 	if id.madeOther(tok) {
 		// The user logged in again since (elsewhere): the session this
@@ -331,6 +333,15 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 func (id *identity) madeOther(tok *tokencache.Token) bool {
 	return id.sid != "" && tok.SessionID != "" && tok.SessionID != id.sid ||
 		id.jkt != "" && (tok.Key == nil || tok.Key.Thumbprint() != id.jkt)
+}
+
+// keyThumbprint is the DPoP key thumbprint of the session the request's
+// login made: the cookie's, or that of the token found for it.
+func (id *identity) keyThumbprint() string {
+	if id.jkt == "" && id.tok != nil && id.tok.Key != nil {
+		return id.tok.Key.Thumbprint()
+	}
+	return id.jkt
 }
 
 // loggedOut reports whether a Token error means the session has ended (as

@@ -1,10 +1,13 @@
 package peruser_test
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // TestOwnCookiesStayAtGateway: the legacy app gets its own cookies as the
@@ -23,5 +26,55 @@ func TestOwnCookiesStayAtGateway(t *testing.T) {
 	ck := w.Headers["Cookie"]
 	if strings.Contains(ck, "inject_token") || !strings.Contains(ck, "app=1") || !strings.Contains(ck, "theme=dark") {
 		t.Fatalf("cookies the app received: %q", ck)
+	}
+}
+
+// TestLogoutRetriedBySweep: a logout the token server could not be told
+// of is revoked there by the next sweep once it is back, and a later login
+// of the same user is never ended by that retry.
+func TestLogoutRetriedBySweep(t *testing.T) {
+	srv, f := newFront(t, 0)
+	s := newSite(t, srv, t.TempDir(), nil)
+	var sub string
+	logoutDown := func() {
+		a := newBrowser(t, s.URL)
+		if r := a.login(alice, alicePW, "/"); r.status != http.StatusSeeOther {
+			t.Fatalf("login: %d", r.status)
+		}
+		_, w := a.whoami()
+		sub, _ = w.Claims["sub"].(string)
+		page := a.do("GET", pfx+"/", nil)
+		f.down.Store(true)
+		if r := a.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}}); r.status != http.StatusSeeOther {
+			t.Fatalf("logout while down: %d", r.status)
+		}
+		f.down.Store(false)
+	}
+	state := func() string {
+		c, err := s.rt.Session(sub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Status().State
+	}
+	logoutDown()
+	if st := state(); st != tokencache.StateActive {
+		t.Fatalf("before the sweep: %s", st)
+	}
+	if _, err := s.gw.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := state(); st != tokencache.StateLoggedOut {
+		t.Fatalf("after the sweep the session is %s, want revoked", st)
+	}
+	// A pending logout whose session a new login replaced leaves the new one.
+	logoutDown()
+	b := newBrowser(t, s.URL)
+	b.login(alice, alicePW, "/")
+	if _, err := s.gw.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := b.whoami(); st != 200 {
+		t.Fatalf("alice's new login after the sweep: %d", st)
 	}
 }
