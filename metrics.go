@@ -276,6 +276,7 @@ func forgetSessionMetrics(name string) {
 	for _, v := range sessionVecs {
 		v.DeletePartialMatch(match)
 	}
+	loginThrottled.DeletePartialMatch(prometheus.Labels{"template": name})
 }
 
 // forgetTemplateMetrics deletes the series of a destroyed template (its
@@ -289,6 +290,7 @@ func forgetTemplateMetrics(name string) {
 	for _, v := range sessionVecs {
 		v.DeletePartialMatch(match)
 	}
+	loginThrottled.DeletePartialMatch(prometheus.Labels{"template": name})
 }
 
 // countRequest counts one request's result.
