@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -95,7 +96,7 @@ func TestAttackIdentityHeaderDroppedByConnection(t *testing.T) {
 // source (e.g. the per-user gateway's keys as "peruser:<sub>"), or refuse
 // a template bound with two different key sources.
 func TestAttackTemplateKeyNamespaceShared(t *testing.T) {
-	_, sub := perUserAttackLogin(t, func(srv string) string {
+	apiSite := func(srv string) string {
 		return fmt.Sprintf(`http://localhost:9081 {
 	inject_token {
 		template users
@@ -108,10 +109,30 @@ func TestAttackTemplateKeyNamespaceShared(t *testing.T) {
 	}
 }
 `, srv, strings.TrimPrefix(srv, "http://"))
-	})
+	}
+	// The fix chosen: such a config is refused at load, naming both key
+	// sources (docs/per-user.md). A config that loads must keep them apart.
+	srv0 := sandboxtest.NewServer(t, sandbox.Options{})
+	t.Setenv("IT_PERUSER_SEAL_KEY", testSealKey)
+	dir := t.TempDir()
+	startConfig(t, perUserSite(dir, srv0.URL, ""))
+	resp, err := http.Post(adminURL+"/load", "text/caddyfile", strings.NewReader(perUserSite(dir, srv0.URL, "")+apiSite(srv0.URL)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		if !strings.Contains(string(b), "per_user login") || !strings.Contains(string(b), "{http.request.header.X-User}") {
+			t.Fatalf("refused, but the error does not name both key sources: %d %s", resp.StatusCode, b)
+		}
+		t.Logf("refused at load: %s", b)
+		return
+	}
+	_, sub := perUserAttackLogin(t, apiSite)
 	req, _ := http.NewRequest("GET", "http://localhost:9081/orders", nil)
 	req.Header.Set("X-User", sub) // the API site's identity "usr_…", not alice
-	resp, err := http.DefaultClient.Do(req)
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
