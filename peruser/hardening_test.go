@@ -78,3 +78,18 @@ func TestLogoutRetriedBySweep(t *testing.T) {
 		t.Fatalf("alice's new login after the sweep: %d", st)
 	}
 }
+
+// TestBigFormRefused: a POST body past 64 KiB is not read on: 413, and
+// nothing reaches the token server.
+func TestBigFormRefused(t *testing.T) {
+	srv := newSandbox(t)
+	s := newSite(t, srv, t.TempDir(), nil)
+	b := newBrowser(t, s.URL)
+	tok := b.loginForm()
+	before := len(srv.Requests())
+	r := b.do("POST", pfx+"/login/password", url.Values{"csrf": {tok}, "email": {alice}, "password": {alicePW},
+		"pad": {strings.Repeat("x", 70<<10)}})
+	if r.status != http.StatusRequestEntityTooLarge || len(srv.Requests()) != before {
+		t.Fatalf("a 70 KiB login form: %d, %d calls to the token server", r.status, len(srv.Requests())-before)
+	}
+}
