@@ -2,6 +2,7 @@ package injecttoken
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -215,6 +216,9 @@ func runtimeSessionOf(info tokencache.SessionInfo) adminapi.RuntimeSession {
 // token server's answer classified as for a named session when there was
 // one, else a storage failure (500).
 func templateFailure(t *runtimeTemplate, what string, err error) error {
+	if errors.Is(err, tokencache.ErrUnknownSession) {
+		return errorf(http.StatusNotFound, adminapi.CodeUnknownSession, "template %q has no session of that key", t.name)
+	}
 	if bf, ok := asBackendFailure(err); ok {
 		return errorf(http.StatusBadGateway, adminapi.CodeBackendError, "template %q: %s failed at the token server %s: %s",
 			t.name, what, bf.where(t.shared.settings().backendName), bf.words)

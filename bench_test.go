@@ -71,7 +71,11 @@ func (baseline) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	return next.ServeHTTP(w, r)
 }
 
-func runHandler(b *testing.B, h caddyhttp.MiddlewareHandler) {
+func runHandler(b *testing.B, h caddyhttp.MiddlewareHandler) { runHandlerWith(b, h, nil) }
+
+// runHandlerWith is runHandler with prep, when set, called on each request
+// first (by one goroutine at a time per request, concurrently across them).
+func runHandlerWith(b *testing.B, h caddyhttp.MiddlewareHandler, prep func(*http.Request)) {
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		if r.Header.Get("Authorization") == "" {
 			b.Fatal("no Authorization")
@@ -88,6 +92,9 @@ func runHandler(b *testing.B, h caddyhttp.MiddlewareHandler) {
 			ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
 			req = req.WithContext(ctx)
 			req.Header.Set("Authorization", "Bearer client")
+			if prep != nil {
+				prep(req)
+			}
 			if err := h.ServeHTTP(httptest.NewRecorder(), req, next); err != nil {
 				b.Fatal(err)
 			}

@@ -596,16 +596,21 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"origin with path", "inject_token {\n prelude https://a.b\n allow_browser_origins https://app.example.com/x\n}", `"https://app.example.com/x" is not an origin`, 3},
 		{"origin bare host", "inject_token {\n prelude https://a.b\n allow_browser_origins app.example.com\n}", "is not an origin", 3},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
-			}
-			if at := fmt.Sprintf(", at Testfile:%d", tc.line); tc.line > 0 && !strings.Contains(err.Error(), at) {
-				t.Errorf("error = %v, want it to name the line (%s)", err, at)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantCaddyfileError(t, tc.input, tc.want, tc.line) })
+	}
+}
+
+// wantCaddyfileError fails t unless the handler's Caddyfile input fails
+// with an error containing want and, when line > 0, naming that line.
+func wantCaddyfileError(t *testing.T, input, want string, line int) {
+	t.Helper()
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error = %v, want it to contain %q", err, want)
+	}
+	if at := fmt.Sprintf(", at Testfile:%d", line); line > 0 && !strings.Contains(err.Error(), at) {
+		t.Errorf("error = %v, want it to name the line (%s)", err, at)
 	}
 }
 

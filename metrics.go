@@ -149,6 +149,10 @@ var (
 		"caddy_inject_token_refresh_before_seconds",
 		"The session's configured refresh_before: how long before expiry its token is refreshed (at most half the token's lifetime).",
 		[]string{"session"}, nil)
+	templateSessionsDesc = prometheus.NewDesc(
+		"caddy_inject_token_template_sessions",
+		"Sessions of a template held in memory, by state (a template's sessions in storage but not in memory are not counted). Labelled by template, never by user.",
+		[]string{"template", "state"}, nil)
 )
 
 // sessionCollector reports every live session's state and token expiry at
@@ -161,6 +165,7 @@ func (sessionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- stateDesc
 	ch <- autoLoginDesc
 	ch <- refreshBeforeDesc
+	ch <- templateSessionsDesc
 }
 
 func (sessionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -173,6 +178,11 @@ func (sessionCollector) Collect(ch chan<- prometheus.Metric) {
 		if st.ExpiresAt != nil {
 			ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue,
 				float64(st.ExpiresAt.UnixNano())/1e9, s.name)
+		}
+	}
+	for _, t := range allTemplates() {
+		for state, n := range t.runtime().Counts() {
+			ch <- prometheus.MustNewConstMetric(templateSessionsDesc, prometheus.GaugeValue, float64(n), t.name, state)
 		}
 	}
 }
@@ -269,28 +279,27 @@ func oneOf(v string, set []string, other string) string {
 // session of the same name created meanwhile keeps the series, which are
 // its own.
 func forgetSessionMetrics(name string) {
-	if _, live := lookupSession(name); live {
-		return
+	if _, live := lookupSession(name); !live {
+		deleteSeries(name)
 	}
-	match := prometheus.Labels{"session": name}
-	for _, v := range sessionVecs {
-		v.DeletePartialMatch(match)
-	}
-	loginThrottled.DeletePartialMatch(prometheus.Labels{"template": name})
 }
 
 // forgetTemplateMetrics deletes the series of a destroyed template (its
 // sessions' counters are labelled with its name), unless a template of
 // that name is live again.
 func forgetTemplateMetrics(name string) {
-	if _, live := lookupTemplate(name); live {
-		return
+	if _, live := lookupTemplate(name); !live {
+		deleteSeries(name)
+		loginThrottled.DeletePartialMatch(prometheus.Labels{"template": name})
 	}
+}
+
+// deleteSeries deletes every per-session series labelled session=name.
+func deleteSeries(name string) {
 	match := prometheus.Labels{"session": name}
 	for _, v := range sessionVecs {
 		v.DeletePartialMatch(match)
 	}
-	loginThrottled.DeletePartialMatch(prometheus.Labels{"template": name})
 }
 
 // countRequest counts one request's result.

@@ -52,7 +52,7 @@ type TemplateSessions struct {
 	MaxResident int `json:"max_resident,omitempty"`
 
 	// IdleTimeout drops a session from memory once it has not been used
-	// for this long (it stays in storage). Default: the engine's.
+	// for this long (it stays in storage). Default: 30m.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	// Retention deletes a session not used for this long: revoked at its
@@ -65,7 +65,8 @@ type TemplateSessions struct {
 	UseWindow caddy.Duration `json:"use_window,omitempty"`
 
 	// MaxRefreshing bounds how many of the template's sessions the
-	// scheduler refreshes at once. Default: the engine's.
+	// scheduler refreshes at once (a refresh a request waits for is never
+	// held back). Default: 32.
 	MaxRefreshing int `json:"max_refreshing,omitempty"`
 }
 
@@ -83,6 +84,22 @@ type requestKey func(r *http.Request) (string, error)
 // known and non-empty (so "tenant-{header}" cannot collapse to one shared
 // "tenant-" key).
 func placeholderKey(tmpl string) requestKey {
+	if name, ok := strings.CutPrefix(tmpl, "{http.request.header."); ok && strings.HasSuffix(name, "}") &&
+		!strings.ContainsAny(name[:len(name)-1], "{}") {
+		// The common case, one header, read without the replacer's
+		// parsing: as the placeholder does, values joined with ",".
+		name = name[:len(name)-1]
+		return func(r *http.Request) (string, error) {
+			key := strings.Join(r.Header.Values(name), ",") // one value: no copy
+			if key == "" {
+				return "", fmt.Errorf("header %s is empty or missing", name)
+			}
+			if len(key) > maxKeyLen {
+				return "", fmt.Errorf("key longer than %d bytes", maxKeyLen)
+			}
+			return key, nil
+		}
+	}
 	return func(r *http.Request) (string, error) {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if repl == nil {
@@ -422,7 +439,7 @@ func (t *runtimeTemplate) applyLocked() error {
 	t.shared.mu.Unlock()
 	old := t.rt.Load()
 	if old != nil && bytes.Equal(t.secret, b.secret) && t.storage.swap(b.storage) {
-		err := updateRuntime(old, t.template(b, old))
+		err := old.Update(t.template(b, old))
 		if err == nil {
 			return nil
 		}
@@ -458,6 +475,9 @@ func (t *runtimeTemplate) template(b *templateBinding, old *tokencache.Runtime) 
 		Observe:       observeRefresh(t.name),
 		MaxResident:   b.opts.MaxResident,
 		UseWindow:     time.Duration(b.opts.UseWindow),
+		IdleTimeout:   time.Duration(b.opts.IdleTimeout),
+		Retention:     time.Duration(b.opts.Retention),
+		MaxRefreshing: b.opts.MaxRefreshing,
 	}
 	if old != nil {
 		tpl.Storage = t.currentStorage()
@@ -468,7 +488,6 @@ func (t *runtimeTemplate) template(b *templateBinding, old *tokencache.Runtime) 
 	if b.set.keySource != nil {
 		tpl.KeySource = sessionKeys{s}
 	}
-	setTemplateLimits(&tpl, b.opts)
 	return tpl
 }
 

@@ -20,7 +20,9 @@ import (
 // Runtime gets this stable wrapper and a reload swaps what it points at.
 // A swap is only made between storages that hold the same template secret,
 // which is how "the same storage" is told (see loadTemplateSecret).
-type reloadStorage struct{ cur atomic.Pointer[certmagic.Storage] }
+type reloadStorage struct {
+	cur atomic.Pointer[certmagic.Storage]
+}
 
 // versionedReloadStorage is a reloadStorage over a storage with conditional
 // writes, forwarding them (the engine finds them by type assertion).

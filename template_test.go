@@ -1,19 +1,27 @@
 package injecttoken
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/tokenwarden/caddy-inject-token/adminapi"
+	"github.com/tokenwarden/caddy-inject-token/cli"
 	"github.com/tokenwarden/caddy-inject-token/sandbox"
 	"github.com/tokenwarden/caddy-inject-token/sandboxtest"
 )
@@ -40,16 +48,7 @@ func TestTemplateCaddyfileErrors(t *testing.T) {
 		{"use_window args", "inject_token {\n template users\n use_window 1m 2m\n}", "use_window: expected exactly one value", 3},
 		{"login with template", "inject_token {\n template users\n key {http.request.header.X-User}\n prelude https://a.b\n login password a b\n}", "login password is for a named session", 6},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
-			}
-			if at := fmt.Sprintf(", at Testfile:%d", tc.line); !strings.Contains(err.Error(), at) {
-				t.Errorf("error = %v, want it to name the line (%s)", err, at)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantCaddyfileError(t, tc.input, tc.want, tc.line) })
 	}
 
 	var h Handler
@@ -151,6 +150,25 @@ func TestTemplateSessions(t *testing.T) {
 		t.Fatalf("without X-User: %d %s", status, body)
 	}
 
+	// Metrics: per template, never per user.
+	m := scrapeMetrics(t)
+	if g := m.match("caddy_inject_token_template_sessions", "template", name, "state", "active"); len(g) != 1 || g[0].value != 2 {
+		t.Errorf("template_sessions{active} = %v, want one series of 2", g)
+	}
+	if r := m.match("caddy_inject_token_requests_total", "session", name, "result", resultNoUser); len(r) != 1 || r[0].value != 1 {
+		t.Errorf("requests_total{no_user} = %v, want 1", r)
+	}
+	if r := m.match("caddy_inject_token_requests_total", "session", name, "result", resultInjected); len(r) != 1 || r[0].value != 2 {
+		t.Errorf("requests_total{injected} = %v, want 2", r)
+	}
+	for _, x := range m {
+		for _, v := range x.labels {
+			if strings.Contains(v, "alice") || strings.Contains(v, "bob") {
+				t.Errorf("series %v is labelled with a user", x)
+			}
+		}
+	}
+
 	// Sessions live under inject_token/<template>/<keyed hash>/, not
 	// under the key.
 	entries, err := os.ReadDir(filepath.Join(dir, "inject_token", name))
@@ -165,8 +183,20 @@ func TestTemplateSessions(t *testing.T) {
 
 	// A reload changing refresh_before keeps both sessions: no login,
 	// same sid.
+	residentOf := func() any {
+		t.Helper()
+		return admin.Call(http.MethodGet, adminapi.TemplatePath(name, ""), "", http.StatusOK)["resident"]
+	}
+	if r := residentOf(); r != float64(2) {
+		t.Fatalf("resident before reload = %v, want 2", r)
+	}
 	g2 := templateGateway(dir, name, srv.URL, "refresh_before 45s")
 	tester.InitServer(g2.String(), "caddyfile")
+	// Swapped in place: the resident sessions were neither dropped nor
+	// reloaded from storage.
+	if r := residentOf(); r != float64(2) {
+		t.Errorf("resident after reload = %v, want 2 (the reload rebuilt the template)", r)
+	}
 	if wa2 := who("alice@example.com"); wa2.Claims["sid"] != wa.Claims["sid"] {
 		t.Errorf("sid after reload = %v, want %v", wa2.Claims["sid"], wa.Claims["sid"])
 	}
@@ -206,11 +236,40 @@ func TestTemplateSessions(t *testing.T) {
 	if !keys["alice@example.com"] || !keys[bobKey] || len(keys) != 2 {
 		t.Errorf("listed keys = %v", keys)
 	}
+	// The CLI shows the same.
+	var out bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"templates", name, "--address", adminURL}, strings.NewReader(""), &out); err != nil ||
+		!strings.Contains(out.String(), "alice@example.com  active  sub "+alice) || !strings.Contains(out.String(), bobKey+"  active") {
+		t.Errorf("caddy inject-token templates %s: %v\n%s", name, err, out.String())
+	}
+	out.Reset()
+	if err := cli.Run(context.Background(), []string{"templates", "--address", adminURL}, strings.NewReader(""), &out); err != nil ||
+		!strings.Contains(out.String(), name+"  (prelude") || !strings.Contains(out.String(), "active 2") {
+		t.Errorf("caddy inject-token templates: %v\n%s", err, out.String())
+	}
 	lk := admin.Call(http.MethodGet, adminapi.TemplateSessionPath(name, bobKey, ""), "", http.StatusOK)
 	if lk["sub"] != bob || lk["key"] != bobKey {
 		t.Errorf("lookup = %v", lk)
 	}
 	admin.Call(http.MethodGet, adminapi.TemplateSessionPath(name, "nobody", ""), "", http.StatusNotFound)
+	admin.Call(http.MethodDelete, adminapi.TemplateSessionPath(name, "nobody", ""), "", http.StatusNotFound)
+	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "nobody", adminapi.RouteErase), "", http.StatusNotFound)
+	admin.Call(http.MethodGet, adminapi.TemplatePath("no-such-template", "/sessions"), "", http.StatusNotFound)
+
+	// A one-time-code login waits for its code per key, across requests.
+	carol := srv.AddUser("carol@example.com", "carol-pw-3")
+	otp := adminapi.TemplateSessionPath(name, "carol", adminapi.RouteOTPStart)
+	if m := admin.Call(http.MethodPost, otp, `{"email_address":"carol@example.com"}`, http.StatusOK); m["status"] != "code_sent" {
+		t.Fatalf("otp start = %v", m)
+	}
+	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "dave", adminapi.RouteOTPCheck), `{"code":"`+sandbox.DefaultOTPCode+`"}`, http.StatusConflict)
+	admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "carol", adminapi.RouteOTPCheck), `{"code":"000000"}`, http.StatusUnprocessableEntity)
+	if st := admin.Call(http.MethodPost, adminapi.TemplateSessionPath(name, "carol", adminapi.RouteOTPCheck), `{"code":"`+sandbox.DefaultOTPCode+`"}`, http.StatusOK); st["sub"] != carol {
+		t.Errorf("otp login answer = %v", st)
+	}
+	if w := who("carol"); w.Claims["sub"] != carol {
+		t.Errorf("carol's sub = %v, want %s", w.Claims["sub"], carol)
+	}
 
 	// Revoke bob: his requests stop; alice's go on.
 	admin.Call(http.MethodDelete, adminapi.TemplateSessionPath(name, bobKey, ""), "", http.StatusOK)
@@ -231,4 +290,115 @@ func TestTemplateSessions(t *testing.T) {
 
 	admin.AssertNoSecrets("alice-pw-1", "bob-pw-2",
 		strings.TrimPrefix(wa.Headers["Authorization"], "Bearer "), strings.TrimPrefix(wb.Headers["Authorization"], "Bearer "))
+}
+
+// TestPlaceholderKey: a request's key is every placeholder of key resolved,
+// and no key at all when any of them is empty or unknown (never a shared
+// or partial key); one header is read directly, with the placeholder's
+// value (several values joined with ",").
+func TestPlaceholderKey(t *testing.T) {
+	for _, tc := range []struct {
+		key     string
+		headers []string
+		want    string // "" = refused
+	}{
+		{"{http.request.header.X-User}", []string{"X-User", "alice"}, "alice"},
+		{"{http.request.header.X-User}", []string{"X-User", "a", "X-User", "b"}, "a,b"},
+		{"{http.request.header.X-User}", nil, ""},
+		{"{http.request.header.X-User}", []string{"X-User", ""}, ""},
+		{"{http.request.header.X-User}", []string{"X-User", strings.Repeat("a", maxKeyLen+1)}, ""},
+		{"{http.request.header.X-Tenant}/{http.request.header.X-User}", []string{"X-Tenant", "t1", "X-User", "bob"}, "t1/bob"},
+		{"{http.request.header.X-Tenant}/{http.request.header.X-User}", []string{"X-Tenant", "t1"}, ""},
+		{"tenant-{http.request.header.X-User}", nil, ""},
+		{"{http.request.no_such_placeholder}", []string{"X-User", "alice"}, ""},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
+		for i := 0; i+1 < len(tc.headers); i += 2 {
+			r.Header.Add(tc.headers[i], tc.headers[i+1])
+		}
+		repl := caddyhttp.NewTestReplacer(r)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		got, err := placeholderKey(tc.key)(r)
+		if tc.want == "" && err == nil || tc.want != "" && (err != nil || got != tc.want) {
+			t.Errorf("key %s with %q: %q, %v; want %q", tc.key, tc.headers, got, err, tc.want)
+		}
+	}
+}
+
+// TestTemplateProvisionErrors: the JSON config path refuses what the
+// Caddyfile does, and a template cannot take a live session's name (both
+// would live under inject_token/<name>/).
+func TestTemplateProvisionErrors(t *testing.T) {
+	storage, _ := json.Marshal(map[string]string{"module": "file_system", "root": t.TempDir()})
+	ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: storage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "{http.request.header.X-User}"
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users"}}, "template needs 'key <placeholder>'"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users", Key: "alice"}}, "has no placeholder"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Key: key}}, "key is a template option"},
+		{Handler{Prelude: "http://127.0.0.1:9", Session: "s", TemplateSessions: TemplateSessions{Template: "users", Key: key}}, "session and template cannot be combined"},
+		{Handler{Prelude: "http://127.0.0.1:9", Login: &Login{Method: "password", Email: "a", Password: "{env.X}"},
+			TemplateSessions: TemplateSessions{Template: "users", Key: key}}, "login password is for a named session"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "Users", Key: key}}, "invalid template name"},
+		{Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: "users", Key: key, MaxResident: -1}}, "must not be negative"},
+	} {
+		h := tc.h
+		if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error = %v, want %q", tc.h.TemplateSessions, err, tc.want)
+			h.Cleanup()
+		}
+	}
+
+	name := fmt.Sprintf("clash-%d", time.Now().UnixNano()%1e9)
+	named := &Handler{Session: name, Prelude: "http://127.0.0.1:9"}
+	if err := named.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer named.Cleanup()
+	tmpl := &Handler{Prelude: "http://127.0.0.1:9", TemplateSessions: TemplateSessions{Template: name, Key: key}}
+	if err := tmpl.Provision(ctx); err == nil || !strings.Contains(err.Error(), "has the name of a session") {
+		t.Errorf("template named as a live session: %v", err)
+		tmpl.Cleanup()
+	}
+}
+
+// TestTemplateSecretCreatedOnce: instances starting together on one
+// storage agree on one secret (created under the storage lock, read again
+// inside it), and it survives: a later load returns it unchanged.
+func TestTemplateSecretCreatedOnce(t *testing.T) {
+	dir := t.TempDir()
+	const n = 3
+	secrets := make([][]byte, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := &certmagic.FileStorage{Path: dir} // an instance of its own
+			<-start
+			s, err := loadTemplateSecret(context.Background(), st, "users")
+			if err != nil {
+				t.Error(err)
+			}
+			secrets[i] = s
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i := range secrets {
+		if len(secrets[i]) != templateSecretSize || !bytes.Equal(secrets[i], secrets[0]) {
+			t.Fatalf("instance %d got another secret (%d bytes)", i, len(secrets[i]))
+		}
+	}
+	again, err := loadTemplateSecret(context.Background(), &certmagic.FileStorage{Path: dir}, "users")
+	if err != nil || !bytes.Equal(again, secrets[0]) {
+		t.Errorf("reloaded secret differs: %v", err)
+	}
 }

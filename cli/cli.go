@@ -35,7 +35,7 @@ const DefaultSession = "default"
 
 // Usage, Short and Long describe the command for Caddy's help.
 const (
-	Usage = "login|status|refresh|logout|list|revoke [<session>] [flags]"
+	Usage = "login|status|refresh|logout|list|revoke [<session>] [flags] | templates [<template> [<key>]]"
 	Short = "Manages inject_token sessions through the admin API"
 	Long  = `
 Manages the sessions of the inject_token module in a running Caddy through
@@ -55,6 +55,9 @@ without one it uses "default" (status: all sessions).
   logout   end the session (it stays logged out until the next login)
   list     list the user's server-side sessions (devices)
   revoke   end server-side sessions: all, others, mine, or one by --id
+  templates  a template's sessions made at run time (one per user): list
+           templates, one page of a template's sessions (--cursor, --limit),
+           one session by key; --revoke or --erase it, --revoke-all
 
 Every command accepts --json to print the admin API's JSON answer instead of
 the human summary; on failure it prints the API's error JSON (with its code
@@ -105,7 +108,7 @@ func Configure(cmd *cobra.Command) {
 	pf.BoolVar(&o.json, "json", false, "print the admin API's raw JSON answer")
 	cmd.Args = cobra.NoArgs
 	cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
-	cmd.AddCommand(loginCmd(o), statusCmd(o), refreshCmd(o), logoutCmd(o), listCmd(o), revokeCmd(o))
+	cmd.AddCommand(loginCmd(o), statusCmd(o), refreshCmd(o), logoutCmd(o), listCmd(o), revokeCmd(o), templatesCmd(o))
 	for _, sub := range cmd.Commands() {
 		// Flag errors mention the command; usage stays out of the way.
 		sub.SilenceUsage = true

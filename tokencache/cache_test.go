@@ -37,6 +37,8 @@ type env struct {
 	clk  *fakeClock // nil: real time
 	// runtime: e.cache makes run-time sessions (see runtime_test.go)
 	runtime bool
+	// housekeepers counts the Runtimes made (see waiting).
+	housekeepers atomic.Int32
 }
 
 func newEnv(t *testing.T) *env {
@@ -367,7 +369,7 @@ func testTransientFailuresBackOffAndRecover(t *testing.T, runtime bool) {
 	}
 	// Backoff: with the clock standing still, the loop schedules the retry
 	// and makes no further attempt, and callers do not either.
-	waitFor(t, "retry scheduled", 5*time.Second, func() bool { return e.clk.Armed() > 0 })
+	waitFor(t, "retry scheduled", 5*time.Second, e.waiting)
 	for range 20 {
 		if got := mustToken(t, c); got.Value != tok.Value {
 			t.Fatal("expected the still-valid token during the outage")
@@ -383,7 +385,7 @@ func testTransientFailuresBackOffAndRecover(t *testing.T, runtime bool) {
 	if got := mustToken(t, c); got.Value != tok.Value {
 		t.Fatal("expected the still-valid token during the outage")
 	}
-	waitFor(t, "retry scheduled", 5*time.Second, func() bool { return e.clk.Armed() > 0 })
+	waitFor(t, "retry scheduled", 5*time.Second, e.waiting)
 	if st := c.Status(); st.LastOutcome != tokencache.OutcomeTransient || st.State != tokencache.StateActive ||
 		st.NextRefresh == nil || !st.NextRefresh.After(e.clk.Now()) {
 		t.Fatalf("status during outage: %+v (next attempt must be shown)", st)

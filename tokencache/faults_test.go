@@ -2,7 +2,6 @@ package tokencache_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -150,38 +149,19 @@ func await(t *testing.T, what string, ch <-chan struct{}) {
 	}
 }
 
-func storedRecord(t *testing.T, dir string) map[string]any {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, "inject_token", "test", "state.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec map[string]any
-	if err := json.Unmarshal(data, &rec); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
-
-func writeRecord(t *testing.T, dir string, rec map[string]any) {
-	t.Helper()
-	data, _ := json.Marshal(rec)
-	if err := os.WriteFile(filepath.Join(dir, "inject_token", "test", "state.json"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // Hole 5: an instance that stalls while holding the lock, longer than the
 // lock's lease, must neither present a refresh token the other instance
 // spent meanwhile nor overwrite the newer record.
-func TestStalledLockHolderIsFenced(t *testing.T) {
-	t.Parallel()
+func TestStalledLockHolderIsFenced(t *testing.T) { bothKinds(t, testStalledLockHolderIsFenced) }
+
+func testStalledLockHolderIsFenced(t *testing.T, runtime bool) {
 	// A stall right after the re-read, and one between the fence's read and
 	// the intent's write (certmagic storage has no compare-and-swap, so the
 	// read-back alone cannot see that the intent overwrote newer state).
 	for name, skip := range map[string]int32{"stall after the re-read": 0, "stall between the fence and the intent": 1} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
+			e.runtime = runtime
 			l := newLeases(e.clk, 10*time.Second)
 			stA, stB := newLeased(e.dir, l, "A"), newLeased(e.dir, l, "B")
 			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = stA, true })
@@ -211,7 +191,7 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 				if got := mustToken(t, a); got.Value != fresh.Value {
 					t.Fatal("A did not adopt B's token after losing the lock")
 				}
-				if rec := storedRecord(t, e.dir); rec["state"] != tokencache.StateActive || rec["access_token"] != fresh.Value {
+				if rec := e.stored(); rec["state"] != tokencache.StateActive || rec["access_token"] != fresh.Value {
 					t.Fatalf("stored state %v: B's refresh was overwritten", rec["state"])
 				}
 				return
@@ -219,7 +199,7 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 			// A's intent overwrote B's refresh and stands as a spent
 			// marker (or A already gave the session up over it): the
 			// token is never presented twice.
-			if rec := storedRecord(t, e.dir); rec["intent"] == nil && rec["state"] != tokencache.StateLoggedOut {
+			if rec := e.stored(); rec["intent"] == nil && rec["state"] != tokencache.StateLoggedOut {
 				t.Fatalf("stored record %v has no intent: A's late write left no trace", rec)
 			}
 			_ = b.Refresh(context.Background())
@@ -230,6 +210,7 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 	}
 	t.Run("stall after presenting", func(t *testing.T) {
 		e := newEnv(t)
+		e.runtime = runtime
 		l := newLeases(e.clk, 10*time.Second)
 		stA, stB := newLeased(e.dir, l, "A"), newLeased(e.dir, l, "B")
 		slow := &stallingBackend{Backend: e.backend(e.cl)}
@@ -251,7 +232,7 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 		if s := e.srv.Stats(); s.ReuseEvents != 0 {
 			t.Fatalf("reuse events %d", s.ReuseEvents)
 		}
-		if rec := storedRecord(t, e.dir); rec["state"] != tokencache.StateLoggedOut {
+		if rec := e.stored(); rec["state"] != tokencache.StateLoggedOut {
 			t.Fatalf("stored state %v: the frozen instance overwrote newer state with its late result", rec["state"])
 		}
 		if st := a.Status(); st.State != tokencache.StateLoggedOut {
@@ -265,6 +246,7 @@ func TestStalledLockHolderIsFenced(t *testing.T) {
 	// reuse.
 	t.Run("stall between the fence and the result", func(t *testing.T) {
 		e := newEnv(t)
+		e.runtime = runtime
 		l := newLeases(e.clk, 10*time.Second)
 		stA, stB := newLeased(e.dir, l, "A"), newLeased(e.dir, l, "B")
 		a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = stA, true })
@@ -347,9 +329,9 @@ func testRetryAfterIsCappedAndStorageIsPeeked(t *testing.T, runtime bool) {
 // really spent at the server.
 func crashMidRefresh(t *testing.T, e *env) (spent string) {
 	t.Helper()
-	rec := storedRecord(t, e.dir)
+	rec := e.stored()
 	spent = rec["refresh_token"].(string)
-	pem, err := os.ReadFile(filepath.Join(e.dir, "inject_token", "test", "keys", certmagic.StorageKeys.Safe(rec["key_thumbprint"].(string))+".pem"))
+	pem, err := os.ReadFile(filepath.Join(e.sessionPath(), "keys", certmagic.StorageKeys.Safe(rec["key_thumbprint"].(string))+".pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,16 +345,18 @@ func crashMidRefresh(t *testing.T, e *env) (spent string) {
 		t.Fatal(err)
 	}
 	rec["intent"] = intentFor(t, spent)
-	writeRecord(t, e.dir, rec)
+	e.writeStored(rec)
 	return spent
 }
 
 // Hole 3: logout and login honour an unresolved intent: the possibly spent
 // refresh token is not presented, neither to revoke nor as the previous one.
-func TestLogoutAndLoginHonourTheIntent(t *testing.T) {
-	t.Parallel()
+func TestLogoutAndLoginHonourTheIntent(t *testing.T) { bothKinds(t, testLogoutAndLoginHonourTheIntent) }
+
+func testLogoutAndLoginHonourTheIntent(t *testing.T, runtime bool) {
 	t.Run("logout", func(t *testing.T) {
 		e := newEnv(t)
+		e.runtime = runtime
 		c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 		e.login(c)
 		c.Close()
@@ -390,6 +374,7 @@ func TestLogoutAndLoginHonourTheIntent(t *testing.T) {
 	})
 	t.Run("login", func(t *testing.T) {
 		e := newEnv(t)
+		e.runtime = runtime
 		c := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 		e.login(c)
 		c.Close()
@@ -431,7 +416,7 @@ func testUnusableTokenOnArrivalBacksOff(t *testing.T, runtime bool) {
 	e.clk.Advance(time.Until(tok.Expiry) + time.Second) // refresh due, token gone
 	// Ten seconds of engine time in small steps, letting the loop act.
 	for range 100 {
-		waitFor(t, "refresher idle", 10*time.Second, func() bool { return e.clk.Armed() > 0 })
+		waitFor(t, "refresher idle", 10*time.Second, e.waiting)
 		e.clk.Advance(100 * time.Millisecond)
 	}
 	s := e.srv.Stats()
@@ -645,8 +630,9 @@ func testInvalidatedTokenServesUntilReplaced(t *testing.T, runtime bool) {
 // gives it up (rotate-then-drop), and an injected 500 is either: in no
 // case is a refresh token presented twice. (The backends' classification
 // of 500/502/504 after a rotation is tested end to end in prelude/.)
-func TestServerFaultsNeverCauseReuse(t *testing.T) {
-	t.Parallel()
+func TestServerFaultsNeverCauseReuse(t *testing.T) { bothKinds(t, testServerFaultsNeverCauseReuse) }
+
+func testServerFaultsNeverCauseReuse(t *testing.T, runtime bool) {
 	faults := map[string]func(e *env){
 		"503 with Retry-After": func(e *env) { e.gate.fail(true) },
 		"rotate then drop":     func(e *env) { e.srv.DropAfterRotate(1) },
@@ -655,6 +641,7 @@ func TestServerFaultsNeverCauseReuse(t *testing.T) {
 	for name, inject := range faults {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
+			e.runtime = runtime
 			c := e.cache(func(cfg *tokencache.Config) {
 				cfg.Lazy = true
 				cfg.Login = e.passwordLogin()

@@ -71,11 +71,24 @@ func newIndex(r *Runtime) *index {
 
 // shardOf is the page of a session hash (its first byte).
 func shardOf(hash string) (int, bool) {
-	if len(hash) != 32 {
+	if !isHash(hash) {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(hash[:2], 16, 8)
 	return int(n), err == nil
+}
+
+// isHash reports whether s is a session hash: 32 lower-case hex digits.
+func isHash(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func (x *index) pageKey(n int) string {
@@ -181,7 +194,8 @@ func (r *Runtime) indexUse(ctx context.Context, es []*entry) error {
 				h := t.hash(e.key)
 				ie, ok := m[h]
 				if !ok {
-					ie = indexEntry{Key: e.key, Created: now.Unix()}
+					// Made (or first seen) now: that counts as a use.
+					ie = indexEntry{Key: e.key, Created: now.Unix(), Used: now.Unix()}
 				}
 				ie.Used = max(ie.Used, time.Unix(0, used[i]).Unix())
 				m[h] = ie

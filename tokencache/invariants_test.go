@@ -53,8 +53,12 @@ func (s *scriptedStorage) Store(ctx context.Context, key string, value []byte) e
 // background retry waits for a backoff on the fake clock, which stands
 // still, so B always acts first.
 func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testUnstoredGrantNeverOverwritesNewerState)
+}
+
+func testUnstoredGrantNeverOverwritesNewerState(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	flaky := &scriptedStorage{FileStorage: &certmagic.FileStorage{Path: e.dir}}
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage = flaky; cfg.Lazy = true })
 	e.login(a)
@@ -73,7 +77,7 @@ func TestUnstoredGrantNeverOverwritesNewerState(t *testing.T) {
 	// in-memory grant is dropped instead of resurrecting the session.
 	_ = a.Refresh(context.Background())
 	var rec map[string]any
-	data, err := os.ReadFile(filepath.Join(e.dir, "inject_token", "test", "state.json"))
+	data, err := os.ReadFile(e.statePath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,22 +105,24 @@ func (s keylessStorage) Load(ctx context.Context, key string) ([]byte, error) {
 
 // A DPoP-bound token is never handed out without the key it is bound to,
 // even when the session is kept because its key merely failed to load.
-func TestDPoPTokenNeedsItsKey(t *testing.T) {
-	t.Parallel()
+func TestDPoPTokenNeedsItsKey(t *testing.T) { bothKinds(t, testDPoPTokenNeedsItsKey) }
+
+func testDPoPTokenNeedsItsKey(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	key, err := dpop.GenerateKey(dpop.ES256)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pem, _ := key.MarshalPEM()
-	dir := filepath.Join(e.dir, "inject_token", "test")
+	dir := e.sessionPath()
 	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "keys", certmagic.StorageKeys.Safe(key.Thumbprint())+".pem"), pem, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	writeRecord(t, e.dir, map[string]any{
+	e.writeStored(map[string]any{
 		"state": "active", "token_type": "DPoP", "access_token": "a.b.c", "refresh_token": "rt",
 		"key_thumbprint": key.Thumbprint(), "expiry": e.clk.Now().Add(time.Hour), "issued_at": e.clk.Now(),
 	})

@@ -161,7 +161,7 @@ func TestUnrotatedRefreshClearsIntent(t *testing.T) {
 	if n := logs.FilterMessage("refresh token not rotated").FilterLevelExact(zapcore.DebugLevel).Len(); n != 1 {
 		t.Errorf("%d debug lines saying the refresh token was not rotated; want 1", n)
 	}
-	if rec := storedRecord(t, e.dir); rec["intent"] != nil || rec["state"] != tokencache.StateActive {
+	if rec := e.stored(); rec["intent"] != nil || rec["state"] != tokencache.StateActive {
 		t.Fatalf("after an unrotated refresh storage holds state %v, intent %v", rec["state"], rec["intent"])
 	}
 	if err := c.Refresh(context.Background()); err != nil {

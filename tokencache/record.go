@@ -178,11 +178,25 @@ func (st store) report(op string, err error) error {
 func SessionDir(name string) string { return StoragePrefix + "/" + certmagic.StorageKeys.Safe(name) }
 
 // IsKeyFile reports whether key is one of the sessions' DPoP key files
-// (inject_token/<session>/keys/<thumbprint>.pem): written once, at login,
-// and never rewritten, unlike the state record.
-func IsKeyFile(key string) bool {
+// (inject_token/<session>/keys/<thumbprint>.pem, or a run-time session's
+// inject_token/<template>/<hash>/keys/<thumbprint>.pem): written once, at
+// login, and never rewritten, unlike the state record.
+func IsKeyFile(key string) bool { return inSessionDir(key, keysDir) }
+
+// inSessionDir reports whether key is a file in the directory dir of a
+// named session or of a run-time session.
+func inSessionDir(key, dir string) bool {
 	parts := strings.Split(key, "/")
-	return len(parts) == 4 && parts[0] == StoragePrefix && parts[2] == keysDir
+	if len(parts) == 0 || parts[0] != StoragePrefix {
+		return false
+	}
+	switch len(parts) {
+	case 4:
+		return parts[2] == dir
+	case 5:
+		return isHash(parts[2]) && parts[3] == dir
+	}
+	return false
 }
 
 const keysDir = "keys"
@@ -201,12 +215,10 @@ func (st store) lockName() string {
 }
 
 // IsClaim reports whether key is one of the engine's write claims
-// (inject_token/<session>/claims/<generation>.<instance>), which hold only
+// (inject_token/<session>/claims/<generation>.<instance>, or below a
+// run-time session's inject_token/<template>/<hash>/), which hold only
 // the id of the instance that claimed (no secret).
-func IsClaim(key string) bool {
-	parts := strings.Split(key, "/")
-	return len(parts) == 4 && parts[0] == StoragePrefix && parts[2] == claimsDir
-}
+func IsClaim(key string) bool { return inSessionDir(key, claimsDir) }
 
 // versioned is the storage's conditional writes, or nil.
 func (st store) versioned() VersionedStorage {

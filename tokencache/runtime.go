@@ -372,11 +372,18 @@ func (r *Runtime) Close() {
 	for _, e := range r.m {
 		es = append(es, e)
 	}
-	r.m = map[string]*entry{}
-	r.lru.Init()
 	r.mu.Unlock()
 	close(r.stop)
 	<-r.done
+	// The last uses the index has not heard of, so that another
+	// instance's retention does not take these sessions for idle ones.
+	ctx, cancel := context.WithTimeout(context.Background(), min(r.lockTimeout(), closeFlushTimeout))
+	r.flushUses(ctx)
+	cancel()
+	r.mu.Lock()
+	r.m = map[string]*entry{}
+	r.lru.Init()
+	r.mu.Unlock()
 	r.sched.close()
 	for _, e := range es {
 		<-e.ready
@@ -528,10 +535,12 @@ func (r *Runtime) evict() {
 // evictIdle closes the idle sessions not used within IdleTimeout. It
 // walks the LRU from its back and stops at the first session looked up
 // within IdleTimeout: every one before it was looked up later. A session
-// used through a held *Cache (its use newer than its lookup) moves to the
-// front instead.
+// used through a held *Cache (its use newer than its lookup), or busy,
+// moves to the front as if looked up now, and is looked at again after
+// IdleTimeout: so the walk costs the sessions it evicts or moves.
 func (r *Runtime) evictIdle() {
-	cutoff := r.clock.Now().Add(-r.tpl().IdleTimeout).UnixNano()
+	now := r.clock.Now()
+	cutoff := now.Add(-r.tpl().IdleTimeout).UnixNano()
 	var out []*entry
 	r.mu.Lock()
 	for el := r.lru.Back(); el != nil; {
@@ -542,7 +551,7 @@ func (r *Runtime) evictIdle() {
 		prev := el.Prev()
 		switch used := e.used.Load(); {
 		case used >= cutoff || !e.idle():
-			e.looked = max(used, cutoff)
+			e.looked = now.UnixNano()
 			r.lru.MoveToFront(el)
 		default:
 			delete(r.m, e.key)

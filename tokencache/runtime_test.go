@@ -60,6 +60,7 @@ func (e *env) newRuntime(t tokencache.Template) *tokencache.Runtime {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.housekeepers.Add(1)
 	e.t.Cleanup(rt.Close)
 	return rt
 }
@@ -77,14 +78,51 @@ func (e *env) runtimeSession(cfg tokencache.Config) *tokencache.Cache {
 	return c
 }
 
-// statePath is the file holding the session's record.
-func (e *env) statePath() string {
-	dir := filepath.Join(tokencache.StoragePrefix, "test")
+// waiting reports whether a refresher (a named session's loop or a
+// Runtime's scheduler) is idle with its next wake-up scheduled: a timer
+// is armed besides the housekeeping timer each Runtime keeps armed.
+func (e *env) waiting() bool { return e.clk.Armed() > int(e.housekeepers.Load()) }
+
+// sessionKey is the storage directory of the env's session: the named
+// session "test", or the run-time session runtimeKey.
+func (e *env) sessionKey() string {
 	if e.runtime {
 		t := tokencache.Template{Name: "users", Secret: runtimeSecret}
-		dir = t.Dir(runtimeKey)
+		return t.Dir(runtimeKey)
 	}
-	return filepath.Join(e.dir, dir, "state.json")
+	return tokencache.StoragePrefix + "/test"
+}
+
+// sessionPath is the session's directory on disk.
+func (e *env) sessionPath() string { return filepath.Join(e.dir, e.sessionKey()) }
+
+// statePath is the file holding the session's record.
+func (e *env) statePath() string { return filepath.Join(e.sessionPath(), "state.json") }
+
+// stored is the session's stored record.
+func (e *env) stored() map[string]any {
+	e.t.Helper()
+	data, err := os.ReadFile(e.statePath())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(data, &rec); err != nil {
+		e.t.Fatal(err)
+	}
+	return rec
+}
+
+// writeStored replaces the session's stored record.
+func (e *env) writeStored(rec map[string]any) {
+	e.t.Helper()
+	data, _ := json.Marshal(rec)
+	if err := os.MkdirAll(e.sessionPath(), 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(e.statePath(), data, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // generation is the stored generation of key's session.

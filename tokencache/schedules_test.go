@@ -167,8 +167,6 @@ var (
 	_ tokencache.VersionedStorage = (*faultyCAS)(nil)
 )
 
-const claimsDir = tokencache.StoragePrefix + "/test/claims"
-
 func isState(key string) bool { return strings.HasSuffix(key, "/state.json") }
 
 // once returns a func that reports true the first time only.
@@ -182,16 +180,18 @@ func once() func() bool {
 // intent, past its lease; B refreshes. With conditional writes A's late
 // intent is refused, whatever the listings say. Before: refresh calls 3,
 // reuse 1 (with claims alone the stale listing hides B's claims).
-func TestScheduleStaleListing(t *testing.T) {
-	t.Parallel()
+func TestScheduleStaleListing(t *testing.T) { bothKinds(t, testScheduleStaleListing) }
+
+func testScheduleStaleListing(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	l := newLeases(e.clk, 10*time.Second)
 	stA, stB := newFaultyCAS(e, l, "A"), newFaultyCAS(e, l, "B")
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = stA, true })
 	b := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = stB, true })
 	e.login(a)
 	mustToken(t, b)
-	stA.freezeList(t, claimsDir)
+	stA.freezeList(t, e.sessionKey()+"/claims")
 	f, stalled, resume := pause()
 	release := sync.OnceFunc(func() { close(resume) })
 	t.Cleanup(release) // a failing test must not leave A frozen
@@ -227,9 +227,11 @@ func TestScheduleStaleListing(t *testing.T) {
 // refreshes; an operator's login on C meets one Load timeout; A resumes.
 // Before: C took the timeout for unreadable state, deleted every claim and
 // wrote generation 0, so A's late intent was uncontested: reuse 1.
-func TestScheduleLoginOverLoadTimeout(t *testing.T) {
-	t.Parallel()
+func TestScheduleLoginOverLoadTimeout(t *testing.T) { bothKinds(t, testScheduleLoginOverLoadTimeout) }
+
+func testScheduleLoginOverLoadTimeout(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	l := newLeases(e.clk, 10*time.Second)
 	stA, stB, stC := newFaulty(e, l, "A"), newFaulty(e, l, "B"), newFaulty(e, l, "C")
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = stA, true })
@@ -273,7 +275,7 @@ func TestScheduleLoginOverLoadTimeout(t *testing.T) {
 	if s := e.srv.Stats(); s.ReuseEvents != 0 {
 		t.Fatalf("refresh calls %d, reuse events %d", s.RefreshCalls, s.ReuseEvents)
 	}
-	if rec := storedRecord(t, e.dir); rec["generation"].(float64) < 3 {
+	if rec := e.stored(); rec["generation"].(float64) < 3 {
 		t.Fatalf("generation %v after C's login: reset", rec["generation"])
 	}
 }
@@ -282,34 +284,43 @@ func TestScheduleLoginOverLoadTimeout(t *testing.T) {
 // intent stood as a spent marker and the session was given up.
 func TestScheduleOneListingFails(t *testing.T) {
 	t.Parallel()
-	first := once()
-	survivesOneFault(t, false, "one failed listing", func(op, key string) (error, error) {
-		if op == "list" && first() {
-			return errors.New("injected listing failure"), nil
+	survivesOneFault(t, false, "one failed listing", func() func(op, key string) (error, error) {
+		first := once()
+		return func(op, key string) (error, error) {
+			if op == "list" && first() {
+				return errors.New("injected listing failure"), nil
+			}
+			return nil, nil
 		}
-		return nil, nil
 	})
 }
 
 // survivesOneFault logs a session in on one instance (with conditional
-// writes or claims), injects fault and refreshes twice: the session must
-// stay active, refreshed, with no reuse.
-func survivesOneFault(t *testing.T, cas bool, what string, fault func(op, key string) (before, after error)) {
+// writes or claims), injects a fault (made afresh for each kind of
+// session) and refreshes twice: the session must stay active, refreshed,
+// with no reuse; for a named and a run-time session.
+func survivesOneFault(t *testing.T, cas bool, what string, fault func() func(op, key string) (before, after error)) {
 	t.Helper()
-	e := newEnv(t)
-	l := newLeases(e.clk, 10*time.Second)
-	st, f := newFaultyAs(e, l, "A", cas)
-	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
-	e.login(a)
-	f.setFault(fault)
-	_ = a.Refresh(context.Background())
-	e.clk.Advance(time.Second)
-	_ = a.Refresh(context.Background())
-	if st := a.Status(); st.State != tokencache.StateActive {
-		t.Fatalf("session %s (%s) after %s", st.State, st.Reason, what)
-	}
-	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses == 0 {
-		t.Fatalf("refresh successes %d, reuse %d", s.RefreshSuccesses, s.ReuseEvents)
+	for _, runtime := range []bool{false, true} {
+		t.Run(map[bool]string{false: "named", true: "runtime"}[runtime], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.runtime = runtime
+			l := newLeases(e.clk, 10*time.Second)
+			st, f := newFaultyAs(e, l, "A", cas)
+			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
+			e.login(a)
+			f.setFault(fault())
+			_ = a.Refresh(context.Background())
+			e.clk.Advance(time.Second)
+			_ = a.Refresh(context.Background())
+			if st := a.Status(); st.State != tokencache.StateActive {
+				t.Fatalf("session %s (%s) after %s", st.State, st.Reason, what)
+			}
+			if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses == 0 {
+				t.Fatalf("refresh successes %d, reuse %d", s.RefreshSuccesses, s.ReuseEvents)
+			}
+		})
 	}
 }
 
@@ -334,16 +345,18 @@ func TestScheduleAmbiguousIntentStore(t *testing.T) {
 // read that resolves the write failing too (readFails) or not.
 func ambiguousIntent(t *testing.T, cas, readFails bool) {
 	t.Parallel()
-	first, failRead := once(), atomic.Bool{}
-	survivesOneFault(t, cas, "one ambiguous write", func(op, key string) (error, error) {
-		if op == "store" && isState(key) && first() {
-			failRead.Store(readFails)
-			return nil, errors.New("injected reply timeout after the write")
+	survivesOneFault(t, cas, "one ambiguous write", func() func(op, key string) (error, error) {
+		first, failRead := once(), new(atomic.Bool)
+		return func(op, key string) (error, error) {
+			if op == "store" && isState(key) && first() {
+				failRead.Store(readFails)
+				return nil, errors.New("injected reply timeout after the write")
+			}
+			if op == "load" && isState(key) && failRead.CompareAndSwap(true, false) {
+				return errors.New("injected read failure"), nil
+			}
+			return nil, nil
 		}
-		if op == "load" && isState(key) && failRead.CompareAndSwap(true, false) {
-			return errors.New("injected read failure"), nil
-		}
-		return nil, nil
 	})
 }
 
@@ -352,8 +365,12 @@ func ambiguousIntent(t *testing.T, cas, readFails bool) {
 // new engine stood down on the orphan claim: session given up, 0 refresh
 // calls.
 func TestScheduleOrphanClaimAcrossRestart(t *testing.T) {
-	t.Parallel()
+	bothKinds(t, testScheduleOrphanClaimAcrossRestart)
+}
+
+func testScheduleOrphanClaimAcrossRestart(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	l := newLeases(e.clk, 10*time.Second)
 	st := newFaulty(e, l, "A")
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
@@ -387,16 +404,18 @@ func TestScheduleOrphanClaimAcrossRestart(t *testing.T) {
 // is known to be expired. The refresh token is not presented; the access
 // token keeps serving. Before: presented (and a server would kill the
 // session), and the access token dropped.
-func TestScheduleExpiredRefreshToken(t *testing.T) {
-	t.Parallel()
+func TestScheduleExpiredRefreshToken(t *testing.T) { bothKinds(t, testScheduleExpiredRefreshToken) }
+
+func testScheduleExpiredRefreshToken(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.login(a)
 	tok := mustToken(t, a)
 	a.Close()
-	rec := storedRecord(t, e.dir)
+	rec := e.stored()
 	rec["refresh_expiry"] = e.clk.Now().Add(time.Second).UTC().Format(time.RFC3339Nano)
-	writeRecord(t, e.dir, rec)
+	e.writeStored(rec)
 	b := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.clk.Advance(time.Until(tok.Expiry) - 25*time.Second)
 	_ = b.Refresh(context.Background())
@@ -465,11 +484,13 @@ func TestScheduleKeysStayBounded(t *testing.T) {
 // A steady-state refresh costs at most 6 storage calls with conditional
 // writes (Load, Lock, Load, StoreIfVersion ×2, Unlock); the claims
 // fallback's count is logged for comparison.
-func TestStorageCallsPerRefresh(t *testing.T) {
-	t.Parallel()
+func TestStorageCallsPerRefresh(t *testing.T) { bothKinds(t, testStorageCallsPerRefresh) }
+
+func testStorageCallsPerRefresh(t *testing.T, runtime bool) {
 	for name, cas := range map[string]bool{"claims": false, "conditional": true} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
+			e.runtime = runtime
 			l := newLeases(e.clk, 10*time.Second)
 			st, f := newFaultyAs(e, l, "A", cas)
 			a := e.cache(func(cfg *tokencache.Config) { cfg.Storage, cfg.Lazy = st, true })
@@ -495,16 +516,18 @@ func TestStorageCallsPerRefresh(t *testing.T) {
 
 // A session written by a newer release is refused, with a clear error, by
 // every operation (refresh, login, logout), and nothing is overwritten.
-func TestNewerFormatIsRefused(t *testing.T) {
-	t.Parallel()
+func TestNewerFormatIsRefused(t *testing.T) { bothKinds(t, testNewerFormatIsRefused) }
+
+func testNewerFormatIsRefused(t *testing.T, runtime bool) {
 	e := newEnv(t)
+	e.runtime = runtime
 	a := e.cache(func(cfg *tokencache.Config) { cfg.Lazy = true })
 	e.login(a)
 	a.Close()
-	rec := storedRecord(t, e.dir)
+	rec := e.stored()
 	rec["format"] = 99
-	writeRecord(t, e.dir, rec)
-	before, _ := os.ReadFile(e.dir + "/inject_token/test/state.json")
+	e.writeStored(rec)
+	before, _ := os.ReadFile(e.statePath())
 	b := e.cache(func(cfg *tokencache.Config) { cfg.Lazy, cfg.Login = true, e.passwordLogin() })
 	for name, err := range map[string]error{
 		"refresh": b.Refresh(context.Background()),
@@ -516,7 +539,7 @@ func TestNewerFormatIsRefused(t *testing.T) {
 			t.Errorf("%s: %v; want ErrNewerFormat", name, err)
 		}
 	}
-	if after, _ := os.ReadFile(e.dir + "/inject_token/test/state.json"); string(after) != string(before) {
+	if after, _ := os.ReadFile(e.statePath()); string(after) != string(before) {
 		t.Fatal("a record of a newer format was overwritten")
 	}
 	if s := e.srv.Stats(); s.RefreshCalls != 0 || s.Logins != 1 {

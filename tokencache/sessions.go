@@ -164,8 +164,8 @@ func (r *Runtime) erase(ctx context.Context, key string, idleBefore time.Time) e
 	return nil
 }
 
-// deleteSession deletes every key under the session's directory, under
-// its storage lock, unless it was logged in again meanwhile.
+// deleteSession deletes the session's directory, under its storage lock,
+// unless it was logged in again meanwhile.
 func (r *Runtime) deleteSession(ctx context.Context, st store) error {
 	s := st.s
 	lctx, cancel := context.WithTimeout(ctx, r.lockTimeout())
@@ -178,25 +178,10 @@ func (r *Runtime) deleteSession(ctx context.Context, st store) error {
 	if err == nil && rec.State == StateActive {
 		return errors.New("erasing session: it was logged in again meanwhile; kept")
 	}
-	keys, err := s.List(ctx, st.dir(), true)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("erasing session: listing its keys: %w", err)
-	}
-	// Deepest first, the record last: a failure part way leaves a
-	// record (logged out) that a retry finds.
-	slices.SortFunc(keys, func(a, b string) int { return len(b) - len(a) })
-	for _, k := range keys {
-		if k == st.recordKey() {
-			continue
-		}
-		if err := s.Delete(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("erasing session: %w", err)
-		}
-	}
-	for _, k := range []string{st.recordKey(), st.dir()} {
-		if err := s.Delete(ctx, k); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("erasing session: %w", err)
-		}
+	// Delete removes a directory with everything below it (the
+	// certmagic.Storage contract): record, keys, claims.
+	if err := s.Delete(ctx, st.dir()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("erasing session: %w", err)
 	}
 	return nil
 }
@@ -358,9 +343,10 @@ func (r *Runtime) List(ctx context.Context, cursor string, limit int) ([]Session
 	return page, "", nil
 }
 
-// info is what ie and key's session tell: from memory when the session
-// is resident, else from its stored record. State is "" when there is no
-// record.
+// info is what ie and key's session tell: state, expiry and subject from
+// its stored record (what every instance sees; a resident session holds
+// the same or, when another instance acted, older), its last use also
+// from memory when it is resident. State is "" when there is no record.
 func (r *Runtime) info(ctx context.Context, key string, ie indexEntry) SessionInfo {
 	info := SessionInfo{Key: key}
 	if ie.Created > 0 {
@@ -368,19 +354,6 @@ func (r *Runtime) info(ctx context.Context, key string, ie indexEntry) SessionIn
 	}
 	if ie.Used > 0 {
 		info.LastUsed = time.Unix(ie.Used, 0)
-	}
-	if e := r.resident(key); e != nil {
-		s := e.c.current()
-		if u := time.Unix(0, e.used.Load()); e.used.Load() > 0 && u.After(info.LastUsed) {
-			info.LastUsed = u
-		}
-		if s.rec.Generation > 0 {
-			info.State = e.c.stateOf(s)
-		}
-		if s.tok != nil {
-			info.Expires, info.Sub = s.tok.Expiry, s.tok.Subject
-		}
-		return info
 	}
 	rec, err := r.store(key).load(ctx)
 	switch {
@@ -392,6 +365,14 @@ func (r *Runtime) info(ctx context.Context, key string, ie indexEntry) SessionIn
 			info.Expires = rec.Expiry
 			_, claims := decodeJWT(rec.AccessToken)
 			info.Sub, _ = claims["sub"].(string)
+		}
+	}
+	if e := r.resident(key); e != nil {
+		if u := e.used.Load(); u > 0 && time.Unix(0, u).After(info.LastUsed) {
+			info.LastUsed = time.Unix(0, u)
+		}
+		if st := e.c.stateOf(e.c.current()); st == StateLoginFailed && info.State == StateLoggedOut {
+			info.State = st
 		}
 	}
 	return info

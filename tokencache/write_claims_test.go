@@ -88,7 +88,7 @@ func TestFailedClaimListingNeverLeadsToReuse(t *testing.T) {
 	}
 	close(resume)
 	t.Logf("A's first refresh: %v", <-done)
-	t.Logf("stored after A's late intent: %v", storedRecord(t, e.dir)["intent"])
+	t.Logf("stored after A's late intent: %v", e.stored()["intent"])
 	e.clk.Advance(time.Second)
 	t.Logf("A's second refresh: %v", a.Refresh(context.Background()))
 	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshCalls > 2 {
@@ -138,7 +138,7 @@ func TestOrphanClaimDoesNotStopItsOwnInstance(t *testing.T) {
 	setHook(stA, func(string, string) error { return nil })
 	e.clk.Advance(time.Second)
 	if err := a.Refresh(context.Background()); err != nil {
-		t.Fatalf("refresh after storage came back: %v (state %v)", err, storedRecord(t, e.dir)["state"])
+		t.Fatalf("refresh after storage came back: %v (state %v)", err, e.stored()["state"])
 	}
 	if s := e.srv.Stats(); s.ReuseEvents != 0 || s.RefreshSuccesses != 1 {
 		t.Fatalf("refresh successes %d, reuse events %d", s.RefreshSuccesses, s.ReuseEvents)

@@ -4,7 +4,7 @@
 #
 # Needs: go (to build caddy with this module), wrk, curl, Linux /proc. Installs
 # nothing: it says what is missing and stops. Uses 127.0.0.1 ports
-# $PORT_BASE..+7, +19 and +100 (default 18000) and a temporary directory.
+# $PORT_BASE..+8, +19 and +100 (default 18000) and a temporary directory.
 #
 #   interop/bench/run.sh [rounds] [seconds]      # default 3 rounds of 6 s per site
 #
@@ -17,6 +17,9 @@
 #   dpop-ed   the same with EdDSA
 #   sign-es   one bare ES256 signature per request (bench_raw_sign) + reverse_proxy
 #   sign-ed   the same with Ed25519
+#   template  inject_token template (oauth2, dpop off), key {http.request.header.X-User},
+#             wrk picking X-User from $KEYS (default 10,000) distinct keys in rotation;
+#             every key is logged in (a session each) before the first round
 # The sign-* sites are "bare + raw signature" measured inside the gateway,
 # where a signature costs ~2x what a Go benchmark shows (caches shared with
 # wrk and the upstream); the DPoP rows are compared with them too.
@@ -28,6 +31,7 @@
 set -euo pipefail
 
 ROUNDS=${1:-3}
+KEYS=${KEYS:-10000}
 SECS=${2:-6}
 PORT_BASE=${PORT_BASE:-18000}
 
@@ -129,7 +133,30 @@ http://127.0.0.1:$((PORT_BASE + 7)) {
 		reverse_proxy 127.0.0.1:$UP
 	}
 }
+http://127.0.0.1:$((PORT_BASE + 8)) {
+	inject_token {
+		template bench-users
+		key {http.request.header.X-User}
+		oauth2 http://127.0.0.1:$UP/bearer/token {
+			client_id bench
+			client_secret bench
+		}
+		dpop off
+		max_resident $((KEYS + 1000))
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
 CADDY
+# wrk: each connection's requests name the keys in rotation, offset per
+# connection, so every key is used once per $KEYS requests.
+cat >"$TMP/keys.lua" <<LUA
+local n, i = $KEYS, 0
+init = function(args) i = math.random(0, n - 1) end
+request = function()
+	i = (i + 1) % n
+	return wrk.format(nil, nil, {["X-User"] = "user-" .. i})
+end
+LUA
 
 "$TMP/caddy" run --config "$TMP/upstream.caddyfile" --adapter caddyfile >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
@@ -137,23 +164,34 @@ PIDS+=($!)
 GW=$!
 PIDS+=("$GW")
 
-NAMES=(bare static bearer dpop-es dpop-ed sign-es sign-ed)
+NAMES=(bare static bearer dpop-es dpop-ed sign-es sign-ed template)
 LABELS=("bare reverse_proxy" "static request_header Authorization" "inject_token Bearer"
 	"inject_token oauth2 + transport, DPoP ES256" "same, EdDSA"
-	"raw ES256 signature + reverse_proxy" "raw Ed25519 signature + reverse_proxy")
+	"raw ES256 signature + reverse_proxy" "raw Ed25519 signature + reverse_proxy"
+	"inject_token template, $KEYS keys in rotation, Bearer")
 # The raw-signature site each DPoP row is compared with.
 SIGN_OF=([3]=5 [4]=6)
-for i in 1 2 3 4 5 6 7; do # wait until each site answers (and has its token)
+for i in 1 2 3 4 5 6 7 8; do # wait until each site answers (and has its token)
 	for _ in $(seq 100); do
-		[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((PORT_BASE + i))/" 2>/dev/null)" = 200 ] && break
+		[ "$(curl -s -o /dev/null -w '%{http_code}' -H 'X-User: user-0' "http://127.0.0.1:$((PORT_BASE + i))/" 2>/dev/null)" = 200 ] && break
 		sleep 0.1
 	done
-	code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((PORT_BASE + i))/" || true)
+	code=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-User: user-0' "http://127.0.0.1:$((PORT_BASE + i))/" || true)
 	if [ "$code" != 200 ]; then
 		echo "site ${NAMES[$((i - 1))]} answers $code; gateway log:" >&2
 		tail -20 "$TMP/gateway.log" >&2
 		exit 1
 	fi
+done
+
+# Every key logged in (its first use) before the measured rounds: the
+# rounds measure the steady state, sessions resident, not $KEYS logins.
+echo "logging in $KEYS template sessions..." >&2
+for _ in $(seq 20); do
+	wrk -t1 -c32 -d5s -s "$TMP/keys.lua" "http://127.0.0.1:$((PORT_BASE + 8))/" >/dev/null
+	resident=$(curl -s "http://127.0.0.1:$((PORT_BASE + 19))/inject_token/templates/bench-users" | sed -n 's/.*"active":\([0-9]*\).*/\1/p')
+	echo "  $resident active" >&2
+	[ "${resident:-0}" -ge "$KEYS" ] && break
 done
 
 TCK=$(getconf CLK_TCK)
@@ -164,13 +202,15 @@ RSS_START=
 TOTAL=0
 declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do
-	order=(0 1 2 3 4 5 6)
-	if [ $((r % 2)) = 0 ]; then order=(6 5 4 3 2 1 0); fi
+	order=(0 1 2 3 4 5 6 7)
+	if [ $((r % 2)) = 0 ]; then order=(7 6 5 4 3 2 1 0); fi
 	for i in "${order[@]}"; do
 		port=$((PORT_BASE + i + 1))
-		wrk -t1 -c32 -d1s "http://127.0.0.1:$port/" >/dev/null # warm connections
+		script=()
+		if [ "$i" = 7 ]; then script=(-s "$TMP/keys.lua"); fi
+		wrk -t1 -c32 -d1s "${script[@]}" "http://127.0.0.1:$port/" >/dev/null # warm connections
 		before=$(cpu)
-		out=$(wrk -t1 -c32 -d"${SECS}s" "http://127.0.0.1:$port/")
+		out=$(wrk -t1 -c32 -d"${SECS}s" "${script[@]}" "http://127.0.0.1:$port/")
 		after=$(cpu)
 		reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 		rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -192,7 +232,7 @@ echo "gateway RSS: $RSS_START KiB after round 1 ($START_TOTAL requests), $(rss) 
 echo
 echo "| site | req/s | rps vs bare | gateway CPU µs/request | vs bare | vs raw-signature site |"
 echo "|---|---|---|---|---|---|"
-for i in 0 1 2 3 4 5 6; do
+for i in 0 1 2 3 4 5 6 7; do
 	rps=$(median "${RPS[$i]}")
 	us=$(median "${CPU[$i]}")
 	su=""
@@ -201,3 +241,5 @@ for i in 0 1 2 3 4 5 6; do
 		'BEGIN {d = (i == 0) ? "" : sprintf("%+.1f", u - bu); s = (su == "") ? "" : sprintf("%+.1f", u - su)
 		printf "| %s | %.0f | %.2f | %.1f | %s | %s |\n", l, r, r / br, u, d, s}'
 done
+awk -v t="$(median "${CPU[7]}")" -v b="$(median "${CPU[2]}")" -v k="$KEYS" \
+	'BEGIN {printf "\ntemplate (%d keys) vs the single-session Bearer site: %+.1f µs CPU/request\n", k, t - b}'

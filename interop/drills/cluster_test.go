@@ -83,6 +83,12 @@ type clusterOptions struct {
 	persist       bool          // Redis append-only file
 	lockTTL       time.Duration // lease; default 5s (the module's)
 	redisTimeout  time.Duration // per Redis read/write; default 3s (go-redis's), below the lease
+	// template, when set, makes the nodes serve that template's sessions
+	// by X-User (templates_test.go) instead of the one named session.
+	template string
+	// fileStorage, when set, is a file_system storage directory the nodes
+	// share instead of Redis.
+	fileStorage string
 }
 
 // cluster is one Redis, one sandbox and several Caddy processes, each
@@ -135,7 +141,9 @@ func startCluster(t *testing.T, opts clusterOptions) *cluster {
 		c.waitReady(n)
 	}
 	for _, n := range c.nodes {
-		c.waitServing(n, 60*time.Second)
+		if opts.template == "" { // a template's sessions start logged out
+			c.waitServing(n, 60*time.Second)
+		}
 	}
 	t.Logf("cluster of %d serving after %v", opts.instances, time.Since(start).Round(time.Millisecond))
 	return c
@@ -164,33 +172,39 @@ func (c *cluster) startNode(bin, name string) *node {
 		ready:   make(chan struct{}),
 	}
 	sandboxHost := strings.TrimPrefix(c.sb.URL, "http://")
-	cfg := fmt.Sprintf(`{
-	admin %s
-	persist_config off
-	storage inject_token_redis {
+	storage := fmt.Sprintf(`inject_token_redis {
 		address %s
 		key_prefix %s
 		lock_ttl %s
 		lock_refresh %s
 		lock_poll 100ms
 		timeout %s
+	}`, n.proxy.addr, keyPrefix, c.opts.lockTTL, c.opts.lockTTL/4, c.opts.redisTimeout)
+	if c.opts.fileStorage != "" {
+		storage = "file_system " + c.opts.fileStorage
 	}
+	sess := fmt.Sprintf("session %s\n\t\tlogin password %s %s", sessionName, sandbox.DemoEmail, sandbox.DemoPassword)
+	if c.opts.template != "" {
+		sess = "template " + c.opts.template + "\n\t\tkey {http.request.header.X-User}"
+	}
+	cfg := fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	storage %s
 }
 
 %s {
 	bind 127.0.0.1
 	inject_token {
-		session %s
+		%s
 		prelude %s
-		login password %s %s
 		refresh_before %s
 	}
 	reverse_proxy %s {
 		rewrite /whoami
 	}
 }
-`, strings.TrimPrefix(n.admin, "http://"), n.proxy.addr, keyPrefix, c.opts.lockTTL, c.opts.lockTTL/4, c.opts.redisTimeout,
-		n.url, sessionName, c.sb.URL, sandbox.DemoEmail, sandbox.DemoPassword, c.opts.refreshBefore, sandboxHost)
+`, strings.TrimPrefix(n.admin, "http://"), storage, n.url, sess, c.sb.URL, c.opts.refreshBefore, sandboxHost)
 	cfgPath := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
