@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tokenwarden/caddy-inject-token/peruser"
 	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
@@ -91,5 +92,32 @@ func TestBigFormRefused(t *testing.T) {
 		"pad": {strings.Repeat("x", 70<<10)}})
 	if r.status != http.StatusRequestEntityTooLarge || len(srv.Requests()) != before {
 		t.Fatalf("a 70 KiB login form: %d, %d calls to the token server", r.status, len(srv.Requests())-before)
+	}
+}
+
+// TestLogoutWhileDownWithKeyFrom: when another handler identifies the
+// user (no cookie to delete), a logout the token server cannot take
+// forgets the session at once: the user's next request finds none.
+func TestLogoutWhileDownWithKeyFrom(t *testing.T) {
+	srv, f := newFront(t, 0)
+	s := newSite(t, srv, t.TempDir(), func(c *peruser.Config) {
+		c.KeyFrom = func(r *http.Request) string { return r.Header.Get("X-Test-User") }
+	})
+	b := newBrowser(t, s.URL)
+	tok := csrf(t, b.do("GET", pfx+"/login", nil, "X-Test-User", "u1").body)
+	if r := b.do("POST", pfx+"/login/password", url.Values{"csrf": {tok}, "email": {alice}, "password": {alicePW}}, "X-Test-User", "u1"); r.status != http.StatusSeeOther {
+		t.Fatalf("linking: %d %s", r.status, r.body)
+	}
+	if st, _ := b.whoami("X-Test-User", "u1"); st != 200 {
+		t.Fatalf("u1 after linking: %d", st)
+	}
+	page := b.do("GET", pfx+"/", nil, "X-Test-User", "u1")
+	f.down.Store(true)
+	if r := b.do("POST", pfx+"/logout", url.Values{"csrf": {csrf(t, page.body)}}, "X-Test-User", "u1"); r.status != http.StatusSeeOther {
+		t.Fatalf("logout while down: %d", r.status)
+	}
+	f.down.Store(false)
+	if st, _ := b.whoami("X-Test-User", "u1"); st == 200 {
+		t.Fatal("u1 is still served after logging out while the server was down")
 	}
 }
