@@ -192,7 +192,11 @@ func clientAddr(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted && srv != nil && srv.TrustedProxiesStrict == 0 {
-		if last := rightmostIP(r.Header, srv.ClientIPHeaders); last != "" {
+		headers := srv.ClientIPHeaders
+		if len(headers) == 0 {
+			headers = []string{"X-Forwarded-For"} // Caddy's default
+		}
+		if last := rightmostIP(r.Header, headers); last != "" {
 			return last
 		}
 	}
