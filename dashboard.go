@@ -38,8 +38,10 @@ const dashboardAPI = "/api"
 // page showing every session (state, user, token expiry and next refresh,
 // decoded token, DPoP key) with buttons to refresh, log out, log in, and
 // list or revoke the user's Prelude sessions. It serves the page for GET
-// on any path and, below <path>/api/sessions, the same operations as the
-// admin API's /inject_token/sessions (one implementation, two mounts).
+// on any path and, below <path>/api/sessions and <path>/api/templates, the
+// same operations as the admin API's /inject_token/sessions and
+// /inject_token/templates (one implementation, two mounts): the users of
+// per-user templates are listed a page at a time, found by key, revoked.
 //
 // The page is as powerful as the admin API: serve it on loopback or behind
 // authentication (basic_auth). Calls that change state are refused unless
@@ -58,9 +60,11 @@ func (Dashboard) CaddyModule() caddy.ModuleInfo {
 
 // ServeHTTP serves the page or one API operation; it never calls next.
 func (Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if i := strings.Index(r.URL.Path, dashboardAPI+adminapi.SessionsPath[len("/inject_token"):]); i >= 0 {
-		serveDashboardAPI(w, r, r.URL.Path[i+len(dashboardAPI):])
-		return nil
+	for _, mount := range []string{adminapi.SessionsPath, adminapi.TemplatesPath} {
+		if i := strings.Index(r.URL.Path, dashboardAPI+mount[len("/inject_token"):]); i >= 0 {
+			serveDashboardAPI(w, r, r.URL.Path[i+len(dashboardAPI):])
+			return nil
+		}
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:

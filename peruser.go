@@ -377,3 +377,9 @@ func initThrottleMetrics(template string) func(by string) {
 	}
 	return func(by string) { loginThrottled.WithLabelValues(template, by).Inc() }
 }
+
+// Interface guards
+var (
+	_ peruser.Sessions = templateUsers{}
+	_ peruser.AuthCode = authCodeLogin{}
+)

@@ -410,3 +410,6 @@ func (g *Gateway) storageKey(kind, v string) string {
 }
 
 func noStore(w http.ResponseWriter) { w.Header().Set("Cache-Control", "no-store") }
+
+// Interface guards
+var _ Sessions = (*tokencache.Runtime)(nil)

@@ -181,6 +181,11 @@ func TestPerUserInBrowser(t *testing.T) {
 	if subs[alice] == subs[bob] {
 		t.Fatal("alice and bob are served as one user")
 	}
+	// The operator's dashboard lists both users of the template.
+	users := `document.querySelectorAll('table.users[data-template="users"] tbody tr')`
+	step(t, alice.ctx, "the dashboard lists alice and bob", chromedp.Navigate(d.Dashboard+"/"),
+		await(users+`.length === 2`),
+		await(fmt.Sprintf(`[...%s].map((r) => r.dataset.key).sort().join(" ") === %q`, users, strings.Join(sortedPair(subs[alice], subs[bob]), " "))))
 
 	// A cross-site page posts a form to logout and to revoke, even with
 	// bob's real CSRF token: refused, and bob is still served.
@@ -251,4 +256,24 @@ func TestPerUserInBrowser(t *testing.T) {
 	if where := bob.eval(`location.href`); where != d.PerUser+"/" {
 		t.Fatalf("after the login with return=//evil.example/ the browser is at %s", where)
 	}
+
+	// The operator revokes bob from the dashboard: bob is logged out.
+	row := fmt.Sprintf(`table.users[data-template="users"] tr[data-key=%q]`, subs[bob])
+	step(t, alice.ctx, "the operator finds and revokes bob", chromedp.Navigate(d.Dashboard+"/"),
+		await(`document.querySelector('#user-template').value === "users"`),
+		chromedp.SendKeys(chromedp.CSS("#user-key"), subs[bob]),
+		click("#user-search button"),
+		await(fmt.Sprintf(`document.querySelector('%s') !== null && document.querySelector('#msg').textContent.startsWith("Found")`, row)),
+		click(row+" button"),
+		await(`document.querySelector('#msg').textContent.startsWith("Revoke") && document.querySelector('#msg').textContent.endsWith("done.")`))
+	if bob.app() != nil {
+		t.Fatal("bob is served after the operator revoked him")
+	}
+}
+
+func sortedPair(a, b string) []string {
+	if a > b {
+		a, b = b, a
+	}
+	return []string{a, b}
 }
