@@ -42,6 +42,8 @@ func (g *Gateway) pageUser(w http.ResponseWriter, r *http.Request, tokenless boo
 		http.Redirect(w, r, g.prefix+"/login?return="+url.QueryEscape(g.prefix+"/"), http.StatusSeeOther)
 		return nil
 	case err != nil && tokenless && id != nil && id.cookie != "":
+		// The cookie still says who this is (a logout must not wait
+		// for the token server).
 	case err != nil:
 		_ = g.unavailable(w, r, err)
 		return nil
