@@ -138,6 +138,14 @@ func stripClientCredentials(h http.Header, extra []string) {
 	for _, name := range extra {
 		h.Del(name)
 	}
+	dropConnectionNames(h, extra)
+}
+
+// dropConnectionNames removes from h's Connection header the credential
+// names and the extra ones, keeping its other tokens (Upgrade for a
+// WebSocket): a header the gateway sets must not be one the client can
+// have reverse_proxy drop as hop-by-hop after it was set.
+func dropConnectionNames(h http.Header, extra []string) {
 	conn := h["Connection"]
 	if len(conn) == 0 {
 		return

@@ -163,6 +163,7 @@ type Handler struct {
 	keyOf        requestKey       // with a template: the request's session key
 	perSubject   *perSubject      // per-request subjects of token_exchange, or nil
 	perUser      *peruser.Gateway
+	perUserSets  []string // headers the gateway sets upstream (identity headers, Cookie)
 	acquired     bool
 	owner        configID
 	logger       *zap.Logger

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,10 +50,12 @@ type PerUser struct {
 	// placeholder). A client's own copies are always removed.
 	IdentityHeaders []IdentityHeader `json:"identity_headers,omitempty"`
 
-	// ThrottleAccount bounds failed logins per account (default 5 per
-	// 5m); ThrottleAddress login attempts per client address (default 30
-	// per 1m; the address as Caddy's trusted_proxies make it). Refusals
-	// are counted by caddy_inject_token_login_throttled_total.
+	// ThrottleAccount bounds failed logins per account from one client
+	// address (default 5 per 5m; ten times as many per account from all
+	// addresses; as many codes sent per account); ThrottleAddress login
+	// attempts per client address (default 30 per 1m). Refusals are
+	// counted by caddy_inject_token_login_throttled_total. See
+	// docs/per-user.md, Throttling.
 	ThrottleAccount *Throttle `json:"throttle_account,omitempty"`
 	ThrottleAddress *Throttle `json:"throttle_address,omitempty"`
 }
@@ -105,8 +109,10 @@ func (h *Handler) provisionPerUser(ctx caddy.Context, set *settings) error {
 		return errors.New("per_user: the template's backend offers no login for users: " +
 			"use prelude, or oauth2 with 'grant authorization_code' and 'redirect_uri <site>" + pagePath(p.Path) + "/callback'")
 	}
+	h.perUserSets = []string{"Cookie"}
 	for _, ih := range p.IdentityHeaders {
 		cfg.Headers = append(cfg.Headers, peruser.Header{Name: ih.Header, Claim: ih.Claim})
+		h.perUserSets = append(h.perUserSets, ih.Header)
 	}
 	if t := p.ThrottleAccount; t != nil {
 		cfg.AccountLimit, cfg.AccountWindow = t.Max, time.Duration(t.Window)
@@ -145,6 +151,10 @@ func (h *Handler) servePerUser(w http.ResponseWriter, r *http.Request, next cadd
 	if why := h.crossSite(r); why != "" && !navigation(r) {
 		return h.forbidden(w, why)
 	}
+	// The gateway sets these (and the handler Authorization and DPoP): a
+	// client listing one in Connection would have reverse_proxy drop the
+	// verified value as hop-by-hop.
+	dropConnectionNames(r.Header, h.perUserSets)
 	return h.perUser.Serve(w, r, func(w http.ResponseWriter, r *http.Request, u *peruser.User) error {
 		caddyhttp.SetVar(r.Context(), perUserVar, u.Key)
 		return h.ServeHTTP(w, r, next)
@@ -169,9 +179,28 @@ func viaTLS(r *http.Request) bool {
 	return trusted && strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }
 
-// clientAddr is the client's IP as Caddy determined it (trusted_proxies).
+// clientAddr is the client's IP for the login limits: Caddy's client IP
+// when the peer is the client, or when trusted_proxies_strict makes it
+// the rightmost untrusted entry of the client IP headers. Behind a
+// trusted proxy without strict, Caddy's client IP is the leftmost entry,
+// which the client wrote itself (a proxy that appends keeps it), so one
+// guesser would be a new address per attempt; the rightmost entry, which
+// the nearest trusted proxy wrote, is taken instead. Behind a chain of
+// trusted proxies that entry may be a proxy, limiting its clients
+// together: set trusted_proxies_strict (docs/per-user.md).
 func clientAddr(r *http.Request) string {
-	if ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ip != "" {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted && srv != nil && srv.TrustedProxiesStrict == 0 {
+		headers := srv.ClientIPHeaders
+		if len(headers) == 0 {
+			headers = []string{"X-Forwarded-For"} // Caddy's default
+		}
+		if last := rightmostIP(r.Header, headers); last != "" {
+			return last
+		}
+	}
+	if ip != "" {
 		return ip
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -179,6 +208,24 @@ func clientAddr(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// rightmostIP is the last valid IP in the first of headers that has one.
+func rightmostIP(h http.Header, headers []string) string {
+	for _, name := range headers {
+		parts := strings.Split(strings.Join(h.Values(name), ","), ",")
+		for _, part := range slices.Backward(parts) {
+			host, _, err := net.SplitHostPort(strings.TrimSpace(part))
+			if err != nil {
+				host = strings.TrimSpace(part)
+			}
+			host, _, _ = strings.Cut(host, "%")
+			if a, err := netip.ParseAddr(host); err == nil {
+				return a.String()
+			}
+		}
+	}
+	return ""
 }
 
 // pagePath is the per-user pages' path prefix.

@@ -40,7 +40,10 @@ type TemplateSessions struct {
 	// "{http.request.header.X-User}" behind a trusted front proxy that
 	// sets that header (and removes a client's own). A request for which
 	// any placeholder of Key is empty or unknown is refused with 401: it
-	// is never served by a shared session. Required with Template.
+	// is never served by a shared session. Required with Template (but
+	// for per_user, whose login gives the key). All handlers of a config
+	// binding one template must take the key from the same source (one
+	// namespace of user ids): a config binding it with two is refused.
 	Key string `json:"key,omitempty"`
 
 	// MaxResident bounds how many of the template's sessions are held in
@@ -368,6 +371,11 @@ func (t *runtimeTemplate) bind(b *templateBinding) error {
 	defer t.mu.Unlock()
 	for _, have := range t.bindings {
 		if have.owner == b.owner {
+			if have.opts.Key != b.opts.Key {
+				return fmt.Errorf("template %q is bound with two key sources, %s and %s: a user id of one "+
+					"could be another user's in the other, and would be served with that user's session; "+
+					"give each key source its own template", t.name, keySource(have.opts.Key), keySource(b.opts.Key))
+			}
 			if !have.set.same(b.set) || !sameTemplateOptions(have.opts, b.opts) {
 				return fmt.Errorf("template %q is configured more than once with different settings; "+
 					"sites sharing a template must configure it identically", t.name)
@@ -380,11 +388,19 @@ func (t *runtimeTemplate) bind(b *templateBinding) error {
 	return t.applyLocked()
 }
 
-// sameTemplateOptions compares what the Runtime is given (Key is per
-// handler: two sites may find the user differently).
+// sameTemplateOptions compares what the Runtime is given (Key is checked
+// apart, see bind; a new config may change it).
 func sameTemplateOptions(a, b TemplateSessions) bool {
 	a.Key, b.Key = "", ""
 	return a == b
+}
+
+// keySource names where a template's session keys come from, for errors.
+func keySource(key string) string {
+	if key == "" {
+		return "the per_user login (the verified sub)"
+	}
+	return "key " + key
 }
 
 // unbind drops one handler's reference to the binding of owner and, when

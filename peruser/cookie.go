@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/tokenwarden/caddy-inject-token/tokencache"
 )
 
 // record is what a cookie's id stands for, in storage: never a token.
@@ -23,6 +25,12 @@ type record struct {
 	// one: a later login of the same user (which replaces the session)
 	// ends this cookie.
 	SID string `json:"sid,omitempty"`
+	// JKT is the thumbprint of the DPoP key the login made (every login
+	// makes a new one, and a session's key never changes while it
+	// lives): the cookie is this session's only, even when the tokens
+	// name no session (OAuth, opaque tokens) and the user's next login,
+	// anywhere, makes a session under the same key.
+	JKT string `json:"jkt,omitempty"`
 	// Claims are the verified claims of the login (sub, email, phone,
 	// name) for the identity headers.
 	Claims map[string]string `json:"claims,omitempty"`
@@ -40,11 +48,16 @@ func (g *Gateway) expired(rec *record, now time.Time) bool {
 // a plain name over http to a loopback host, and none otherwise (the
 // cookie would travel in clear text).
 func (g *Gateway) cookieName(r *http.Request, kind string) (name string, secure, ok bool) {
-	base := "inject_token" + kind + "-" + g.cfg.Template
+	base := g.cookieBase(kind)
 	if g.cfg.Secure(r) {
 		return "__Host-" + base, true, true
 	}
 	return base, false, loopbackHost(r.Host)
+}
+
+// cookieBase is the cookie's name without the __Host- prefix.
+func (g *Gateway) cookieBase(kind string) string {
+	return "inject_token" + kind + "-" + g.cfg.Template
 }
 
 // loopbackHost: localhost, 127.0.0.0/8 or ::1, with or without a port.
@@ -111,6 +124,33 @@ func (g *Gateway) cookieID(r *http.Request, kind string) string {
 		return ""
 	}
 	return string(id)
+}
+
+// stripOwnCookies removes the gateway's cookies (the login and the login
+// flow) from r's Cookie header: whoever holds the login cookie is the user
+// here, so it stays between the browser and the gateway, never reaching
+// the legacy app, its logs or whoever it talks to. The other cookies are
+// kept as sent.
+func (g *Gateway) stripOwnCookies(r *http.Request) {
+	own := map[string]bool{}
+	for _, kind := range []string{"", "_flow"} {
+		base := g.cookieBase(kind)
+		own[base], own["__Host-"+base] = true, true
+	}
+	var kept []string
+	for _, line := range r.Header.Values("Cookie") {
+		for part := range strings.SplitSeq(line, ";") {
+			part = strings.TrimSpace(part)
+			name, _, _ := strings.Cut(part, "=")
+			if part != "" && !own[strings.TrimSpace(name)] {
+				kept = append(kept, part)
+			}
+		}
+	}
+	r.Header.Del("Cookie")
+	if len(kept) > 0 {
+		r.Header.Set("Cookie", strings.Join(kept, "; "))
+	}
 }
 
 func (g *Gateway) clearCookie(w http.ResponseWriter, r *http.Request) {
@@ -183,6 +223,47 @@ func (g *Gateway) deleteRecord(ctx context.Context, id string) {
 	}
 }
 
+// pendingLogout is a logout whose revocation at the token server is
+// still to be made: of Key's session while its DPoP key is JKT.
+type pendingLogout struct {
+	Key   string    `json:"key"`
+	JKT   string    `json:"jkt"`
+	Since time.Time `json:"since"`
+}
+
+// pendLogout records id's logout for the sweep to revoke at the server.
+func (g *Gateway) pendLogout(ctx context.Context, id *identity) {
+	p := pendingLogout{Key: id.key, JKT: id.keyThumbprint(), Since: g.cfg.Now()}
+	b, err := json.Marshal(p)
+	if err == nil {
+		err = g.cfg.Storage.Store(ctx, g.storageKey("logouts", p.Key+"\x00"+p.JKT), b)
+	}
+	if err != nil {
+		g.cfg.Logger.Error("per-user logout: recording the revocation to retry failed",
+			zap.String("template", g.cfg.Template), zap.Error(err))
+	}
+}
+
+// retryLogout tries a pending logout again and reports whether it is done
+// with: revoked, or the session is no longer the one logged out of (a
+// later login replaced it, revoking it, or it ended).
+func (g *Gateway) retryLogout(ctx context.Context, b []byte) bool {
+	var p pendingLogout
+	if json.Unmarshal(b, &p) != nil || p.Key == "" || p.JKT == "" {
+		return true
+	}
+	c, err := g.cfg.Sessions.Session(p.Key)
+	if err == nil {
+		err = c.LogoutKey(ctx, p.JKT)
+	}
+	if err != nil && !errors.Is(err, tokencache.ErrReplaced) {
+		g.cfg.Logger.Warn("per-user logout: revoking at the server failed again; retried at the next sweep",
+			zap.String("template", g.cfg.Template), zap.String("user", p.Key), zap.Error(err))
+		return false
+	}
+	return true
+}
+
 // sweepEvery is how often expired records are looked for.
 const sweepEvery = 10 * time.Minute
 
@@ -207,11 +288,11 @@ func (g *Gateway) sweeper() {
 }
 
 // Sweep deletes the expired cookie records and OAuth logins in progress,
-// and returns how many it deleted. Every instance sharing the storage
+// retries the pending logouts, and returns how many records it deleted. Every instance sharing the storage
 // sweeps; deleting twice is harmless.
 func (g *Gateway) Sweep(ctx context.Context) (int, error) {
 	now, n := g.cfg.Now(), 0
-	for _, kind := range []string{"cookies", "flows"} {
+	for _, kind := range []string{"cookies", "flows", "logouts"} {
 		dir := strings.TrimSuffix(g.storageKey(kind, ""), "/"+lastElem(g.storageKey(kind, "")))
 		keys, err := g.cfg.Storage.List(ctx, dir, false)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -226,10 +307,13 @@ func (g *Gateway) Sweep(ctx context.Context) (int, error) {
 				continue
 			}
 			var dead bool
-			if kind == "cookies" {
+			switch kind {
+			case "cookies":
 				rec := new(record)
 				dead = json.Unmarshal(b, rec) != nil || g.expired(rec, now)
-			} else {
+			case "logouts":
+				dead = g.retryLogout(ctx, b)
+			default:
 				var f struct {
 					Expires time.Time `json:"expires"`
 				}

@@ -97,11 +97,17 @@ type Config struct {
 	// connection's remote IP).
 	ClientAddr func(*http.Request) string
 
-	// AccountLimit failed logins per AccountWindow for one account
-	// (default 5 per 5m); AddressLimit login attempts per AddressWindow
-	// from one client address (default 30 per 1m).
-	AccountLimit, AddressLimit   int
-	AccountWindow, AddressWindow time.Duration
+	// AccountLimit failed logins per AccountWindow for one account from
+	// one client address (default 5 per 5m), and AccountCeiling for one
+	// account from all addresses together (default 10 × AccountLimit): a
+	// stranger's wrong passwords lock the owner's own address out only
+	// once the ceiling is reached. One-time codes sent to an account are
+	// counted apart, AccountLimit per AccountWindow, so asking for codes
+	// never blocks a password. AddressLimit login attempts per
+	// AddressWindow from one client address (default 30 per 1m; an IPv6
+	// client's address is its /64).
+	AccountLimit, AccountCeiling, AddressLimit int
+	AccountWindow, AddressWindow               time.Duration
 	// OnThrottle is called for every refused login, with "account" or
 	// "address" (the metric).
 	OnThrottle func(by string)
@@ -116,8 +122,10 @@ type Config struct {
 type Gateway struct {
 	cfg       Config
 	prefix    string
-	byAccount *limiter
-	byAddress *limiter
+	byAddress *limiter // login attempts per client address
+	byAccount *limiter // failed logins per (account, client address)
+	byCeil    *limiter // failed logins per account
+	bySends   *limiter // one-time codes sent per account
 
 	mu    sync.Mutex
 	flows map[string]*otpFlow // one-time-code logins waiting for their code
@@ -170,6 +178,7 @@ func New(cfg Config) (*Gateway, error) {
 	def(&cfg.AddressWindow, time.Minute)
 	defInt(&cfg.AccountLimit, 5)
 	defInt(&cfg.AddressLimit, 30)
+	defInt(&cfg.AccountCeiling, 10*cfg.AccountLimit)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -193,8 +202,10 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{
 		cfg: cfg, prefix: cfg.Prefix,
-		byAccount: newLimiter(cfg.AccountLimit, cfg.AccountWindow),
 		byAddress: newLimiter(cfg.AddressLimit, cfg.AddressWindow),
+		byAccount: newLimiter(cfg.AccountLimit, cfg.AccountWindow),
+		byCeil:    newLimiter(cfg.AccountCeiling, cfg.AccountWindow),
+		bySends:   newLimiter(cfg.AccountLimit, cfg.AccountWindow),
 		flows:     map[string]*otpFlow{},
 		stop:      make(chan struct{}), done: make(chan struct{}),
 	}
@@ -250,6 +261,7 @@ func (g *Gateway) Serve(w http.ResponseWriter, r *http.Request, next Next) error
 			r.Header.Set(h.Name, v)
 		}
 	}
+	g.stripOwnCookies(r)
 	return next(w, r, &User{Key: id.key, Token: id.tok})
 }
 
@@ -263,10 +275,13 @@ type identity struct {
 	tok    *tokencache.Token
 	cookie string // the cookie's id (mode 1), for the CSRF token
 	sid    string // the upstream session the cookie's login made
+	jkt    string // the DPoP key thumbprint of the session it made
 }
 
 // identify finds the request's user and that user's token. A user whose
-// session has ended is logged out: the cookie record is deleted.
+// session has ended is logged out: the cookie record is deleted. When the
+// session has no valid token just now, the error comes with the identity
+// found (without a token).
 func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, error) {
 	var id *identity
 	if g.cfg.KeyFrom != nil {
@@ -280,7 +295,7 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 		if rec == nil {
 			return nil, errLoggedOut
 		}
-		id = &identity{key: rec.Key, claims: rec.Claims, cookie: cid, sid: rec.SID}
+		id = &identity{key: rec.Key, claims: rec.Claims, cookie: cid, sid: rec.SID, jkt: rec.JKT}
 		if id.claims == nil {
 			id.claims = map[string]string{}
 		}
@@ -295,11 +310,12 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 			}
 			return nil, errLoggedOut
 		}
-		return nil, err
+		return id, err // who, without a token just now
 	}
-	if id.sid != "" && tok.SessionID != "" && tok.SessionID != id.sid {
+	if id.madeOther(tok) {
 		// The user logged in again since (elsewhere): the session this
-		// cookie's login made has been replaced.
+		// cookie's login made has been replaced, or has ended and another
+		// been made.
 		g.deleteRecord(r.Context(), id.cookie)
 		g.clearCookie(w, r)
 		return nil, errLoggedOut
@@ -309,6 +325,23 @@ func (g *Gateway) identify(w http.ResponseWriter, r *http.Request) (*identity, e
 		id.claims["sub"] = tok.Subject
 	}
 	return id, nil
+}
+
+// madeOther reports whether tok is of a session other than the one the
+// cookie's login made: another upstream session id, or another DPoP key
+// (which every login makes anew, tokens with a sid or not).
+func (id *identity) madeOther(tok *tokencache.Token) bool {
+	return id.sid != "" && tok.SessionID != "" && tok.SessionID != id.sid ||
+		id.jkt != "" && (tok.Key == nil || tok.Key.Thumbprint() != id.jkt)
+}
+
+// keyThumbprint is the DPoP key thumbprint of the session the request's
+// login made: the cookie's, or that of the token found for it.
+func (id *identity) keyThumbprint() string {
+	if id.jkt == "" && id.tok != nil && id.tok.Key != nil {
+		return id.tok.Key.Thumbprint()
+	}
+	return id.jkt
 }
 
 // loggedOut reports whether a Token error means the session has ended (as

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"encoding/base64"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -26,38 +27,76 @@ type window struct {
 	n     int
 }
 
+// maxLimiterKeys bounds a limiter's memory under a spray of keys (new
+// addresses, made-up accounts): about 100 bytes a key.
+const maxLimiterKeys = 100_000
+
 func newLimiter(max int, w time.Duration) *limiter {
 	return &limiter{max: max, window: w, m: map[string]*window{}}
 }
 
-// wait is how long key must wait before its next attempt (0: go ahead).
-func (l *limiter) wait(key string, now time.Time) time.Duration {
+// take counts one event of key and returns 0, or, when key is at its
+// limit, counts nothing and returns how long key must wait. Checking and
+// counting are one step, so concurrent attempts cannot all pass a check
+// made before any of them is counted.
+func (l *limiter) take(key string, now time.Time) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	w := l.m[key]
-	if w == nil || now.Sub(w.start) >= l.window || w.n < l.max {
+	if w != nil && now.Sub(w.start) < l.window {
+		if w.n >= l.max {
+			return w.start.Add(l.window).Sub(now)
+		}
+		w.n++
 		return 0
 	}
-	return w.start.Add(l.window).Sub(now)
+	if w == nil && len(l.m) >= maxLimiterKeys {
+		l.evict(now)
+	}
+	l.m[key] = &window{start: now, n: 1}
+	return 0
 }
 
-// hit counts one event of key.
-func (l *limiter) hit(key string, now time.Time) {
+// give takes back an event of key counted at at, if its window still
+// runs.
+func (l *limiter) give(key string, at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	w := l.m[key]
-	if w == nil || now.Sub(w.start) >= l.window {
-		if len(l.m) >= 100_000 { // bound memory under a spray of keys
-			for k, o := range l.m {
-				if now.Sub(o.start) >= l.window {
-					delete(l.m, k)
-				}
-			}
-		}
-		w = &window{start: now}
-		l.m[key] = w
+	if w := l.m[key]; w != nil && !at.Before(w.start) && w.n > 0 {
+		w.n--
 	}
-	w.n++
+}
+
+// evict makes room for a key: the expired windows go, and if none has
+// expired, an arbitrary tenth of the keys (a sprayer can then reset some
+// counts, never grow the memory).
+func (l *limiter) evict(now time.Time) {
+	for k, o := range l.m {
+		if now.Sub(o.start) >= l.window {
+			delete(l.m, k)
+		}
+	}
+	for k := range l.m {
+		if len(l.m) < maxLimiterKeys*9/10 {
+			break
+		}
+		delete(l.m, k)
+	}
+}
+
+// addressKey is the login limits' key for a client IP: every IPv6 client
+// holds at least a /64 and can take a new address in it per attempt, so
+// its /64 counts as one address.
+func addressKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	if a = a.Unmap(); a.Is4() {
+		return a.String()
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
 }
 
 // safeReturn reports whether s is a path on this site to return to after a

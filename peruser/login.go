@@ -66,18 +66,77 @@ func (g *Gateway) loginPost(w http.ResponseWriter, r *http.Request) string {
 	return flow
 }
 
-// throttled answers 429 if addr or account is over its limit, counting the
-// attempt against addr otherwise.
-func (g *Gateway) throttled(w http.ResponseWriter, r *http.Request, account string) bool {
-	now, addr := g.cfg.Now(), g.cfg.ClientAddr(r)
-	by, wait := "address", g.byAddress.wait(addr, now)
-	if wait == 0 && account != "" {
-		by, wait = "account", g.byAccount.wait(strings.ToLower(account), now)
+// attempt is a login attempt's counts against its account, given back
+// unless the credentials were rejected (or, for a code sent, unless the
+// sending failed).
+type attempt struct {
+	at    time.Time
+	taken []count
+}
+
+// count is one event counted in limiter l under key; by names the limit
+// in the refusal metric.
+type count struct {
+	by  string
+	l   *limiter
+	key string
+}
+
+// refund gives the attempt's account counts back.
+func (a *attempt) refund() {
+	if a == nil {
+		return
 	}
-	if wait == 0 {
-		g.byAddress.hit(addr, now)
-		return false
+	for _, c := range a.taken {
+		c.l.give(c.key, a.at)
 	}
+	a.taken = nil
+}
+
+// Which account limits an attempt counts against.
+const (
+	noAccount = iota
+	passwordOrCode
+	codeSent
+)
+
+// throttled counts the attempt against r's client address and, for an
+// account, against the account's limits of kind (failed logins per
+// (account, address) and per account; or codes sent per account); each
+// limit is checked and counted in one step. Over any limit it gives back
+// what it counted, answers 429 and returns nil.
+func (g *Gateway) throttled(w http.ResponseWriter, r *http.Request, account string, kind int) *attempt {
+	now, addr := g.cfg.Now(), addressKey(g.cfg.ClientAddr(r))
+	account = strings.ToLower(account)
+	limits := []count{{"address", g.byAddress, addr}}
+	switch {
+	case account == "":
+	case kind == passwordOrCode:
+		limits = append(limits, count{"account", g.byAccount, account + "\x00" + addr}, count{"account", g.byCeil, account})
+	case kind == codeSent:
+		limits = append(limits, count{"account", g.bySends, account})
+	}
+	a := &attempt{at: now}
+	for i, c := range limits {
+		wait := c.l.take(c.key, now)
+		if wait == 0 {
+			if i > 0 { // attempts per address are never given back
+				a.taken = append(a.taken, c)
+			}
+			continue
+		}
+		a.refund()
+		if i > 0 {
+			g.byAddress.give(addr, now) // refused: not an attempt
+		}
+		g.tooMany(w, r, c.by, wait)
+		return nil
+	}
+	return a
+}
+
+// tooMany answers a login refused by the limit by: 429, "try again in N s".
+func (g *Gateway) tooMany(w http.ResponseWriter, r *http.Request, by string, wait time.Duration) {
 	if g.cfg.OnThrottle != nil {
 		g.cfg.OnThrottle(by)
 	}
@@ -88,20 +147,18 @@ func (g *Gateway) throttled(w http.ResponseWriter, r *http.Request, account stri
 		Msg:   "Too many login attempts. Try again in " + strconv.FormatInt(secs, 10) + " s.",
 		Back:  g.prefix + "/login",
 	})
-	return true
 }
 
-// failed counts a rejected login against account and shows the login page
-// again with why.
-func (g *Gateway) failed(w http.ResponseWriter, r *http.Request, flow, account string, err error) {
+// failed shows the login page again with why a login failed; the attempt
+// stays counted against its account only if the credentials were
+// rejected.
+func (g *Gateway) failed(w http.ResponseWriter, r *http.Request, flow string, a *attempt, err error) {
 	status, msg := http.StatusBadGateway, "The login service cannot be reached just now. Try again."
 	if f, _ := tokencache.FailureOf(err); errors.Is(err, tokencache.ErrCredentialsRejected) ||
 		f != nil && f.Class == tokencache.ClassDidNotAct {
 		status, msg = http.StatusUnauthorized, "That did not work: check what you typed."
-		if account != "" {
-			g.byAccount.hit(strings.ToLower(account), g.cfg.Now())
-		}
 	} else {
+		a.refund()
 		g.cfg.Logger.Warn("per-user login failed", zap.String("template", g.cfg.Template), zap.Error(err))
 	}
 	g.loginPage(w, r, flow, status, msg)
@@ -113,20 +170,20 @@ func (g *Gateway) loginPassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	email := strings.TrimSpace(r.PostFormValue("email"))
-	if g.throttled(w, r, email) {
+	a := g.throttled(w, r, email, passwordOrCode)
+	if a == nil {
 		return
 	}
 	k, err := dpop.GenerateKey(g.cfg.KeyAlgorithm)
-	if err != nil {
-		g.failed(w, r, flow, "", err)
-		return
+	if err == nil {
+		var gr *tokencache.Grant
+		if gr, err = prelude.PasswordLogin(g.cfg.Prelude, email, r.PostFormValue("password"))(r.Context(), k, ""); err == nil {
+			a.refund()
+			g.finish(w, r, k, gr, map[string]string{"email": strings.ToLower(email)})
+			return
+		}
 	}
-	gr, err := prelude.PasswordLogin(g.cfg.Prelude, email, r.PostFormValue("password"))(r.Context(), k, "")
-	if err != nil {
-		g.failed(w, r, flow, email, err)
-		return
-	}
-	g.finish(w, r, k, gr, map[string]string{"email": strings.ToLower(email)})
+	g.failed(w, r, flow, a, err)
 }
 
 func (g *Gateway) loginOTPStart(w http.ResponseWriter, r *http.Request) {
@@ -139,15 +196,15 @@ func (g *Gateway) loginOTPStart(w http.ResponseWriter, r *http.Request) {
 	if !strings.Contains(v, "@") {
 		id = prelude.PhoneIdentifier(v)
 	}
-	if g.throttled(w, r, v) {
+	// Each code sent counts against the account's codes (a code is a
+	// message to its owner), not against its logins.
+	a := g.throttled(w, r, v, codeSent)
+	if a == nil {
 		return
 	}
-	// Each code sent counts against the account: a code is a message to
-	// its owner.
-	g.byAccount.hit(strings.ToLower(v), g.cfg.Now())
 	l, err := g.cfg.Prelude.StartOTPLogin(r.Context(), id)
 	if err != nil {
-		g.failed(w, r, flow, "", err)
+		g.failed(w, r, flow, a, err)
 		return
 	}
 	now := g.cfg.Now()
@@ -179,13 +236,15 @@ func (g *Gateway) loginOTPCheck(w http.ResponseWriter, r *http.Request) {
 		g.loginPage(w, r, flow, http.StatusBadRequest, "That code has expired, or was sent by another server: ask for a new one.")
 		return
 	}
-	if g.throttled(w, r, f.ident.Value) {
+	a := g.throttled(w, r, f.ident.Value, passwordOrCode)
+	if a == nil {
 		return
 	}
 	k, err := dpop.GenerateKey(g.cfg.KeyAlgorithm)
 	if err == nil {
 		var gr *tokencache.Grant
 		if gr, err = f.login.Login(strings.TrimSpace(r.PostFormValue("code")))(r.Context(), k, ""); err == nil {
+			a.refund()
 			g.mu.Lock()
 			delete(g.flows, flow)
 			g.mu.Unlock()
@@ -197,7 +256,7 @@ func (g *Gateway) loginOTPCheck(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	g.failed(w, r, flow, f.ident.Value, err)
+	g.failed(w, r, flow, a, err)
 }
 
 // finish makes a login's grant the user's session and, unless another
@@ -234,7 +293,7 @@ func (g *Gateway) finish(w http.ResponseWriter, r *http.Request, k *dpop.Key, gr
 			g.deleteRecord(r.Context(), old)
 		}
 		now, id := g.cfg.Now(), newID()
-		rec := &record{Key: key, SID: tc.SID, Claims: claims, Created: now, Seen: now}
+		rec := &record{Key: key, SID: tc.SID, JKT: k.Thumbprint(), Claims: claims, Created: now, Seen: now}
 		if err := g.storeRecord(r.Context(), id, rec); err != nil {
 			g.message(w, r, http.StatusServiceUnavailable, "Your login could not be stored. Try again.")
 			return

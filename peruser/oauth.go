@@ -29,7 +29,7 @@ func (g *Gateway) oauthBegin(w http.ResponseWriter, r *http.Request) {
 		g.message(w, r, http.StatusNotFound, "No such page.")
 		return
 	}
-	if g.throttled(w, r, "") {
+	if g.throttled(w, r, "", noAccount) == nil {
 		return
 	}
 	flow, err := g.flowID(w, r)

@@ -1,15 +1,32 @@
 package peruser
 
 import (
+	"errors"
 	"html/template"
 	"net/http"
 
 	"github.com/tokenwarden/caddy-inject-token/prelude"
 )
 
+// maxFormBytes bounds the body of a POST to the gateway's pages.
+const maxFormBytes = 64 << 10
+
 // page serves the gateway's own pages; sub is the path below the prefix.
 func (g *Gateway) page(w http.ResponseWriter, r *http.Request, sub string) {
 	post := r.Method == http.MethodPost
+	if post {
+		// The gateway's forms are a few short fields: a big body is read
+		// no further than this.
+		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+		if err := r.ParseForm(); err != nil {
+			status := http.StatusBadRequest
+			if _, big := errors.AsType[*http.MaxBytesError](err); big {
+				status = http.StatusRequestEntityTooLarge
+			}
+			g.message(w, r, status, "That form could not be read.")
+			return
+		}
+	}
 	switch {
 	case sub == "/login" && !post:
 		flow, err := g.flowID(w, r)

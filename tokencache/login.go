@@ -26,12 +26,26 @@ func (c *Cache) Login(ctx context.Context, login LoginFunc) error {
 // reached the local state is kept so the logout can be retried. A refresh
 // token an interrupted refresh may have spent is not presented for
 // revocation: the server would take it for a reuse.
-func (c *Cache) Logout(ctx context.Context) error {
+func (c *Cache) Logout(ctx context.Context) error { return c.LogoutKey(ctx, "") }
+
+// ErrReplaced is returned by LogoutKey when the session's DPoP key is no
+// longer the one named: a later login replaced the session (revoking it),
+// or it has ended.
+var ErrReplaced = errors.New("tokencache: the session is no longer the one with that DPoP key")
+
+// LogoutKey is Logout of the session only while its DPoP key is the one
+// with thumbprint jkt (any key when jkt is empty), checked under the
+// lock: a logout retried later must never end the session a new login
+// has made since.
+func (c *Cache) LogoutKey(ctx context.Context, jkt string) error {
 	return c.lockedOp(ctx, func(o *op, rec *record, err error) (*snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
 		live := c.live(rec)
+		if jkt != "" && (live.State != StateActive || live.KeyThumbprint != jkt) {
+			return nil, ErrReplaced
+		}
 		switch {
 		case live.spent():
 			c.log().Warn("logging out without revoking at the server: an interrupted refresh may have spent the refresh token",
