@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -164,12 +165,22 @@ func Stored(t *testing.T, dir, session string) map[string]any {
 // FreePort returns a loopback port nothing listens on right now.
 func FreePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// Below the kernel's ephemeral range (32768–60999 by default): a port
+	// taken from that range with :0 and closed again could be handed to
+	// any outgoing connection (a Redis client, an HTTP client) or to
+	// another :0 listener before the Caddy under test binds it — the
+	// cause of a rare "address already in use" in the drills.
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return fmt.Sprint(port)
 	}
-	defer l.Close()
-	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free loopback port in 20000-31999")
+	return ""
 }
 
 // WaitWithin polls cond until it holds, failing the test after d.
