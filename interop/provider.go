@@ -224,6 +224,13 @@ func StartOIDCProvider(t testing.TB, opts ProviderOptions) *Provider {
 	if err != nil {
 		t.Fatalf("interop: %v", err)
 	}
+	// One start at a time per test process: a start is seconds of CPU
+	// (node compiles oidc-provider's module graph), and a dozen parallel
+	// tests starting at once beside the drills on two cores once left one
+	// without READY for the whole timeout. Serving stays concurrent.
+	startSlot <- struct{}{}
+	defer func() { <-startSlot }()
+	deadline = time.Now().Add(timeout) // the wait for the slot is not the start's
 	cmd := exec.Command(node, "server.js", string(cfg))
 	cmd.Dir = dir
 	stdout, err := cmd.StdoutPipe()
@@ -273,6 +280,10 @@ func StartOIDCProvider(t testing.TB, opts ProviderOptions) *Provider {
 	p.JWKSURL = p.Issuer + "/jwks"
 	return p
 }
+
+// startSlot serialises provider starts within one test process (see
+// StartOIDCProvider).
+var startSlot = make(chan struct{}, 1)
 
 // serverConfig is the JSON server.js reads.
 func serverConfig(opts ProviderOptions) map[string]any {
